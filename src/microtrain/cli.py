@@ -1,0 +1,61 @@
+"""What ``scripts/train.py`` does with a composed config: train, report, and turn bad input into one line."""
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from rich.console import Console
+
+from microtrain import run_folder
+from microtrain.errors import MicrotrainError, TrainingDiverged
+
+console = Console(stderr=False, highlight=False)
+error_console = Console(stderr=True, highlight=False)
+
+
+def quiet_libraries() -> None:
+    """Lightning's banner lines ("GPU available: ...") and tips say nothing the run summary does not."""
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def train_command(cfg: DictConfig) -> float:
+    """Train one Hydra job; returns the final validation loss (training loss without validation)."""
+    from microtrain.training import train  # deferred: importing Lightning takes seconds
+
+    quiet_libraries()  # after the import, which sets Lightning's log level
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        result = train(cfg, run_dir)
+    except MicrotrainError as err:
+        return _fail(err, run_dir)
+    metrics = result.metrics
+    console.print(f"device: {result.device}")
+    console.print(f"run folder: {run_dir}")
+    losses = "  ".join(f"{k}={_fmt(metrics[k])}" for k in ("train_loss", "val_loss") if k in metrics)
+    console.print(f"final: {losses}  ({metrics['steps']} steps, {metrics['seconds']:.1f} s)")
+    if result.best_checkpoint:
+        console.print(f"best checkpoint: {result.best_checkpoint}")
+    console.print(f"open TensorBoard: {run_folder.tensorboard_command(run_dir)}")
+    return metrics["val_loss"] if metrics.get("val_loss") is not None else metrics["train_loss"]
+
+
+def _fail(err: MicrotrainError, run_dir: Path) -> float:
+    status = "diverged" if isinstance(err, TrainingDiverged) else "failed"
+    if run_dir.is_dir():
+        run_folder.write_json_atomic(run_dir / run_folder.METRICS, {"status": status, "error": str(err)})
+    error_console.print(f"error: {err}", markup=False, soft_wrap=True)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return float("inf")  # the sweep goes on; the summary marks this job
+    sys.exit(2 if status == "failed" else 3)
+
+
+def _fmt(value: object) -> str:
+    return "n/a" if value is None else f"{value:.6g}"

@@ -1,0 +1,62 @@
+"""Which device and precision a run uses, and where its data lives.
+
+Everything here asks ``torch.cuda`` at call time, so tests can monkeypatch it to walk the
+CUDA branches on a CPU-only machine.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from microtrain import validate
+from microtrain.errors import DeviceError
+
+PRECISIONS = ("32", "32-true", "64", "64-true", "16-mixed", "bf16-mixed")
+# Data sets up to this size are moved to the GPU whole, so batches are cut there with no copy.
+ON_DEVICE_LIMIT_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    accelerator: str  # "cpu" | "cuda", handed to lightning.Trainer
+    precision: str  # handed to lightning.Trainer
+    description: str  # what the run prints at start, e.g. "cuda:0 (NVIDIA H100, 79.1 GiB)"
+
+
+def resolve(cfg: Mapping[str, Any]) -> DevicePlan:
+    wanted = validate.choice(str(cfg.get("type", "auto")), "device.type", ("auto", "cpu", "cuda"))
+    precision = str(cfg.get("precision", "32"))
+    if precision not in PRECISIONS:
+        raise DeviceError(f"device.precision={precision!r} is not one of: {', '.join(PRECISIONS)}")
+    has_cuda = torch.cuda.is_available()
+    if wanted == "cuda" and not has_cuda:
+        raise DeviceError("device=cuda but no CUDA GPU is visible; use device=cpu or device=auto")
+    accelerator = "cuda" if wanted == "cuda" or (wanted == "auto" and has_cuda) else "cpu"
+    if accelerator == "cpu" and precision == "16-mixed":
+        raise DeviceError("device.precision=16-mixed needs a CUDA GPU; on CPU use bf16-mixed or 32")
+    if accelerator == "cuda" and precision == "bf16-mixed" and not torch.cuda.is_bf16_supported():
+        raise DeviceError("this GPU has no bfloat16 support; use device.precision=16-mixed")
+    return DevicePlan(accelerator, precision, describe(accelerator))
+
+
+def describe(accelerator: str) -> str:
+    if accelerator == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    index = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    return f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
+
+
+def data_placement(n_bytes: int, device: torch.device) -> str:
+    """'device' to keep a data set on the training device, 'pinned' to stream it from pinned host memory.
+
+    On CPU data always stays put. On a GPU a data set that takes at most a quarter of the free
+    memory is copied once; a larger one stays in page-locked host memory so each batch can be
+    copied with ``non_blocking=True`` while the GPU works on the previous one.
+    """
+    if device.type != "cuda":
+        return "device"
+    free, _total = torch.cuda.mem_get_info(device)
+    return "device" if n_bytes <= ON_DEVICE_LIMIT_FRACTION * free else "pinned"

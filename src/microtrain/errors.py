@@ -1,0 +1,21 @@
+"""Errors a user can fix: each message is one sentence naming the key and the fix."""
+
+
+class MicrotrainError(Exception):
+    """Raised for bad input; the CLI prints the message on one line and exits non-zero."""
+
+
+class ConfigError(MicrotrainError):
+    """A config value is missing, of the wrong type or out of range."""
+
+
+class DataError(MicrotrainError):
+    """The data cannot be read or does not fit the model."""
+
+
+class DeviceError(MicrotrainError):
+    """The requested device or precision is not available here."""
+
+
+class TrainingDiverged(MicrotrainError):
+    """The loss or a gradient became NaN or infinite."""

@@ -1,0 +1,120 @@
+"""The two models microtrain trains, their initialisation schemes and explicit initial values.
+
+Parameter names follow the notebooks: the linear model *is* an ``nn.Linear`` (``weight``,
+``bias``); the MLP is ``fc1`` -> activation -> ``fc2`` (``fc1.weight`` ... ``fc2.bias``).
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from microtrain import validate
+from microtrain.errors import ConfigError
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+INIT_SCHEMES = ("default", "xavier_normal", "xavier_uniform", "kaiming_normal", "orthogonal", "normal", "zeros")
+
+
+class MLP(nn.Module):
+    """Two linear maps with an activation between them; identity gives two stacked linear maps."""
+
+    def __init__(self, in_features: int, hidden: int, out_features: int, activation: str = "relu", bias: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden, bias=bias)
+        self.activation = ACTIVATIONS[activation]()
+        self.fc2 = nn.Linear(hidden, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation(self.fc1(x)))
+
+
+def build_model(cfg: Mapping[str, Any], in_features: int, out_features: int) -> nn.Module:
+    """Build ``cfg.name`` (linear | mlp) for data with the given sizes, then initialise it."""
+    in_features = _size(cfg, "in_features", in_features, "features in the data")
+    out_features = _size(cfg, "out_features", out_features, "outputs in the data")
+    bias = cfg.get("bias", True)
+    if not isinstance(bias, bool):
+        raise ConfigError(f"model.bias={bias!r} must be true or false")
+    name = validate.choice(cfg.get("name"), "model.name", ("linear", "mlp"))
+    if name == "linear":
+        model: nn.Module = nn.Linear(in_features, out_features, bias=bias)
+    else:
+        hidden = validate.integer(cfg.get("hidden"), "model.hidden", minimum=1)
+        activation = validate.choice(cfg.get("activation", "relu"), "model.activation", ACTIVATIONS)
+        model = MLP(in_features, hidden, out_features, activation, bias)
+    initialise(model, cfg)
+    return model
+
+
+def _size(cfg: Mapping[str, Any], key: str, inferred: int, what: str) -> int:
+    wanted = cfg.get(key)
+    if wanted is None:
+        return inferred
+    validate.integer(wanted, f"model.{key}", minimum=1)
+    if wanted != inferred:
+        raise ConfigError(
+            f"model.{key}={wanted} but the data has {inferred} {what}; drop model.{key} to infer it"
+        )
+    return wanted
+
+
+def initialise(model: nn.Module, cfg: Mapping[str, Any]) -> None:
+    """Apply ``cfg.init`` to every weight (biases of non-default schemes start at zero), then ``cfg.init_values``."""
+    scheme = validate.choice(cfg.get("init", "default"), "model.init", INIT_SCHEMES)
+    if scheme != "default":
+        gain = validate.number(cfg.get("init_gain", 1.0), "model.init_gain", positive=True)
+        std = validate.number(cfg.get("init_std", 0.01), "model.init_std", positive=True)
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                _init_weight(module.weight, scheme, gain, std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+    set_values(model, cfg.get("init_values") or {})
+
+
+def _init_weight(weight: torch.Tensor, scheme: str, gain: float, std: float) -> None:
+    if scheme == "xavier_normal":
+        nn.init.xavier_normal_(weight, gain=gain)
+    elif scheme == "xavier_uniform":
+        nn.init.xavier_uniform_(weight, gain=gain)
+    elif scheme == "kaiming_normal":
+        nn.init.kaiming_normal_(weight, nonlinearity="relu")
+    elif scheme == "orthogonal":
+        nn.init.orthogonal_(weight, gain=gain)
+    elif scheme == "normal":
+        nn.init.normal_(weight, std=std)
+    else:
+        nn.init.zeros_(weight)
+
+
+def set_values(model: nn.Module, values: Mapping[str, Any]) -> None:
+    """Overwrite named parameters with explicit values, as the notebooks print them."""
+    params = dict(model.named_parameters())
+    for name, value in values.items():
+        if name not in params:
+            raise ConfigError(
+                f"model.init_values names {name!r}, which this model does not have; its parameters are: "
+                + ", ".join(params)
+            )
+        try:
+            tensor = torch.as_tensor(_plain(value), dtype=params[name].dtype)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"model.init_values.{name} is not a (nested) list of numbers: {err}") from None
+        if tensor.shape != params[name].shape:
+            raise ConfigError(
+                f"model.init_values.{name} has shape {list(tensor.shape)} but the parameter has shape "
+                f"{list(params[name].shape)}"
+            )
+        with torch.no_grad():
+            params[name].copy_(tensor)
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf lists to plain lists, so torch can read them."""
+    if hasattr(value, "items"):
+        raise TypeError("expected a list, got a mapping")
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,182 @@
+"""``train(cfg, run_dir)``: build data, model, loss and optimizer from a config and fit them with Lightning."""
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf import DictConfig, OmegaConf
+
+from microtrain import data as data_sources
+from microtrain import device, losses, models, optimizers, run_folder, validate
+from microtrain.batching import TensorDataModule
+from microtrain.checkpoint_io import AtomicCheckpointIO
+from microtrain.errors import ConfigError
+from microtrain.inspection import ParameterInspector
+from microtrain.loss_watch import LossWatch
+from microtrain.module import Trainee
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    device: str
+    best_checkpoint: Optional[str] = None
+    module: Optional[Trainee] = field(default=None, repr=False)
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs before the Trainer starts; ``explain_step`` uses it too."""
+
+    module: Trainee
+    datamodule: TensorDataModule
+    splits: data_sources.Splits
+    dataset: data_sources.Dataset
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Seed, load and split the data, build model, loss and optimizer: everything but the Trainer."""
+    seed = validate.integer(cfg.get("seed"), "seed")
+    L.seed_everything(seed, workers=True, verbose=False)
+    dataset = data_sources.load(cfg.data)
+    classify = losses.is_classification(cfg.loss)
+    if classify:
+        dataset.y = data_sources.as_class_labels(dataset.y, f"data={cfg.data.name}")
+    out_features = int(dataset.y.max()) + 1 if classify else dataset.y.shape[1]
+    model = models.build_model(cfg.model, dataset.x.shape[1], out_features)
+    splits = data_sources.split(dataset, validate.fraction(cfg.data.get("val_fraction", 0), "data.val_fraction"), cfg.data.get("seed", 0))
+    batch_size = validate.integer(cfg.data.get("batch_size"), "data.batch_size", minimum=1, allow_none=True)
+    every = validate.integer(cfg.log.every_n_steps, "log.every_n_steps", minimum=1)
+    module = Trainee(
+        model,
+        losses.build_loss(cfg.loss),
+        optimizers.optimizer_factory(cfg.optimizer),
+        optimizers.scheduler_factory(cfg.get("scheduler")),
+        log_every_n_steps=every,
+    )
+    return Prepared(module, TensorDataModule(splits.train, splits.val, batch_size, seed), splits, dataset)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> RunResult:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plan = device.resolve(cfg.device)
+    prepared = prepare(cfg)
+    ckpt_path = _resume_checkpoint(cfg, run_dir)
+    trainer = _build_trainer(cfg, plan, run_dir, has_val=prepared.splits.val is not None, resumed=ckpt_path)
+    if trainer.is_global_zero:
+        run_folder.write_text_atomic(run_dir / run_folder.CONFIG, OmegaConf.to_yaml(cfg))
+        if prepared.dataset.truth:
+            run_folder.write_json_atomic(run_dir / run_folder.DATA_TRUTH, prepared.dataset.truth)
+    started = time.perf_counter()
+    trainer.fit(prepared.module, datamodule=prepared.datamodule, ckpt_path=ckpt_path)
+    metrics = _final_metrics(prepared, trainer, time.perf_counter() - started)
+    if trainer.is_global_zero:
+        _log_hparams(trainer, cfg, metrics)
+        run_folder.write_json_atomic(run_dir / run_folder.METRICS, metrics)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+    return RunResult(run_dir, metrics, plan.description, best or None, prepared.module)
+
+
+def _build_trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, has_val: bool, resumed: Optional[str]) -> L.Trainer:
+    every = cfg.log.every_n_steps
+    purge_step = torch.load(resumed, weights_only=True)["global_step"] if resumed else None
+    # version="" and name="" put the event files straight into the run folder, so a sweep folder's
+    # TensorBoard runs are named by their job folders; purge_step hides steps a resumed run redoes.
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False, purge_step=purge_step)
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / run_folder.CHECKPOINTS,
+        filename="best",
+        monitor="val_loss" if has_val else None,
+        save_last=True,
+        every_n_train_steps=cfg.trainer.get("checkpoint_every_n_steps") or None,
+    )
+    callbacks = [LossWatch(every), ParameterInspector(every, histograms=cfg.log.histograms), checkpoints]
+    try:
+        return _trainer(cfg, plan, run_dir, logger, callbacks)
+    except (MisconfigurationException, ValueError, TypeError) as err:
+        raise ConfigError(f"Lightning refused the trainer settings: {str(err).splitlines()[0]}") from None
+
+
+def _trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, logger: TensorBoardLogger, callbacks: list) -> L.Trainer:
+    t = cfg.trainer
+    return L.Trainer(
+        accelerator=plan.accelerator,
+        precision=plan.precision,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        logger=logger,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+        # Nothing is self.log-ged per step (LossWatch and ParameterInspector write directly), so
+        # this only silences Lightning's warning about epochs shorter than the interval.
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        enable_progress_bar=t.enable_progress_bar,
+        deterministic=t.get("deterministic", False),
+    )
+
+
+def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Optional[str]:
+    if not cfg.get("resume", False):
+        return None
+    last = run_dir / run_folder.CHECKPOINTS / "last.ckpt"
+    if not last.is_file():
+        raise ConfigError(f"resume=true but {last} does not exist; point hydra.run.dir at a run folder that has checkpoints")
+    return str(last)
+
+
+@torch.no_grad()
+def _final_metrics(prepared: Prepared, trainer: L.Trainer, seconds: float) -> dict[str, Any]:
+    """Losses of the final weights on the whole train and validation splits."""
+    module = prepared.module
+    module.eval()
+    dev = module.device
+
+    def loss_on(pair: Optional[tuple[torch.Tensor, torch.Tensor]]) -> Optional[float]:
+        if pair is None:
+            return None
+        x, y = pair[0].to(dev), pair[1].to(dev)
+        return float(module.loss_fn(module.model(x), y))
+
+    return {
+        "status": "ok",
+        "train_loss": loss_on(prepared.splits.train),
+        "val_loss": loss_on(prepared.splits.val),
+        "steps": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "seconds": round(seconds, 3),
+    }
+
+
+def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """One HParams entry per run with its real final metrics, so sweep runs line up in TensorBoard."""
+    params = {
+        "model": cfg.model.name,
+        "hidden": cfg.model.get("hidden") or 0,
+        "activation": cfg.model.get("activation") or "none",
+        "init": cfg.model.get("init", "default"),
+        "loss": cfg.loss.name,
+        "optimizer": str(cfg.optimizer._target_).rsplit(".", 1)[-1],
+        "lr": cfg.optimizer.get("lr"),
+        "weight_decay": cfg.optimizer.get("weight_decay", 0.0),
+        "batch_size": cfg.data.get("batch_size") or 0,
+        "data": cfg.data.name,
+        "seed": cfg.seed,
+    }
+    final = {f"hparams/{k}": v for k, v in metrics.items() if k.endswith("loss") and v is not None}
+    trainer.logger.log_hyperparams(params, final)
+    trainer.logger.experiment.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```")
+    trainer.logger.experiment.flush()
