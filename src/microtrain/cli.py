@@ -13,8 +13,8 @@ from rich.console import Console
 from microtrain import run_folder
 from microtrain.errors import MicrotrainError, TrainingDiverged
 
-console = Console(stderr=False, highlight=False)
-error_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+error_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def quiet_libraries() -> None:

@@ -100,12 +100,12 @@ def _build_trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, has_
     )
     callbacks = [LossWatch(every), ParameterInspector(every, histograms=cfg.log.histograms), checkpoints]
     try:
-        return _trainer(cfg, plan, run_dir, logger, callbacks)
+        return _trainer(cfg, plan, logger, callbacks, has_val)
     except (MisconfigurationException, ValueError, TypeError) as err:
         raise ConfigError(f"Lightning refused the trainer settings: {str(err).splitlines()[0]}") from None
 
 
-def _trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, logger: TensorBoardLogger, callbacks: list) -> L.Trainer:
+def _trainer(cfg: DictConfig, plan: device.DevicePlan, logger: TensorBoardLogger, callbacks: list, has_val: bool) -> L.Trainer:
     t = cfg.trainer
     return L.Trainer(
         accelerator=plan.accelerator,
@@ -118,7 +118,8 @@ def _trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, logger: Te
         logger=logger,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
-        default_root_dir=str(run_dir),
+        default_root_dir=logger.save_dir,
+        limit_val_batches=None if has_val else 0,
         # Nothing is self.log-ged per step (LossWatch and ParameterInspector write directly), so
         # this only silences Lightning's warning about epochs shorter than the interval.
         log_every_n_steps=1,

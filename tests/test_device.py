@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from microtrain import device
+from microtrain.errors import DeviceError
+
+
+def fake_gpu(monkeypatch, available=True, bf16=True, free_bytes=8 * 2**30):
+    class Props:
+        name = "Fake GPU"
+        total_memory = 16 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: Props())
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (free_bytes, 16 * 2**30))
+
+
+def test_auto_without_gpu_is_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plan = device.resolve({"type": "auto", "precision": "32"})
+    assert plan.accelerator == "cpu" and plan.description.startswith("cpu")
+
+
+def test_auto_with_gpu_is_cuda_and_names_it(monkeypatch):
+    fake_gpu(monkeypatch)
+    plan = device.resolve({"type": "auto", "precision": "bf16-mixed"})
+    assert plan.accelerator == "cuda" and plan.precision == "bf16-mixed"
+    assert plan.description == "cuda:0 (Fake GPU, 16.0 GiB)"
+
+
+def test_cuda_without_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="no CUDA GPU is visible; use device=cpu"):
+        device.resolve({"type": "cuda", "precision": "32"})
+
+
+def test_precision_choices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="16-mixed needs a CUDA GPU"):
+        device.resolve({"type": "cpu", "precision": "16-mixed"})
+    with pytest.raises(DeviceError, match="is not one of"):
+        device.resolve({"type": "cpu", "precision": "8"})
+    assert device.resolve({"type": "cpu", "precision": "bf16-mixed"}).precision == "bf16-mixed"
+    fake_gpu(monkeypatch, bf16=False)
+    with pytest.raises(DeviceError, match="no bfloat16 support"):
+        device.resolve({"type": "cuda", "precision": "bf16-mixed"})
+    assert device.resolve({"type": "cuda", "precision": "16-mixed"}).accelerator == "cuda"
+
+
+def test_data_placement(monkeypatch):
+    assert device.data_placement(10**12, torch.device("cpu")) == "device"
+    fake_gpu(monkeypatch, free_bytes=4 * 2**30)
+    assert device.data_placement(2**30, torch.device("cuda", 0)) == "device"
+    assert device.data_placement(2 * 2**30, torch.device("cuda", 0)) == "pinned"

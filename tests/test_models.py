@@ -1,0 +1,97 @@
+import pytest
+import torch
+from torch import nn
+
+from microtrain.errors import ConfigError
+from microtrain.models import INIT_SCHEMES, MLP, build_model
+
+
+def cfg(**kw):
+    base = {"name": "linear", "bias": True, "init": "default", "init_gain": 1.0, "init_std": 0.01}
+    base.update(kw)
+    return base
+
+
+def test_linear_is_nn_linear_with_notebook_names():
+    model = build_model(cfg(), 3, 2)
+    assert isinstance(model, nn.Linear)
+    assert [n for n, _ in model.named_parameters()] == ["weight", "bias"]
+    assert model.weight.shape == (2, 3)
+
+
+def test_mlp_names_shapes_and_no_bias():
+    model = build_model(cfg(name="mlp", hidden=5, activation="tanh"), 3, 2)
+    assert isinstance(model, MLP)
+    assert {n: tuple(p.shape) for n, p in model.named_parameters()} == {
+        "fc1.weight": (5, 3), "fc1.bias": (5,), "fc2.weight": (2, 5), "fc2.bias": (2,)
+    }
+    no_bias = build_model(cfg(name="mlp", hidden=5, bias=False), 3, 2)
+    assert [n for n, _ in no_bias.named_parameters()] == ["fc1.weight", "fc2.weight"]
+
+
+def test_identity_mlp_is_two_stacked_linear_maps():
+    model = build_model(cfg(name="mlp", hidden=4, activation="identity"), 3, 1)
+    x = torch.randn(7, 3)
+    expected = (x @ model.fc1.weight.T + model.fc1.bias) @ model.fc2.weight.T + model.fc2.bias
+    torch.testing.assert_close(model(x), expected)
+
+
+@pytest.mark.parametrize("scheme", INIT_SCHEMES)
+def test_each_init_scheme(scheme):
+    torch.manual_seed(0)
+    model = build_model(cfg(name="mlp", hidden=256, init=scheme, init_gain=2.0, init_std=0.05), 128, 64)
+    w = model.fc1.weight.detach()
+    if scheme == "zeros":
+        assert not w.any()
+    elif scheme == "normal":
+        assert abs(w.std().item() - 0.05) < 0.005
+    elif scheme == "xavier_normal":  # std = gain * sqrt(2 / (fan_in + fan_out))
+        assert abs(w.std().item() - 2.0 * (2 / (128 + 256)) ** 0.5) < 0.01
+    elif scheme == "xavier_uniform":
+        bound = 2.0 * (6 / (128 + 256)) ** 0.5
+        assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
+    elif scheme == "kaiming_normal":  # std = sqrt(2 / fan_in)
+        assert abs(w.std().item() - (2 / 128) ** 0.5) < 0.01
+    elif scheme == "orthogonal":  # rows or columns orthonormal, times the gain
+        torch.testing.assert_close(w.T @ w, 4.0 * torch.eye(128), atol=1e-4, rtol=0)
+    else:  # PyTorch's own: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert w.abs().max() <= 128**-0.5
+    if scheme != "default":
+        assert not model.fc1.bias.any()
+
+
+def test_init_values_applied_after_the_scheme():
+    model = build_model(cfg(init="zeros", init_values={"weight": [[0.8693]], "bias": [-0.2126]}), 1, 1)
+    assert model.weight.item() == pytest.approx(0.8693)
+    assert model.bias.item() == pytest.approx(-0.2126)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"fc3.weight": [[1.0]]}, "does not have"),
+        ({"weight": [[1.0, 2.0]]}, "shape [1, 2]"),
+        ({"weight": [["a"]]}, "not a (nested) list of numbers"),
+    ],
+)
+def test_init_values_checked(values, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        build_model(cfg(init_values=values), 1, 1)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"in_features": 4}, "model.in_features=4 but the data has 3"),
+        ({"name": "mlp", "hidden": 0}, "model.hidden=0 must be at least 1"),
+        ({"name": "mlp", "hidden": "wide"}, "not a whole number"),
+        ({"name": "mlp", "hidden": 3, "activation": "gelu"}, "model.activation='gelu' is not one of"),
+        ({"init": "he"}, "model.init='he'"),
+        ({"name": "cnn"}, "model.name='cnn'"),
+    ],
+)
+def test_bad_model_settings(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        build_model(cfg(**overrides), 3, 1)
+    assert message in str(err.value)

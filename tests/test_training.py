@@ -1,0 +1,129 @@
+"""Real Lightning runs through the config system, read back with TensorBoard's own reader."""
+
+import json
+
+import pytest
+import torch
+
+from microtrain.errors import ConfigError, DataError
+from microtrain.training import train
+from tests_helpers import make_cfg, read_events
+
+LINEAR_PARAMS = ["weight", "bias"]
+MLP_PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+
+
+@pytest.mark.parametrize("model, params", [("linear", LINEAR_PARAMS), ("mlp", MLP_PARAMS)])
+def test_run_logs_every_parameter_and_loss_falls(tmp_path, model, params):
+    result = train(make_cfg(f"model={model}", "log.every_n_steps=10"), tmp_path)
+    events = read_events(tmp_path)
+    histograms = set(events.Tags()["histograms"])
+    scalars = set(events.Tags()["scalars"])
+    for name in params:
+        assert {f"weights/{name}", f"grads/{name}"} <= histograms
+        assert {f"weight_norm/{name}", f"grad_norm/{name}", f"update_ratio/{name}"} <= scalars
+    assert {"lr", "train_loss_step", "train_loss", "val_loss"} <= scalars
+    losses = [s.value for s in events.Scalars("train_loss_step")]
+    assert losses[-1] < 0.5 * losses[0]
+    # histograms every 10 steps: 500 steps -> steps 0, 10, ..., 490
+    assert [h.step for h in events.Histograms(f"grads/{params[0]}")] == list(range(0, 500, 10))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["steps"] == 500
+    assert metrics["train_loss"] == pytest.approx(result.metrics["train_loss"])
+    assert metrics["val_loss"] is not None and metrics["val_loss"] < 0.05
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert "model:" in (tmp_path / "config.yaml").read_text()
+
+
+def test_linear_recovers_the_true_weights(tmp_path):
+    result = train(make_cfg("data.n_features=4", "data.n_outputs=2"), tmp_path)
+    truth = json.loads((tmp_path / "data_truth.json").read_text())
+    model = result.module.model
+    for name in ("weight", "bias"):
+        true = torch.tensor(truth[name])
+        learned = getattr(model, name).detach()
+        assert ((learned - true).abs() <= 0.05 * true.abs()).all(), (name, learned, true)
+
+
+def test_update_ratio_matches_the_weights_it_describes(tmp_path):
+    """With full-batch SGD on inline rows, step 0's update ratio is lr·‖grad‖/‖w‖."""
+    cfg = make_cfg(
+        "data=inline", "model.init_values={weight:[[0.8693]],bias:[-0.2126]}", "optimizer.lr=0.01",
+        "trainer.max_steps=1", "log.every_n_steps=1",
+    )
+    train(cfg, tmp_path)
+    events = read_events(tmp_path)
+    grad = events.Scalars("grad_norm/weight")[0].value
+    weight = events.Scalars("weight_norm/weight")[0].value
+    assert grad == pytest.approx(18.0241, abs=2e-3)  # the notebook's dL/dw
+    assert events.Scalars("update_ratio/weight")[0].value == pytest.approx(0.01 * grad / weight, rel=1e-5)
+
+
+def test_hparams_carry_real_final_metrics(tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    result = train(make_cfg("optimizer.lr=0.1", "trainer.max_epochs=2"), tmp_path)
+    events = read_events(tmp_path)
+    assert events.Scalars("hparams/val_loss")[-1].value == pytest.approx(result.metrics["val_loss"])
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["lr"].number_value == pytest.approx(0.1)
+    assert start.session_start_info.hparams["model"].string_value == "linear"
+
+
+def test_same_seed_same_weights_other_seed_differs(tmp_path):
+    def weights(seed, folder):
+        result = train(make_cfg(f"seed={seed}", "model=mlp", "trainer.max_epochs=2"), tmp_path / folder)
+        return [p.detach().clone() for p in result.module.model.parameters()]
+
+    a, b, c = weights(1, "a"), weights(1, "b"), weights(2, "c")
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_inline_data_is_one_full_batch_without_validation(tmp_path):
+    result = train(make_cfg("data=inline", "trainer.max_epochs=3"), tmp_path)
+    assert result.metrics["steps"] == 3 and result.metrics["val_loss"] is None
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_optimizers_and_scheduler_train(tmp_path, optimizer):
+    cfg = make_cfg(f"optimizer={optimizer}", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5", "trainer.max_epochs=3", "log.every_n_steps=25")
+    train(cfg, tmp_path)
+    lrs = [s.value for s in read_events(tmp_path).Scalars("lr")]
+    start = cfg.optimizer.lr
+    assert lrs == pytest.approx([start, start / 2, start / 4])
+
+
+def test_any_torch_optimizer_from_config(tmp_path):
+    cfg = make_cfg("optimizer._target_=torch.optim.RMSprop", "~optimizer.dampening", "~optimizer.nesterov", "trainer.max_epochs=1")
+    assert train(cfg, tmp_path).metrics["status"] == "ok"
+
+
+def test_cross_entropy_infers_classes(tmp_path):
+    cfg = make_cfg("data=inline", "loss=cross_entropy", "data.x=[[0.0],[1.0],[2.0],[3.0]]", "data.y=[[0],[1],[2],[1]]", "trainer.max_epochs=1")
+    result = train(cfg, tmp_path)
+    assert result.module.model.weight.shape == (3, 1)
+
+
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (["optimizer.lr=-0.1"], ConfigError, "optimizer.lr=-0.1 must be greater than 0"),
+        (["optimizer.lr=abc"], ConfigError, "optimizer.lr='abc' is not a number"),
+        (["model=mlp", "model.hidden=0"], ConfigError, "model.hidden=0 must be at least 1"),
+        (["data.batch_size=0"], ConfigError, "data.batch_size=0 must be at least 1"),
+        (["model.in_features=5"], ConfigError, "model.in_features=5 but the data has 3 features"),
+        (["data=inline", "data.y=[[1.0]]"], DataError, "data.x has 4 rows but data.y has 1"),
+        (["data=inline", "data.x=[[1.0],[2.0,3.0]]", "data.y=[[1.0],[2.0]]"], DataError, "rows of different lengths"),
+        (["loss=cross_entropy"], DataError, "needs integer class labels"),
+        (["seed=1.5"], ConfigError, "seed=1.5 is not a whole number"),
+        (["optimizer._target_=torch.optim.Nope"], ConfigError, "cannot be built"),
+        (["data.val_fraction=1.5"], ConfigError, "data.val_fraction=1.5 must be in [0, 1)"),
+        (["trainer.strategy=warp"], ConfigError, "Lightning refused the trainer settings"),
+    ],
+)
+def test_bad_input_is_one_clear_error(tmp_path, overrides, error, message):
+    with pytest.raises(error) as err:
+        train(make_cfg(*overrides), tmp_path)
+    assert message in str(err.value) and "\n" not in str(err.value)

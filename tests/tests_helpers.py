@@ -1,0 +1,36 @@
+"""Helpers the tests share: compose a config, read TensorBoard events, run a script."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def make_cfg(*overrides: str) -> DictConfig:
+    """The config scripts/train.py would run with these overrides."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=["device=cpu", "trainer.enable_progress_bar=false", *overrides])
+
+
+def read_events(logdir: Path) -> EventAccumulator:
+    """TensorBoard's own reader, keeping every scalar and histogram."""
+    events = EventAccumulator(str(logdir), size_guidance={"histograms": 0, "scalars": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def run_script(script: str, *args: str, cwd: Path, timeout: int = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
