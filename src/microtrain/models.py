@@ -32,8 +32,8 @@ class MLP(nn.Module):
 
 def build_model(cfg: Mapping[str, Any], in_features: int, out_features: int) -> nn.Module:
     """Build ``cfg.name`` (linear | mlp) for data with the given sizes, then initialise it."""
-    in_features = _size(cfg, "in_features", in_features, "features in the data")
-    out_features = _size(cfg, "out_features", out_features, "outputs in the data")
+    in_features = _size(cfg, "in_features", in_features, "features")
+    out_features = _size(cfg, "out_features", out_features, "outputs")
     bias = cfg.get("bias", True)
     if not isinstance(bias, bool):
         raise ConfigError(f"model.bias={bias!r} must be true or false")
