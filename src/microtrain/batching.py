@@ -62,7 +62,8 @@ class TensorBatches:
 
     def _order(self, epoch: int) -> torch.Tensor:
         n = len(self.x)
-        if self.shuffle:
+        # One batch of every row needs no order; skipping the shuffle keeps the notebooks' row order.
+        if self.shuffle and len(self) > 1:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(n, generator=generator)
         else:

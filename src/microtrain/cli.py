@@ -41,6 +41,11 @@ def train_command(cfg: DictConfig) -> float:
     console.print(f"run folder: {run_dir}")
     losses = "  ".join(f"{k}={_fmt(metrics[k])}" for k in ("train_loss", "val_loss") if k in metrics)
     console.print(f"final: {losses}  ({metrics['steps']} steps, {metrics['seconds']:.1f} s)")
+    if "train_loss_optimum" in metrics:
+        console.print(
+            f"least-squares optimum of the training loss: {_fmt(metrics['train_loss_optimum'])} "
+            f"(gap {_fmt(metrics['optimality_gap'])})"
+        )
     if result.best_checkpoint:
         console.print(f"best checkpoint: {result.best_checkpoint}")
     console.print(f"open TensorBoard: {run_folder.tensorboard_command(run_dir)}")
@@ -59,3 +64,21 @@ def _fail(err: MicrotrainError, run_dir: Path) -> float:
 
 def _fmt(value: object) -> str:
     return "n/a" if value is None else f"{value:.6g}"
+
+
+def explain_command(cfg: DictConfig) -> None:
+    """Explain one step of the configured training and write step.json into the run folder."""
+    from microtrain.explain import explain_step
+    from microtrain.explain_print import print_report
+
+    quiet_libraries()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        report = explain_step(cfg, run_dir)
+    except MicrotrainError as err:
+        _fail(err, run_dir)
+        return
+    print_report(report, console)
+    console.print(f"\nstep.json: {run_dir / 'step.json'}")
+    if not all(r.holds for r in report.rules.values() if r) or not all(c.passed for c in report.gradcheck):
+        sys.exit(4)

@@ -13,13 +13,14 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from microtrain import data as data_sources
-from microtrain import device, losses, models, optimizers, run_folder, validate
+from microtrain import closed_form, device, losses, models, optimizers, run_folder, validate
 from microtrain.batching import TensorDataModule
 from microtrain.checkpoint_io import AtomicCheckpointIO
 from microtrain.errors import ConfigError
 from microtrain.inspection import ParameterInspector
 from microtrain.loss_watch import LossWatch
 from microtrain.module import Trainee
+from microtrain.optimality_gap import OptimalityGap
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Prepared:
     datamodule: TensorDataModule
     splits: data_sources.Splits
     dataset: data_sources.Dataset
+    optimum: Optional[float] = None  # least-squares training loss, for linear models with mse/sse
 
 
 def prepare(cfg: DictConfig) -> Prepared:
@@ -61,7 +63,10 @@ def prepare(cfg: DictConfig) -> Prepared:
         optimizers.scheduler_factory(cfg.get("scheduler")),
         log_every_n_steps=every,
     )
-    return Prepared(module, TensorDataModule(splits.train, splits.val, batch_size, seed), splits, dataset)
+    optimum = None
+    if closed_form.applies(cfg.model.name, cfg.loss.name):
+        optimum = closed_form.least_squares_loss(*splits.train, bias=cfg.model.get("bias", True), loss_name=cfg.loss.name)
+    return Prepared(module, TensorDataModule(splits.train, splits.val, batch_size, seed), splits, dataset, optimum)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> RunResult:
@@ -70,7 +75,7 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResult:
     plan = device.resolve(cfg.device)
     prepared = prepare(cfg)
     ckpt_path = _resume_checkpoint(cfg, run_dir)
-    trainer = _build_trainer(cfg, plan, run_dir, has_val=prepared.splits.val is not None, resumed=ckpt_path)
+    trainer = _build_trainer(cfg, plan, run_dir, prepared, resumed=ckpt_path)
     if trainer.is_global_zero:
         run_folder.write_text_atomic(run_dir / run_folder.CONFIG, OmegaConf.to_yaml(cfg))
         if prepared.dataset.truth:
@@ -85,8 +90,9 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResult:
     return RunResult(run_dir, metrics, plan.description, best or None, prepared.module)
 
 
-def _build_trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, has_val: bool, resumed: Optional[str]) -> L.Trainer:
+def _build_trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, prepared: Prepared, resumed: Optional[str]) -> L.Trainer:
     every = cfg.log.every_n_steps
+    has_val = prepared.splits.val is not None
     purge_step = torch.load(resumed, weights_only=True)["global_step"] if resumed else None
     # version="" and name="" put the event files straight into the run folder, so a sweep folder's
     # TensorBoard runs are named by their job folders; purge_step hides steps a resumed run redoes.
@@ -99,6 +105,8 @@ def _build_trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, has_
         every_n_train_steps=cfg.trainer.get("checkpoint_every_n_steps") or None,
     )
     callbacks = [LossWatch(every), ParameterInspector(every, histograms=cfg.log.histograms), checkpoints]
+    if prepared.optimum is not None:
+        callbacks.insert(1, OptimalityGap(prepared.optimum, prepared.splits.train, every))
     try:
         return _trainer(cfg, plan, logger, callbacks, has_val)
     except (MisconfigurationException, ValueError, TypeError) as err:
@@ -152,7 +160,7 @@ def _final_metrics(prepared: Prepared, trainer: L.Trainer, seconds: float) -> di
         x, y = pair[0].to(dev), pair[1].to(dev)
         return float(module.loss_fn(module.model(x), y))
 
-    return {
+    metrics = {
         "status": "ok",
         "train_loss": loss_on(prepared.splits.train),
         "val_loss": loss_on(prepared.splits.val),
@@ -160,6 +168,10 @@ def _final_metrics(prepared: Prepared, trainer: L.Trainer, seconds: float) -> di
         "epochs": trainer.current_epoch,
         "seconds": round(seconds, 3),
     }
+    if prepared.optimum is not None:
+        metrics["train_loss_optimum"] = prepared.optimum
+        metrics["optimality_gap"] = metrics["train_loss"] - prepared.optimum
+    return metrics
 
 
 def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:

@@ -1,0 +1,104 @@
+"""Explain one training step: forward, loss, backward and one optimizer step on the first batch.
+
+For each parameter: the value before, its gradient, the update and the value after; the
+optimizer's rule checked against what it did; autograd checked against finite differences and,
+for the linear model with a squared loss, against the closed-form gradient.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig
+
+from microtrain import closed_form, run_folder
+from microtrain.gradcheck import ParameterCheck, check_gradients, n_parameters
+from microtrain.training import prepare
+from microtrain.update_rules import RuleCheck, check_first_step
+
+GRADCHECK_AUTO_LIMIT = 5_000  # parameters; each costs two forward passes in float64
+
+
+@dataclass
+class StepReport:
+    loss: float
+    loss_after: float
+    prediction: torch.Tensor
+    params_before: dict[str, torch.Tensor]
+    grads: dict[str, torch.Tensor]
+    params_after: dict[str, torch.Tensor]
+    rules: dict[str, Optional[RuleCheck]]
+    gradcheck: list[ParameterCheck] = field(default_factory=list)
+    closed_form_grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer: str = ""
+    batch_rows: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "loss": self.loss,
+            "loss_after": self.loss_after,
+            "prediction": self.prediction.tolist(),
+            "params_before": {k: v.tolist() for k, v in self.params_before.items()},
+            "grads": {k: v.tolist() for k, v in self.grads.items()},
+            "params_after": {k: v.tolist() for k, v in self.params_after.items()},
+            "optimizer": self.optimizer,
+            "update_rules": {k: None if r is None else vars(r) for k, r in self.rules.items()},
+            "gradcheck": [vars(c) for c in self.gradcheck],
+            "closed_form_grads": {k: v.tolist() for k, v in self.closed_form_grads.items()},
+        }
+
+
+def explain_step(cfg: DictConfig, run_dir: Optional[Path] = None) -> StepReport:
+    prepared = prepare(cfg)
+    prepared.datamodule.setup("fit")
+    x, y = next(iter(prepared.datamodule.train_dataloader()))
+    model, loss_fn = prepared.module.model, prepared.module.loss_fn
+    optimizer = prepared.module.make_optimizer(model.parameters())
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    prediction = model(x)  # forward
+    loss = loss_fn(prediction, y)  # loss
+    optimizer.zero_grad()
+    loss.backward()  # backward
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    optimizer.step()  # step
+    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        loss_after = loss_fn(model(x), y).item()
+
+    rules = {n: check_first_step(optimizer, p, before[n], grads[n]) for n, p in model.named_parameters()}
+    report = StepReport(loss.item(), loss_after, prediction.detach(), before, grads, after, rules, optimizer=_describe(optimizer), batch_rows=len(x))
+    if _wants_gradcheck(cfg, model):
+        report.gradcheck = check_gradients(_model_at(model, before), loss_fn, x, y)
+    if closed_form.applies(cfg.model.name, cfg.loss.name):
+        report.closed_form_grads = closed_form.linear_gradient(x, y, before["weight"], before.get("bias"), cfg.loss.name)
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        run_folder.write_json_atomic(Path(run_dir) / "step.json", report.to_json())
+    return report
+
+
+def _wants_gradcheck(cfg: DictConfig, model: torch.nn.Module) -> bool:
+    setting = cfg.get("explain", {}).get("gradcheck", "auto")
+    if setting == "auto":
+        return n_parameters(model) <= GRADCHECK_AUTO_LIMIT
+    return bool(setting)
+
+
+def _model_at(model: torch.nn.Module, values: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A copy of the model with the weights it had before the step."""
+    import copy
+
+    restored = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, param in restored.named_parameters():
+            param.copy_(values[name])
+    return restored
+
+
+def _describe(optimizer: torch.optim.Optimizer) -> str:
+    group = optimizer.param_groups[0]
+    keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "betas", "eps")
+    settings = ", ".join(f"{k}={group[k]}" for k in keys if k in group)
+    return f"{type(optimizer).__name__}({settings})"

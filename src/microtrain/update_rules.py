@@ -1,0 +1,69 @@
+"""The first-step update rules of SGD, Adam and AdamW, checked against what the optimizer did.
+
+Each rule is computed from the parameter before the step and its gradient, independently of
+``torch.optim``, then compared with the parameter after the step and with the optimizer's state
+(momentum buffer, Adam's moment estimates).
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class RuleCheck:
+    rule: str  # the rule in words, e.g. "after = before − lr·grad"
+    max_abs_diff: float  # worst |expected − actual| over the parameter and any optimizer state
+    holds: bool
+    state: dict[str, float] = field(default_factory=dict)
+
+
+def check_first_step(
+    optimizer: torch.optim.Optimizer, param: torch.Tensor, before: torch.Tensor, grad: torch.Tensor
+) -> Optional[RuleCheck]:
+    """None when microtrain knows no rule for this optimizer class."""
+    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+    state = optimizer.state.get(param, {})
+    kind = type(optimizer).__name__
+    if kind == "SGD":
+        rule, expected, expected_state = _sgd(group, before, grad)
+    elif kind in ("Adam", "AdamW"):
+        rule, expected, expected_state = _adam(group, before, grad, decoupled=kind == "AdamW")
+    else:
+        return None
+    diffs = [(expected - param.detach()).abs().max().item()]
+    diffs += [(value - state[key]).abs().max().item() for key, value in expected_state.items()]
+    worst = max(diffs)
+    return RuleCheck(rule, worst, worst <= 1e-6 + 1e-5 * before.abs().max().item())
+
+
+def _sgd(group: dict, p: torch.Tensor, g: torch.Tensor) -> tuple[str, torch.Tensor, dict]:
+    lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+    rule, d = "after = before − lr·grad", g
+    if wd:
+        d = d + wd * p
+        rule = "d = grad + weight_decay·before; after = before − lr·d"
+    state = {}
+    if momentum:
+        state["momentum_buffer"] = d  # the first step starts the buffer at d, without dampening
+        d = d + momentum * d if group["nesterov"] else d
+        rule = f"buf = {'grad + weight_decay·before' if wd else 'grad'} (first step); " + (
+            "after = before − lr·(d + momentum·buf)" if group["nesterov"] else "after = before − lr·buf"
+        )
+    return rule, p - lr * d, state
+
+
+def _adam(group: dict, p: torch.Tensor, g: torch.Tensor, decoupled: bool) -> tuple[str, torch.Tensor, dict]:
+    lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    if decoupled:
+        p_decayed = p * (1 - lr * wd)
+    else:
+        g = g + wd * p
+        p_decayed = p
+    m, v = (1 - beta1) * g, (1 - beta2) * g * g
+    m_hat, v_hat = m / (1 - beta1), v / (1 - beta2)
+    after = p_decayed - lr * m_hat / (v_hat.sqrt() + eps)
+    decay = "before·(1 − lr·weight_decay)" if decoupled else "before"
+    rule = f"m = (1−β1)·g, v = (1−β2)·g², m̂ = m/(1−β1), v̂ = v/(1−β2); after = {decay} − lr·m̂/(√v̂ + eps)"
+    return rule, after, {"exp_avg": m, "exp_avg_sq": v}

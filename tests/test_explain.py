@@ -1,0 +1,215 @@
+"""explain_step against the notebooks' printed numbers and against independent truths."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from microtrain.closed_form import least_squares_loss, linear_gradient
+from microtrain.explain import explain_step
+from microtrain.gradcheck import check_gradients
+from microtrain.training import train
+from tests_helpers import make_cfg, run_script
+
+# The notebooks printed results of unrounded weights at 4 decimals.
+NOTEBOOK = dict(rel=3e-4, abs=3e-4)
+
+
+def explain(*overrides, run_dir=None):
+    return explain_step(make_cfg(*overrides), run_dir)
+
+
+def values(tensor):
+    return np.asarray(tensor.tolist()).ravel().tolist()
+
+
+def test_linear_1x1_one_sgd_step():
+    r = explain("+experiment=linear_1x1_sgd")
+    assert values(r.prediction) == pytest.approx([0.6567, 1.5259, 2.3952, 3.2644], **NOTEBOOK)
+    assert r.loss == pytest.approx(10.8365, **NOTEBOOK)
+    assert values(r.grads["weight"]) == pytest.approx([-18.0241], **NOTEBOOK)
+    assert values(r.params_after["weight"]) == pytest.approx([1.0495], **NOTEBOOK)
+
+
+def test_backward_ones_probe():
+    r = explain("+experiment=linear_1x1_ones_probe")
+    assert values(r.grads["weight"]) == pytest.approx([10.0])
+    assert values(r.grads["bias"]) == pytest.approx([4.0])
+
+
+def test_mlp_3_3_1_backprop_by_hand():
+    r = explain("+experiment=mlp_3_3_1_by_hand")
+    assert values(r.prediction) == pytest.approx([-0.5089], **NOTEBOOK)
+    g, after = r.grads, r.params_after
+    assert values(g["fc2.bias"]) == [1.0]
+    assert values(g["fc2.weight"]) == pytest.approx([0.2572, 0.1864, -0.2532], **NOTEBOOK)
+    assert values(g["fc1.bias"]) == pytest.approx([-0.4719, -0.5560, -0.3805], **NOTEBOOK)
+    assert values(g["fc1.weight"]) == pytest.approx(
+        [-0.0472, -0.0944, -0.1416, -0.0556, -0.1112, -0.1668, -0.0381, -0.0761, -0.1142], **NOTEBOOK
+    )
+    assert values(after["fc1.weight"]) == pytest.approx(
+        [0.5194, -0.0661, -0.3749, -0.4339, 0.4103, 0.3410, 0.1337, -0.0492, 0.3273], **NOTEBOOK
+    )
+    assert values(after["fc1.bias"]) == pytest.approx([0.8690, 0.6793, 0.0789], **NOTEBOOK)
+    assert values(after["fc2.weight"]) == pytest.approx([-0.7292, -0.7424, -0.1273], **NOTEBOOK)
+    assert values(after["fc2.bias"]) == pytest.approx([-1.3802], **NOTEBOOK)
+
+
+def test_linear_4x3_without_bias():
+    r = explain("+experiment=linear_4x3_no_bias")
+    assert list(r.params_before) == ["weight"]
+    assert values(r.prediction) == pytest.approx([2.3953, 3.3681, -1.2770, -3.8335], **NOTEBOOK)
+    assert r.loss == pytest.approx(20.8689, **NOTEBOOK)
+    assert values(r.grads["weight"]) == pytest.approx(
+        [0.6976, 1.3953, 2.7905, 0.6840, 1.3681, 2.7362, -2.1385, -4.2770, -8.5540, -3.9168, -7.8335, -15.6671], **NOTEBOOK
+    )
+    assert values(r.params_after["weight"]) == pytest.approx(
+        [-0.7139, 0.7070, 0.3139, 0.5002, 1.3415, -0.0615, -0.5324, 1.7739, -0.7363, -0.1666, -1.5436, 0.4720], **NOTEBOOK
+    )
+    assert r.loss_after == pytest.approx(9.7922, **NOTEBOOK)
+
+
+def test_relu_mlp_3_4_4():
+    r = explain("+experiment=relu_mlp_3_4_4")
+    assert values(r.prediction) == pytest.approx([5.7500, 6.1875, 11.3977, 6.4486], **NOTEBOOK)
+    assert r.loss == pytest.approx(29.1538, **NOTEBOOK)
+    assert values(r.grads["fc1.weight"]) == pytest.approx(
+        [7.9427, 15.8855, 31.7709, 6.1575, 12.3151, 24.6302, 6.3732, 12.7465, 25.4929, 0, 0, 0], **NOTEBOOK
+    )
+    assert values(r.grads["fc2.weight"]) == pytest.approx(
+        [3.4945, 6.9921, 19.5826, 0, 3.0807, 6.1641, 17.2638, 0, 6.1781, 12.3615, 34.6208, 0, 1.8014, 3.6043, 10.0947, 0],
+        **NOTEBOOK,
+    )
+
+
+def test_w1_b05_sum_of_squares():
+    r = explain("+experiment=autograd_w1_b05_sse")
+    assert values(r.prediction) == pytest.approx([1.9])
+    assert r.loss == pytest.approx(0.04, abs=1e-6)
+    assert values(r.grads["weight"]) == pytest.approx([-0.56], abs=1e-6)
+    assert values(r.grads["bias"]) == pytest.approx([-0.4], abs=1e-6)
+    assert values(r.closed_form_grads["weight"]) == pytest.approx([-0.56], abs=1e-6)
+
+
+def test_3x2_linear_on_ten_rows_against_plain_torch(tmp_path):
+    """A case not in the notebooks: the step.json of microtrain against a hand-written step."""
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(10, 3, generator=gen), torch.randn(10, 2, generator=gen)
+    w, b = torch.randn(2, 3, generator=gen), torch.randn(2, generator=gen)
+    fmt = lambda t: str(t.tolist()).replace(" ", "")  # noqa: E731
+    explain(
+        "data=inline", f"data.x={fmt(x)}", f"data.y={fmt(y)}", "optimizer.lr=0.01",
+        f"model.init_values={{weight:{fmt(w)},bias:{fmt(b)}}}", run_dir=tmp_path,
+    )
+    step = json.loads((tmp_path / "step.json").read_text())
+    W, B = w.clone().requires_grad_(), b.clone().requires_grad_()
+    loss = ((x @ W.T + B - y) ** 2).mean()
+    loss.backward()
+    assert step["loss"] == pytest.approx(loss.item(), abs=4e-4)
+    assert np.allclose(step["grads"]["weight"], W.grad.numpy(), atol=4e-4)
+    assert np.allclose(step["params_after"]["weight"], (w - 0.01 * W.grad).numpy(), atol=4e-4)
+    assert np.allclose(step["params_after"]["bias"], (b - 0.01 * B.grad).numpy(), atol=4e-4)
+    assert np.allclose(step["params_before"]["weight"], w.numpy(), atol=1e-6)
+
+
+CLASSES = ["data=inline", "data.x=[[0.1,0.3],[1.2,-0.4],[-0.7,0.9],[0.5,0.5],[2.0,-1.0]]", "data.y=[[0],[1],[2],[1],[0]]"]
+REGRESSION = ["data.n_samples=20", "data.batch_size=null"]
+
+
+@pytest.mark.parametrize("model", ["linear", "mlp"])
+@pytest.mark.parametrize("loss", ["mse", "sse", "l1", "huber", "residual_sum", "cross_entropy"])
+def test_gradcheck_passes_for_every_model_and_loss(model, loss):
+    data = CLASSES if loss == "cross_entropy" else REGRESSION
+    shape = ["model.hidden=8", "model.activation=tanh"] if model == "mlp" else []
+    r = explain(f"model={model}", f"loss={loss}", *shape, *data)
+    assert r.gradcheck and all(c.rel_error < 1e-6 for c in r.gradcheck), r.gradcheck
+
+
+def test_gradcheck_catches_a_wrong_backward():
+    class OffByOnePercent(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 1.0
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 1.01
+
+    class Broken(nn.Linear):
+        def forward(self, x):
+            return OffByOnePercent.apply(super().forward(x))
+
+    model = Broken(3, 2)
+    checks = check_gradients(model, nn.MSELoss(), torch.randn(8, 3), torch.randn(8, 2))
+    assert not any(c.passed for c in checks)
+    assert all(c.rel_error == pytest.approx(0.01 / 1.01, rel=1e-3) for c in checks)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["optimizer.momentum=0.9"],
+        ["optimizer.momentum=0.9", "optimizer.nesterov=true"],
+        ["optimizer.weight_decay=0.1"],
+        ["optimizer.momentum=0.5", "optimizer.weight_decay=0.1", "optimizer.dampening=0.3"],
+        ["optimizer=adam"],
+        ["optimizer=adam", "optimizer.weight_decay=0.1"],
+        ["optimizer=adamw"],
+    ],
+)
+def test_update_rules_hold(overrides):
+    r = explain("model=mlp", "model.hidden=4", *overrides)
+    assert all(rule is not None and rule.holds for rule in r.rules.values()), r.rules
+
+
+def test_update_rule_check_is_not_vacuous():
+    """Changing the weights after the step must make the SGD rule fail."""
+    from microtrain.update_rules import check_first_step
+
+    p = nn.Parameter(torch.tensor([1.0, 2.0]))
+    opt = torch.optim.SGD([p], lr=0.1)
+    p.grad = torch.tensor([0.5, -0.5])
+    before = p.detach().clone()
+    opt.step()
+    assert check_first_step(opt, p, before, p.grad).holds
+    with torch.no_grad():
+        p.add_(1e-3)
+    assert not check_first_step(opt, p, before, p.grad).holds
+
+
+def test_closed_form_gradient_matches_autograd():
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    layer = nn.Linear(3, 2).double()
+    for name, loss_fn in (("mse", nn.MSELoss()), ("sse", nn.MSELoss(reduction="sum"))):
+        layer.zero_grad()
+        loss_fn(layer(x), y).backward()
+        grads = linear_gradient(x, y, layer.weight.detach(), layer.bias.detach(), name)
+        torch.testing.assert_close(grads["weight"], layer.weight.grad)
+        torch.testing.assert_close(grads["bias"], layer.bias.grad)
+
+
+def test_optimality_gap_is_logged_and_closes(tmp_path):
+    result = train(make_cfg("trainer.max_epochs=30"), tmp_path)
+    m = result.metrics
+    x = np.c_[np.random.default_rng(0).normal(size=(5, 2)), np.ones(5)]
+    assert m["train_loss_optimum"] <= m["train_loss"] and 0 <= m["optimality_gap"] < 1e-3
+    # the optimum itself against numpy's least squares on a small problem
+    y = np.arange(5.0)[:, None]
+    beta = np.linalg.lstsq(x, y, rcond=None)[0]
+    expected = float(((x @ beta - y) ** 2).mean())
+    got = least_squares_loss(torch.tensor(x[:, :2]), torch.tensor(y), bias=True, loss_name="mse")
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_explain_script_prints_and_writes_the_same_numbers(tmp_path):
+    done = run_script("explain_step.py", "+experiment=linear_1x1_sgd", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    step = json.loads((tmp_path / "step.json").read_text())
+    assert set(step) >= {"loss", "loss_after", "params_before", "grads", "params_after"}
+    assert f"loss before the step: {step['loss']:.6g}" in done.stdout
+    assert f"grad    [[{round(step['grads']['weight'][0][0], 4)}]]" in done.stdout
+    assert "after = before − lr·grad: holds" in done.stdout
+    assert "weight       max abs error" in done.stdout and "FAIL" not in done.stdout
