@@ -34,3 +34,24 @@ def run_script(script: str, *args: str, cwd: Path, timeout: int = 180) -> subpro
         text=True,
         timeout=timeout,
     )
+
+
+def run_in_process(capsys, script: str, *args: str) -> tuple[int, str, str]:
+    """Run a script's Hydra main in this process (as `python scripts/<script> args` would): (exit code, stdout, stderr).
+
+    Much faster than a subprocess (no second `import lightning`), for the long tables of cases.
+    """
+    import runpy
+
+    capsys.readouterr()
+    saved = sys.argv
+    sys.argv = [str(ROOT / "scripts" / script), *args]
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = saved
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -15,13 +15,41 @@ from microtrain.device import data_placement
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class TensorBatches:
-    """Batches of (x, y) in a seeded order per epoch; ``state_dict`` records the epoch and position.
+class SeededOrder:
+    """The row order of each epoch, a function of (seed, epoch) alone, so no RNG state needs saving.
 
-    Lightning saves ``state_dict()`` into checkpoints and calls ``load_state_dict`` on resume, so
-    a run killed mid-epoch continues with the very next batch. The order of epoch ``e`` is a
-    function of (seed, e) alone, so no RNG state needs saving.
+    Lightning calls ``set_epoch`` on a loader's ``sampler`` at the start of every epoch (as it
+    does for DistributedSampler), including the first epoch after a resume.
     """
+
+    def __init__(self, n_rows: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1):
+        self.n_rows, self.shuffle, self.seed = n_rows, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.rows_per_rank = n_rows // world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> torch.Tensor:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n_rows, generator=generator)
+        else:
+            order = torch.arange(self.n_rows)
+        # Every rank gets the same number of rows, or DDP ranks would wait on each other forever.
+        return order[self.rank :: self.world_size][: self.rows_per_rank]
+
+
+class TensorBatches:
+    """Batches of (x, y) cut from whole tensors, in the order of ``sampler``.
+
+    ``state_dict`` records the epoch and how many batches of it were served; Lightning saves it
+    into checkpoints and calls ``load_state_dict`` when it resumes mid-epoch, so a run killed
+    mid-epoch continues with the very next batch.
+    """
+
+    batch_sampler = None  # DataLoader's interface, which Lightning inspects: batches come from `sampler` order
 
     def __init__(
         self,
@@ -35,42 +63,28 @@ class TensorBatches:
         device: Optional[torch.device] = None,
     ):
         self.x, self.y = x, y
-        self.shuffle, self.seed = shuffle, seed
-        self.rank, self.world_size = rank, world_size
+        # One batch of every row needs no order; not shuffling it keeps the notebooks' row order.
+        self.sampler = SeededOrder(len(x), shuffle and bool(batch_size) and batch_size < len(x) // world_size, seed, rank, world_size)
+        self.batch_size = min(batch_size or self.sampler.rows_per_rank, self.sampler.rows_per_rank)
         # Only set when the tensors live in pinned host memory and each batch must be copied.
         self.copy_to = device
-        self.rows_per_rank = len(x) // world_size
-        self.batch_size = min(batch_size or self.rows_per_rank, self.rows_per_rank)
-        self.epoch, self.position = 0, 0
-        self._started = False
+        self.position = 0
+        self._resume_at: Optional[tuple[int, int]] = None
 
     def __len__(self) -> int:
-        return math.ceil(self.rows_per_rank / self.batch_size)
+        return math.ceil(self.sampler.rows_per_rank / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        if self._started and (self.position == 0 or self.position >= len(self)):
-            self.epoch += 1
-        if self.position >= len(self):
-            self.position = 0
-        self._started = True
-        order = self._order(self.epoch)
+        self.position = 0
+        if self._resume_at is not None and self._resume_at[0] == self.sampler.epoch:
+            self.position = self._resume_at[1]
+        self._resume_at = None
+        order = self.sampler.order().to(self.x.device)
         while self.position < len(self):
             start = self.position * self.batch_size
             index = order[start : start + self.batch_size]
             self.position += 1
             yield self._cut(index)
-
-    def _order(self, epoch: int) -> torch.Tensor:
-        n = len(self.x)
-        # One batch of every row needs no order; skipping the shuffle keeps the notebooks' row order.
-        if self.shuffle and len(self) > 1:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(n, generator=generator)
-        else:
-            order = torch.arange(n)
-        # Every rank gets the same number of rows, or DDP ranks would wait on each other forever.
-        order = order[self.rank :: self.world_size][: self.rows_per_rank]
-        return order.to(self.x.device)
 
     def _cut(self, index: torch.Tensor) -> Batch:
         x, y = self.x[index], self.y[index]
@@ -80,10 +94,11 @@ class TensorBatches:
         return x, y
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "started": self._started}
+        return {"epoch": self.sampler.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.position, self._started = state["epoch"], state["position"], state["started"]
+        self.sampler.set_epoch(state["epoch"])
+        self._resume_at = (state["epoch"], state["position"])
 
 
 class TensorDataModule(L.LightningDataModule):

@@ -23,6 +23,7 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
 
 
 def train_command(cfg: DictConfig) -> float:
@@ -54,8 +55,10 @@ def train_command(cfg: DictConfig) -> float:
 
 def _fail(err: MicrotrainError, run_dir: Path) -> float:
     status = "diverged" if isinstance(err, TrainingDiverged) else "failed"
-    if run_dir.is_dir():
-        run_folder.write_json_atomic(run_dir / run_folder.METRICS, {"status": status, "error": str(err)})
+    metrics = run_dir / run_folder.METRICS
+    # A diverged run trained in this folder and owns it; bad input must not touch an earlier run's results.
+    if run_dir.is_dir() and (status == "diverged" or not metrics.exists()):
+        run_folder.write_json_atomic(metrics, {"status": status, "error": str(err)})
     error_console.print(f"error: {err}", markup=False, soft_wrap=True)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return float("inf")  # the sweep goes on; the summary marks this job

@@ -24,6 +24,14 @@ def tensorboard_writer(trainer: "L.Trainer") -> Optional[SummaryWriter]:
     return writer if isinstance(writer, SummaryWriter) else None
 
 
+def _histogram(writer: SummaryWriter, tag: str, tensor: torch.Tensor, step: int) -> None:
+    """Histogram of the finite values; a diverging run is reported by LossWatch, not by a crash here."""
+    values = tensor.float().cpu().reshape(-1)
+    finite = values[torch.isfinite(values)]
+    if finite.numel():
+        writer.add_histogram(tag, finite, step)
+
+
 class ParameterInspector(L.Callback):
     def __init__(self, every_n_steps: int = 50, histograms: bool = True):
         self.every_n_steps = every_n_steps
@@ -41,12 +49,12 @@ class ParameterInspector(L.Callback):
             weight = param.detach()
             writer.add_scalar(f"weight_norm/{name}", weight.norm().item(), step)
             if self.histograms:
-                writer.add_histogram(f"weights/{name}", weight.float().cpu(), step)
+                _histogram(writer, f"weights/{name}", weight, step)
             if param.grad is not None:
                 grad = param.grad.detach()
                 writer.add_scalar(f"grad_norm/{name}", grad.norm().item(), step)
                 if self.histograms:
-                    writer.add_histogram(f"grads/{name}", grad.float().cpu(), step)
+                    _histogram(writer, f"grads/{name}", grad, step)
             self._before[name] = weight.clone()
         writer.add_scalar("lr", optimizer.param_groups[0]["lr"], step)
 

@@ -36,7 +36,7 @@ class LossWindow:
         self.count += 1
 
     def drain(self) -> tuple[int, list[float]]:
-        """(step of the first loss, the losses) since the last drain; this syncs with the device."""
+        """(1-based number of the first step, the losses) since the last drain; this syncs with the device."""
         losses = [] if self.buffer is None else self.buffer[: self.count].tolist()
         self.count = 0
         return self.first_step, losses

@@ -97,14 +97,11 @@ def _build_trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, prep
     # version="" and name="" put the event files straight into the run folder, so a sweep folder's
     # TensorBoard runs are named by their job folders; purge_step hides steps a resumed run redoes.
     logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False, purge_step=purge_step)
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / run_folder.CHECKPOINTS,
-        filename="best",
-        monitor="val_loss" if has_val else None,
-        save_last=True,
-        every_n_train_steps=cfg.trainer.get("checkpoint_every_n_steps") or None,
+    checkpoint_every = validate.integer(
+        cfg.trainer.get("checkpoint_every_n_steps"), "trainer.checkpoint_every_n_steps", minimum=1, allow_none=True
     )
-    callbacks = [LossWatch(every), ParameterInspector(every, histograms=cfg.log.histograms), checkpoints]
+    checkpoints = _checkpoint_callbacks(run_dir / run_folder.CHECKPOINTS, has_val, checkpoint_every)
+    callbacks = [LossWatch(every, checkpoint_every), ParameterInspector(every, histograms=cfg.log.histograms), *checkpoints]
     if prepared.optimum is not None:
         callbacks.insert(1, OptimalityGap(prepared.optimum, prepared.splits.train, every))
     try:
@@ -136,6 +133,16 @@ def _trainer(cfg: DictConfig, plan: device.DevicePlan, logger: TensorBoardLogger
         enable_progress_bar=t.enable_progress_bar,
         deterministic=t.get("deterministic", False),
     )
+
+
+def _checkpoint_callbacks(folder: Path, has_val: bool, every_n_steps: Optional[int]) -> list[ModelCheckpoint]:
+    """last.ckpt after every epoch (and every N steps if asked), best.ckpt by validation loss."""
+    common = dict(dirpath=folder, enable_version_counter=False)
+    callbacks = [ModelCheckpoint(filename="best", monitor="val_loss" if has_val else None, save_last=True, **common)]
+    if every_n_steps:
+        # a second checkpointer: Lightning's step and epoch triggers are mutually exclusive
+        callbacks.append(ModelCheckpoint(filename="last", monitor=None, every_n_train_steps=every_n_steps, **common))
+    return callbacks
 
 
 def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Optional[str]:

@@ -1,0 +1,190 @@
+"""Bad input, divergence, atomic files, and exact resume after SIGKILL."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from microtrain.checkpoint_io import AtomicCheckpointIO
+from tests_helpers import ROOT, read_events, run_in_process
+
+BAD_INPUTS = [
+    (["model=cnn"], "Could not find 'model/cnn'"),
+    (["loss=hinge"], "Could not find 'loss/hinge'"),
+    (["optimizer=lbfgs2"], "Could not find 'optimizer/lbfgs2'"),
+    (["data=imagenet"], "Could not find 'data/imagenet'"),
+    (["device=tpu"], "Could not find 'device/tpu'"),
+    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be greater than 0"),
+    (["optimizer.lr=0"], "optimizer.lr=0 must be greater than 0"),
+    (["optimizer.lr=abc"], "optimizer.lr='abc' is not a number"),
+    (["optimizer.momentum=-1"], "optimizer.momentum=-1 must be at least 0.0"),
+    (["optimizer=adam", "optimizer.betas=[0.9,2.0]"], "optimizer torch.optim.Adam refused its settings"),
+    (["optimizer._target_=torch.optim.Nope"], "cannot be built"),
+    (["model=mlp", "model.hidden=0"], "model.hidden=0 must be at least 1"),
+    (["model=mlp", "model.hidden=1.5"], "model.hidden=1.5 is not a whole number"),
+    (["model=mlp", "model.activation=gelu"], "model.activation='gelu' is not one of"),
+    (["model.init=he"], "model.init='he' is not one of"),
+    (["model.bias=maybe"], "model.bias='maybe' must be true or false"),
+    (["data.batch_size=0"], "data.batch_size=0 must be at least 1"),
+    (["model.init_values={fc9.weight:[[1.0]]}"], "model.init_values names 'fc9.weight', which this model does not have"),
+    (["model.init_values={weight:[[1.0]]}"], "model.init_values.weight has shape [1, 1] but the parameter has shape [1, 3]"),
+    (["model.in_features=4"], "model.in_features=4 but the data has 3 features; drop model.in_features"),
+    (["data=inline", "data.y=[[1.0],[2.0]]"], "data.x has 4 rows but data.y has 2"),
+    (["data=inline", "data.x=[[1.0],[2.0,3.0],[3.0],[4.0]]"], "data.x has rows of different lengths"),
+    (["data=inline", "data.x=[[1.0],[a],[3.0],[4.0]]"], "data.x holds a value that is not a number"),
+    (["loss=cross_entropy"], "loss=cross_entropy needs integer class labels"),
+    (["data.val_fraction=1.0"], "data.val_fraction=1.0 must be in [0, 1)"),
+    (["data.n_samples=-5"], "data.n_samples=-5 must be at least 2"),
+    (["data.noise=-1"], "data.noise=-1 must be at least 0.0"),
+    (["device=cuda"], "device=cuda but no CUDA GPU is visible; use device=cpu or device=auto"),
+    (["device.precision=8"], "device.precision='8' is not one of"),
+    (["device=cpu", "device.precision=16-mixed"], "16-mixed needs a CUDA GPU; on CPU use bf16-mixed or 32"),
+    (["seed=1.5"], "seed=1.5 is not a whole number"),
+    (["seed=abc"], "seed='abc' is not a whole number"),
+    (["trainer.strategy=warp"], "Lightning refused the trainer settings"),
+    (["log.every_n_steps=0"], "log.every_n_steps=0 must be at least 1"),
+    (["resume=true"], "resume=true but"),
+]
+
+
+@pytest.fixture
+def earlier_run(tmp_path):
+    """A finished run folder whose files must survive every bad command."""
+    folder = tmp_path / "earlier"
+    folder.mkdir()
+    (folder / "metrics.json").write_text('{"status": "ok", "train_loss": 0.01}\n')
+    return folder
+
+
+def digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_and_touches_nothing(capsys, tmp_path, earlier_run, args, message):
+    before = digest(earlier_run)
+    code, out, err = run_in_process(capsys, "train.py", *args, f"hydra.run.dir={tmp_path / 'new'}", "trainer.max_epochs=1")
+    assert code != 0
+    assert "Traceback" not in err + out
+    assert message in err
+    if not message.startswith("Could not find"):  # Hydra's own listing of choices is several lines
+        (line,) = err.strip().splitlines()
+        assert line.startswith("error: ")
+    assert digest(earlier_run) == before
+
+
+def test_bad_rerun_into_a_finished_folder_keeps_its_results(capsys, earlier_run):
+    before = (earlier_run / "metrics.json").read_text()
+    code, _, err = run_in_process(capsys, "train.py", "optimizer.lr=-1", f"hydra.run.dir={earlier_run}")
+    assert code == 2 and (earlier_run / "metrics.json").read_text() == before
+
+
+def test_divergence_stops_with_one_line_and_keeps_a_good_checkpoint(capsys, tmp_path):
+    code, out, err = run_in_process(capsys, "train.py", "optimizer.lr=1.2", f"hydra.run.dir={tmp_path}", "trainer.enable_progress_bar=false")
+    assert code == 3
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: training diverged at step ") and "lower optimizer.lr" in line
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_divergence_names_the_first_non_finite_gradient(tmp_path):
+    from microtrain.errors import TrainingDiverged
+    from microtrain.training import train
+    from tests_helpers import make_cfg
+
+    with pytest.raises(TrainingDiverged, match=r"step 1: loss=nan \(first non-finite gradient: fc1.weight\)"):
+        train(make_cfg("model=mlp", "model.init_values={fc1.bias:[nan,0,0,0]}", "model.hidden=4", "log.every_n_steps=1"), tmp_path)
+
+
+def test_finished_run_records_ok(capsys, tmp_path):
+    code, *_ = run_in_process(capsys, "train.py", f"hydra.run.dir={tmp_path}", "trainer.max_epochs=1")
+    assert code == 0 and json.loads((tmp_path / "metrics.json").read_text())["status"] == "ok"
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, path)
+
+    def crash(obj, handle, *a, **k):
+        handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(2)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(2))
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoints_load_without_running_code(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "extra": Payload()}, path)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        AtomicCheckpointIO().load_checkpoint(path)
+
+
+# --- exact resume after SIGKILL ------------------------------------------------------------
+
+RESUME_ARGS = [
+    "model=mlp", "data.n_samples=12000", "data.batch_size=32", "trainer.max_epochs=3",
+    "device=cpu", "trainer.enable_progress_bar=false", "log.every_n_steps=100",
+]
+
+
+def train_process(run_dir, *extra):
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), *RESUME_ARGS, f"hydra.run.dir={run_dir}", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def final_weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    proc = train_process(run_dir)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    return final_weights(run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("every_n_steps", [None, 70], ids=["epoch-boundary", "mid-epoch"])
+def test_sigkill_then_resume_is_bitwise_equal(tmp_path, uninterrupted, every_n_steps):
+    extra = [f"trainer.checkpoint_every_n_steps={every_n_steps}"] if every_n_steps else []
+    proc = train_process(tmp_path, *extra)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = torch.load(last, weights_only=True)["global_step"]
+    assert 0 < killed_at < 900  # 9600 training rows / 32 = 300 steps an epoch
+    if every_n_steps:
+        assert killed_at % 300 != 0, "meant to resume mid-epoch"
+
+    resumed = train_process(tmp_path, *extra, "resume=true")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    weights = final_weights(tmp_path)
+    assert weights.keys() == uninterrupted.keys()
+    assert all(torch.equal(weights[k], uninterrupted[k]) for k in weights)
+    # one TensorBoard run, no step logged twice
+    steps = [s.step for s in read_events(tmp_path).Scalars("train_loss_step")]
+    assert steps == sorted(set(steps)) and steps[-1] == 900
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 900
