@@ -104,18 +104,18 @@ class TensorBatches:
 class TensorDataModule(L.LightningDataModule):
     """Train and validation tensors, moved once to the training device when they fit there."""
 
-    def __init__(self, train: Batch, val: Optional[Batch], batch_size: Optional[int], seed: int):
+    def __init__(self, train: Batch, val: Optional[Batch], batch_size: Optional[int], seed: int, test: Optional[Batch] = None):
         super().__init__()
-        self.train, self.val = train, val
+        self.train, self.val, self.test = train, val, test
         self.batch_size, self.seed = batch_size, seed
         self.copy_to: Optional[torch.device] = None
 
     def setup(self, stage: str) -> None:
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        n_bytes = sum(t.numel() * t.element_size() for pair in (self.train, self.val) if pair for t in pair)
+        splits = (self.train, self.val, self.test)
+        n_bytes = sum(t.numel() * t.element_size() for pair in splits if pair for t in pair)
         if data_placement(n_bytes, device) == "device":
-            self.train = _to(self.train, device)
-            self.val = _to(self.val, device)
+            self.train, self.val, self.test = (_to(pair, device) for pair in splits)
         else:
             self.copy_to = device
 
@@ -124,12 +124,17 @@ class TensorDataModule(L.LightningDataModule):
         return TensorBatches(*self.train, self.batch_size, True, self.seed, rank, world, self.copy_to)
 
     def val_dataloader(self) -> list:
-        if self.val is None:
+        return self._evaluation_batches(self.val)
+
+    def test_dataloader(self) -> list:
+        return self._evaluation_batches(self.test)
+
+    def _evaluation_batches(self, pair: Optional[Batch]) -> list:
+        if pair is None:
             return []
         rank, world = self._rank_and_world()
-        # Evaluation has no optimizer step to wait for, so it takes the whole split in one batch
-        # unless a batch size was asked for.
-        return [TensorBatches(*self.val, self.batch_size and max(self.batch_size, 4096), False, 0, rank, world, self.copy_to)]
+        # Evaluation has no optimizer step to wait for: batches of at least 4096 rows.
+        return [TensorBatches(*pair, self.batch_size and max(self.batch_size, 4096), False, 0, rank, world, self.copy_to)]
 
     def _rank_and_world(self) -> tuple[int, int]:
         if self.trainer is None:

@@ -42,6 +42,9 @@ def train_command(cfg: DictConfig) -> float:
     console.print(f"run folder: {run_dir}")
     losses = "  ".join(f"{k}={_fmt(metrics[k])}" for k in ("train_loss", "val_loss") if k in metrics)
     console.print(f"final: {losses}  ({metrics['steps']} steps, {metrics['seconds']:.1f} s)")
+    tested = "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float))
+    if tested:
+        console.print(f"test (checkpoint {Path(metrics['test_checkpoint']).name}): {tested}")
     if "train_loss_optimum" in metrics:
         console.print(
             f"least-squares optimum of the training loss: {_fmt(metrics['train_loss_optimum'])} "
@@ -85,3 +88,14 @@ def explain_command(cfg: DictConfig) -> None:
     console.print(f"\nstep.json: {run_dir / 'step.json'}")
     if not all(r.holds for r in report.rules.values() if r) or not all(c.passed for c in report.gradcheck):
         sys.exit(4)
+
+
+def predict_command(cfg: DictConfig) -> None:
+    from microtrain.predict import predict_file
+
+    try:
+        out = predict_file(Path(cfg.run), cfg.data.path, cfg.get("output"), cfg.get("checkpoint", "best"))
+    except MicrotrainError as err:
+        error_console.print(f"error: {err}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    console.print(f"predictions: {out}")

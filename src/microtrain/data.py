@@ -1,35 +1,56 @@
-"""Data sources selected by ``conf/data/``: built-in synthetic regression and inline rows.
+"""Data sources selected by ``conf/data/``, and the train/validation/test split.
 
-Each source returns a ``Dataset`` of float32 inputs and targets; ``split`` turns it into the
-train and validation tensors the data module serves.
+synthetic and inline are built here; csv and npz files are read by ``data_files``; the
+bundled real data sets come from scikit-learn (``bundled``). Every source returns a ``Dataset``
+of float tensors; ``split`` cuts it into the splits the data module serves.
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
-from microtrain import validate
+from microtrain import data_files, validate
+from microtrain.bundled import BUNDLED, load_bundled
 from microtrain.errors import DataError
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+SOURCES = ("synthetic", "inline", "csv", "npz", *BUNDLED)
 
 
 @dataclass
 class Dataset:
     x: torch.Tensor  # (rows, features) float32
     y: torch.Tensor  # (rows, outputs) float32, or (rows,) int64 class labels
+    source: str  # names the data in error messages: "data=inline" or a file path
+    features: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
     truth: dict[str, Any] = field(default_factory=dict)  # the generating parameters, when known
 
 
 @dataclass
 class Splits:
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: Optional[tuple[torch.Tensor, torch.Tensor]]
+    train: Pair
+    val: Optional[Pair]
+    test: Optional[Pair] = None
 
 
 def load(cfg: Mapping[str, Any]) -> Dataset:
-    name = validate.choice(cfg.get("name"), "data.name", ("synthetic", "inline"))
-    return synthetic(cfg) if name == "synthetic" else inline(cfg)
+    name = validate.choice(cfg.get("name"), "data.name", SOURCES)
+    if name == "synthetic":
+        return synthetic(cfg)
+    if name == "inline":
+        return inline(cfg)
+    if name == "csv":
+        return csv_file(cfg)
+    if name == "npz":
+        path = data_files.existing_file(cfg.get("path"))
+        x, y = data_files.read_npz(path)
+        return _dataset(x, y, str(path))
+    x, y, features, _task = load_bundled(name)
+    return _dataset(x, y, f"data={name}", features, ["target"])
 
 
 def synthetic(cfg: Mapping[str, Any]) -> Dataset:
@@ -44,7 +65,7 @@ def synthetic(cfg: Mapping[str, Any]) -> Dataset:
     bias = torch.randn(d_out, generator=generator)
     x = torch.randn(n, d_in, generator=generator)
     y = x @ weight.T + bias + noise * torch.randn(n, d_out, generator=generator)
-    return Dataset(x, y, truth={"weight": weight.tolist(), "bias": bias.tolist()})
+    return Dataset(x, y, "data=synthetic", truth={"weight": weight.tolist(), "bias": bias.tolist()})
 
 
 def inline(cfg: Mapping[str, Any]) -> Dataset:
@@ -53,11 +74,30 @@ def inline(cfg: Mapping[str, Any]) -> Dataset:
     y = _matrix(cfg.get("y"), "data.y")
     if len(x) != len(y):
         raise DataError(f"data.x has {len(x)} rows but data.y has {len(y)}; give one target row per input row")
-    return Dataset(x, y)
+    return Dataset(x, y, "data=inline")
+
+
+def csv_file(cfg: Mapping[str, Any]) -> Dataset:
+    path = data_files.existing_file(cfg.get("path"))
+    features = cfg.get("features")
+    features, targets = data_files.csv_columns(path, cfg.get("target"), None if features is None else list(features))
+    x = data_files.read_csv_matrix(path, features)
+    y = data_files.read_csv_matrix(path, targets)
+    return _dataset(x, y, str(path), features, targets)
+
+
+def _dataset(x: np.ndarray, y: np.ndarray, source: str, features: Optional[list[str]] = None, targets: Optional[list[str]] = None) -> Dataset:
+    return Dataset(
+        torch.tensor(x, dtype=torch.float32),
+        torch.tensor(y, dtype=torch.float32),
+        source,
+        features or [f"x{i}" for i in range(x.shape[1])],
+        targets or [f"y{i}" for i in range(y.shape[1])],
+    )
 
 
 def _matrix(value: Any, key: str) -> torch.Tensor:
-    if value is None:
+    if value is None or len(value) == 0:
         raise DataError(f"{key} is empty; give rows like {key}=[[1.0],[2.0]]")
     rows = [list(row) if _is_list(row) else [row] for row in value]
     widths = {len(row) for row in rows}
@@ -78,24 +118,61 @@ def as_class_labels(y: torch.Tensor, source: str) -> torch.Tensor:
     if y.dim() == 2 and y.shape[1] != 1:
         raise DataError(f"{source}: cross_entropy needs one column of class labels, got {y.shape[1]} target columns")
     flat = y.reshape(-1)
-    if not torch.equal(flat, flat.round()) or (flat < 0).any():
+    bad = ((flat != flat.round()) | (flat < 0)).nonzero()
+    if len(bad):
+        row = int(bad[0])
         raise DataError(
-            f"{source}: loss=cross_entropy needs integer class labels 0, 1, 2, ... but the targets hold "
-            "other values; use a regression loss such as loss=mse"
+            f"{source}: loss=cross_entropy needs integer class labels 0, 1, 2, ... but row {row} holds "
+            f"{flat[row].item():g}; use a regression loss such as loss=mse"
         )
     return flat.long()
 
 
-def split(data: Dataset, val_fraction: float, seed: int) -> Splits:
-    """Hold out ``val_fraction`` of the rows, chosen by ``seed``; 0 keeps every row for training."""
+def split(data: Dataset, val_fraction: float, test_fraction: float, seed: int) -> Splits:
+    """Shuffle the rows with ``seed`` and hold out validation and test rows; 0 keeps none."""
     n = len(data.x)
-    n_val = round(n * val_fraction)
-    if val_fraction > 0 and (n_val < 1 or n - n_val < 1):
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    for fraction, count, key in ((val_fraction, n_val, "val_fraction"), (test_fraction, n_test, "test_fraction")):
+        if fraction > 0 and count < 1:
+            raise DataError(f"{data.source}: data.{key}={fraction} of {n} rows is less than one row; use more rows or data.{key}=0")
+    if n - n_val - n_test < 1:
         raise DataError(
-            f"data.val_fraction={val_fraction} of {n} rows leaves an empty split; use more rows or data.val_fraction=0"
+            f"{data.source}: {n} rows are too few for val_fraction={val_fraction} and test_fraction={test_fraction}; "
+            "lower them or give more rows"
         )
-    if n_val == 0:
-        return Splits((data.x, data.y), None)
+    if n_val == n_test == 0:
+        return Splits((data.x, data.y), None, None)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val, train = order[:n_val], order[n_val:]
-    return Splits((data.x[train], data.y[train]), (data.x[val], data.y[val]))
+    val, test, train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
+    take = lambda rows: (data.x[rows], data.y[rows]) if len(rows) else None  # noqa: E731
+    return Splits(take(train), take(val), take(test))
+
+
+def check_classes_seen_in_training(splits: Splits, source: str) -> None:
+    seen = set(splits.train[1].unique().tolist())
+    for name, pair in (("validation", splits.val), ("test", splits.test)):
+        if pair is not None and (unseen := set(pair[1].unique().tolist()) - seen):
+            raise DataError(
+                f"{source}: the {name} split has class(es) {sorted(unseen)} that the training split never shows; "
+                "change data.split_seed or give more rows of those classes"
+            )
+
+
+@dataclass
+class Standardizer:
+    """Per-feature (x − mean) / std with statistics of the training split only."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> "Standardizer":
+        std = x.std(dim=0, unbiased=False)
+        return cls(x.mean(dim=0), torch.where(std > 0, std, torch.ones_like(std)))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def apply(self, splits: Splits) -> Splits:
+        scale = lambda p: None if p is None else (self(p[0]), p[1])  # noqa: E731
+        return Splits(scale(splits.train), scale(splits.val), scale(splits.test))

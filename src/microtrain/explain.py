@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from microtrain import closed_form, run_folder
 from microtrain.gradcheck import ParameterCheck, check_gradients, n_parameters
-from microtrain.training import prepare
+from microtrain.preparation import prepare
 from microtrain.update_rules import RuleCheck, check_first_step
 
 GRADCHECK_AUTO_LIMIT = 5_000  # parameters; each costs two forward passes in float64

@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from torchmetrics import MetricCollection
+
 from microtrain.batching import Batch
 
 
@@ -52,6 +54,8 @@ class Trainee(L.LightningModule):
         make_optimizer: Callable[..., torch.optim.Optimizer],
         make_scheduler: Optional[Callable[..., Any]] = None,
         log_every_n_steps: int = 50,
+        val_metrics: Optional[MetricCollection] = None,
+        test_metrics: Optional[MetricCollection] = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -60,6 +64,8 @@ class Trainee(L.LightningModule):
         self.make_optimizer = make_optimizer
         self.make_scheduler = make_scheduler
         self.loss_window = LossWindow(log_every_n_steps)
+        self.val_metrics = val_metrics
+        self.test_metrics = test_metrics
         self.epoch_loss_sum: Optional[torch.Tensor] = None
         self.epoch_steps = 0
 
@@ -92,8 +98,27 @@ class Trainee(L.LightningModule):
             scheduler.step()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test", self.test_metrics)
+
+    def _evaluate(self, batch: Batch, stage: str, metrics: Optional[MetricCollection]) -> None:
         x, y = batch
-        self.log("val_loss", self.loss_fn(self.model(x), y), on_epoch=True, batch_size=len(x), sync_dist=True)
+        prediction = self.model(x)
+        self.log(f"{stage}_loss", self.loss_fn(prediction, y), on_epoch=True, batch_size=len(x), sync_dist=True)
+        if metrics is not None:
+            metrics.update(self.predict_targets(prediction), y)
+            # logging the collection lets Lightning compute it once per epoch and reset it
+            self.log_dict(metrics, on_epoch=True, on_step=False, batch_size=len(x))
+
+    def predict_targets(self, prediction: torch.Tensor) -> torch.Tensor:
+        """Class labels (argmax of the logits) for classification, the outputs themselves for regression."""
+        return prediction.argmax(dim=1) if self.is_classifier else prediction
+
+    @property
+    def is_classifier(self) -> bool:
+        return isinstance(self.loss_fn, nn.CrossEntropyLoss)
 
     def configure_optimizers(self) -> Any:
         optimizer = self.make_optimizer(self.model.parameters())

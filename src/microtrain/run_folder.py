@@ -10,6 +10,7 @@ CHECKPOINTS = "checkpoints"
 METRICS = "metrics.json"
 CONFIG = "config.yaml"
 DATA_TRUTH = "data_truth.json"
+DATA_INFO = "data_info.json"
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -12,9 +12,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from microtrain import data as data_sources
-from microtrain import closed_form, device, losses, models, optimizers, run_folder, validate
-from microtrain.batching import TensorDataModule
+from microtrain import device, run_folder, validate
+from microtrain.preparation import Prepared, prepare
 from microtrain.checkpoint_io import AtomicCheckpointIO
 from microtrain.errors import ConfigError
 from microtrain.inspection import ParameterInspector
@@ -32,43 +31,6 @@ class RunResult:
     module: Optional[Trainee] = field(default=None, repr=False)
 
 
-@dataclass
-class Prepared:
-    """Everything a run needs before the Trainer starts; ``explain_step`` uses it too."""
-
-    module: Trainee
-    datamodule: TensorDataModule
-    splits: data_sources.Splits
-    dataset: data_sources.Dataset
-    optimum: Optional[float] = None  # least-squares training loss, for linear models with mse/sse
-
-
-def prepare(cfg: DictConfig) -> Prepared:
-    """Seed, load and split the data, build model, loss and optimizer: everything but the Trainer."""
-    seed = validate.integer(cfg.get("seed"), "seed")
-    L.seed_everything(seed, workers=True, verbose=False)
-    dataset = data_sources.load(cfg.data)
-    classify = losses.is_classification(cfg.loss)
-    if classify:
-        dataset.y = data_sources.as_class_labels(dataset.y, f"data={cfg.data.name}")
-    out_features = int(dataset.y.max()) + 1 if classify else dataset.y.shape[1]
-    model = models.build_model(cfg.model, dataset.x.shape[1], out_features)
-    splits = data_sources.split(dataset, validate.fraction(cfg.data.get("val_fraction", 0), "data.val_fraction"), cfg.data.get("seed", 0))
-    batch_size = validate.integer(cfg.data.get("batch_size"), "data.batch_size", minimum=1, allow_none=True)
-    every = validate.integer(cfg.log.every_n_steps, "log.every_n_steps", minimum=1)
-    module = Trainee(
-        model,
-        losses.build_loss(cfg.loss),
-        optimizers.optimizer_factory(cfg.optimizer),
-        optimizers.scheduler_factory(cfg.get("scheduler")),
-        log_every_n_steps=every,
-    )
-    optimum = None
-    if closed_form.applies(cfg.model.name, cfg.loss.name):
-        optimum = closed_form.least_squares_loss(*splits.train, bias=cfg.model.get("bias", True), loss_name=cfg.loss.name)
-    return Prepared(module, TensorDataModule(splits.train, splits.val, batch_size, seed), splits, dataset, optimum)
-
-
 def train(cfg: DictConfig, run_dir: Path) -> RunResult:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,11 +40,14 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResult:
     trainer = _build_trainer(cfg, plan, run_dir, prepared, resumed=ckpt_path)
     if trainer.is_global_zero:
         run_folder.write_text_atomic(run_dir / run_folder.CONFIG, OmegaConf.to_yaml(cfg))
+        run_folder.write_json_atomic(run_dir / run_folder.DATA_INFO, prepared.data_info)
         if prepared.dataset.truth:
             run_folder.write_json_atomic(run_dir / run_folder.DATA_TRUTH, prepared.dataset.truth)
     started = time.perf_counter()
     trainer.fit(prepared.module, datamodule=prepared.datamodule, ckpt_path=ckpt_path)
     metrics = _final_metrics(prepared, trainer, time.perf_counter() - started)
+    if prepared.splits.test is not None:
+        metrics.update(_test_best_checkpoint(trainer, prepared))
     if trainer.is_global_zero:
         _log_hparams(trainer, cfg, metrics)
         run_folder.write_json_atomic(run_dir / run_folder.METRICS, metrics)
@@ -181,6 +146,19 @@ def _final_metrics(prepared: Prepared, trainer: L.Trainer, seconds: float) -> di
     return metrics
 
 
+def _test_best_checkpoint(trainer: L.Trainer, prepared: Prepared) -> dict[str, Any]:
+    """Evaluate the test split with the best checkpoint (by validation loss; the last without validation).
+
+    ``trainer.test`` loads that checkpoint into the module; the final weights are put back after,
+    so the returned module is the trained one.
+    """
+    final_state = {k: v.clone() for k, v in prepared.module.state_dict().items()}
+    best = trainer.checkpoint_callback.best_model_path or None
+    (results,) = trainer.test(prepared.module, datamodule=prepared.datamodule, ckpt_path=best, verbose=False)
+    prepared.module.load_state_dict(final_state)
+    return {key: float(value) for key, value in sorted(results.items())} | {"test_checkpoint": best}
+
+
 def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
     """One HParams entry per run with its real final metrics, so sweep runs line up in TensorBoard."""
     params = {
@@ -196,7 +174,7 @@ def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -
         "data": cfg.data.name,
         "seed": cfg.seed,
     }
-    final = {f"hparams/{k}": v for k, v in metrics.items() if k.endswith("loss") and v is not None}
+    final = {f"hparams/{k}": v for k, v in metrics.items() if k.split("_")[0] in ("train", "val", "test") and isinstance(v, float)}
     trainer.logger.log_hyperparams(params, final)
     trainer.logger.experiment.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```")
     trainer.logger.experiment.flush()

@@ -1,0 +1,15 @@
+"""Evaluation metrics from torchmetrics: MSE, MAE and R² for regression, accuracy for classification."""
+
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
+
+
+def build_metrics(task: str, n_classes: int, rows: int, prefix: str) -> MetricCollection:
+    """Metrics for one split; R² needs at least two rows, so smaller splits go without it."""
+    if task == "classification":
+        return MetricCollection({"acc": MulticlassAccuracy(num_classes=n_classes, average="micro")}, prefix=prefix)
+    metrics = {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}
+    if rows >= 2:
+        metrics["r2"] = R2Score(multioutput="uniform_average")
+    return MetricCollection(metrics, prefix=prefix)

@@ -1,0 +1,80 @@
+"""Everything a run needs before the Trainer starts: seeded model, loss, optimizer and split data.
+
+``train`` and ``explain_step`` both start here, so one step explained is one step trained.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import lightning as L
+from omegaconf import DictConfig
+
+from microtrain import closed_form, losses, models, optimizers, validate
+from microtrain import data as data_sources
+from microtrain.batching import TensorDataModule
+from microtrain.metrics import build_metrics
+from microtrain.module import Trainee
+
+
+@dataclass
+class Prepared:
+    module: Trainee
+    datamodule: TensorDataModule
+    splits: data_sources.Splits
+    dataset: data_sources.Dataset
+    data_info: dict[str, Any]  # features, targets, task, classes, standardization: saved as data_info.json
+    optimum: Optional[float] = None  # least-squares training loss, for linear models with mse/sse
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    seed = validate.integer(cfg.get("seed"), "seed")
+    L.seed_everything(seed, workers=True, verbose=False)
+    dataset, splits, info = prepare_data(cfg)
+    model = models.build_model(cfg.model, dataset.x.shape[1], info["n_outputs"])
+    every = validate.integer(cfg.log.every_n_steps, "log.every_n_steps", minimum=1)
+    rows = lambda pair: 0 if pair is None else len(pair[0])  # noqa: E731
+    module = Trainee(
+        model,
+        losses.build_loss(cfg.loss),
+        optimizers.optimizer_factory(cfg.optimizer),
+        optimizers.scheduler_factory(cfg.get("scheduler")),
+        log_every_n_steps=every,
+        val_metrics=build_metrics(info["task"], info["n_outputs"], rows(splits.val), "val_"),
+        test_metrics=build_metrics(info["task"], info["n_outputs"], rows(splits.test), "test_"),
+    )
+    batch_size = validate.integer(cfg.data.get("batch_size"), "data.batch_size", minimum=1, allow_none=True)
+    datamodule = TensorDataModule(splits.train, splits.val, batch_size, seed, test=splits.test)
+    optimum = None
+    if closed_form.applies(cfg.model.name, cfg.loss.name):
+        optimum = closed_form.least_squares_loss(*splits.train, bias=cfg.model.get("bias", True), loss_name=cfg.loss.name)
+    return Prepared(module, datamodule, splits, dataset, info, optimum)
+
+
+def prepare_data(cfg: DictConfig) -> tuple[data_sources.Dataset, data_sources.Splits, dict[str, Any]]:
+    """Load, label, split and standardize the data; describe what was done in ``info``."""
+    dataset = data_sources.load(cfg.data)
+    classify = losses.is_classification(cfg.loss)
+    if classify:
+        dataset.y = data_sources.as_class_labels(dataset.y, dataset.source)
+    splits = data_sources.split(
+        dataset,
+        validate.fraction(cfg.data.get("val_fraction", 0), "data.val_fraction"),
+        validate.fraction(cfg.data.get("test_fraction", 0), "data.test_fraction"),
+        validate.integer(cfg.data.get("split_seed", 0), "data.split_seed"),
+    )
+    if classify:
+        data_sources.check_classes_seen_in_training(splits, dataset.source)
+    info: dict[str, Any] = {
+        "source": dataset.source,
+        "features": dataset.features or [f"x{i}" for i in range(dataset.x.shape[1])],
+        "targets": dataset.targets or [f"y{i}" for i in range(1 if classify else dataset.y.shape[1])],
+        "task": "classification" if classify else "regression",
+        "n_outputs": int(dataset.y.max()) + 1 if classify else dataset.y.shape[1],
+        "rows": {k: 0 if p is None else len(p[0]) for k, p in vars(splits).items()},
+        "standardize": None,
+    }
+    if cfg.data.get("standardize", False):
+        scaler = data_sources.Standardizer.fit(splits.train[0])
+        splits = scaler.apply(splits)
+        info["standardize"] = {"mean": scaler.mean.tolist(), "std": scaler.std.tolist()}
+    return dataset, splits, info
