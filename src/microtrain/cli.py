@@ -12,6 +12,7 @@ from rich.console import Console
 
 from microtrain import run_folder
 from microtrain.errors import MicrotrainError, TrainingDiverged
+from microtrain.sweep_summary import objective
 
 console = Console(highlight=False, soft_wrap=True)
 error_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -28,16 +29,30 @@ def quiet_libraries() -> None:
 
 def train_command(cfg: DictConfig) -> float:
     """Train one Hydra job; returns the final validation loss (training loss without validation)."""
-    from microtrain.training import train  # deferred: importing Lightning takes seconds
+    from lightning.fabric.plugins.environments import SLURMEnvironment  # deferred: importing Lightning takes seconds
+
+    from microtrain.training import train
 
     quiet_libraries()  # after the import, which sets Lightning's log level
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and cfg.trainer.strategy == "ddp" and not SLURMEnvironment.detect():
+        # Outside SLURM (which starts one task per rank itself), strategy=ddp re-runs this
+        # command in each child rank, and each would start a sweep of its own.
+        console.print("note: trainer.strategy=ddp inside a sweep runs as ddp_spawn")
+        cfg.trainer.strategy = "ddp_spawn"
     try:
         result = train(cfg, run_dir)
     except MicrotrainError as err:
         return _fail(err, run_dir)
+    except Exception as err:  # noqa: BLE001 -- in a sweep one broken job must not stop the others
+        if not multirun:
+            raise
+        return _fail(err, run_dir)
     metrics = result.metrics
+    if not result.is_global_zero:
+        return objective(metrics, cfg.get("optimize"))[1]
     console.print(f"device: {result.device}")
     console.print(f"run folder: {run_dir}")
     losses = "  ".join(f"{k}={_fmt(metrics[k])}" for k in ("train_loss", "val_loss") if k in metrics)
@@ -53,19 +68,27 @@ def train_command(cfg: DictConfig) -> float:
     if result.best_checkpoint:
         console.print(f"best checkpoint: {result.best_checkpoint}")
     console.print(f"open TensorBoard: {run_folder.tensorboard_command(run_dir)}")
-    return metrics["val_loss"] if metrics.get("val_loss") is not None else metrics["train_loss"]
+    return objective(metrics, cfg.get("optimize"))[1]
 
 
-def _fail(err: MicrotrainError, run_dir: Path) -> float:
+def _fail(err: Exception, run_dir: Path) -> float:
+    """One line on stderr; a record in metrics.json; exit non-zero, or carry on inside a sweep."""
     status = "diverged" if isinstance(err, TrainingDiverged) else "failed"
+    message = str(err) if isinstance(err, MicrotrainError) else _one_line(err)
     metrics = run_dir / run_folder.METRICS
-    # A diverged run trained in this folder and owns it; bad input must not touch an earlier run's results.
-    if run_dir.is_dir() and (status == "diverged" or not metrics.exists()):
-        run_folder.write_json_atomic(metrics, {"status": status, "error": str(err)})
-    error_console.print(f"error: {err}", markup=False, soft_wrap=True)
+    # A job that trained in this folder owns it; bad input must not touch an earlier run's results.
+    owns_folder = status == "diverged" or not isinstance(err, MicrotrainError) or not metrics.exists()
+    if run_dir.is_dir() and owns_folder:
+        run_folder.write_json_atomic(metrics, {"status": status, "error": message})
+    error_console.print(f"error: {message}", markup=False, soft_wrap=True)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        return float("inf")  # the sweep goes on; the summary marks this job
+        return float("inf")  # the sweep goes on; its summary marks this job
     sys.exit(2 if status == "failed" else 3)
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else 'no message'}"
 
 
 def _fmt(value: object) -> str:

@@ -46,8 +46,9 @@ def _diverged_message(pl_module: "L.LightningModule", step: int, loss: float) ->
     if bad:
         where = f"first non-finite gradient: {bad[0]}"
     elif grads:
-        name, grad = max(grads.items(), key=lambda item: item[1].norm().item())
-        where = f"gradients still finite, largest {name} with norm {grad.norm().item():.3g}"
+        norms = {name: grad.double().norm().item() for name, grad in grads.items()}
+        name = max(norms, key=norms.get)
+        where = f"gradients still finite, largest {name} with norm {norms[name]:.3g}"
     else:
         where = "no gradients yet"
     return f"training diverged at step {step}: loss={loss} ({where}); lower optimizer.lr or use a smaller init"

@@ -91,7 +91,7 @@ class Trainee(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self.epoch_steps:
-            self.log("train_loss", self.epoch_loss_sum / self.epoch_steps, on_epoch=True)
+            self.log("train_loss", self.epoch_loss_sum / self.epoch_steps, on_epoch=True, sync_dist=True)
         self.epoch_loss_sum, self.epoch_steps = None, 0
         scheduler = self.lr_schedulers()
         if scheduler is not None:

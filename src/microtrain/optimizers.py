@@ -19,15 +19,20 @@ def optimizer_factory(cfg: Mapping[str, Any]) -> Callable[..., torch.optim.Optim
     for key in ("momentum", "weight_decay", "dampening"):
         if key in cfg:
             validate.number(cfg[key], f"optimizer.{key}", minimum=0.0)
-    factory = _instantiate(cfg, "optimizer")
+    return OptimizerFactory(_instantiate(cfg, "optimizer"), str(cfg["_target_"]))
 
-    def make(params: Any) -> torch.optim.Optimizer:
+
+class OptimizerFactory:
+    """Builds the optimizer for the parameters; a class, not a closure, so ddp_spawn can pickle it."""
+
+    def __init__(self, partial: Callable[..., torch.optim.Optimizer], target: str):
+        self.partial, self.target = partial, target
+
+    def __call__(self, params: Any) -> torch.optim.Optimizer:
         try:
-            return factory(params)
+            return self.partial(params)
         except (ValueError, TypeError) as err:
-            raise ConfigError(f"optimizer {cfg['_target_']} refused its settings: {err}") from None
-
-    return make
+            raise ConfigError(f"optimizer {self.target} refused its settings: {err}") from None
 
 
 def scheduler_factory(cfg: Optional[Mapping[str, Any]]) -> Optional[Callable[..., Any]]:

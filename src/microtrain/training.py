@@ -29,6 +29,7 @@ class RunResult:
     device: str
     best_checkpoint: Optional[str] = None
     module: Optional[Trainee] = field(default=None, repr=False)
+    is_global_zero: bool = True  # False in the other ranks of a DDP run, which stay quiet
 
 
 def train(cfg: DictConfig, run_dir: Path) -> RunResult:
@@ -52,7 +53,7 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResult:
         _log_hparams(trainer, cfg, metrics)
         run_folder.write_json_atomic(run_dir / run_folder.METRICS, metrics)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
-    return RunResult(run_dir, metrics, plan.description, best or None, prepared.module)
+    return RunResult(run_dir, metrics, plan.description, best or None, prepared.module, trainer.is_global_zero)
 
 
 def _build_trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, prepared: Prepared, resumed: Optional[str]) -> L.Trainer:
@@ -136,8 +137,7 @@ def _final_metrics(prepared: Prepared, trainer: L.Trainer, seconds: float) -> di
         "status": "ok",
         "train_loss": loss_on(prepared.splits.train),
         "val_loss": loss_on(prepared.splits.val),
-        "steps": trainer.global_step,
-        "epochs": trainer.current_epoch,
+        **_progress(trainer),
         "seconds": round(seconds, 3),
     }
     if prepared.optimum is not None:
@@ -157,6 +157,16 @@ def _test_best_checkpoint(trainer: L.Trainer, prepared: Prepared) -> dict[str, A
     (results,) = trainer.test(prepared.module, datamodule=prepared.datamodule, ckpt_path=best, verbose=False)
     prepared.module.load_state_dict(final_state)
     return {key: float(value) for key, value in sorted(results.items())} | {"test_checkpoint": best}
+
+
+def _progress(trainer: L.Trainer) -> dict[str, int]:
+    """Steps and epochs done. After ddp_spawn the main process's trainer never stepped, so the
+    counts come from the last checkpoint that the rank-0 worker wrote."""
+    last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt" if trainer.checkpoint_callback else None
+    if trainer.global_step == 0 and last is not None and last.exists():
+        saved = torch.load(last, map_location="cpu", weights_only=True)
+        return {"steps": saved["global_step"], "epochs": saved["epoch"] + 1}
+    return {"steps": trainer.global_step, "epochs": trainer.current_epoch}
 
 
 def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:

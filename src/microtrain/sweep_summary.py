@@ -1,0 +1,102 @@
+"""At the end of a Hydra multirun: one row per job in summary.csv and summary.md at the sweep root.
+
+Registered as a Hydra callback in conf/train.yaml, so it runs after every launcher and sweeper
+(basic, joblib, submitit, Optuna) once all jobs have finished, failed ones included.
+"""
+
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from microtrain import run_folder
+
+COLUMNS = ["best", "overrides", "status", "train_loss", "val_loss", "test_loss", "test_r2", "test_acc", "error", "folder"]
+
+
+def objective(metrics: dict[str, Any], cfg: Any) -> tuple[str, float]:
+    """(name, value) of the optimized metric: ``optimize.metric``, where auto = val_loss, else train_loss."""
+    name = cfg.get("metric", "auto") if cfg else "auto"
+    if name == "auto":
+        name = "val_loss" if metrics.get("val_loss") is not None else "train_loss"
+    value = metrics.get(name)
+    return name, float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def collect(sweep_dir: Path, optimize: Any, hidden_keys: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """A row per job folder (one with .hydra/overrides.yaml); ``hidden_keys`` are left out of its overrides."""
+    rows = []
+    for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        folder = overrides_file.parent.parent
+        overrides = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if o.split("=")[0].lstrip("+~") not in hidden_keys]
+        metrics_file = folder / run_folder.METRICS
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {"status": "failed", "error": "the job ended without writing metrics.json"}
+        name, value = objective(metrics, optimize)
+        row = {key: metrics.get(key) for key in COLUMNS if key in metrics}
+        rows.append(row | {"overrides": " ".join(overrides) or "(none)", "folder": str(folder), "objective": value, "metric": name})
+    return rows
+
+
+def rank(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """Finished jobs by the optimized metric (best first), then diverged and failed ones."""
+    sign = -1 if mode == "max" else 1
+    key = lambda r: (r.get("status") != "ok" or math.isnan(r["objective"]), sign * r["objective"] if not math.isnan(r["objective"]) else 0)  # noqa: E731
+    rows = sorted(rows, key=key)
+    for i, row in enumerate(rows):
+        row["best"] = "★" if i == 0 and row.get("status") == "ok" else ""
+    return rows
+
+
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    run_folder.write_text_atomic(sweep_dir / "summary.csv", buffer.getvalue())
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |" for row in rows]
+    run_folder.write_text_atomic(sweep_dir / "summary.md", "\n".join(lines) + "\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value).replace("|", "\\|")
+
+
+def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, console: Optional[Console] = None) -> None:
+    metric = rows[0]["metric"] if rows else "metric"
+    table = Table(title=f"sweep {sweep_dir}: {len(rows)} jobs, best {metric} first")
+    for column in ("best", "overrides", "status", "train_loss", "val_loss", "test_loss"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in ("best", "overrides", "status", "train_loss", "val_loss", "test_loss")))
+    # a log file or a pipe gets a wide table rather than rich's 80 columns
+    console = console or Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    for row in rows:
+        if row.get("error"):
+            console.print(f"{row['status']}: {row['overrides']}: {row['error']}", markup=False)
+    console.print(f"summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.md'}")
+    console.print(f"open TensorBoard: {run_folder.tensorboard_command(sweep_dir)}")
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        optimize = config.get("optimize")
+        hidden = tuple(config.hydra.job.config.override_dirname.exclude_keys)
+        rows = rank(collect(sweep_dir, optimize, hidden), (optimize or {}).get("mode", "min"))
+        write_summary(sweep_dir, rows)
+        print_summary(rows, sweep_dir)

@@ -1,0 +1,92 @@
+"""Real Hydra multiruns: grid, failures, joblib, submitit_local, Optuna; and DDP on two CPU processes."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from tests_helpers import read_events, run_script
+
+pytestmark = pytest.mark.slow
+QUICK = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "device=cpu"]
+
+
+def sweep(tmp_path, *args, timeout=300):
+    done = run_script("train.py", "-m", *args, *QUICK, f"hydra.sweep.dir={tmp_path}", cwd=tmp_path, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with open(tmp_path / "summary.csv") as handle:
+        return done, list(csv.DictReader(handle))
+
+
+def job_metrics(folder):
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_grid_sweep_lines_up_four_runs(tmp_path):
+    done, rows = sweep(tmp_path, "optimizer.lr=0.01,0.1", "model=linear,mlp")
+    jobs = {p.name for p in tmp_path.iterdir() if p.is_dir()}
+    assert jobs == {f"device=cpu,model={m},optimizer.lr={lr},trainer.max_epochs=2" for m in ("linear", "mlp") for lr in ("0.01", "0.1")}
+    for job in jobs:
+        tags = read_events(tmp_path / job).Tags()
+        first = "weight" if "linear" in job else "fc1.weight"
+        assert {f"weights/{first}", f"grads/{first}"} <= set(tags["histograms"])
+    assert len(rows) == 4 and sum(r["best"] == "★" for r in rows) == 1
+    for row in rows:
+        metrics = job_metrics(tmp_path / row["folder"].rsplit("/", 1)[-1])
+        assert float(row["val_loss"]) == pytest.approx(metrics["val_loss"]) and row["status"] == "ok"
+    assert [float(r["val_loss"]) for r in rows] == sorted(float(r["val_loss"]) for r in rows)
+    assert rows[0]["best"] == "★"
+    assert "open TensorBoard: tensorboard --logdir" in done.stdout
+    assert (tmp_path / "summary.md").read_text().count("\n") == 6
+
+
+def test_failing_and_diverging_jobs_do_not_stop_the_sweep(tmp_path):
+    _, rows = sweep(tmp_path, "optimizer.lr=0.05,-1,3.0", "model=mlp")
+    status = {r["overrides"].split()[0]: r for r in rows}
+    assert status["optimizer.lr=0.05"]["status"] == "ok" and status["optimizer.lr=0.05"]["best"] == "★"
+    assert status["optimizer.lr=-1"]["status"] == "failed"
+    assert "must be greater than 0" in status["optimizer.lr=-1"]["error"]
+    assert status["optimizer.lr=3.0"]["status"] == "diverged"
+    assert rows[0]["overrides"].startswith("optimizer.lr=0.05")
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    _, rows = sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=0.01,0.1")
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+
+
+def test_submitit_local_launcher(tmp_path):
+    _, rows = sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "optimizer.lr=0.01,0.1")
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert list(tmp_path.glob(".submitit/*/*_log.out"))
+
+
+def test_optuna_search_three_trials(tmp_path):
+    done, rows = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    result = (tmp_path / "optimization_results.yaml").read_text()
+    best = min(float(r["val_loss"]) for r in rows)
+    assert f"best_value: {best}"[:20] in result
+    assert all("optimizer.lr=" in r["overrides"] and "model.hidden=" in r["overrides"] for r in rows)
+
+
+def test_ddp_on_two_cpu_processes_writes_one_metrics_file(tmp_path):
+    run_dir = tmp_path / "run"
+    done = run_script("train.py", "trainer.devices=2", "trainer.strategy=ddp", *QUICK, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    metrics = job_metrics(run_dir)
+    assert metrics["status"] == "ok" and not math.isnan(metrics["val_loss"])
+    assert done.stdout.count("run folder:") == 1
+    # 800 training rows shared by 2 ranks, batch 32 each: 13 steps per epoch
+    assert metrics["steps"] == 26
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) >= 1
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_ddp_inside_a_sweep_runs_as_ddp_spawn(tmp_path):
+    done, rows = sweep(tmp_path, "trainer.devices=2", "trainer.strategy=ddp", "optimizer.lr=0.01,0.1")
+    assert "runs as ddp_spawn" in done.stdout
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    folders = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(folders) == 2 and all(job_metrics(f)["steps"] == 26 for f in folders)
