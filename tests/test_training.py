@@ -15,7 +15,7 @@ MLP_PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
 
 @pytest.mark.parametrize("model, params", [("linear", LINEAR_PARAMS), ("mlp", MLP_PARAMS)])
 def test_run_logs_every_parameter_and_loss_falls(tmp_path, model, params):
-    result = train(make_cfg(f"model={model}", "log.every_n_steps=10"), tmp_path)
+    result = train(make_cfg(f"model={model}", "log.inspect_every_n_steps=10"), tmp_path)
     events = read_events(tmp_path)
     histograms = set(events.Tags()["histograms"])
     scalars = set(events.Tags()["scalars"])
@@ -49,7 +49,7 @@ def test_update_ratio_matches_the_weights_it_describes(tmp_path):
     """With full-batch SGD on inline rows, step 0's update ratio is lr·‖grad‖/‖w‖."""
     cfg = make_cfg(
         "data=inline", "model.init_values={weight:[[0.8693]],bias:[-0.2126]}", "optimizer.lr=0.01",
-        "trainer.max_steps=1", "log.every_n_steps=1",
+        "trainer.max_steps=1", "log.inspect_every_n_steps=1",
     )
     train(cfg, tmp_path)
     events = read_events(tmp_path)
@@ -88,7 +88,7 @@ def test_inline_data_is_one_full_batch_without_validation(tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_optimizers_and_scheduler_train(tmp_path, optimizer):
-    cfg = make_cfg(f"optimizer={optimizer}", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5", "trainer.max_epochs=3", "log.every_n_steps=25")
+    cfg = make_cfg(f"optimizer={optimizer}", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5", "trainer.max_epochs=3", "log.inspect_every_n_steps=25")
     train(cfg, tmp_path)
     lrs = [s.value for s in read_events(tmp_path).Scalars("lr")]
     start = cfg.optimizer.lr
@@ -127,3 +127,36 @@ def test_bad_input_is_one_clear_error(tmp_path, overrides, error, message):
     with pytest.raises(error) as err:
         train(make_cfg(*overrides), tmp_path)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("model", ["linear", "mlp"])
+def test_speed_ups_keep_the_weights_bitwise(tmp_path, model):
+    """Several steps per Lightning call, the hook-free step and adaptive inspection change no number."""
+
+    def weights(folder, *overrides):
+        result = train(make_cfg(f"model={model}", "trainer.max_epochs=3", *overrides), tmp_path / folder)
+        return result.metrics["steps"], [p.detach().clone() for p in result.module.model.parameters()]
+
+    reference = weights("slowest", "trainer.steps_per_call=1", "log.inspect_every_n_steps=1")
+    for folder, overrides in {
+        "default": [],
+        "k7": ["trainer.steps_per_call=7"],
+        "no_inspection": ["log.histograms=false", "log.inspect_every_n_steps=100000"],
+        "k32_every3": ["trainer.steps_per_call=32", "log.inspect_every_n_steps=3"],
+    }.items():
+        steps, params = weights(folder, *overrides)
+        assert steps == reference[0] == 75  # 800 training rows / 32 = 25 steps an epoch
+        assert all(torch.equal(a, b) for a, b in zip(params, reference[1])), folder
+
+
+def test_auto_inspection_spaces_itself_within_budget(tmp_path):
+    train(make_cfg("model=mlp", "trainer.max_epochs=40"), tmp_path)
+    steps = [h.step for h in read_events(tmp_path).Histograms("grads/fc1.weight")]
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    assert steps[0] == 0 and len(steps) >= 3 and max(gaps) <= 1000
+    assert max(gaps) > 1  # a tiny model is not inspected at every step
+
+
+def test_steps_per_call_must_divide_step_checkpoints(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.checkpoint_every_n_steps=10 must be a multiple of trainer.steps_per_call=4"):
+        train(make_cfg("trainer.steps_per_call=4", "trainer.checkpoint_every_n_steps=10"), tmp_path)

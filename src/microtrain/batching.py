@@ -5,7 +5,7 @@ batch out of a whole tensor with one index op costs one kernel, on the CPU or on
 """
 
 import math
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import lightning as L
 import torch
@@ -61,8 +61,12 @@ class TensorBatches:
         rank: int = 0,
         world_size: int = 1,
         device: Optional[torch.device] = None,
+        steps_per_call: int = 0,
     ):
         self.x, self.y = x, y
+        # 0: yield (x, y) batches. K >= 1: yield lists of up to K batches, never across an epoch's
+        # end, so one Lightning training_step can take K optimizer steps (see module.Trainee).
+        self.steps_per_call = steps_per_call
         # One batch of every row needs no order; not shuffling it keeps the notebooks' row order.
         self.sampler = SeededOrder(len(x), shuffle and bool(batch_size) and batch_size < len(x) // world_size, seed, rank, world_size)
         self.batch_size = min(batch_size or self.sampler.rows_per_rank, self.sampler.rows_per_rank)
@@ -71,20 +75,24 @@ class TensorBatches:
         self.position = 0
         self._resume_at: Optional[tuple[int, int]] = None
 
-    def __len__(self) -> int:
+    @property
+    def batches_per_epoch(self) -> int:
         return math.ceil(self.sampler.rows_per_rank / self.batch_size)
 
-    def __iter__(self) -> Iterator[Batch]:
-        self.position = 0
+    def __len__(self) -> int:
+        return math.ceil(self.batches_per_epoch / max(self.steps_per_call, 1))
+
+    def __iter__(self) -> Iterator[Union[Batch, list[Batch]]]:
+        self.position = 0  # batches served this epoch
         if self._resume_at is not None and self._resume_at[0] == self.sampler.epoch:
             self.position = self._resume_at[1]
         self._resume_at = None
         order = self.sampler.order().to(self.x.device)
-        while self.position < len(self):
-            start = self.position * self.batch_size
-            index = order[start : start + self.batch_size]
-            self.position += 1
-            yield self._cut(index)
+        while self.position < self.batches_per_epoch:
+            take = min(max(self.steps_per_call, 1), self.batches_per_epoch - self.position)
+            batches = [self._cut(order[(self.position + i) * self.batch_size :][: self.batch_size]) for i in range(take)]
+            self.position += take
+            yield batches if self.steps_per_call else batches[0]
 
     def _cut(self, index: torch.Tensor) -> Batch:
         x, y = self.x[index], self.y[index]
@@ -104,9 +112,13 @@ class TensorBatches:
 class TensorDataModule(L.LightningDataModule):
     """Train and validation tensors, moved once to the training device when they fit there."""
 
-    def __init__(self, train: Batch, val: Optional[Batch], batch_size: Optional[int], seed: int, test: Optional[Batch] = None):
+    def __init__(
+        self, train: Batch, val: Optional[Batch], batch_size: Optional[int], seed: int,
+        test: Optional[Batch] = None, steps_per_call: int = 1,
+    ):
         super().__init__()
         self.train, self.val, self.test = train, val, test
+        self.steps_per_call = steps_per_call
         self.batch_size, self.seed = batch_size, seed
         self.copy_to: Optional[torch.device] = None
 
@@ -121,7 +133,7 @@ class TensorDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> TensorBatches:
         rank, world = self._rank_and_world()
-        return TensorBatches(*self.train, self.batch_size, True, self.seed, rank, world, self.copy_to)
+        return TensorBatches(*self.train, self.batch_size, True, self.seed, rank, world, self.copy_to, self.steps_per_call)
 
     def val_dataloader(self) -> list:
         return self._evaluation_batches(self.val)

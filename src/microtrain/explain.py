@@ -52,7 +52,8 @@ class StepReport:
 def explain_step(cfg: DictConfig, run_dir: Optional[Path] = None) -> StepReport:
     prepared = prepare(cfg)
     prepared.datamodule.setup("fit")
-    x, y = next(iter(prepared.datamodule.train_dataloader()))
+    first = next(iter(prepared.datamodule.train_dataloader()))
+    x, y = first[0]  # a list of the batches of one Lightning call
     model, loss_fn = prepared.module.model, prepared.module.loss_fn
     optimizer = prepared.module.make_optimizer(model.parameters())
 

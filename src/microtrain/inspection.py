@@ -1,19 +1,29 @@
 """Every N optimizer steps, write what each parameter is doing to TensorBoard.
 
-Per parameter ``name`` (``weight``, ``fc1.bias``, ...):
-``weights/<name>`` and ``grads/<name>`` histograms, ``weight_norm/<name>`` and ``grad_norm/<name>``
-(L2), and ``update_ratio/<name>`` = ‖Δw‖/‖w‖ of that step; plus ``lr``.
+Per parameter ``name`` (``weight``, ``fc1.bias``, ...): ``weights/<name>`` and ``grads/<name>``
+histograms, ``weight_norm/<name>`` and ``grad_norm/<name>`` (L2), and ``update_ratio/<name>``
+= ‖Δw‖/‖w‖ of that step; plus ``lr``. For a linear model with a squared loss also
+``train_loss_full`` (the current weights on the whole training split) and ``optimality_gap``
+= that minus ``train_loss_optimum``, the least-squares optimum: a gap that stalls well above 0
+says the learning rate is too small or the run too short.
 
 Weights and gradients are read in ``on_before_optimizer_step``: after backward filled the
-gradients and before the optimizer changes the weights. Reading them copies to the host (a sync
-point), and a histogram costs ~0.6 ms, which is why this runs every N steps and not every step.
+gradients and before the optimizer changes the weights. Reading copies to the host (a sync
+point) and each parameter costs ~0.2 ms, so this runs every N steps. With
+``log.inspect_every_n_steps=auto`` the inspector times itself and spaces inspections so they
+take about ``log.inspect_budget`` (3 %) of the training time: often for a large model whose
+steps are slow, rarely for a tiny one.
 """
 
+import time
 from typing import Any, Optional
 
 import lightning as L
 import torch
 from torch.utils.tensorboard import SummaryWriter
+
+HISTOGRAM_BINS = 30
+MAX_AUTO_INTERVAL = 1000  # steps: even a tiny model is inspected at least this often
 
 
 def tensorboard_writer(trainer: "L.Trainer") -> Optional[SummaryWriter]:
@@ -24,42 +34,101 @@ def tensorboard_writer(trainer: "L.Trainer") -> Optional[SummaryWriter]:
     return writer if isinstance(writer, SummaryWriter) else None
 
 
-def _histogram(writer: SummaryWriter, tag: str, tensor: torch.Tensor, step: int) -> None:
-    """Histogram of the finite values; a diverging run is reported by LossWatch, not by a crash here."""
-    values = tensor.float().cpu().reshape(-1)
-    finite = values[torch.isfinite(values)]
-    if finite.numel():
-        writer.add_histogram(tag, finite, step)
+def write_histogram(writer: SummaryWriter, tag: str, tensor: torch.Tensor, step: int) -> None:
+    """A 30-bin histogram counted by ``torch.histc`` where the tensor lives, one copy to the host.
+
+    ~8x cheaper than ``add_histogram``'s numpy binning (190 us against 1.6 ms for 192 values,
+    measured here). Non-finite values are left out, so a diverging run is reported by LossWatch
+    rather than by a crash here.
+    """
+    values = tensor.detach().float().reshape(-1)
+    low, high = torch.aminmax(values)
+    if not (torch.isfinite(low) and torch.isfinite(high)):
+        values = values[torch.isfinite(values)]
+        if values.numel() == 0:
+            return
+        low, high = torch.aminmax(values)
+    low, high = low.item(), high.item()
+    counts = torch.histc(values, bins=HISTOGRAM_BINS, min=low, max=high) if high > low else values.new_tensor([values.numel()])
+    total, squares = torch.stack([values.sum(), (values * values).sum()]).tolist()
+    width = (high - low) / len(counts) if high > low else 1.0
+    limits = [low + width * (i + 1) for i in range(len(counts))]
+    writer.add_histogram_raw(tag, low, high, values.numel(), total, squares, limits, counts.tolist(), step)
 
 
 class ParameterInspector(L.Callback):
-    def __init__(self, every_n_steps: int = 50, histograms: bool = True):
-        self.every_n_steps = every_n_steps
+    def __init__(
+        self, every_n_steps: Any = 50, histograms: bool = True, budget: float = 0.03,
+        optimum: Optional[float] = None, train: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ):
+        self.optimum, self.train = optimum, train
+        self.auto = every_n_steps == "auto"
+        self.every_n_steps = 1 if self.auto else int(every_n_steps)
         self.histograms = histograms
+        self.budget = budget
         self._before: dict[str, torch.Tensor] = {}
         self._step = 0
+        self._next = 0  # the step to inspect next
+        self._clock: Optional[tuple[float, int]] = None  # (time, step) when the last inspection ended
+
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._next = trainer.global_step  # a resumed run inspects its first step, as a new one does
+        writer = tensorboard_writer(trainer)
+        if self.optimum is not None and writer is not None:
+            self.train = (self.train[0].to(pl_module.device), self.train[1].to(pl_module.device))
+            writer.add_scalar("train_loss_optimum", self.optimum, trainer.global_step)
 
     def on_before_optimizer_step(self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: Any) -> None:
         step = trainer.global_step  # steps completed before this one
+        self._write_update_ratios(trainer, pl_module)  # of the previous step, if it was inspected
         writer = tensorboard_writer(trainer)
-        if writer is None or step % self.every_n_steps:
+        if writer is None or not self.due(step):
             return
+        started = time.perf_counter()
         self._step = step
         for name, param in pl_module.model.named_parameters():
             weight = param.detach()
             writer.add_scalar(f"weight_norm/{name}", weight.norm().item(), step)
             if self.histograms:
-                _histogram(writer, f"weights/{name}", weight, step)
+                write_histogram(writer, f"weights/{name}", weight, step)
             if param.grad is not None:
                 grad = param.grad.detach()
                 writer.add_scalar(f"grad_norm/{name}", grad.norm().item(), step)
                 if self.histograms:
-                    _histogram(writer, f"grads/{name}", grad, step)
+                    write_histogram(writer, f"grads/{name}", grad, step)
             self._before[name] = weight.clone()
         writer.add_scalar("lr", optimizer.param_groups[0]["lr"], step)
+        if self.optimum is not None:
+            with torch.no_grad():
+                full = pl_module.loss_fn(pl_module.model(self.train[0]), self.train[1]).item()
+            writer.add_scalar("train_loss_full", full, step)
+            writer.add_scalar("optimality_gap", full - self.optimum, step)
+        self._schedule(step, time.perf_counter() - started)
+
+    def due(self, step: int) -> bool:
+        """Whether a step should be inspected: on its fixed multiple, or when auto scheduled it."""
+        return step >= self._next if self.auto else step % self.every_n_steps == 0
+
+    def needs_hooks(self, step: int) -> bool:
+        """Steps Lightning's hooks must reach: inspected ones, and the one after, which shows the update."""
+        return self.due(step) or (bool(self._before) and step == self._step + 1)
+
+    def _schedule(self, step: int, cost: float) -> None:
+        """Under auto, space inspections so their cost stays near the budget of training time."""
+        now = time.perf_counter()
+        if self.auto and self._clock is not None and step > self._clock[1]:
+            seconds_per_step = max((now - cost - self._clock[0]) / (step - self._clock[1]), 1e-9)
+            interval = cost / (self.budget * seconds_per_step)
+            self.every_n_steps = int(min(max(interval, 1), MAX_AUTO_INTERVAL))
+        self._next = step + self.every_n_steps
+        self._clock = (now, step)
 
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", *args: Any) -> None:
-        if not self._before:
+        self._write_update_ratios(trainer, pl_module)
+
+    def _write_update_ratios(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """‖Δw‖/‖w‖ of the inspected step, once exactly that one step has been taken."""
+        if not self._before or trainer.global_step != self._step + 1:
             return
         writer = tensorboard_writer(trainer)
         for name, param in pl_module.model.named_parameters():

@@ -21,11 +21,13 @@ class LossWatch(L.Callback):
         self.every_n_steps = every_n_steps
         # also read before every step checkpoint, so no checkpoint ever holds a diverged model
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
+        self._epoch_losses: list[float] = []
 
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         window = pl_module.loss_window
         last_of_epoch = batch_idx + 1 == trainer.num_training_batches
         last_of_run = 0 < trainer.max_steps <= trainer.global_step
+        # steps_per_call divides checkpoint_every_n_steps, so checkpoints land on call boundaries
         before_checkpoint = bool(self.checkpoint_every_n_steps) and trainer.global_step % self.checkpoint_every_n_steps == 0
         if window.count < self.every_n_steps and not (last_of_epoch or last_of_run or before_checkpoint):
             return
@@ -35,9 +37,17 @@ class LossWatch(L.Callback):
         for offset, loss in enumerate(losses):
             if not math.isfinite(loss):
                 raise TrainingDiverged(_diverged_message(pl_module, first_step + offset, loss))
+        self._epoch_losses += losses
         writer = tensorboard_writer(trainer)
         if writer is not None:
             writer.add_scalar("train_loss_step", sum(losses) / len(losses), trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """``train_loss``: the mean loss of the epoch's steps, from the windows already read."""
+        if self._epoch_losses:
+            mean = sum(self._epoch_losses) / len(self._epoch_losses)
+            pl_module.log("train_loss", mean, on_epoch=True, sync_dist=True)
+        self._epoch_losses = []
 
 
 def _diverged_message(pl_module: "L.LightningModule", step: int, loss: float) -> str:

@@ -10,6 +10,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from microtrain import closed_form, losses, models, optimizers, validate
+from microtrain.errors import ConfigError
 from microtrain import data as data_sources
 from microtrain.batching import TensorDataModule
 from microtrain.metrics import build_metrics
@@ -31,23 +32,47 @@ def prepare(cfg: DictConfig) -> Prepared:
     L.seed_everything(seed, workers=True, verbose=False)
     dataset, splits, info = prepare_data(cfg)
     model = models.build_model(cfg.model, dataset.x.shape[1], info["n_outputs"])
-    every = validate.integer(cfg.log.every_n_steps, "log.every_n_steps", minimum=1)
+    validate.integer(cfg.log.every_n_steps, "log.every_n_steps", minimum=1)
     rows = lambda pair: 0 if pair is None else len(pair[0])  # noqa: E731
+    steps_per_call = _steps_per_call(cfg, model, splits)
     module = Trainee(
         model,
         losses.build_loss(cfg.loss),
         optimizers.optimizer_factory(cfg.optimizer),
         optimizers.scheduler_factory(cfg.get("scheduler")),
-        log_every_n_steps=every,
         val_metrics=build_metrics(info["task"], info["n_outputs"], rows(splits.val), "val_"),
         test_metrics=build_metrics(info["task"], info["n_outputs"], rows(splits.test), "test_"),
     )
     batch_size = validate.integer(cfg.data.get("batch_size"), "data.batch_size", minimum=1, allow_none=True)
-    datamodule = TensorDataModule(splits.train, splits.val, batch_size, seed, test=splits.test)
+    datamodule = TensorDataModule(splits.train, splits.val, batch_size, seed, test=splits.test, steps_per_call=steps_per_call)
     optimum = None
     if closed_form.applies(cfg.model.name, cfg.loss.name):
         optimum = closed_form.least_squares_loss(*splits.train, bias=cfg.model.get("bias", True), loss_name=cfg.loss.name)
     return Prepared(module, datamodule, splits, dataset, info, optimum)
+
+
+# A step that costs less than about this many multiply-adds runs several to a Lightning call.
+SMALL_STEP_FLOPS = 10_000_000
+STEPS_PER_CALL_CHOICES = (32, 16, 8, 4, 2, 1)
+
+
+def _steps_per_call(cfg: DictConfig, model: Any, splits: data_sources.Splits) -> int:
+    """``trainer.steps_per_call``: auto = 32 for tiny steps, 1 when a step's compute hides Lightning's overhead.
+
+    Step checkpoints land on call boundaries, so K must divide ``trainer.checkpoint_every_n_steps``.
+    """
+    wanted = cfg.trainer.get("steps_per_call", "auto")
+    every = cfg.trainer.get("checkpoint_every_n_steps")
+    if wanted != "auto":
+        k = validate.integer(wanted, "trainer.steps_per_call", minimum=1)
+        if every and isinstance(every, int) and every % k:
+            raise ConfigError(f"trainer.checkpoint_every_n_steps={every} must be a multiple of trainer.steps_per_call={k}")
+        return k
+    batch = cfg.data.get("batch_size") or len(splits.train[0])
+    flops = batch * sum(p.numel() for p in model.parameters())
+    if flops >= SMALL_STEP_FLOPS:
+        return 1
+    return next(k for k in STEPS_PER_CALL_CHOICES if not (every and isinstance(every, int) and every % k))
 
 
 def prepare_data(cfg: DictConfig) -> tuple[data_sources.Dataset, data_sources.Splits, dict[str, Any]]:

@@ -19,7 +19,6 @@ from microtrain.errors import ConfigError
 from microtrain.inspection import ParameterInspector
 from microtrain.loss_watch import LossWatch
 from microtrain.module import Trainee
-from microtrain.optimality_gap import OptimalityGap
 
 
 @dataclass
@@ -67,9 +66,11 @@ def _build_trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, prep
         cfg.trainer.get("checkpoint_every_n_steps"), "trainer.checkpoint_every_n_steps", minimum=1, allow_none=True
     )
     checkpoints = _checkpoint_callbacks(run_dir / run_folder.CHECKPOINTS, has_val, checkpoint_every)
-    callbacks = [LossWatch(every, checkpoint_every), ParameterInspector(every, histograms=cfg.log.histograms), *checkpoints]
-    if prepared.optimum is not None:
-        callbacks.insert(1, OptimalityGap(prepared.optimum, prepared.splits.train, every))
+    inspector = ParameterInspector(
+        _inspect_every(cfg), cfg.log.histograms, cfg.log.get("inspect_budget", 0.03), prepared.optimum, prepared.splits.train
+    )
+    prepared.module.needs_hooks = inspector.needs_hooks  # steps it inspects go through Lightning's hooks
+    callbacks = [LossWatch(every, checkpoint_every), inspector, *checkpoints]
     try:
         return _trainer(cfg, plan, logger, callbacks, has_val)
     except (MisconfigurationException, ValueError, TypeError) as err:
@@ -99,6 +100,14 @@ def _trainer(cfg: DictConfig, plan: device.DevicePlan, logger: TensorBoardLogger
         enable_progress_bar=t.enable_progress_bar,
         deterministic=t.get("deterministic", False),
     )
+
+
+def _inspect_every(cfg: DictConfig) -> Any:
+    value = cfg.log.get("inspect_every_n_steps", "auto")
+    if value == "auto":
+        validate.number(cfg.log.get("inspect_budget", 0.03), "log.inspect_budget", positive=True)
+        return value
+    return validate.integer(value, "log.inspect_every_n_steps", minimum=1)
 
 
 def _checkpoint_callbacks(folder: Path, has_val: bool, every_n_steps: Optional[int]) -> list[ModelCheckpoint]:

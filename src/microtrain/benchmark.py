@@ -1,0 +1,153 @@
+"""Speed of microtrain's training against a plain PyTorch loop, measured side by side in one process.
+
+For each case both sides train the same model (same initial weights), on the same data, with
+the same optimizer and the same batch order. Per-step time is the difference of two run
+lengths divided by the difference of their step counts, so set-up costs cancel. The sides
+alternate within each repeat, so a busy machine slows both alike; medians and ranges are kept.
+"""
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from microtrain.batching import SeededOrder
+
+
+@dataclass
+class Case:
+    name: str
+    n_features: int
+    hidden: Optional[int]  # None = the linear model
+    n_outputs: int
+    batch_size: int
+    steps: tuple[int, int]  # the two run lengths whose difference is timed
+    threads: int  # small models gain nothing from a second thread here
+
+    @property
+    def overrides(self) -> list[str]:
+        model = ["model=linear"] if self.hidden is None else ["model=mlp", f"model.hidden={self.hidden}"]
+        rows = max(self.batch_size * 8, 32768)  # epochs long enough that per-epoch checkpoints are a small share
+        return [
+            *model, "data=synthetic", f"data.n_samples={rows}", f"data.n_features={self.n_features}",
+            f"data.n_outputs={self.n_outputs}", f"data.batch_size={self.batch_size}", "data.val_fraction=0",
+            "optimizer=sgd", "optimizer.lr=0.01", "trainer.enable_progress_bar=false", "trainer.max_epochs=100000",
+        ]
+
+
+CASES = [
+    Case("linear 3→2, batch 10", 3, None, 2, 10, (300, 3300), 1),
+    Case("MLP 3→64→1, batch 32", 3, 64, 1, 32, (300, 3300), 1),
+    Case("MLP 256→1024→256, batch 1024", 256, 1024, 256, 1024, (10, 90), 2),
+]
+
+
+def plain_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, steps: int, seed: int) -> float:
+    """The hand-written loop microtrain is measured against; returns seconds for ``steps`` steps."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = nn.MSELoss()
+    sampler = SeededOrder(len(x), True, seed)  # the batch order microtrain uses: randperm per (seed, epoch)
+    batches_per_epoch = -(-len(x) // batch_size)
+    started = time.perf_counter()
+    for step in range(steps):
+        epoch, position = divmod(step, batches_per_epoch)
+        if position == 0:
+            sampler.set_epoch(epoch)
+            order = sampler.order()
+        index = order[position * batch_size : (position + 1) * batch_size]
+        loss = loss_fn(model(x[index]), y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - started
+
+
+def microtrain_run(overrides: list[str], steps: int) -> tuple[float, nn.Module]:
+    """Seconds of ``trainer.fit`` for ``steps`` optimizer steps through the public API and configs."""
+    from hydra import compose, initialize_config_dir
+
+    from microtrain.training import train
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, f"trainer.max_steps={steps}"])
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = train(cfg, Path(run_dir))
+    return result.metrics["seconds"], result.module.model
+
+
+def per_step(run: Callable[[int], float], steps: tuple[int, int]) -> float:
+    """Seconds per step from two run lengths, so set-up time cancels."""
+    short, long = run(steps[0]), run(steps[1])
+    return (long - short) / (steps[1] - steps[0])
+
+
+def plain_side(case: Case, steps: int) -> tuple[float, nn.Module]:
+    from hydra import compose, initialize_config_dir
+
+    from microtrain.preparation import prepare
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        prepared = prepare(compose("train", overrides=case.overrides))
+    model = prepared.module.model
+    x, y = prepared.splits.train
+    return plain_loop(model, x, y, case.batch_size, steps, seed=0), model
+
+
+def measure(case: Case, repeats: int, extra: list[str]) -> dict[str, Any]:
+    """Alternating repeats of the plain loop, microtrain, and microtrain with inspection off."""
+    torch.set_num_threads(case.threads)
+    sides: dict[str, Callable[[int], float]] = {
+        "plain": lambda n: plain_side(case, n)[0],
+        "microtrain": lambda n: microtrain_run(case.overrides + extra, n)[0],
+        "inspection_off": lambda n: microtrain_run(case.overrides + extra + INSPECTION_OFF, n)[0],
+    }
+    for run in sides.values():
+        run(case.steps[0])  # warm-up: first-call costs of torch and Lightning
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, run in sides.items():
+            times[name].append(per_step(run, case.steps))
+    same = _same_weights(case, extra)
+    return {"case": case.name, "threads": case.threads, "steps_per_s": {k: [1 / t for t in v] for k, v in times.items()}, "same_weights": same}
+
+
+def _same_weights(case: Case, extra: list[str]) -> bool:
+    """Both sides trained bitwise-equal weights: the same math, not only the same speed."""
+    _, plain_model = plain_side(case, case.steps[0])
+    _, microtrain_model = microtrain_run(case.overrides + extra, case.steps[0])
+    return all(torch.equal(a, b) for a, b in zip(plain_model.state_dict().values(), microtrain_model.state_dict().values()))
+
+
+INSPECTION_OFF = ["log.histograms=false", "log.inspect_every_n_steps=1000000000"]
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    rates = result["steps_per_s"]
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    return {
+        **result,
+        "median_steps_per_s": median,
+        "ratio": median["microtrain"] / median["plain"],
+        "inspection_cost": 1 - median["microtrain"] / median["inspection_off"],
+    }
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| case | plain loop, steps/s (min–max) | microtrain, steps/s (min–max) | ratio | inspection cost | same weights |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        p, m = r["steps_per_s"]["plain"], r["steps_per_s"]["microtrain"]
+        lines.append(
+            f"| {r['case']} | {statistics.median(p):,.0f} ({min(p):,.0f}–{max(p):,.0f}) | "
+            f"{statistics.median(m):,.0f} ({min(m):,.0f}–{max(m):,.0f}) | {r['ratio']:.2f}× | "
+            f"{100 * r['inspection_cost']:+.1f} % | {'yes' if r['same_weights'] else 'NO'} |"
+        )
+    return "\n".join(lines)
