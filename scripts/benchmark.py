@@ -3,7 +3,11 @@
 import argparse
 import json
 
-from microtrain.benchmark import CASES, markdown_table, measure, summarize
+import platform
+
+import torch
+
+from microtrain.benchmark import CASES, markdown_table, measure, startup, startup_line, summarize
 
 
 def main() -> None:
@@ -11,12 +15,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats per case (medians are reported)")
     parser.add_argument("--json", default="benchmark.json", help="where to write the raw numbers")
     parser.add_argument("--cases", default="all", help="comma-separated case numbers, e.g. 0,1 (default all)")
+    parser.add_argument("--startup-repeats", type=int, default=5, help="launches of each script for the start-up time (0 = skip)")
     args = parser.parse_args()
     chosen = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    print(f"machine: {machine}")
     results = [summarize(measure(case, args.repeats, ["device=cpu"])) for case in chosen]
     print(markdown_table(results))
+    start = startup(args.startup_repeats) if args.startup_repeats else None
+    if start:
+        print(startup_line(start))
     with open(args.json, "w") as handle:
-        json.dump(results, handle, indent=2)
+        json.dump({"machine": machine, "cases": results, "startup": start}, handle, indent=2)
     print(f"raw numbers: {args.json}")
 
 

@@ -131,6 +131,14 @@ class TensorDataModule(L.LightningDataModule):
         else:
             self.copy_to = device
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Batches cut from tensors already on the device need no move; Lightning's generic walk
+        over a list of K batches costs ~15 us a step."""
+        first = batch[0][0] if isinstance(batch, list) else batch[0]
+        if first.device == device:
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def train_dataloader(self) -> TensorBatches:
         rank, world = self._rank_and_world()
         return TensorBatches(*self.train, self.batch_size, True, self.seed, rank, world, self.copy_to, self.steps_per_call)

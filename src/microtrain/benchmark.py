@@ -32,7 +32,7 @@ class Case:
     @property
     def overrides(self) -> list[str]:
         model = ["model=linear"] if self.hidden is None else ["model=mlp", f"model.hidden={self.hidden}"]
-        rows = max(self.batch_size * 8, 32768)  # epochs long enough that per-epoch checkpoints are a small share
+        rows = max(self.batch_size * 64, 32768)  # epochs long enough that per-epoch checkpoints are a small share
         return [
             *model, "data=synthetic", f"data.n_samples={rows}", f"data.n_features={self.n_features}",
             f"data.n_outputs={self.n_outputs}", f"data.batch_size={self.batch_size}", "data.val_fraction=0",
@@ -43,7 +43,7 @@ class Case:
 CASES = [
     Case("linear 3→2, batch 10", 3, None, 2, 10, (300, 3300), 1),
     Case("MLP 3→64→1, batch 32", 3, 64, 1, 32, (300, 3300), 1),
-    Case("MLP 256→1024→256, batch 1024", 256, 1024, 256, 1024, (10, 90), 2),
+    Case("MLP 256→1024→256, batch 1024", 256, 1024, 256, 1024, (20, 200), 2),
 ]
 
 
@@ -127,6 +127,39 @@ INSPECTION_OFF = ["log.histograms=false", "log.inspect_every_n_steps=1000000000"
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
+SCRIPTS = CONF.parent / "scripts"
+
+
+def startup(repeats: int) -> dict[str, Any]:
+    """Seconds from launching the command to its first training step: scripts/train.py against a
+    bare Hydra + Lightning script (scripts/bare_lightning_step.py), alternating."""
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def bare() -> float:
+        with tempfile.TemporaryDirectory() as folder:
+            started = time.time()
+            out = subprocess.run([sys.executable, str(SCRIPTS / "bare_lightning_step.py"), f"hydra.run.dir={folder}"], capture_output=True, text=True, check=True).stdout
+        return float(out.split("first step at ")[1].split()[0]) - started
+
+    def ours() -> float:
+        with tempfile.TemporaryDirectory() as folder:
+            started = time.time()
+            args = ["device=cpu", "trainer.max_steps=1", "data.val_fraction=0", "trainer.enable_progress_bar=false", f"hydra.run.dir={folder}"]
+            subprocess.run([sys.executable, str(SCRIPTS / "train.py"), *args], capture_output=True, check=True)
+            events = EventAccumulator(folder)
+            events.Reload()
+            return events.Scalars("weight_norm/weight")[0].wall_time - started  # logged as step 0 begins
+
+    times: dict[str, list[float]] = {"bare": [], "microtrain": []}
+    for _ in range(repeats):
+        times["bare"].append(bare())
+        times["microtrain"].append(ours())
+    return {"seconds": times, "ratio": statistics.median(times["microtrain"]) / statistics.median(times["bare"])}
+
+
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     rates = result["steps_per_s"]
     median = {k: statistics.median(v) for k, v in rates.items()}
@@ -136,6 +169,15 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "ratio": median["microtrain"] / median["plain"],
         "inspection_cost": 1 - median["microtrain"] / median["inspection_off"],
     }
+
+
+def startup_line(result: dict[str, Any]) -> str:
+    bare, ours = result["seconds"]["bare"], result["seconds"]["microtrain"]
+    return (
+        f"start-up to the first training step: scripts/train.py {statistics.median(ours):.2f} s "
+        f"({min(ours):.2f}–{max(ours):.2f}), bare Hydra + Lightning script {statistics.median(bare):.2f} s "
+        f"({min(bare):.2f}–{max(bare):.2f}): {result['ratio']:.2f}×"
+    )
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:

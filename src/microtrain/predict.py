@@ -16,7 +16,10 @@ from microtrain.errors import ConfigError, DataError
 def load_trained_model(run_dir: Path, checkpoint: str = "best") -> tuple[torch.nn.Module, dict]:
     """The run's model with the weights of ``checkpoints/<checkpoint>.ckpt``, and its data_info."""
     run_dir = Path(run_dir)
-    files = [run_dir / run_folder.CONFIG, run_dir / run_folder.DATA_INFO, run_dir / run_folder.CHECKPOINTS / f"{checkpoint}.ckpt"]
+    weights = run_dir / run_folder.CHECKPOINTS / f"{checkpoint}.ckpt"
+    if checkpoint == "best" and not weights.exists():
+        weights = weights.with_name("last.ckpt")  # a run without validation keeps only its last weights
+    files = [run_dir / run_folder.CONFIG, run_dir / run_folder.DATA_INFO, weights]
     for path in files:
         if not path.is_file():
             raise ConfigError(f"run={run_dir} has no {path.relative_to(run_dir)}; point run= at a finished run folder")

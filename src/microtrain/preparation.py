@@ -53,11 +53,11 @@ def prepare(cfg: DictConfig) -> Prepared:
 
 # A step that costs less than about this many multiply-adds runs several to a Lightning call.
 SMALL_STEP_FLOPS = 10_000_000
-STEPS_PER_CALL_CHOICES = (32, 16, 8, 4, 2, 1)
+STEPS_PER_CALL_CHOICES = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
 def _steps_per_call(cfg: DictConfig, model: Any, splits: data_sources.Splits) -> int:
-    """``trainer.steps_per_call``: auto = 32 for tiny steps, 1 when a step's compute hides Lightning's overhead.
+    """``trainer.steps_per_call``: auto = 128 for tiny steps, 1 when a step's compute hides Lightning's overhead.
 
     Step checkpoints land on call boundaries, so K must divide ``trainer.checkpoint_every_n_steps``.
     """

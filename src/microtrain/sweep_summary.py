@@ -12,13 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
-from rich.console import Console
-from rich.table import Table
 
 from microtrain import run_folder
+
+# rich and yaml are imported where used: Hydra builds this callback at every start, sweep or not.
 
 COLUMNS = ["best", "overrides", "status", "train_loss", "val_loss", "test_loss", "test_r2", "test_acc", "error", "folder"]
 
@@ -34,6 +33,8 @@ def objective(metrics: dict[str, Any], cfg: Any) -> tuple[str, float]:
 
 def collect(sweep_dir: Path, optimize: Any, hidden_keys: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """A row per job folder (one with .hydra/overrides.yaml); ``hidden_keys`` are left out of its overrides."""
+    import yaml
+
     rows = []
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
         folder = overrides_file.parent.parent
@@ -75,7 +76,10 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, console: Optional[Console] = None) -> None:
+def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, console: Optional[Any] = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     metric = rows[0]["metric"] if rows else "metric"
     table = Table(title=f"sweep {sweep_dir}: {len(rows)} jobs, best {metric} first")
     for column in ("best", "overrides", "status", "train_loss", "val_loss", "test_loss"):

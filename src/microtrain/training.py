@@ -67,7 +67,7 @@ def _build_trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, prep
     )
     checkpoints = _checkpoint_callbacks(run_dir / run_folder.CHECKPOINTS, has_val, checkpoint_every)
     inspector = ParameterInspector(
-        _inspect_every(cfg), cfg.log.histograms, cfg.log.get("inspect_budget", 0.03), prepared.optimum, prepared.splits.train
+        _inspect_every(cfg), cfg.log.histograms, cfg.log.get("inspect_budget", 0.02), prepared.optimum, prepared.splits.train
     )
     prepared.module.needs_hooks = inspector.needs_hooks  # steps it inspects go through Lightning's hooks
     callbacks = [LossWatch(every, checkpoint_every), inspector, *checkpoints]
@@ -105,7 +105,7 @@ def _trainer(cfg: DictConfig, plan: device.DevicePlan, logger: TensorBoardLogger
 def _inspect_every(cfg: DictConfig) -> Any:
     value = cfg.log.get("inspect_every_n_steps", "auto")
     if value == "auto":
-        validate.number(cfg.log.get("inspect_budget", 0.03), "log.inspect_budget", positive=True)
+        validate.number(cfg.log.get("inspect_budget", 0.02), "log.inspect_budget", positive=True)
         return value
     return validate.integer(value, "log.inspect_every_n_steps", minimum=1)
 
@@ -113,7 +113,10 @@ def _inspect_every(cfg: DictConfig) -> Any:
 def _checkpoint_callbacks(folder: Path, has_val: bool, every_n_steps: Optional[int]) -> list[ModelCheckpoint]:
     """last.ckpt after every epoch (and every N steps if asked), best.ckpt by validation loss."""
     common = dict(dirpath=folder, enable_version_counter=False)
-    callbacks = [ModelCheckpoint(filename="best", monitor="val_loss" if has_val else None, save_last=True, **common)]
+    if has_val:
+        callbacks = [ModelCheckpoint(filename="best", monitor="val_loss", save_last=True, **common)]
+    else:  # without validation the best is the last: one file, one write an epoch
+        callbacks = [ModelCheckpoint(filename="last", monitor=None, **common)]
     if every_n_steps:
         # a second checkpointer: Lightning's step and epoch triggers are mutually exclusive
         callbacks.append(ModelCheckpoint(filename="last", monitor=None, every_n_train_steps=every_n_steps, **common))
