@@ -1,6 +1,7 @@
 """What ``scripts/train.py`` does with a composed config: train, report, and turn bad input into one line."""
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -14,7 +15,7 @@ from microtrain import run_folder
 from microtrain.errors import MicrotrainError, TrainingDiverged
 from microtrain.sweep_summary import objective
 
-console = Console(highlight=False, soft_wrap=True)
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 error_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -43,6 +44,7 @@ def train_command(cfg: DictConfig) -> float:
         console.print("note: trainer.strategy=ddp inside a sweep runs as ddp_spawn")
         cfg.trainer.strategy = "ddp_spawn"
     try:
+        print_start(cfg)
         result = train(cfg, run_dir)
     except MicrotrainError as err:
         return _fail(err, run_dir)
@@ -53,7 +55,6 @@ def train_command(cfg: DictConfig) -> float:
     metrics = result.metrics
     if not result.is_global_zero:
         return objective(metrics, cfg.get("optimize"))[1]
-    console.print(f"device: {result.device}")
     console.print(f"run folder: {run_dir}")
     losses = "  ".join(f"{k}={_fmt(metrics[k])}" for k in ("train_loss", "val_loss") if k in metrics)
     console.print(f"final: {losses}  ({metrics['steps']} steps, {metrics['seconds']:.1f} s)")
@@ -69,6 +70,28 @@ def train_command(cfg: DictConfig) -> float:
         console.print(f"best checkpoint: {result.best_checkpoint}")
     console.print(f"open TensorBoard: {run_folder.tensorboard_command(run_dir)}")
     return objective(metrics, cfg.get("optimize"))[1]
+
+
+def print_start(cfg: DictConfig) -> None:
+    """A compact tree of what this run uses: one line per config group, and the device."""
+    from rich.tree import Tree
+
+    from microtrain.device import resolve
+
+    plan = resolve(cfg.device)  # raises the one-line device error before anything starts
+    if int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
+        return  # the other ranks of a DDP run stay quiet
+    tree = Tree(f"[bold]microtrain[/bold] on {plan.description}, precision {plan.precision}")
+    for group in ("model", "loss", "optimizer", "scheduler", "data", "trainer", "log"):
+        section = cfg.get(group)
+        if section:
+            tree.add(f"[bold]{group}[/bold] " + "  ".join(f"{k}={_short(v)}" for k, v in section.items() if k != "_partial_"))
+    console.print(tree)
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _fail(err: Exception, run_dir: Path) -> float:

@@ -51,7 +51,7 @@ def write_histogram(writer: SummaryWriter, tag: str, tensor: torch.Tensor, step:
     low, high = low.item(), high.item()
     counts = torch.histc(values, bins=HISTOGRAM_BINS, min=low, max=high) if high > low else values.new_tensor([values.numel()])
     total, squares = torch.stack([values.sum(), (values * values).sum()]).tolist()
-    width = (high - low) / len(counts) if high > low else 1.0
+    width = (high - low) / len(counts) if high > low else max(abs(low) * 0.01, 1e-6)
     limits = [low + width * (i + 1) for i in range(len(counts))]
     writer.add_histogram_raw(tag, low, high, values.numel(), total, squares, limits, counts.tolist(), step)
 
@@ -86,6 +86,17 @@ class ParameterInspector(L.Callback):
         if writer is None or not self.due(step):
             return
         started = time.perf_counter()
+        self._inspect(writer, pl_module, optimizer, step)
+        self._schedule(step, time.perf_counter() - started + self._ratio_cost)
+
+    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """The final weights (and the last step's gradients), so every run ends with its final state."""
+        writer = tensorboard_writer(trainer)
+        if writer is not None and trainer.global_step != self._step:
+            self._inspect(writer, pl_module, pl_module.optimizers(), trainer.global_step)
+            self._before.clear()  # no step follows, so no update ratio
+
+    def _inspect(self, writer: SummaryWriter, pl_module: "L.LightningModule", optimizer: Any, step: int) -> None:
         self._step = step
         for name, param in pl_module.model.named_parameters():
             weight = param.detach()
@@ -104,7 +115,6 @@ class ParameterInspector(L.Callback):
                 full = pl_module.loss_fn(pl_module.model(self.train[0]), self.train[1]).item()
             writer.add_scalar("train_loss_full", full, step)
             writer.add_scalar("optimality_gap", full - self.optimum, step)
-        self._schedule(step, time.perf_counter() - started + self._ratio_cost)
 
     def due(self, step: int) -> bool:
         """Whether a step should be inspected: on its fixed multiple, or when auto scheduled it."""

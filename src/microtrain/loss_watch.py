@@ -1,6 +1,7 @@
 """Read the training losses every N steps: log them, and stop a run whose loss went NaN or infinite."""
 
 import math
+import time
 from typing import Any
 
 import lightning as L
@@ -22,9 +23,11 @@ class LossWatch(L.Callback):
         # also read before every step checkpoint, so no checkpoint ever holds a diverged model
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
         self._epoch_losses: list[float] = []
+        self._clock: float | None = None
 
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         window = pl_module.loss_window
+        rows = window.rows
         last_of_epoch = batch_idx + 1 == trainer.num_training_batches
         last_of_run = 0 < trainer.max_steps <= trainer.global_step
         # steps_per_call divides checkpoint_every_n_steps, so checkpoints land on call boundaries
@@ -41,12 +44,28 @@ class LossWatch(L.Callback):
         writer = tensorboard_writer(trainer)
         if writer is not None:
             writer.add_scalar("train_loss_step", sum(losses) / len(losses), trainer.global_step)
+            self._write_speed(writer, trainer, pl_module, rows)
+
+    def _write_speed(self, writer: Any, trainer: "L.Trainer", pl_module: "L.LightningModule", rows: int) -> None:
+        """samples_per_s since the last read; on CUDA also gpu_memory_peak_mib (a host-side counter, no sync)."""
+        now = time.perf_counter()
+        if self._clock is not None and now > self._clock:
+            writer.add_scalar("samples_per_s", rows / (now - self._clock), trainer.global_step)
+        self._clock = now
+        if pl_module.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
+            writer.add_scalar("gpu_memory_peak_mib", peak, trainer.global_step)
+
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._clock = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         """``train_loss``: the mean loss of the epoch's steps, from the windows already read."""
         if self._epoch_losses:
             mean = sum(self._epoch_losses) / len(self._epoch_losses)
             pl_module.log("train_loss", mean, on_epoch=True, sync_dist=True)
+            # Lightning counts calls, not optimizer steps; a logged "step" puts the point at the step
+            pl_module.log("step", float(trainer.global_step), on_epoch=True)
         self._epoch_losses = []
 
 

@@ -27,11 +27,14 @@ class LossWindow:
     def __init__(self) -> None:
         self.losses: list[torch.Tensor] = []
         self.first_step = 0
+        self.rows = 0  # training rows seen since the last drain, for samples/s
+        self.last_mean: float = float("nan")  # the last window's mean loss, shown by the progress bar
 
-    def add(self, loss: torch.Tensor, step: int) -> None:
+    def add(self, loss: torch.Tensor, step: int, rows: int) -> None:
         if not self.losses:
             self.first_step = step
         self.losses.append(loss)
+        self.rows += rows
 
     @property
     def count(self) -> int:
@@ -40,7 +43,9 @@ class LossWindow:
     def drain(self) -> tuple[int, list[float]]:
         """(1-based number of the first step, the losses) since the last drain; this syncs with the device."""
         values = torch.stack(self.losses).float().tolist() if self.losses else []
-        self.losses = []
+        self.losses, self.rows = [], 0
+        if values:
+            self.last_mean = sum(values) / len(values)
         return self.first_step, values
 
 
@@ -95,7 +100,7 @@ class Trainee(L.LightningModule):
                 # where ParameterInspector reads this step's weights and gradients.
                 optimizer.step()
             step += 1
-            self.loss_window.add(loss.detach(), step)
+            self.loss_window.add(loss.detach(), step, len(x))
 
     @staticmethod
     def _plain_step(optimizer: Any) -> None:
@@ -128,6 +133,8 @@ class Trainee(L.LightningModule):
         x, y = batch
         prediction = self.model(x)
         self.log(f"{stage}_loss", self.loss_fn(prediction, y), on_epoch=True, batch_size=len(x), sync_dist=True)
+        # Lightning's x-axis counts calls (several optimizer steps each); "step" sets it to the step
+        self.log("step", float(self.global_step), on_epoch=True, batch_size=len(x))
         if metrics is not None:
             metrics.update(self.predict_targets(prediction), y)
             # logging the collection lets Lightning compute it once per epoch and reset it

@@ -19,6 +19,7 @@ from microtrain.errors import ConfigError
 from microtrain.inspection import ParameterInspector
 from microtrain.loss_watch import LossWatch
 from microtrain.module import Trainee
+from microtrain.progress import StepProgressBar
 
 
 @dataclass
@@ -71,6 +72,8 @@ def _build_trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, prep
     )
     prepared.module.needs_hooks = inspector.needs_hooks  # steps it inspects go through Lightning's hooks
     callbacks = [LossWatch(every, checkpoint_every), inspector, *checkpoints]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(StepProgressBar())
     try:
         return _trainer(cfg, plan, logger, callbacks, has_val)
     except (MisconfigurationException, ValueError, TypeError) as err:

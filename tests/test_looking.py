@@ -1,0 +1,119 @@
+"""Looking at runs: report.png from TensorBoard logs, a real TensorBoard server, the terminal output."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from microtrain.errors import ConfigError
+from microtrain.report import read_run, run_figure, sweep_figure, write_report
+from microtrain.training import train
+from tests_helpers import make_cfg, read_events, run_in_process
+
+MLP_PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+
+
+@pytest.fixture(scope="module")
+def mlp_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlp_run")
+    train(make_cfg("model=mlp", "trainer.max_epochs=5"), folder)
+    return folder
+
+
+def titles(figure):
+    return [ax.get_title() for ax in figure.axes if ax.get_visible()]
+
+
+def test_run_report_has_every_panel(mlp_run):
+    figure = run_figure(mlp_run, read_run(mlp_run))
+    names = titles(figure)
+    assert names[:4] == ["loss", "weight norm ‖w‖", "gradient norm ‖g‖", "update ratio ‖Δw‖/‖w‖"]
+    for name in MLP_PARAMS:
+        assert any(t.startswith(f"weights/{name} at step ") for t in names)
+        assert any(t.startswith(f"grads/{name} at step ") for t in names)
+    loss_axis = figure.axes[0]
+    assert {line.get_label() for line in loss_axis.get_lines()} >= {"train (window mean)", "validation (epoch)"}
+    assert len(figure.axes[1].get_lines()) == 4  # one weight-norm curve per parameter
+    out = write_report(mlp_run)
+    assert out == mlp_run / "report.png" and out.stat().st_size > 20_000
+
+
+def test_final_histograms_show_the_final_weights(mlp_run):
+    last_step = json.loads((mlp_run / "metrics.json").read_text())["steps"]
+    assert read_events(mlp_run).Histograms("weights/fc1.weight")[-1].step == last_step
+
+
+def test_sweep_report(capsys, tmp_path):
+    code, out, err = run_in_process(
+        capsys, "train.py", "-m", "optimizer.lr=0.01,0.1", "trainer.max_epochs=3", "device=cpu",
+        "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}",
+    )
+    assert code == 0, err
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    figure = sweep_figure(tmp_path, jobs)
+    assert titles(figure) == ["training loss per job", "validation loss per job", "final val_loss per job (best first)"]
+    curves, _, bars = figure.axes
+    assert len(curves.get_lines()) == 2
+    labels = [t.get_text() for t in bars.get_yticklabels()]
+    best = min(jobs, key=lambda j: json.loads((j / "metrics.json").read_text())["val_loss"])
+    assert labels[-1] == f"★ {best.name}"  # barh draws bottom-up: the best sits on top
+    assert write_report(tmp_path).stat().st_size > 10_000
+
+
+def test_report_refuses_a_folder_without_logs(tmp_path):
+    with pytest.raises(ConfigError, match="holds no TensorBoard logs"):
+        write_report(tmp_path)
+
+
+def test_report_script(tmp_path, mlp_run):
+    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "report.py"), str(mlp_run)], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == f"report: {mlp_run / 'report.png'}"
+    bad = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "report.py"), str(tmp_path / "none")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_tensorboard_server_serves_every_histogram(mlp_run):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(mlp_run), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        tags, deadline = None, time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/histograms/tags", timeout=5) as answer:
+                    tags = json.load(answer)
+                if tags:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert tags, "TensorBoard did not answer"
+        (run_tags,) = tags.values()
+        for name in MLP_PARAMS:
+            assert f"weights/{name}" in run_tags and f"grads/{name}" in run_tags
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_terminal_shows_config_tree_progress_and_summary(capsys, tmp_path):
+    code, out, err = run_in_process(capsys, "train.py", "model=mlp", "device=cpu", f"hydra.run.dir={tmp_path}", "trainer.max_epochs=2")
+    assert code == 0
+    assert "microtrain on cpu" in out and "model name=mlp" in out and "optimizer _target_=torch.optim.SGD" in out
+    assert "step=50" in out + err and "loss=" in out + err  # the progress bar
+    assert f"open TensorBoard: tensorboard --logdir {tmp_path}" in out
+    assert "samples_per_s" in read_events(tmp_path).Tags()["scalars"]
