@@ -99,7 +99,8 @@ def _histogram(ax: Any, events: EventAccumulator, tag: str) -> None:
 
 
 def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
-    figure, (curves, val, bars) = plt.subplots(1, 3, figsize=(20, 5.5))
+    figure, axes = plt.subplot_mosaic([["curves", "val"], ["bars", "bars"]], figsize=(16, 9), height_ratios=[3, 2])
+    curves, val, bars = axes["curves"], axes["val"], axes["bars"]
     figure.suptitle(f"microtrain sweep {folder} ({len(jobs)} jobs)", fontsize=11)
     finals = []
     for job in jobs:
@@ -118,8 +119,10 @@ def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
             ax.legend(fontsize=7)
     finals.sort()
     names = [f"{'★ ' if i == 0 else ''}{job}" for i, (_, job, _) in enumerate(finals)]
-    bars.barh(names[::-1], [v for v, _, _ in finals][::-1], color="tab:green")
-    bars.set(title=f"final {finals[0][2] if finals else 'metric'} per job (best first)", xscale="log")
-    bars.tick_params(axis="y", labelsize=7)
+    values = [v for v, _, _ in finals]
+    drawn = bars.barh(names[::-1], values[::-1], color=["tab:green"] * (len(values) - 1) + ["tab:olive"] if values else [])
+    bars.bar_label(drawn, labels=[f"{v:.4g}" for v in values[::-1]], padding=3, fontsize=8)
+    bars.set(title=f"final {finals[0][2] if finals else 'metric'} per job (best first)")
+    bars.tick_params(axis="y", labelsize=8)
     figure.tight_layout()
     return figure
