@@ -114,8 +114,9 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(2)}}, path)
 
-    def crash(obj, handle, *a, **k):
-        handle.write(b"half a checkpoint")
+    def crash(obj, target, *a, **k):
+        with open(target, "wb") as handle:
+            handle.write(b"half a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)

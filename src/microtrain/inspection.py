@@ -71,9 +71,11 @@ class ParameterInspector(L.Callback):
         self._next = 0  # the step to inspect next
         self._clock: Optional[tuple[float, int]] = None  # (time, step) when the last inspection ended
         self._ratio_cost = 0.0  # seconds the last update ratios took, charged to the next inspection
+        self.enabled = True
 
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self._next = trainer.global_step  # a resumed run inspects its first step, as a new one does
+        self.enabled = trainer.is_global_zero  # only rank 0 writes, so only rank 0 needs the hooks
         writer = tensorboard_writer(trainer)
         if self.optimum is not None and writer is not None:
             self.train = (self.train[0].to(pl_module.device), self.train[1].to(pl_module.device))
@@ -122,7 +124,7 @@ class ParameterInspector(L.Callback):
 
     def needs_hooks(self, step: int) -> bool:
         """Steps Lightning's hooks must reach: inspected ones, and the one after, which shows the update."""
-        return self.due(step) or (bool(self._before) and step == self._step + 1)
+        return self.enabled and (self.due(step) or (bool(self._before) and step == self._step + 1))
 
     def _schedule(self, step: int, cost: float) -> None:
         """Under auto, space inspections so their cost stays near the budget of training time."""

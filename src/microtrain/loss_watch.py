@@ -60,12 +60,13 @@ class LossWatch(L.Callback):
         self._clock = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        """``train_loss``: the mean loss of the epoch's steps, from the windows already read."""
-        if self._epoch_losses:
-            mean = sum(self._epoch_losses) / len(self._epoch_losses)
-            pl_module.log("train_loss", mean, on_epoch=True, sync_dist=True)
-            # Lightning counts calls, not optimizer steps; a logged "step" puts the point at the step
-            pl_module.log("step", float(trainer.global_step), on_epoch=True)
+        """``train_loss``: the mean loss of the epoch's steps, from the windows already read.
+
+        Written straight to TensorBoard: ``self.log`` costs ~1 ms a call, which on a tiny model's
+        short epoch (32 steps of 150 us) would be a fifth of the training time."""
+        writer = tensorboard_writer(trainer)
+        if self._epoch_losses and writer is not None:
+            writer.add_scalar("train_loss", sum(self._epoch_losses) / len(self._epoch_losses), trainer.global_step)
         self._epoch_losses = []
 
 

@@ -112,11 +112,12 @@ class Trainee(L.LightningModule):
         optimizer._on_after_step()
 
     def on_train_start(self) -> None:
-        from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+        from lightning.pytorch.strategies import SingleDeviceStrategy
 
-        # Loss scaling (16-mixed) and sharded strategies need every step to go through Lightning.
-        strategy = self.trainer.strategy
-        self.fast_path = type(strategy) in (SingleDeviceStrategy, DDPStrategy) and self.trainer.precision != "16-mixed"
+        # Loss scaling (16-mixed) needs every step to go through Lightning, and so does DDP, whose
+        # manual_backward prepares the gradient reducer: every rank must take the same path.
+        single = type(self.trainer.strategy) is SingleDeviceStrategy
+        self.fast_path = single and self.trainer.precision != "16-mixed"
 
     def on_train_epoch_end(self) -> None:
         scheduler = self.lr_schedulers()

@@ -63,6 +63,12 @@ def _steps_per_call(cfg: DictConfig, model: Any, splits: data_sources.Splits) ->
     """
     wanted = cfg.trainer.get("steps_per_call", "auto")
     every = cfg.trainer.get("checkpoint_every_n_steps")
+    distributed = cfg.trainer.get("devices", 1) not in (1, "1") or cfg.trainer.get("num_nodes", 1) != 1
+    if distributed:
+        # DDP synchronises gradients once per forward of its wrapped module, i.e. once per call
+        if wanted not in ("auto", 1):
+            raise ConfigError(f"trainer.steps_per_call={wanted} needs one device; with several devices use 1 or auto")
+        return 1
     if wanted != "auto":
         k = validate.integer(wanted, "trainer.steps_per_call", minimum=1)
         if every and isinstance(every, int) and every % k:
