@@ -15,13 +15,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats per case (medians are reported)")
     parser.add_argument("--json", default="benchmark.json", help="where to write the raw numbers")
     parser.add_argument("--cases", default="all", help="comma-separated case numbers, e.g. 0,1 (default all)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where both sides train (default: cuda when a GPU is visible)")
     parser.add_argument("--startup-repeats", type=int, default=5, help="launches of each script for the start-up time (0 = skip)")
     args = parser.parse_args()
     chosen = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"machine: {machine}")
-    results = [summarize(measure(case, args.repeats, ["device=cpu"])) for case in chosen]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA GPU is visible; use --device cpu")
+    results = [summarize(measure(case, args.repeats, args.device)) for case in chosen]
     print(markdown_table(results))
+    for r in results:
+        if r["gpu_memory_peak_mib"] is not None:
+            print(f"{r['case']}: GPU memory peak {r['gpu_memory_peak_mib']:.0f} MiB")
     start = startup(args.startup_repeats) if args.startup_repeats else None
     if start:
         print(startup_line(start))

@@ -64,6 +64,8 @@ def plain_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: i
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    if x.is_cuda:
+        torch.cuda.synchronize()  # GPU work is asynchronous: time it once it has finished
     return time.perf_counter() - started
 
 
@@ -86,23 +88,24 @@ def per_step(run: Callable[[int], float], steps: tuple[int, int]) -> float:
     return (long - short) / (steps[1] - steps[0])
 
 
-def plain_side(case: Case, steps: int) -> tuple[float, nn.Module]:
+def plain_side(case: Case, steps: int, device: str = "cpu") -> tuple[float, nn.Module]:
     from hydra import compose, initialize_config_dir
 
     from microtrain.preparation import prepare
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         prepared = prepare(compose("train", overrides=case.overrides))
-    model = prepared.module.model
-    x, y = prepared.splits.train
-    return plain_loop(model, x, y, case.batch_size, steps, seed=0), model
+    model = prepared.module.model.to(device)
+    x, y = (t.to(device) for t in prepared.splits.train)
+    return plain_loop(model, x, y, case.batch_size, steps, seed=0), model.cpu()
 
 
-def measure(case: Case, repeats: int, extra: list[str]) -> dict[str, Any]:
+def measure(case: Case, repeats: int, device: str = "cpu") -> dict[str, Any]:
     """Alternating repeats of the plain loop, microtrain, and microtrain with inspection off."""
     torch.set_num_threads(case.threads)
+    extra = [f"device={device}"]
     sides: dict[str, Callable[[int], float]] = {
-        "plain": lambda n: plain_side(case, n)[0],
+        "plain": lambda n: plain_side(case, n, device)[0],
         "microtrain": lambda n: microtrain_run(case.overrides + extra, n)[0],
         "inspection_off": lambda n: microtrain_run(case.overrides + extra + INSPECTION_OFF, n)[0],
     }
@@ -112,8 +115,11 @@ def measure(case: Case, repeats: int, extra: list[str]) -> dict[str, Any]:
     for _ in range(repeats):
         for name, run in sides.items():
             times[name].append(per_step(run, case.steps))
-    same = _same_weights(case, extra)
-    return {"case": case.name, "threads": case.threads, "steps_per_s": {k: [1 / t for t in v] for k, v in times.items()}, "same_weights": same}
+    same = _same_weights(case, extra) if device == "cpu" else None  # bitwise equality is a CPU promise
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    rates = {k: [1 / t for t in v] for k, v in times.items()}
+    return {"case": case.name, "device": device, "threads": case.threads, "batch_size": case.batch_size,
+            "steps_per_s": rates, "same_weights": same, "gpu_memory_peak_mib": peak}
 
 
 def _same_weights(case: Case, extra: list[str]) -> bool:
@@ -167,6 +173,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         **result,
         "median_steps_per_s": median,
         "ratio": median["microtrain"] / median["plain"],
+        "samples_per_s": {k: v * result["batch_size"] for k, v in median.items()},
         "inspection_cost": 1 - median["microtrain"] / median["inspection_off"],
     }
 
@@ -180,16 +187,20 @@ def startup_line(result: dict[str, Any]) -> str:
     )
 
 
+def _same(same: Optional[bool]) -> str:
+    return "n/a (GPU)" if same is None else "yes" if same else "NO"
+
+
 def markdown_table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| case | plain loop, steps/s (min–max) | microtrain, steps/s (min–max) | ratio | inspection cost | same weights |",
-        "|---|---|---|---|---|---|",
+        "| case | plain loop, steps/s (min–max) | microtrain, steps/s (min–max) | ratio | microtrain samples/s | inspection cost | same weights |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         p, m = r["steps_per_s"]["plain"], r["steps_per_s"]["microtrain"]
         lines.append(
             f"| {r['case']} | {statistics.median(p):,.0f} ({min(p):,.0f}–{max(p):,.0f}) | "
             f"{statistics.median(m):,.0f} ({min(m):,.0f}–{max(m):,.0f}) | {r['ratio']:.2f}× | "
-            f"{100 * r['inspection_cost']:+.1f} % | {'yes' if r['same_weights'] else 'NO'} |"
+            f"{r['samples_per_s']['microtrain']:,.0f} | {100 * r['inspection_cost']:+.1f} % | {_same(r['same_weights'])} |"
         )
     return "\n".join(lines)
