@@ -160,3 +160,14 @@ def test_auto_inspection_spaces_itself_within_budget(tmp_path):
 def test_steps_per_call_must_divide_step_checkpoints(tmp_path):
     with pytest.raises(ConfigError, match="trainer.checkpoint_every_n_steps=10 must be a multiple of trainer.steps_per_call=4"):
         train(make_cfg("trainer.steps_per_call=4", "trainer.checkpoint_every_n_steps=10"), tmp_path)
+
+
+@pytest.mark.slow
+def test_torch_compile_option_trains_the_same_model(tmp_path):
+    plain = train(make_cfg("model=mlp", "trainer.max_epochs=2"), tmp_path / "plain")
+    compiled = train(make_cfg("model=mlp", "trainer.max_epochs=2", "trainer.compile=true"), tmp_path / "compiled")
+    names = [n for n, _ in compiled.module.model.named_parameters()]
+    assert names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    for a, b in zip(plain.module.model.parameters(), compiled.module.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert {f"weights/{n}" for n in names} <= set(read_events(tmp_path / "compiled").Tags()["histograms"])

@@ -43,6 +43,11 @@ def prepare(cfg: DictConfig) -> Prepared:
         val_metrics=build_metrics(info["task"], info["n_outputs"], rows(splits.val), "val_"),
         test_metrics=build_metrics(info["task"], info["n_outputs"], rows(splits.test), "test_"),
     )
+    compile_model = cfg.trainer.get("compile", False)
+    if not isinstance(compile_model, bool):
+        raise ConfigError(f"trainer.compile={compile_model!r} must be true or false")
+    if compile_model:
+        module.compile_model()
     batch_size = validate.integer(cfg.data.get("batch_size"), "data.batch_size", minimum=1, allow_none=True)
     datamodule = TensorDataModule(splits.train, splits.val, batch_size, seed, test=splits.test, steps_per_call=steps_per_call)
     optimum = None
