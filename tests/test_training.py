@@ -171,3 +171,11 @@ def test_torch_compile_option_trains_the_same_model(tmp_path):
     for a, b in zip(plain.module.model.parameters(), compiled.module.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert {f"weights/{n}" for n in names} <= set(read_events(tmp_path / "compiled").Tags()["histograms"])
+
+
+@pytest.mark.parametrize("precision", ["64", "bf16-mixed"])
+def test_cpu_precisions_train(tmp_path, precision):
+    result = train(make_cfg("model=mlp", f"device.precision={precision}", "trainer.max_epochs=5"), tmp_path)
+    assert result.metrics["status"] == "ok" and result.metrics["val_loss"] < 0.1
+    expected = torch.float64 if precision == "64" else torch.float32  # bf16-mixed keeps fp32 weights
+    assert next(result.module.model.parameters()).dtype == expected

@@ -78,7 +78,7 @@ class ParameterInspector(L.Callback):
         self.enabled = trainer.is_global_zero  # only rank 0 writes, so only rank 0 needs the hooks
         writer = tensorboard_writer(trainer)
         if self.optimum is not None and writer is not None:
-            self.train = (self.train[0].to(pl_module.device), self.train[1].to(pl_module.device))
+            self.train = pl_module.to_model(*self.train)
             writer.add_scalar("train_loss_optimum", self.optimum, trainer.global_step)
 
     def on_before_optimizer_step(self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: Any) -> None:

@@ -81,6 +81,13 @@ class Trainee(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def to_model(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        """(x, y) on the model's device, floats in its dtype (float64 under precision 64), for
+        evaluations outside Lightning's loop, which does this conversion itself."""
+        dtype = next(self.model.parameters()).dtype
+        y = y.to(self.device, dtype=dtype) if y.is_floating_point() else y.to(self.device)
+        return x.to(self.device, dtype=dtype), y
+
     def compile_model(self) -> None:
         """Train through ``torch.compile(model)``. The compiled wrapper is kept out of the module
         tree (``object.__setattr__``), so parameter names, checkpoints and inspection still see

@@ -140,12 +140,11 @@ def _final_metrics(prepared: Prepared, trainer: L.Trainer, seconds: float) -> di
     """Losses of the final weights on the whole train and validation splits."""
     module = prepared.module
     module.eval()
-    dev = module.device
 
     def loss_on(pair: Optional[tuple[torch.Tensor, torch.Tensor]]) -> Optional[float]:
         if pair is None:
             return None
-        x, y = pair[0].to(dev), pair[1].to(dev)
+        x, y = module.to_model(*pair)
         return float(module.loss_fn(module.model(x), y))
 
     metrics = {
