@@ -62,8 +62,12 @@ def test_csv_round_trip_train_then_predict(tmp_path):
     model, _ = load_trained_model(run)
     x = torch.tensor([[float(r["rooms"]), float(r["age"])] for r in rows])
     mean, std = torch.tensor(info["standardize"]["mean"]), torch.tensor(info["standardize"]["std"])
-    expected = model((x - mean) / std).detach().reshape(-1)
-    assert np.allclose([float(r["predicted_price"]) for r in rows], expected.numpy(), rtol=1e-6)
+    y_mean, y_std = info["standardize_targets"]["mean"][0], info["standardize_targets"]["std"][0]
+    expected = (model((x - mean) / std).detach().reshape(-1) * y_std + y_mean).numpy()
+    predicted = np.array([float(r["predicted_price"]) for r in rows])
+    assert np.allclose(predicted, expected, rtol=1e-6)
+    prices = np.array([float(r["price"]) for r in rows])
+    assert np.abs(predicted - prices).mean() < 5  # in the table's own units (price ~ 100-400, noise 2)
 
 
 def test_predict_script_writes_class_labels(capsys, tmp_path):
@@ -96,6 +100,19 @@ def test_standardization_uses_the_training_split_only(tmp_path):
     assert np.allclose(info["standardize"]["std"], train_x.std(0, unbiased=False).tolist(), rtol=1e-5)
     assert not np.allclose(info["standardize"]["mean"], dataset.x.mean(0).tolist(), rtol=1e-5)
     torch.testing.assert_close(splits.test[0], (raw_splits.test[0] - train_x.mean(0)) / train_x.std(0, unbiased=False))
+
+
+def test_target_standardization_uses_the_training_split_only():
+    _, splits, info = prepare_data(make_cfg("data=diabetes"))
+    _, raw, _ = prepare_data(make_cfg("data=diabetes", "data.standardize_targets=false"))
+    y = raw.train[1]
+    assert info["standardize_targets"]["mean"][0] == pytest.approx(y.mean().item(), rel=1e-5)
+    torch.testing.assert_close(splits.test[1], (raw.test[1] - y.mean(0)) / y.std(0, unbiased=False))
+    assert prepare_data(make_cfg("data=iris"))[2]["standardize_targets"] is None  # class labels stay labels
+
+
+def test_mlp_on_raw_scale_targets_trains(tmp_path):
+    assert train(make_cfg("model=mlp", "data=diabetes"), tmp_path).metrics["test_r2"] > 0.35
 
 
 def test_split_seed_moves_rows_and_is_repeatable():
@@ -151,7 +168,7 @@ def test_non_integer_class_labels(tmp_path):
 def test_class_only_in_test(tmp_path):
     rows = [[str(i), "0" if i % 2 else "1"] for i in range(39)] + [["99", "2"]]
     path = write_csv(tmp_path / "t.csv", ["a", "y"], rows)
-    cfg = ["data=csv", f"data.path={path}", "data.target=y", "loss=cross_entropy", "data.val_fraction=0"]
+    cfg = ["data=csv", f"data.path={path}", "data.target=y", "loss=cross_entropy", "data.val_fraction=0", "data.standardize_targets=false"]
     seed = next(s for s in range(50) if 2.0 in prepare_data(make_cfg(*cfg, f"data.split_seed={s}", "loss=mse"))[1].test[1].reshape(-1).tolist())
     with pytest.raises(DataError, match=r"the test split has class\(es\) \[2\] that the training split never shows"):
         prepare_data(make_cfg(*cfg, f"data.split_seed={seed}"))

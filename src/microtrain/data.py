@@ -173,6 +173,7 @@ class Standardizer:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
-    def apply(self, splits: Splits) -> Splits:
-        scale = lambda p: None if p is None else (self(p[0]), p[1])  # noqa: E731
+    def apply(self, splits: Splits, targets: bool = False) -> Splits:
+        """Scale the inputs of every split, or with ``targets`` the targets."""
+        scale = lambda p: None if p is None else ((p[0], self(p[1])) if targets else (self(p[0]), p[1]))  # noqa: E731
         return Splits(scale(splits.train), scale(splits.val), scale(splits.test))

@@ -52,13 +52,16 @@ def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpo
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, info: dict, x: np.ndarray) -> np.ndarray:
-    """Apply the saved standardization and the model; class labels (argmax) for classification."""
+    """Apply the saved standardization and the model; class labels (argmax) for classification,
+    targets in their own units for regression."""
     inputs = torch.tensor(x, dtype=torch.float32)
     if info.get("standardize"):
         inputs = (inputs - torch.tensor(info["standardize"]["mean"])) / torch.tensor(info["standardize"]["std"])
     outputs = model(inputs)
     if info["task"] == "classification":
         return outputs.argmax(dim=1, keepdim=True).numpy()
+    if info.get("standardize_targets"):  # back to the targets' own units
+        outputs = outputs * torch.tensor(info["standardize_targets"]["std"]) + torch.tensor(info["standardize_targets"]["mean"])
     return outputs.numpy()
 
 

@@ -113,4 +113,10 @@ def prepare_data(cfg: DictConfig) -> tuple[data_sources.Dataset, data_sources.Sp
         scaler = data_sources.Standardizer.fit(splits.train[0])
         splits = scaler.apply(splits)
         info["standardize"] = {"mean": scaler.mean.tolist(), "std": scaler.std.tolist()}
+    info["standardize_targets"] = None
+    if cfg.data.get("standardize_targets", False) and not classify:
+        # raw targets such as prices (~1e5) make SGD diverge at any usual learning rate
+        scaler = data_sources.Standardizer.fit(splits.train[1])
+        splits = scaler.apply(splits, targets=True)
+        info["standardize_targets"] = {"mean": scaler.mean.tolist(), "std": scaler.std.tolist()}
     return dataset, splits, info
