@@ -90,11 +90,15 @@ class TensorBatches:
         order = self.sampler.order().to(self.x.device)
         while self.position < self.batches_per_epoch:
             take = min(max(self.steps_per_call, 1), self.batches_per_epoch - self.position)
-            batches = [self._cut(order[(self.position + i) * self.batch_size :][: self.batch_size]) for i in range(take)]
+            start = self.position * self.batch_size
+            x, y = self._gather(order[start : start + take * self.batch_size])
+            # One gather for the K batches of a call; each batch is then a view of it: the same
+            # rows as indexing batch by batch, one index op instead of K (~10 us each here).
+            batches = list(zip(x.split(self.batch_size), y.split(self.batch_size)))
             self.position += take
             yield batches if self.steps_per_call else batches[0]
 
-    def _cut(self, index: torch.Tensor) -> Batch:
+    def _gather(self, index: torch.Tensor) -> Batch:
         x, y = self.x[index], self.y[index]
         if self.copy_to is not None:
             x = x.pin_memory().to(self.copy_to, non_blocking=True)

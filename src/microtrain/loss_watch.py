@@ -9,6 +9,7 @@ import torch
 
 from microtrain.errors import TrainingDiverged
 from microtrain.inspection import tensorboard_writer
+from microtrain.scalar_buffer import ScalarBuffer
 
 
 class LossWatch(L.Callback):
@@ -23,7 +24,11 @@ class LossWatch(L.Callback):
         # also read before every step checkpoint, so no checkpoint ever holds a diverged model
         self.checkpoint_every_n_steps = checkpoint_every_n_steps
         self._epoch_losses: list[float] = []
+        # losses read but not yet written: reads at an epoch's end do not cut a window short
+        self._unwritten: list[float] = []
+        self._unwritten_rows = 0
         self._clock: float | None = None
+        self._scalars = ScalarBuffer()
 
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         window = pl_module.loss_window
@@ -32,7 +37,7 @@ class LossWatch(L.Callback):
         last_of_run = 0 < trainer.max_steps <= trainer.global_step
         # steps_per_call divides checkpoint_every_n_steps, so checkpoints land on call boundaries
         before_checkpoint = bool(self.checkpoint_every_n_steps) and trainer.global_step % self.checkpoint_every_n_steps == 0
-        if window.count < self.every_n_steps and not (last_of_epoch or last_of_run or before_checkpoint):
+        if window.count + len(self._unwritten) < self.every_n_steps and not (last_of_epoch or last_of_run or before_checkpoint):
             return
         first_step, losses = window.drain()
         if not losses:
@@ -41,33 +46,49 @@ class LossWatch(L.Callback):
             if not math.isfinite(loss):
                 raise TrainingDiverged(_diverged_message(pl_module, first_step + offset, loss))
         self._epoch_losses += losses
-        writer = tensorboard_writer(trainer)
-        if writer is not None:
-            writer.add_scalar("train_loss_step", sum(losses) / len(losses), trainer.global_step)
-            self._write_speed(writer, trainer, pl_module, rows)
+        self._unwritten += losses
+        self._unwritten_rows += rows
+        if len(self._unwritten) >= self.every_n_steps or last_of_run:
+            self._write_window(trainer, pl_module)
 
-    def _write_speed(self, writer: Any, trainer: "L.Trainer", pl_module: "L.LightningModule", rows: int) -> None:
+    def _write_window(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """``train_loss_step``, the mean of the losses read since the last write, and the speed."""
+        losses, rows = self._unwritten, self._unwritten_rows
+        self._unwritten, self._unwritten_rows = [], 0
+        if losses:
+            self._scalars.add("train_loss_step", sum(losses) / len(losses), trainer.global_step)
+            self._add_speed(trainer, pl_module, rows)
+        self._scalars.flush(tensorboard_writer(trainer))
+
+    def _add_speed(self, trainer: "L.Trainer", pl_module: "L.LightningModule", rows: int) -> None:
         """samples_per_s since the last read; on CUDA also gpu_memory_peak_mib (a host-side counter, no sync)."""
         now = time.perf_counter()
         if self._clock is not None and now > self._clock:
-            writer.add_scalar("samples_per_s", rows / (now - self._clock), trainer.global_step)
+            self._scalars.add("samples_per_s", rows / (now - self._clock), trainer.global_step)
         self._clock = now
         if pl_module.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
-            writer.add_scalar("gpu_memory_peak_mib", peak, trainer.global_step)
+            self._scalars.add("gpu_memory_peak_mib", peak, trainer.global_step)
 
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self._clock = time.perf_counter()
 
+    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._write_window(trainer, pl_module)  # the run's last steps, when max_epochs ended it
+        self._scalars.flush(tensorboard_writer(trainer), force=True)
+
+    def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
+        self._scalars.flush(tensorboard_writer(trainer), force=True)  # the curve up to a divergence
+
     def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         """``train_loss``: the mean loss of the epoch's steps, from the windows already read.
 
-        Written straight to TensorBoard: ``self.log`` costs ~1 ms a call, which on a tiny model's
-        short epoch (32 steps of 150 us) would be a fifth of the training time."""
-        writer = tensorboard_writer(trainer)
-        if self._epoch_losses and writer is not None:
-            writer.add_scalar("train_loss", sum(self._epoch_losses) / len(self._epoch_losses), trainer.global_step)
+        Not ``self.log``: that costs ~1 ms a call, which on a tiny model's short epoch (32 steps
+        of 150 us) would be a fifth of the training time."""
+        if self._epoch_losses:
+            self._scalars.add("train_loss", sum(self._epoch_losses) / len(self._epoch_losses), trainer.global_step)
         self._epoch_losses = []
+        self._scalars.flush(tensorboard_writer(trainer))
 
 
 def _diverged_message(pl_module: "L.LightningModule", step: int, loss: float) -> str:

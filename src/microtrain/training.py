@@ -7,7 +7,6 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
@@ -15,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from microtrain import device, run_folder, validate
 from microtrain.preparation import Prepared, prepare
 from microtrain.checkpoint_io import AtomicCheckpointIO
+from microtrain.checkpoints import checkpoint_callbacks
 from microtrain.errors import ConfigError
 from microtrain.inspection import ParameterInspector
 from microtrain.loss_watch import LossWatch
@@ -66,7 +66,8 @@ def _build_trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, prep
     checkpoint_every = validate.integer(
         cfg.trainer.get("checkpoint_every_n_steps"), "trainer.checkpoint_every_n_steps", minimum=1, allow_none=True
     )
-    checkpoints = _checkpoint_callbacks(run_dir / run_folder.CHECKPOINTS, has_val, checkpoint_every)
+    budget = validate.number(cfg.trainer.get("checkpoint_budget", 0.02), "trainer.checkpoint_budget", minimum=0)
+    checkpoints = checkpoint_callbacks(run_dir / run_folder.CHECKPOINTS, has_val, checkpoint_every, budget)
     inspector = ParameterInspector(
         _inspect_every(cfg), cfg.log.histograms, cfg.log.get("inspect_budget", 0.02), prepared.optimum, prepared.splits.train
     )
@@ -111,19 +112,6 @@ def _inspect_every(cfg: DictConfig) -> Any:
         validate.number(cfg.log.get("inspect_budget", 0.02), "log.inspect_budget", positive=True)
         return value
     return validate.integer(value, "log.inspect_every_n_steps", minimum=1)
-
-
-def _checkpoint_callbacks(folder: Path, has_val: bool, every_n_steps: Optional[int]) -> list[ModelCheckpoint]:
-    """last.ckpt after every epoch (and every N steps if asked), best.ckpt by validation loss."""
-    common = dict(dirpath=folder, enable_version_counter=False)
-    if has_val:
-        callbacks = [ModelCheckpoint(filename="best", monitor="val_loss", save_last=True, **common)]
-    else:  # without validation the best is the last: one file, one write an epoch
-        callbacks = [ModelCheckpoint(filename="last", monitor=None, **common)]
-    if every_n_steps:
-        # a second checkpointer: Lightning's step and epoch triggers are mutually exclusive
-        callbacks.append(ModelCheckpoint(filename="last", monitor=None, every_n_train_steps=every_n_steps, **common))
-    return callbacks
 
 
 def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Optional[str]:
