@@ -2,12 +2,12 @@
 
 import argparse
 import json
-
 import platform
 
 import torch
 
-from microtrain.benchmark import CASES, markdown_table, measure, startup, startup_line, summarize
+from microtrain.cli import quiet_libraries
+from microtrain.benchmark import CASES, command_check, command_line, markdown_table, measure, startup, startup_line, summarize
 
 
 def main() -> None:
@@ -18,7 +18,12 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where both sides train (default: cuda when a GPU is visible)")
     parser.add_argument("--startup-repeats", type=int, default=5, help="launches of each script for the start-up time (0 = skip)")
+    parser.add_argument("--command-repeats", type=int, default=3,
+                        help="repeats of scripts/train.py on its default data against the plain loop (0 = skip)")
     args = parser.parse_args()
+    import lightning  # noqa: F401 -- imported first: importing it resets its loggers' level
+
+    quiet_libraries()  # no "GPU available: ..." lines for every run measured
     chosen = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"machine: {machine}")
@@ -32,8 +37,11 @@ def main() -> None:
     start = startup(args.startup_repeats) if args.startup_repeats else None
     if start:
         print(startup_line(start))
+    command = command_check(args.command_repeats, args.device) if args.command_repeats else None
+    if command:
+        print(command_line(command))
     with open(args.json, "w") as handle:
-        json.dump({"machine": machine, "cases": results, "startup": start}, handle, indent=2)
+        json.dump({"machine": machine, "cases": results, "startup": start, "command": command}, handle, indent=2)
     print(f"raw numbers: {args.json}")
 
 

@@ -28,11 +28,12 @@ class Case:
     batch_size: int
     steps: tuple[int, int]  # the two run lengths whose difference is timed
     threads: int  # small models gain nothing from a second thread here
+    rows: Optional[int] = None  # None: epochs of at least 64 batches and 32 768 rows
 
     @property
     def overrides(self) -> list[str]:
         model = ["model=linear"] if self.hidden is None else ["model=mlp", f"model.hidden={self.hidden}"]
-        rows = max(self.batch_size * 64, 32768)  # epochs long enough that per-epoch checkpoints are a small share
+        rows = self.rows or max(self.batch_size * 64, 32768)
         return [
             *model, "data=synthetic", f"data.n_samples={rows}", f"data.n_features={self.n_features}",
             f"data.n_outputs={self.n_outputs}", f"data.batch_size={self.batch_size}", "data.val_fraction=0",
@@ -44,6 +45,8 @@ CASES = [
     Case("linear 3→2, batch 10", 3, None, 2, 10, (300, 3300), 1),
     Case("MLP 3→64→1, batch 32", 3, 64, 1, 32, (300, 3300), 1),
     Case("MLP 256→1024→256, batch 1024", 256, 1024, 256, 1024, (20, 200), 2),
+    # the default synthetic set: epochs of 32 steps, so per-epoch costs (checkpoint, loops) show
+    Case("MLP 3→64→1, batch 32, 1 000 rows", 3, 64, 1, 32, (300, 3300), 1, rows=1000),
 ]
 
 
@@ -164,6 +167,44 @@ def startup(repeats: int) -> dict[str, Any]:
         times["bare"].append(bare())
         times["microtrain"].append(ours())
     return {"seconds": times, "ratio": statistics.median(times["microtrain"]) / statistics.median(times["bare"])}
+
+
+DEFAULT_THREADS = torch.get_num_threads()
+COMMAND_ARGS = ["model=mlp", "data.val_fraction=0", "trainer.max_epochs=100000"]
+
+
+def command_check(repeats: int, device: str = "cpu", steps: tuple[int, int] = (300, 10300)) -> dict[str, Any]:
+    """The issue's independent check: seconds per step of ``scripts/train.py model=mlp`` on its
+    default data (subprocesses, wall clock, two run lengths differenced so start-up cancels)
+    against the plain loop on the same data, both with torch's default thread count."""
+    import subprocess
+    import sys
+
+    def command(n: int) -> float:
+        with tempfile.TemporaryDirectory() as folder:
+            args = [*COMMAND_ARGS, f"device={device}", f"trainer.max_steps={n}", f"hydra.run.dir={folder}"]
+            started = time.perf_counter()
+            subprocess.run([sys.executable, str(SCRIPTS / "train.py"), *args], capture_output=True, check=True)
+            return time.perf_counter() - started
+
+    case = Case("default", 3, 64, 1, 32, steps, DEFAULT_THREADS, rows=1000)
+    torch.set_num_threads(DEFAULT_THREADS)
+    times: dict[str, list[float]] = {"plain": [], "command": []}
+    for _ in range(repeats):
+        times["plain"].append(per_step(lambda n: plain_side(case, n, device)[0], steps))
+        times["command"].append(per_step(command, steps))
+    ratio = statistics.median(times["plain"]) / statistics.median(times["command"])
+    return {"args": COMMAND_ARGS, "device": device, "steps": steps, "seconds_per_step": times, "ratio": ratio}
+
+
+def command_line(result: dict[str, Any]) -> str:
+    plain, ours = (result["seconds_per_step"][k] for k in ("plain", "command"))
+    return (
+        f"scripts/train.py {' '.join(result['args'])} (default data, wall clock, steps "
+        f"{result['steps'][0]} vs {result['steps'][1]}): {1e6 * statistics.median(ours):.0f} µs/step "
+        f"({1e6 * min(ours):.0f}–{1e6 * max(ours):.0f}); plain loop {1e6 * statistics.median(plain):.0f} µs/step "
+        f"({1e6 * min(plain):.0f}–{1e6 * max(plain):.0f}): {result['ratio']:.2f}×"
+    )
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """What ``scripts/train.py`` does with a composed config: train, report, and turn bad input into one line."""
 
+import gc
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -28,11 +31,28 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
 
 
+@contextmanager
+def start_up_collection_paused() -> Iterator[None]:
+    """No garbage collection while torch and Lightning import (~1M objects, nearly all kept for
+    good): measured here, 7 full collections took 0.56 s of a 3.5 s start-up. The survivors are
+    then frozen, so the collections during training no longer walk them either."""
+    if gc.get_freeze_count():  # a later job of a sweep: everything is imported already
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def train_command(cfg: DictConfig) -> float:
     """Train one Hydra job; returns the final validation loss (training loss without validation)."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment  # deferred: importing Lightning takes seconds
+    with start_up_collection_paused():
+        from lightning.fabric.plugins.environments import SLURMEnvironment  # deferred: importing Lightning takes seconds
 
-    from microtrain.training import train
+        from microtrain.training import train
 
     quiet_libraries()  # after the import, which sets Lightning's log level
 
