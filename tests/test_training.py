@@ -121,6 +121,7 @@ def test_cross_entropy_infers_classes(tmp_path):
         (["optimizer._target_=torch.optim.Nope"], ConfigError, "cannot be built"),
         (["data.val_fraction=1.5"], ConfigError, "data.val_fraction=1.5 must be in [0, 1)"),
         (["trainer.strategy=warp"], ConfigError, "Lightning refused the trainer settings"),
+        (["trainer.checkpoint_budget=-1"], ConfigError, "trainer.checkpoint_budget=-1 must be at least 0"),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, overrides, error, message):

@@ -89,6 +89,9 @@ class ParameterInspector(L.Callback):
             return
         started = time.perf_counter()
         self._inspect(writer, pl_module, optimizer, step)
+        # Wait for TensorBoard's writer thread to encode and write these ~20 events: left to run
+        # later it competes with training for the GIL, a cost the budget would not see.
+        writer.flush()
         self._schedule(step, time.perf_counter() - started + self._ratio_cost)
 
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:

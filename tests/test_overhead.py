@@ -1,0 +1,129 @@
+"""What keeps a tiny model's short epochs cheap still does its job: checkpoints, curves, the bar."""
+
+import gc
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from microtrain.checkpoint_io import AtomicCheckpointIO
+from microtrain.preparation import _steps_per_call
+from microtrain.scalar_buffer import ScalarBuffer
+from microtrain.training import train
+from tests_helpers import make_cfg, read_events, run_in_process
+
+# 1000 synthetic rows, no validation: epochs of 32 steps (the last batch has 8 rows)
+SHORT_EPOCHS = ["model=mlp", "data.val_fraction=0"]
+
+
+@pytest.fixture
+def checkpoint_writes(monkeypatch):
+    """global_step of every checkpoint written."""
+    steps: list[int] = []
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def counting(self, checkpoint, path, storage_options=None):
+        steps.append(checkpoint["global_step"])
+        save(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", counting)
+    return steps
+
+
+def test_budget_zero_writes_last_ckpt_after_every_epoch(tmp_path, checkpoint_writes):
+    train(make_cfg(*SHORT_EPOCHS, "trainer.max_epochs=6", "trainer.checkpoint_budget=0"), tmp_path)
+    assert checkpoint_writes == [32, 64, 96, 128, 160, 192]
+
+
+@pytest.mark.parametrize("limit, final", [("trainer.max_epochs=6", 192), ("trainer.max_steps=110", 110)])
+def test_a_tight_budget_still_writes_the_first_and_the_final_epoch(tmp_path, checkpoint_writes, limit, final):
+    result = train(make_cfg(*SHORT_EPOCHS, limit, "trainer.checkpoint_budget=1e-12"), tmp_path)
+    assert checkpoint_writes == [32, final]
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == final
+    weights = result.module.state_dict()
+    assert all(torch.equal(saved["state_dict"][k], weights[k]) for k in weights)
+
+
+def test_default_budget_skips_writes_on_millisecond_epochs_only(tmp_path, checkpoint_writes):
+    train(make_cfg(*SHORT_EPOCHS, "trainer.max_epochs=40"), tmp_path / "short")
+    short = list(checkpoint_writes)
+    assert short[0] == 32 and short[-1] == 1280 and len(short) < 40
+    checkpoint_writes.clear()
+    # epochs of 800 steps take far longer than 50 writes: every one is written
+    train(make_cfg(*SHORT_EPOCHS, "data.n_samples=25600", "trainer.max_epochs=3"), tmp_path / "long")
+    assert checkpoint_writes == [800, 1600, 2400]
+
+
+def test_with_validation_best_and_last_are_both_kept(tmp_path):
+    result = train(make_cfg("model=mlp", "trainer.max_epochs=4"), tmp_path)
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert result.best_checkpoint == str(folder / "best.ckpt")
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 100
+
+
+def test_checkpoint_holds_each_parameter_once_and_old_duplicates_still_load(tmp_path):
+    train(make_cfg(*SHORT_EPOCHS, "trainer.max_epochs=1"), tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    assert sorted(saved["state_dict"]) == ["model.fc1.bias", "model.fc1.weight", "model.fc2.bias", "model.fc2.weight"]
+    # checkpoints written before the fix also held forward_model.* copies: resuming one works
+    saved["state_dict"].update({k.replace("model.", "forward_model.", 1): v for k, v in saved["state_dict"].items()})
+    torch.save(saved, last)
+    resumed = train(make_cfg(*SHORT_EPOCHS, "trainer.max_epochs=2", "resume=true"), tmp_path)
+    assert resumed.metrics["steps"] == 64
+
+
+def test_scalar_buffer_writes_in_bursts_with_the_recorded_times():
+    written = []
+    writer = SimpleNamespace(add_scalar=lambda tag, value, step, walltime: written.append((tag, value, step, walltime)))
+    buffer = ScalarBuffer(max_items=3, max_seconds=1000)
+    buffer.add("a", 1.0, 1)
+    buffer.add("a", 2.0, 2)
+    buffer.flush(writer)
+    assert written == []  # fewer than max_items, too recent
+    buffer.add("b", 3.0, 3)
+    buffer.flush(writer)
+    assert [w[:3] for w in written] == [("a", 1.0, 1), ("a", 2.0, 2), ("b", 3.0, 3)]
+    assert written[0][3] <= written[2][3]
+    buffer.add("c", 4.0, 4)
+    buffer.flush(writer, force=True)
+    assert written[-1][:3] == ("c", 4.0, 4)
+
+
+def test_curves_keep_every_epoch_and_the_last_step(tmp_path):
+    train(make_cfg(*SHORT_EPOCHS, "trainer.max_epochs=20"), tmp_path)
+    events = read_events(tmp_path)
+    assert [s.step for s in events.Scalars("train_loss")] == [32 * (i + 1) for i in range(20)]
+    steps = [s.step for s in events.Scalars("train_loss_step")]
+    assert steps == sorted(set(steps)) and steps[-1] == 640
+    assert all(b - a >= 50 for a, b in zip(steps, steps[1:-1]))  # windows of at least log.every_n_steps
+    assert len(events.Scalars("samples_per_s")) >= 1
+
+
+def test_progress_bar_is_one_bar_over_the_run_redrawn_sparingly(capsys, tmp_path):
+    code, out, err = run_in_process(capsys, "train.py", *SHORT_EPOCHS, "device=cpu", f"hydra.run.dir={tmp_path}", "trainer.max_epochs=30")
+    assert code == 0
+    bar = out + err
+    assert "960/960" in bar and "step=960" in bar and "Epoch 29" in bar
+    assert bar.count("it/s") < 30  # not redrawn at every one of the 30 epochs
+    assert gc.isenabled()  # start-up paused the collector, training runs with it
+
+
+@pytest.mark.parametrize(
+    "hidden, batch, every, expected",
+    [
+        (64, 32, None, 128),  # the 3->64->1 MLP: 10 k multiply-adds a step
+        (64, 32, 10, 2),  # step checkpoints land on call boundaries
+        (1024, 1024, None, 4),  # ~0.5 G a step: a call of 4 steps
+        (4096, 4096, None, 1),
+    ],
+)
+def test_steps_per_call_auto_follows_the_work_per_step(hidden, batch, every, expected):
+    width = 256 if hidden >= 1024 else 3
+    model = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width if hidden >= 1024 else 1))
+    cfg = make_cfg(f"data.batch_size={batch}", *([f"trainer.checkpoint_every_n_steps={every}"] if every else []))
+    splits = SimpleNamespace(train=(torch.zeros(batch * 2, width), torch.zeros(batch * 2, 1)))
+    assert _steps_per_call(cfg, model, splits) == expected
