@@ -1,10 +1,12 @@
 """The progress bar: Lightning's tqdm bar, one for the whole run, counting optimizer steps."""
 
+import sys
 import time
 from typing import Any, Optional, Union
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -23,12 +25,21 @@ class StepProgressBar(TQDMProgressBar):
         super().__init__()
         self._drawn_at = float("-inf")
 
-    def on_train_start(self, trainer: "L.Trainer", *args: Any) -> None:
-        super().on_train_start(trainer, *args)
-        bar = self.train_progress_bar
-        bar.reset(total=_total_steps(trainer))
-        bar.n = bar.initial = trainer.global_step  # a resumed run starts where it stopped
-        bar.set_description(f"Epoch {trainer.current_epoch}", refresh=False)
+    def init_train_tqdm(self) -> Tqdm:
+        """The run's bar, drawn first with its total (a resumed run starts where it stopped)."""
+        trainer = self.trainer
+        return Tqdm(
+            desc=f"Epoch {trainer.current_epoch}",
+            total=_total_steps(trainer),
+            initial=trainer.global_step,
+            position=2 * self.process_position,
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
 
     def on_train_epoch_start(self, trainer: "L.Trainer", *args: Any) -> None:
         self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch}", refresh=False)
@@ -41,14 +52,15 @@ class StepProgressBar(TQDMProgressBar):
         pass
 
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        self._draw(trainer, pl_module)  # the final step and loss, however recent the last redraw
-        super().on_train_end(trainer, pl_module)
+        self._draw(trainer, pl_module, refresh=False)
+        super().on_train_end(trainer, pl_module)  # closing draws the final step and loss
 
-    def _draw(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+    def _draw(self, trainer: "L.Trainer", pl_module: "L.LightningModule", refresh: bool = True) -> None:
         bar = self.train_progress_bar
         bar.n = trainer.global_step
         bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
-        bar.refresh()
+        if refresh:
+            bar.refresh()
         self._drawn_at = time.monotonic()
 
     def on_validation_start(self, *args: Any) -> None:
