@@ -63,3 +63,25 @@ def test_ranks_get_disjoint_equal_shards():
     shards = [[r for b in batches(rank=k, world_size=3) for r in rows(b)] for k in range(3)]
     assert all(len(s) == 3 for s in shards)
     assert len(set(sum(shards, []))) == 9
+
+
+def test_calls_of_several_steps_cut_the_same_batches_as_one_at_a_time():
+    single = [rows(b) for b in batches()]
+    grouped = [[rows(b) for b in call] for call in batches(steps_per_call=3)]
+    assert [len(call) for call in grouped] == [3, 1]  # 4 batches an epoch, calls never cross it
+    assert sum(grouped, []) == single
+
+
+def test_data_kept_on_the_host_moves_through_pinned_memory(monkeypatch):
+    """Data too large for the device stays in host memory; each call's batches are gathered
+    once, pinned and copied without blocking (checked on CPU with pinning recorded)."""
+    pinned = []
+
+    def pin(tensor):
+        pinned.append(tuple(tensor.shape))
+        return tensor
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    copied = [[rows(b) for b in call] for call in batches(steps_per_call=3, device=torch.device("cpu"))]
+    assert copied == [[rows(b) for b in call] for call in batches(steps_per_call=3)]
+    assert pinned == [(9, 1), (9, 1), (1, 1), (1, 1)]  # x and y of 3 batches, then of the last one
