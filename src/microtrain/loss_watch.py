@@ -51,14 +51,14 @@ class LossWatch(L.Callback):
         if len(self._unwritten) >= self.every_n_steps or last_of_run:
             self._write_window(trainer, pl_module)
 
-    def _write_window(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+    def _write_window(self, trainer: "L.Trainer", pl_module: "L.LightningModule", force: bool = False) -> None:
         """``train_loss_step``, the mean of the losses read since the last write, and the speed."""
         losses, rows = self._unwritten, self._unwritten_rows
         self._unwritten, self._unwritten_rows = [], 0
         if losses:
             self._scalars.add("train_loss_step", sum(losses) / len(losses), trainer.global_step)
             self._add_speed(trainer, pl_module, rows)
-        self._scalars.flush(tensorboard_writer(trainer))
+        self._scalars.flush(tensorboard_writer(trainer), force=force)
 
     def _add_speed(self, trainer: "L.Trainer", pl_module: "L.LightningModule", rows: int) -> None:
         """samples_per_s since the last read; on CUDA also gpu_memory_peak_mib (a host-side counter, no sync)."""
@@ -74,8 +74,7 @@ class LossWatch(L.Callback):
         self._clock = time.perf_counter()
 
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        self._write_window(trainer, pl_module)  # the run's last steps, when max_epochs ended it
-        self._scalars.flush(tensorboard_writer(trainer), force=True)
+        self._write_window(trainer, pl_module, force=True)  # the run's last steps, and all held
 
     def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
         self._scalars.flush(tensorboard_writer(trainer), force=True)  # the curve up to a divergence
