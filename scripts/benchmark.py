@@ -7,7 +7,7 @@ import platform
 import torch
 
 from microtrain.cli import quiet_libraries
-from microtrain.benchmark import CASES, command_check, command_line, markdown_table, measure, startup, startup_line, summarize
+from benchmark_harness import CASES, command_check, command_line, markdown_table, measure, startup, startup_line, summarize
 
 
 def main() -> None:

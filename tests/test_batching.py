@@ -1,6 +1,6 @@
 import torch
 
-from microtrain.batching import TensorBatches
+from microtrain.data.batches import TensorBatches
 
 
 def batches(**kw):

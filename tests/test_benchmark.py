@@ -3,7 +3,7 @@
 import math
 from dataclasses import replace
 
-from microtrain.benchmark import CASES, command_check, command_line, markdown_table, measure, summarize
+from benchmark_harness import CASES, command_check, command_line, markdown_table, measure, summarize
 
 
 def test_benchmark_sides_train_identical_weights():

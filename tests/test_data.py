@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from microtrain.bundled import BUNDLED
+from microtrain.data.bundled import BUNDLED
 from microtrain.errors import DataError
 from microtrain.predict import load_trained_model, predict_file
-from microtrain.preparation import prepare_data
-from microtrain.training import train
+from microtrain.train.build import prepare_data
+from microtrain.train.fit import train
 from tests_helpers import make_cfg, run_in_process
 
 

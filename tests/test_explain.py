@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from microtrain.closed_form import least_squares_loss, linear_gradient
-from microtrain.explain import explain_step
-from microtrain.gradcheck import check_gradients
-from microtrain.training import train
+from microtrain.explain.closed_form import least_squares_loss, linear_gradient
+from microtrain.explain.step import explain_step
+from microtrain.explain.gradcheck import check_gradients
+from microtrain.train.fit import train
 from tests_helpers import make_cfg, run_script
 
 # The notebooks printed results of unrounded weights at 4 decimals.
@@ -166,7 +166,7 @@ def test_update_rules_hold(overrides):
 
 def test_update_rule_check_is_not_vacuous():
     """Changing the weights after the step must make the SGD rule fail."""
-    from microtrain.update_rules import check_first_step
+    from microtrain.explain.update_rules import check_first_step
 
     p = nn.Parameter(torch.tensor([1.0, 2.0]))
     opt = torch.optim.SGD([p], lr=0.1)

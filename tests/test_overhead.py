@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from microtrain.checkpoint_io import AtomicCheckpointIO
-from microtrain.preparation import _steps_per_call
-from microtrain.scalar_buffer import ScalarBuffer
-from microtrain.training import train
+from microtrain.run.checkpoint_io import AtomicCheckpointIO
+from microtrain.train.build import _steps_per_call
+from microtrain.monitor.scalars import ScalarBuffer
+from microtrain.train.fit import train
 from tests_helpers import make_cfg, read_events, run_in_process
 
 # 1000 synthetic rows, no validation: epochs of 32 steps (the last batch has 8 rows)

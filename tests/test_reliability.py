@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from microtrain.checkpoint_io import AtomicCheckpointIO
+from microtrain.run.checkpoint_io import AtomicCheckpointIO
 from tests_helpers import ROOT, read_events, run_in_process
 
 BAD_INPUTS = [
@@ -97,7 +97,7 @@ def test_divergence_stops_with_one_line_and_keeps_a_good_checkpoint(capsys, tmp_
 
 def test_divergence_names_the_first_non_finite_gradient(tmp_path):
     from microtrain.errors import TrainingDiverged
-    from microtrain.training import train
+    from microtrain.train.fit import train
     from tests_helpers import make_cfg
 
     with pytest.raises(TrainingDiverged, match=r"step 1: loss=nan \(first non-finite gradient: fc1.weight\)"):

@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
 
-from microtrain import run_folder
+from microtrain.run import folder as run_folder
 from microtrain.errors import MicrotrainError, TrainingDiverged
 from microtrain.sweep_summary import objective
 
@@ -52,7 +52,7 @@ def train_command(cfg: DictConfig) -> float:
     with start_up_collection_paused():
         from lightning.fabric.plugins.environments import SLURMEnvironment  # deferred: importing Lightning takes seconds
 
-        from microtrain.training import train
+        from microtrain.train.fit import train
 
     quiet_libraries()  # after the import, which sets Lightning's log level
 
@@ -140,8 +140,8 @@ def _fmt(value: object) -> str:
 
 def explain_command(cfg: DictConfig) -> None:
     """Explain one step of the configured training and write step.json into the run folder."""
-    from microtrain.explain import explain_step
-    from microtrain.explain_print import print_report
+    from microtrain.explain.step import explain_step
+    from microtrain.explain.printing import print_report
 
     quiet_libraries()
     run_dir = Path(HydraConfig.get().runtime.output_dir)

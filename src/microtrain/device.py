@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from microtrain import validate
+from microtrain.config import checks as validate
 from microtrain.errors import DeviceError
 
 PRECISIONS = ("32", "32-true", "64", "64-true", "16-mixed", "bf16-mixed")

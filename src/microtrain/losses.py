@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from microtrain import validate
+from microtrain.config import checks as validate
 
 LOSSES = ("mse", "sse", "l1", "huber", "cross_entropy", "residual_sum")
 CLASSIFICATION_LOSSES = ("cross_entropy",)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from microtrain import validate
+from microtrain.config import checks as validate
 from microtrain.errors import ConfigError
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}

@@ -7,7 +7,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from microtrain import validate
+from microtrain.config import checks as validate
 from microtrain.errors import ConfigError
 
 

@@ -9,7 +9,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from microtrain import data_files, models, run_folder
+from microtrain import models
+from microtrain.data import files as data_files
+from microtrain.run import folder as run_folder
 from microtrain.errors import ConfigError, DataError
 
 

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
-from microtrain import run_folder  # noqa: E402
+from microtrain.run import folder as run_folder  # noqa: E402
 from microtrain.errors import ConfigError  # noqa: E402
 from microtrain.sweep_summary import objective  # noqa: E402
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from microtrain import run_folder
+from microtrain.run import folder as run_folder
 
 # rich and yaml are imported where used: Hydra builds this callback at every start, sweep or not.
 

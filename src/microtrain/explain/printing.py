@@ -3,7 +3,7 @@
 import torch
 from rich.console import Console
 
-from microtrain.explain import StepReport
+from microtrain.explain.step import StepReport
 
 FULL_TENSOR_LIMIT = 64  # elements
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from microtrain.batching import SeededOrder
+from microtrain.data.batches import SeededOrder
 
 
 @dataclass
@@ -77,7 +77,7 @@ def microtrain_run(overrides: list[str], steps: int) -> tuple[float, nn.Module]:
     """Seconds of ``trainer.fit`` for ``steps`` optimizer steps through the public API and configs."""
     from hydra import compose, initialize_config_dir
 
-    from microtrain.training import train
+    from microtrain.train.fit import train
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"trainer.max_steps={steps}"])
@@ -95,7 +95,7 @@ def per_step(run: Callable[[int], float], steps: tuple[int, int]) -> float:
 def plain_side(case: Case, steps: int, device: str = "cpu") -> tuple[float, nn.Module]:
     from hydra import compose, initialize_config_dir
 
-    from microtrain.preparation import prepare
+    from microtrain.train.build import prepare
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         prepared = prepare(compose("train", overrides=case.overrides))
@@ -134,7 +134,7 @@ def _same_weights(case: Case, extra: list[str]) -> bool:
 
 
 INSPECTION_OFF = ["log.histograms=false", "log.inspect_every_n_steps=1000000000"]
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"  # the harness lives beside scripts/, outside the package
 
 
 SCRIPTS = CONF.parent / "scripts"

@@ -9,12 +9,14 @@ from typing import Any, Optional
 import lightning as L
 from omegaconf import DictConfig
 
-from microtrain import closed_form, losses, models, optimizers, validate
+from microtrain import losses, models, optimizers
+from microtrain.config import checks as validate
+from microtrain.explain import closed_form
 from microtrain.errors import ConfigError
-from microtrain import data as data_sources
-from microtrain.batching import TensorDataModule
-from microtrain.metrics import build_metrics
-from microtrain.module import Trainee
+from microtrain.data import sources as data_sources
+from microtrain.data.batches import TensorDataModule
+from microtrain.monitor.metrics import build_metrics
+from microtrain.train.module import Trainee
 
 
 @dataclass

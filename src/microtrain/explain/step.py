@@ -12,10 +12,11 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from microtrain import closed_form, run_folder
-from microtrain.gradcheck import ParameterCheck, check_gradients, n_parameters
-from microtrain.preparation import prepare
-from microtrain.update_rules import RuleCheck, check_first_step
+from microtrain.explain import closed_form
+from microtrain.run import folder as run_folder
+from microtrain.explain.gradcheck import ParameterCheck, check_gradients, n_parameters
+from microtrain.train.build import prepare
+from microtrain.explain.update_rules import RuleCheck, check_first_step
 
 GRADCHECK_AUTO_LIMIT = 5_000  # parameters; each costs two forward passes in float64
 

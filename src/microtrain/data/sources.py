@@ -12,8 +12,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from microtrain import data_files, validate
-from microtrain.bundled import BUNDLED, load_bundled
+from microtrain.config import checks as validate
+from microtrain.data import files as data_files
+from microtrain.data.bundled import BUNDLED, load_bundled
 from microtrain.errors import DataError
 
 Pair = tuple[torch.Tensor, torch.Tensor]

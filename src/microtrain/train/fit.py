@@ -11,15 +11,17 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from microtrain import device, run_folder, validate
-from microtrain.preparation import Prepared, prepare
-from microtrain.checkpoint_io import AtomicCheckpointIO
-from microtrain.checkpoints import checkpoint_callbacks
+from microtrain import device
+from microtrain.config import checks as validate
+from microtrain.run import folder as run_folder
+from microtrain.train.build import Prepared, prepare
+from microtrain.run.checkpoint_io import AtomicCheckpointIO
+from microtrain.run.checkpoints import checkpoint_callbacks
 from microtrain.errors import ConfigError
-from microtrain.inspection import ParameterInspector
-from microtrain.loss_watch import LossWatch
-from microtrain.module import Trainee
-from microtrain.progress import StepProgressBar
+from microtrain.monitor.parameters import ParameterInspector
+from microtrain.monitor.loss import LossWatch
+from microtrain.train.module import Trainee
+from microtrain.train.bypass import StepProgressBar
 
 
 @dataclass

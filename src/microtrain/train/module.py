@@ -13,7 +13,7 @@ from torch import nn
 
 from torchmetrics import MetricCollection
 
-from microtrain.batching import Batch
+from microtrain.data.batches import Batch
 
 
 class LossWindow:

@@ -8,8 +8,8 @@ import lightning as L
 import torch
 
 from microtrain.errors import TrainingDiverged
-from microtrain.inspection import tensorboard_writer
-from microtrain.scalar_buffer import ScalarBuffer
+from microtrain.monitor.parameters import tensorboard_writer
+from microtrain.monitor.scalars import ScalarBuffer
 
 
 class LossWatch(L.Callback):
