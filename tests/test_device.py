@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from microtrain import device
-from microtrain.errors import DeviceError
+from microtrain.config import schema
+from microtrain.errors import ConfigError, DeviceError
+from tests_helpers import make_cfg
 
 
 def fake_gpu(monkeypatch, available=True, bf16=True, free_bytes=8 * 2**30):
@@ -40,8 +42,8 @@ def test_precision_choices(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceError, match="16-mixed needs a CUDA GPU"):
         device.resolve({"type": "cpu", "precision": "16-mixed"})
-    with pytest.raises(DeviceError, match="is not one of"):
-        device.resolve({"type": "cpu", "precision": "8"})
+    with pytest.raises(ConfigError, match="is not one of"):  # the schema's check, before resolve
+        schema.check(make_cfg("device.precision=8"))
     assert device.resolve({"type": "cpu", "precision": "bf16-mixed"}).precision == "bf16-mixed"
     fake_gpu(monkeypatch, bf16=False)
     with pytest.raises(DeviceError, match="no bfloat16 support"):

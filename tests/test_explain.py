@@ -18,7 +18,7 @@ NOTEBOOK = dict(rel=3e-4, abs=3e-4)
 
 
 def explain(*overrides, run_dir=None):
-    return explain_step(make_cfg(*overrides), run_dir)
+    return explain_step(make_cfg(*overrides, config="explain"), run_dir)
 
 
 def values(tensor):

@@ -3,11 +3,15 @@ import torch
 from torch import nn
 
 from microtrain.errors import ConfigError
+from microtrain.config import schema
 from microtrain.models import INIT_SCHEMES, MLP, build_model
+from tests_helpers import make_cfg
 
 
 def cfg(**kw):
-    base = {"name": "linear", "bias": True, "init": "default", "init_gain": 1.0, "init_std": 0.01}
+    base = {"name": "linear", "in_features": None, "out_features": None, "bias": True, "init": "default", "init_gain": 1.0, "init_std": 0.01, "init_values": None}
+    if kw.get("name") == "mlp":
+        base["activation"] = "relu"
     base.update(kw)
     return base
 
@@ -92,6 +96,11 @@ def test_init_values_checked(values, message):
     ],
 )
 def test_bad_model_settings(overrides, message):
+    """Types and ranges are the schema's (config.schema), sizes against the data build_model's."""
+    name = overrides.get("name", "linear")
+    args = [f"model={name}" if name in ("linear", "mlp") else f"model.name={name}"]
+    args += [f"model.{key}={value}" for key, value in overrides.items() if key != "name"]
     with pytest.raises(ConfigError) as err:
+        schema.check(make_cfg(*args))
         build_model(cfg(**overrides), 3, 1)
     assert message in str(err.value)

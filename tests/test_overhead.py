@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from microtrain.run.checkpoint_io import AtomicCheckpointIO
-from microtrain.train.build import _steps_per_call
+from microtrain.train.build import steps_per_call
 from microtrain.monitor.scalars import ScalarBuffer
 from microtrain.train.fit import train
 from tests_helpers import make_cfg, read_events, run_in_process
@@ -32,13 +32,13 @@ def checkpoint_writes(monkeypatch):
 
 
 def test_budget_zero_writes_last_ckpt_after_every_epoch(tmp_path, checkpoint_writes):
-    train(make_cfg(*SHORT_EPOCHS, "trainer.max_epochs=6", "trainer.checkpoint_budget=0"), tmp_path)
+    train(make_cfg(*SHORT_EPOCHS, "trainer.max_epochs=6", "checkpoint.budget=0"), tmp_path)
     assert checkpoint_writes == [32, 64, 96, 128, 160, 192]
 
 
 @pytest.mark.parametrize("limit, final", [("trainer.max_epochs=6", 192), ("trainer.max_steps=110", 110)])
 def test_a_tight_budget_still_writes_the_first_and_the_final_epoch(tmp_path, checkpoint_writes, limit, final):
-    result = train(make_cfg(*SHORT_EPOCHS, limit, "trainer.checkpoint_budget=1e-12"), tmp_path)
+    result = train(make_cfg(*SHORT_EPOCHS, limit, "checkpoint.budget=1e-12"), tmp_path)
     assert checkpoint_writes == [32, final]
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == final
@@ -124,6 +124,6 @@ def test_progress_bar_is_one_bar_over_the_run_redrawn_sparingly(capsys, tmp_path
 def test_steps_per_call_auto_follows_the_work_per_step(hidden, batch, every, expected):
     width = 256 if hidden >= 1024 else 3
     model = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width if hidden >= 1024 else 1))
-    cfg = make_cfg(f"data.batch_size={batch}", *([f"trainer.checkpoint_every_n_steps={every}"] if every else []))
+    cfg = make_cfg(f"data.batch_size={batch}", *([f"checkpoint.every_n_steps={every}"] if every else []))
     splits = SimpleNamespace(train=(torch.zeros(batch * 2, width), torch.zeros(batch * 2, 1)))
-    assert _steps_per_call(cfg, model, splits) == expected
+    assert steps_per_call(cfg, model, splits) == expected

@@ -24,7 +24,7 @@ def _hex(model: torch.nn.Module) -> dict[str, list[str]]:
 @pytest.mark.parametrize("model", ["linear", "mlp"])
 def test_loss_curve_of_the_first_20_steps_is_pinned(tmp_path, model):
     # one step a call and a point every step, so the curve holds each step's own loss
-    train(make_cfg(f"model={model}", "trainer.max_steps=20", "trainer.steps_per_call=1", "log.every_n_steps=1"), tmp_path)
+    train(make_cfg(f"model={model}", "trainer.max_steps=20", "loop.steps_per_call=1", "log.every_n_steps=1"), tmp_path)
     curve = [s.value for s in read_events(tmp_path).Scalars("train_loss_step")]
     assert curve == pytest.approx(PINNED[model]["curve"], rel=1e-6)
 

@@ -121,7 +121,7 @@ def test_cross_entropy_infers_classes(tmp_path):
         (["optimizer._target_=torch.optim.Nope"], ConfigError, "cannot be built"),
         (["data.val_fraction=1.5"], ConfigError, "data.val_fraction=1.5 must be in [0, 1)"),
         (["trainer.strategy=warp"], ConfigError, "Lightning refused the trainer settings"),
-        (["trainer.checkpoint_budget=-1"], ConfigError, "trainer.checkpoint_budget=-1 must be at least 0"),
+        (["checkpoint.budget=-1"], ConfigError, "checkpoint.budget=-1 must be at least 0"),
     ],
 )
 def test_bad_input_is_one_clear_error(tmp_path, overrides, error, message):
@@ -138,12 +138,12 @@ def test_speed_ups_keep_the_weights_bitwise(tmp_path, model):
         result = train(make_cfg(f"model={model}", "trainer.max_epochs=3", *overrides), tmp_path / folder)
         return result.metrics["steps"], [p.detach().clone() for p in result.module.model.parameters()]
 
-    reference = weights("slowest", "trainer.steps_per_call=1", "log.inspect_every_n_steps=1")
+    reference = weights("slowest", "loop.steps_per_call=1", "log.inspect_every_n_steps=1")
     for folder, overrides in {
         "default": [],
-        "k7": ["trainer.steps_per_call=7"],
+        "k7": ["loop.steps_per_call=7"],
         "no_inspection": ["log.histograms=false", "log.inspect_every_n_steps=100000"],
-        "k32_every3": ["trainer.steps_per_call=32", "log.inspect_every_n_steps=3"],
+        "k32_every3": ["loop.steps_per_call=32", "log.inspect_every_n_steps=3"],
     }.items():
         steps, params = weights(folder, *overrides)
         assert steps == reference[0] == 75  # 800 training rows / 32 = 25 steps an epoch
@@ -159,14 +159,14 @@ def test_auto_inspection_spaces_itself_within_budget(tmp_path):
 
 
 def test_steps_per_call_must_divide_step_checkpoints(tmp_path):
-    with pytest.raises(ConfigError, match="trainer.checkpoint_every_n_steps=10 must be a multiple of trainer.steps_per_call=4"):
-        train(make_cfg("trainer.steps_per_call=4", "trainer.checkpoint_every_n_steps=10"), tmp_path)
+    with pytest.raises(ConfigError, match="checkpoint.every_n_steps=10 must be a multiple of loop.steps_per_call=4"):
+        train(make_cfg("loop.steps_per_call=4", "checkpoint.every_n_steps=10"), tmp_path)
 
 
 @pytest.mark.slow
 def test_torch_compile_option_trains_the_same_model(tmp_path):
     plain = train(make_cfg("model=mlp", "trainer.max_epochs=2"), tmp_path / "plain")
-    compiled = train(make_cfg("model=mlp", "trainer.max_epochs=2", "trainer.compile=true"), tmp_path / "compiled")
+    compiled = train(make_cfg("model=mlp", "trainer.max_epochs=2", "loop.compile=true"), tmp_path / "compiled")
     names = [n for n, _ in compiled.module.model.named_parameters()]
     assert names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
     for a, b in zip(plain.module.model.parameters(), compiled.module.model.parameters()):

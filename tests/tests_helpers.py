@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 
-def make_cfg(*overrides: str) -> DictConfig:
-    """The config scripts/train.py would run with these overrides."""
+def make_cfg(*overrides: str, config: str = "train") -> DictConfig:
+    """The config scripts/train.py (or scripts/explain_step.py: config="explain") would run with these overrides."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=["device=cpu", "trainer.enable_progress_bar=false", *overrides])
+        return compose(config, overrides=["device=cpu", "trainer.enable_progress_bar=false", *overrides])
 
 
 def read_events(logdir: Path) -> EventAccumulator:

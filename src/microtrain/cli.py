@@ -14,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
 
+from microtrain.config import schema
 from microtrain.run import folder as run_folder
 from microtrain.errors import MicrotrainError, TrainingDiverged
 from microtrain.sweep_summary import objective
@@ -64,6 +65,7 @@ def train_command(cfg: DictConfig) -> float:
         console.print("note: trainer.strategy=ddp inside a sweep runs as ddp_spawn")
         cfg.trainer.strategy = "ddp_spawn"
     try:
+        schema.check(cfg)
         print_start(cfg)
         result = train(cfg, run_dir)
     except MicrotrainError as err:
@@ -74,7 +76,7 @@ def train_command(cfg: DictConfig) -> float:
         return _fail(err, run_dir)
     metrics = result.metrics
     if not result.is_global_zero:
-        return objective(metrics, cfg.get("optimize"))[1]
+        return objective(metrics, cfg.optimize.metric)[1]
     console.print(f"run folder: {run_dir}")
     losses = "  ".join(f"{k}={_fmt(metrics[k])}" for k in ("train_loss", "val_loss") if k in metrics)
     console.print(f"final: {losses}  ({metrics['steps']} steps, {metrics['seconds']:.1f} s)")
@@ -89,7 +91,7 @@ def train_command(cfg: DictConfig) -> float:
     if result.best_checkpoint:
         console.print(f"best checkpoint: {result.best_checkpoint}")
     console.print(f"open TensorBoard: {run_folder.tensorboard_command(run_dir)}")
-    return objective(metrics, cfg.get("optimize"))[1]
+    return objective(metrics, cfg.optimize.metric)[1]
 
 
 def print_start(cfg: DictConfig) -> None:
@@ -102,8 +104,8 @@ def print_start(cfg: DictConfig) -> None:
     if int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
         return  # the other ranks of a DDP run stay quiet
     tree = Tree(f"[bold]microtrain[/bold] on {plan.description}, precision {plan.precision}")
-    for group in ("model", "loss", "optimizer", "scheduler", "data", "trainer", "log"):
-        section = cfg.get(group)
+    for group in ("model", "loss", "optimizer", "scheduler", "data", "trainer", "loop", "checkpoint", "log", "callbacks"):
+        section = cfg[group]
         if section:
             tree.add(f"[bold]{group}[/bold] " + "  ".join(f"{k}={_short(v)}" for k, v in section.items() if k != "_partial_"))
     console.print(tree)
@@ -160,7 +162,7 @@ def predict_command(cfg: DictConfig) -> None:
     from microtrain.predict import predict_file
 
     try:
-        out = predict_file(Path(cfg.run), cfg.data.path, cfg.get("output"), cfg.get("checkpoint", "best"))
+        out = predict_file(Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint)
     except MicrotrainError as err:
         error_console.print(f"error: {err}", markup=False, soft_wrap=True)
         sys.exit(2)

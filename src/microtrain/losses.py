@@ -6,7 +6,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from microtrain.config import checks as validate
 
 LOSSES = ("mse", "sse", "l1", "huber", "cross_entropy", "residual_sum")
 CLASSIFICATION_LOSSES = ("cross_entropy",)
@@ -24,7 +23,7 @@ class ResidualSum(nn.Module):
 
 
 def build_loss(cfg: Mapping[str, Any]) -> nn.Module:
-    name = validate.choice(cfg.get("name"), "loss.name", LOSSES)
+    name = cfg["name"]
     if name == "mse":
         return nn.MSELoss()
     if name == "sse":
@@ -32,11 +31,11 @@ def build_loss(cfg: Mapping[str, Any]) -> nn.Module:
     if name == "l1":
         return nn.L1Loss()
     if name == "huber":
-        return nn.HuberLoss(delta=validate.number(cfg.get("delta", 1.0), "loss.delta", positive=True))
+        return nn.HuberLoss(delta=cfg["delta"])
     if name == "cross_entropy":
         return nn.CrossEntropyLoss()
     return ResidualSum()
 
 
 def is_classification(cfg: Mapping[str, Any]) -> bool:
-    return cfg.get("name") in CLASSIFICATION_LOSSES
+    return cfg["name"] in CLASSIFICATION_LOSSES

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from microtrain.config import checks as validate
 from microtrain.errors import ConfigError
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
@@ -31,28 +30,21 @@ class MLP(nn.Module):
 
 
 def build_model(cfg: Mapping[str, Any], in_features: int, out_features: int) -> nn.Module:
-    """Build ``cfg.name`` (linear | mlp) for data with the given sizes, then initialise it."""
+    """Build ``model.name`` (linear | mlp) for data with the given sizes, then initialise it."""
     in_features = _size(cfg, "in_features", in_features, "features")
     out_features = _size(cfg, "out_features", out_features, "outputs")
-    bias = cfg.get("bias", True)
-    if not isinstance(bias, bool):
-        raise ConfigError(f"model.bias={bias!r} must be true or false")
-    name = validate.choice(cfg.get("name"), "model.name", ("linear", "mlp"))
-    if name == "linear":
-        model: nn.Module = nn.Linear(in_features, out_features, bias=bias)
+    if cfg["name"] == "linear":
+        model: nn.Module = nn.Linear(in_features, out_features, bias=cfg["bias"])
     else:
-        hidden = validate.integer(cfg.get("hidden"), "model.hidden", minimum=1)
-        activation = validate.choice(cfg.get("activation", "relu"), "model.activation", ACTIVATIONS)
-        model = MLP(in_features, hidden, out_features, activation, bias)
+        model = MLP(in_features, cfg["hidden"], out_features, cfg["activation"], cfg["bias"])
     initialise(model, cfg)
     return model
 
 
 def _size(cfg: Mapping[str, Any], key: str, inferred: int, what: str) -> int:
-    wanted = cfg.get(key)
+    wanted = cfg[key]
     if wanted is None:
         return inferred
-    validate.integer(wanted, f"model.{key}", minimum=1)
     if wanted != inferred:
         raise ConfigError(
             f"model.{key}={wanted} but the data has {inferred} {what}; drop model.{key} to infer it"
@@ -61,17 +53,15 @@ def _size(cfg: Mapping[str, Any], key: str, inferred: int, what: str) -> int:
 
 
 def initialise(model: nn.Module, cfg: Mapping[str, Any]) -> None:
-    """Apply ``cfg.init`` to every weight (biases of non-default schemes start at zero), then ``cfg.init_values``."""
-    scheme = validate.choice(cfg.get("init", "default"), "model.init", INIT_SCHEMES)
+    """Apply ``model.init`` to every weight (biases of non-default schemes start at zero), then ``model.init_values``."""
+    scheme, gain, std = cfg["init"], cfg["init_gain"], cfg["init_std"]
     if scheme != "default":
-        gain = validate.number(cfg.get("init_gain", 1.0), "model.init_gain", positive=True)
-        std = validate.number(cfg.get("init_std", 0.01), "model.init_std", positive=True)
         for module in model.modules():
             if isinstance(module, nn.Linear):
                 _init_weight(module.weight, scheme, gain, std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-    set_values(model, cfg.get("init_values") or {})
+    set_values(model, cfg["init_values"] or {})
 
 
 def _init_weight(weight: torch.Tensor, scheme: str, gain: float, std: float) -> None:

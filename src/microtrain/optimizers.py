@@ -7,18 +7,11 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from microtrain.config import checks as validate
 from microtrain.errors import ConfigError
 
 
 def optimizer_factory(cfg: Mapping[str, Any]) -> Callable[..., torch.optim.Optimizer]:
     """A function of the parameters, from ``_target_: torch.optim.X`` and ``_partial_: true``."""
-    if "_target_" not in cfg:
-        raise ConfigError("optimizer has no _target_; pick one with optimizer=sgd|adam|adamw")
-    validate.number(cfg.get("lr"), "optimizer.lr", positive=True)
-    for key in ("momentum", "weight_decay", "dampening"):
-        if key in cfg:
-            validate.number(cfg[key], f"optimizer.{key}", minimum=0.0)
     return OptimizerFactory(_instantiate(cfg, "optimizer"), str(cfg["_target_"]))
 
 

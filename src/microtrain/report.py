@@ -109,7 +109,7 @@ def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
         _curve(val, events, "val_loss", job.name, marker=".")
         metrics_file = job / run_folder.METRICS
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        name, value = objective(metrics, None)
+        name, value = objective(metrics, "auto")
         if metrics.get("status") == "ok" and math.isfinite(value):
             finals.append((value, job.name, name))
     curves.set(title="training loss per job", xlabel="step", yscale="log")

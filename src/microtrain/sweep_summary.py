@@ -22,9 +22,8 @@ from microtrain.run import folder as run_folder
 COLUMNS = ["best", "overrides", "status", "train_loss", "val_loss", "test_loss", "test_r2", "test_acc", "error", "folder"]
 
 
-def objective(metrics: dict[str, Any], cfg: Any) -> tuple[str, float]:
-    """(name, value) of the optimized metric: ``optimize.metric``, where auto = val_loss, else train_loss."""
-    name = cfg.get("metric", "auto") if cfg else "auto"
+def objective(metrics: dict[str, Any], name: str) -> tuple[str, float]:
+    """(name, value) of the optimized metric ``optimize.metric``, where auto = val_loss, else train_loss."""
     if name == "auto":
         name = "val_loss" if metrics.get("val_loss") is not None else "train_loss"
     value = metrics.get(name)
@@ -41,7 +40,7 @@ def collect(sweep_dir: Path, optimize: Any, hidden_keys: tuple[str, ...] = ()) -
         overrides = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if o.split("=")[0].lstrip("+~") not in hidden_keys]
         metrics_file = folder / run_folder.METRICS
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {"status": "failed", "error": "the job ended without writing metrics.json"}
-        name, value = objective(metrics, optimize)
+        name, value = objective(metrics, optimize.metric)
         row = {key: metrics.get(key) for key in COLUMNS if key in metrics}
         rows.append(row | {"overrides": " ".join(overrides) or "(none)", "folder": str(folder), "objective": value, "metric": name})
     return rows
@@ -99,8 +98,8 @@ def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, console: Optional
 class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        optimize = config.get("optimize")
+        optimize = config.optimize
         hidden = tuple(config.hydra.job.config.override_dirname.exclude_keys)
-        rows = rank(collect(sweep_dir, optimize, hidden), (optimize or {}).get("mode", "min"))
+        rows = rank(collect(sweep_dir, optimize, hidden), optimize.mode)
         write_summary(sweep_dir, rows)
         print_summary(rows, sweep_dir)

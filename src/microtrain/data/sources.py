@@ -12,13 +12,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from microtrain.config import checks as validate
 from microtrain.data import files as data_files
 from microtrain.data.bundled import BUNDLED, load_bundled
 from microtrain.errors import DataError
 
 Pair = tuple[torch.Tensor, torch.Tensor]
-SOURCES = ("synthetic", "inline", "csv", "npz", *BUNDLED)
 
 
 @dataclass
@@ -39,7 +37,7 @@ class Splits:
 
 
 def load(cfg: Mapping[str, Any]) -> Dataset:
-    name = validate.choice(cfg.get("name"), "data.name", SOURCES)
+    name = cfg["name"]
     if name == "synthetic":
         return synthetic(cfg)
     if name == "inline":
@@ -47,7 +45,7 @@ def load(cfg: Mapping[str, Any]) -> Dataset:
     if name == "csv":
         return csv_file(cfg)
     if name == "npz":
-        path = data_files.existing_file(cfg.get("path"))
+        path = data_files.existing_file(cfg["path"])
         x, y = data_files.read_npz(path)
         return _dataset(x, y, str(path))
     x, y, features, _task = load_bundled(name)
@@ -56,12 +54,8 @@ def load(cfg: Mapping[str, Any]) -> Dataset:
 
 def synthetic(cfg: Mapping[str, Any]) -> Dataset:
     """y = x·Aᵀ + b + noise, with x, A and b drawn from N(0, 1) by the data's own seed."""
-    n = validate.integer(cfg.get("n_samples"), "data.n_samples", minimum=2)
-    d_in = validate.integer(cfg.get("n_features"), "data.n_features", minimum=1)
-    d_out = validate.integer(cfg.get("n_outputs"), "data.n_outputs", minimum=1)
-    noise = validate.number(cfg.get("noise"), "data.noise", minimum=0.0)
-    seed = validate.integer(cfg.get("seed"), "data.seed")
-    generator = torch.Generator().manual_seed(seed)
+    n, d_in, d_out, noise = cfg["n_samples"], cfg["n_features"], cfg["n_outputs"], cfg["noise"]
+    generator = torch.Generator().manual_seed(cfg["seed"])
     weight = torch.randn(d_out, d_in, generator=generator)
     bias = torch.randn(d_out, generator=generator)
     x = torch.randn(n, d_in, generator=generator)
@@ -71,17 +65,17 @@ def synthetic(cfg: Mapping[str, Any]) -> Dataset:
 
 def inline(cfg: Mapping[str, Any]) -> Dataset:
     """Rows written in the config, as the notebooks write them: ``data.x=[[1.0],[2.0]] data.y=[[2.0],[4.0]]``."""
-    x = _matrix(cfg.get("x"), "data.x")
-    y = _matrix(cfg.get("y"), "data.y")
+    x = _matrix(cfg["x"], "data.x")
+    y = _matrix(cfg["y"], "data.y")
     if len(x) != len(y):
         raise DataError(f"data.x has {len(x)} rows but data.y has {len(y)}; give one target row per input row")
     return Dataset(x, y, "data=inline")
 
 
 def csv_file(cfg: Mapping[str, Any]) -> Dataset:
-    path = data_files.existing_file(cfg.get("path"))
-    features = cfg.get("features")
-    features, targets = data_files.csv_columns(path, cfg.get("target"), None if features is None else list(features))
+    path = data_files.existing_file(cfg["path"])
+    features = None if cfg["features"] is None else list(cfg["features"])
+    features, targets = data_files.csv_columns(path, cfg["target"], features)
     x = data_files.read_csv_matrix(path, features)
     y = data_files.read_csv_matrix(path, targets)
     return _dataset(x, y, str(path), features, targets)

@@ -12,10 +12,14 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
+from microtrain.config import schema
+from microtrain.errors import ConfigError
 from microtrain.explain import closed_form
 from microtrain.run import folder as run_folder
 from microtrain.explain.gradcheck import ParameterCheck, check_gradients, n_parameters
 from microtrain.train.build import prepare
+from microtrain.train.step import functional_forward, optimizer_update, train_step
+from microtrain.train.trainer import trainer_arguments
 from microtrain.explain.update_rules import RuleCheck, check_first_step
 
 GRADCHECK_AUTO_LIMIT = 5_000  # parameters; each costs two forward passes in float64
@@ -51,26 +55,33 @@ class StepReport:
 
 
 def explain_step(cfg: DictConfig, run_dir: Optional[Path] = None) -> StepReport:
+    """One step of ``train.step.train_step`` on the first training batch, as training takes it."""
+    schema.check(cfg)
+    trainer_args, loop = trainer_arguments(cfg.trainer)
+    if loop.accumulate != 1:
+        raise ConfigError("explain_step shows the step of one batch; drop trainer.accumulate_grad_batches")
     prepared = prepare(cfg)
     prepared.datamodule.setup("fit")
-    first = next(iter(prepared.datamodule.train_dataloader()))
-    x, y = first[0]  # a list of the batches of one Lightning call
+    x, y = next(iter(prepared.datamodule.train_dataloader()))[0]  # the first batch of the first call
     model, loss_fn = prepared.module.model, prepared.module.loss_fn
     optimizer = prepared.module.make_optimizer(model.parameters())
-
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    prediction = model(x)  # forward
-    loss = loss_fn(prediction, y)  # loss
-    optimizer.zero_grad()
-    loss.backward()  # backward
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
-    optimizer.step()  # step
-    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    names = [name for name, _ in model.named_parameters()]
+    params = [p.detach() for p in model.parameters()]  # the model's own storage: the step moves it
+    before = {n: p.clone() for n, p in zip(names, params)}
+    with torch.no_grad():
+        prediction = model(x)  # what the step's forward computes
+    loss, grads = train_step(
+        params, [optimizer.state[p] for p in model.parameters()], (x, y), optimizer.param_groups[0],
+        forward=functional_forward(model), loss_fn=loss_fn, update=optimizer_update(optimizer),
+        clip_val=loop.clip_val, clip_algorithm=loop.clip_algorithm,
+    )
+    grads = dict(zip(names, (g.detach().clone() for g in grads)))
+    after = {n: p.clone() for n, p in zip(names, params)}
     with torch.no_grad():
         loss_after = loss_fn(model(x), y).item()
 
     rules = {n: check_first_step(optimizer, p, before[n], grads[n]) for n, p in model.named_parameters()}
-    report = StepReport(loss.item(), loss_after, prediction.detach(), before, grads, after, rules, optimizer=_describe(optimizer), batch_rows=len(x))
+    report = StepReport(loss.item(), loss_after, prediction, before, grads, after, rules, optimizer=_describe(optimizer), batch_rows=len(x))
     if _wants_gradcheck(cfg, model):
         report.gradcheck = check_gradients(_model_at(model, before), loss_fn, x, y)
     if closed_form.applies(cfg.model.name, cfg.loss.name):
@@ -82,7 +93,7 @@ def explain_step(cfg: DictConfig, run_dir: Optional[Path] = None) -> StepReport:
 
 
 def _wants_gradcheck(cfg: DictConfig, model: torch.nn.Module) -> bool:
-    setting = cfg.get("explain", {}).get("gradcheck", "auto")
+    setting = cfg.explain.gradcheck
     if setting == "auto":
         return n_parameters(model) <= GRADCHECK_AUTO_LIMIT
     return bool(setting)

@@ -10,12 +10,12 @@ import lightning as L
 from omegaconf import DictConfig
 
 from microtrain import losses, models, optimizers
-from microtrain.config import checks as validate
 from microtrain.explain import closed_form
 from microtrain.errors import ConfigError
 from microtrain.data import sources as data_sources
 from microtrain.data.batches import TensorDataModule
 from microtrain.monitor.metrics import build_metrics
+from microtrain.train.bypass import StepLoop
 from microtrain.train.module import Trainee
 
 
@@ -29,32 +29,30 @@ class Prepared:
     optimum: Optional[float] = None  # least-squares training loss, for linear models with mse/sse
 
 
-def prepare(cfg: DictConfig) -> Prepared:
-    seed = validate.integer(cfg.get("seed"), "seed")
-    L.seed_everything(seed, workers=True, verbose=False)
+def prepare(cfg: DictConfig, loop: Optional[StepLoop] = None) -> Prepared:
+    """The seeded model, loss, optimizer factory and data of a checked config (``config.schema``)."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     dataset, splits, info = prepare_data(cfg)
     model = models.build_model(cfg.model, dataset.x.shape[1], info["n_outputs"])
-    validate.integer(cfg.log.every_n_steps, "log.every_n_steps", minimum=1)
     rows = lambda pair: 0 if pair is None else len(pair[0])  # noqa: E731
-    steps_per_call = _steps_per_call(cfg, model, splits)
+    loop = loop or StepLoop()
     module = Trainee(
         model,
         losses.build_loss(cfg.loss),
         optimizers.optimizer_factory(cfg.optimizer),
-        optimizers.scheduler_factory(cfg.get("scheduler")),
+        optimizers.scheduler_factory(cfg.scheduler),
         val_metrics=build_metrics(info["task"], info["n_outputs"], rows(splits.val), "val_"),
         test_metrics=build_metrics(info["task"], info["n_outputs"], rows(splits.test), "test_"),
+        loop=loop,
     )
-    compile_model = cfg.trainer.get("compile", False)
-    if not isinstance(compile_model, bool):
-        raise ConfigError(f"trainer.compile={compile_model!r} must be true or false")
-    if compile_model:
+    if cfg.loop.compile:
         module.compile_model()
-    batch_size = validate.integer(cfg.data.get("batch_size"), "data.batch_size", minimum=1, allow_none=True)
-    datamodule = TensorDataModule(splits.train, splits.val, batch_size, seed, test=splits.test, steps_per_call=steps_per_call)
+    # a Lightning call takes steps_per_call optimizer steps of accumulate_grad_batches batches each
+    batches_per_call = steps_per_call(cfg, model, splits) * loop.accumulate
+    datamodule = TensorDataModule(splits.train, splits.val, cfg.data.batch_size, cfg.seed, test=splits.test, steps_per_call=batches_per_call)
     optimum = None
     if closed_form.applies(cfg.model.name, cfg.loss.name):
-        optimum = closed_form.least_squares_loss(*splits.train, bias=cfg.model.get("bias", True), loss_name=cfg.loss.name)
+        optimum = closed_form.least_squares_loss(*splits.train, bias=cfg.model.bias, loss_name=cfg.loss.name)
     return Prepared(module, datamodule, splits, dataset, info, optimum)
 
 
@@ -65,28 +63,25 @@ MULTIPLY_ADDS_PER_CALL = 4_000_000_000
 STEPS_PER_CALL_CHOICES = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
-def _steps_per_call(cfg: DictConfig, model: Any, splits: data_sources.Splits) -> int:
-    """``trainer.steps_per_call``: auto = as many steps as fit in ~4 G multiply-adds, at most 128.
+def steps_per_call(cfg: DictConfig, model: Any, splits: data_sources.Splits) -> int:
+    """``loop.steps_per_call``: auto = as many steps as fit in ~4 G multiply-adds, at most 128.
 
-    Step checkpoints land on call boundaries, so K must divide ``trainer.checkpoint_every_n_steps``.
+    Step checkpoints land on call boundaries, so K must divide ``checkpoint.every_n_steps``.
     """
-    wanted = cfg.trainer.get("steps_per_call", "auto")
-    every = cfg.trainer.get("checkpoint_every_n_steps")
-    distributed = cfg.trainer.get("devices", 1) not in (1, "1") or cfg.trainer.get("num_nodes", 1) != 1
-    if distributed:
+    wanted, every = cfg.loop.steps_per_call, cfg.checkpoint.every_n_steps
+    if cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1:
         # DDP synchronises gradients once per forward of its wrapped module, i.e. once per call
         if wanted not in ("auto", 1):
-            raise ConfigError(f"trainer.steps_per_call={wanted} needs one device; with several devices use 1 or auto")
+            raise ConfigError(f"loop.steps_per_call={wanted} needs one device; with several devices use 1 or auto")
         return 1
     if wanted != "auto":
-        k = validate.integer(wanted, "trainer.steps_per_call", minimum=1)
-        if every and isinstance(every, int) and every % k:
-            raise ConfigError(f"trainer.checkpoint_every_n_steps={every} must be a multiple of trainer.steps_per_call={k}")
-        return k
-    batch = cfg.data.get("batch_size") or len(splits.train[0])
+        if every and every % wanted:
+            raise ConfigError(f"checkpoint.every_n_steps={every} must be a multiple of loop.steps_per_call={wanted}")
+        return wanted
+    batch = cfg.data.batch_size or len(splits.train[0])
     multiply_adds = batch * sum(p.numel() for p in model.parameters())
     fits = [k for k in STEPS_PER_CALL_CHOICES if k * multiply_adds <= MULTIPLY_ADDS_PER_CALL] or [1]
-    return next(k for k in fits if not (every and isinstance(every, int) and every % k))
+    return next(k for k in fits if not (every and every % k))
 
 
 def prepare_data(cfg: DictConfig) -> tuple[data_sources.Dataset, data_sources.Splits, dict[str, Any]]:
@@ -97,9 +92,9 @@ def prepare_data(cfg: DictConfig) -> tuple[data_sources.Dataset, data_sources.Sp
         dataset.y = data_sources.as_class_labels(dataset.y, dataset.source)
     splits = data_sources.split(
         dataset,
-        validate.fraction(cfg.data.get("val_fraction", 0), "data.val_fraction"),
-        validate.fraction(cfg.data.get("test_fraction", 0), "data.test_fraction"),
-        validate.integer(cfg.data.get("split_seed", 0), "data.split_seed"),
+        cfg.data.val_fraction,
+        cfg.data.test_fraction,
+        cfg.data.split_seed,
     )
     if classify:
         data_sources.check_classes_seen_in_training(splits, dataset.source)
@@ -112,12 +107,12 @@ def prepare_data(cfg: DictConfig) -> tuple[data_sources.Dataset, data_sources.Sp
         "rows": {k: 0 if p is None else len(p[0]) for k, p in vars(splits).items()},
         "standardize": None,
     }
-    if cfg.data.get("standardize", False):
+    if cfg.data.standardize:
         scaler = data_sources.Standardizer.fit(splits.train[0])
         splits = scaler.apply(splits)
         info["standardize"] = {"mean": scaler.mean.tolist(), "std": scaler.std.tolist()}
     info["standardize_targets"] = None
-    if cfg.data.get("standardize_targets", False) and not classify:
+    if cfg.data.standardize_targets and not classify:
         # raw targets such as prices (~1e5) make SGD diverge at any usual learning rate
         scaler = data_sources.Standardizer.fit(splits.train[1])
         splits = scaler.apply(splits, targets=True)

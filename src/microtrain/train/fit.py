@@ -8,20 +8,21 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from microtrain import device
-from microtrain.config import checks as validate
+from microtrain.config import schema
+from microtrain.errors import ConfigError
+from microtrain.monitor.hparams import log_hparams
+from microtrain.monitor.loss import LossWatch
+from microtrain.monitor.parameters import ParameterInspector
 from microtrain.run import folder as run_folder
-from microtrain.train.build import Prepared, prepare
 from microtrain.run.checkpoint_io import AtomicCheckpointIO
 from microtrain.run.checkpoints import checkpoint_callbacks
-from microtrain.errors import ConfigError
-from microtrain.monitor.parameters import ParameterInspector
-from microtrain.monitor.loss import LossWatch
-from microtrain.train.module import Trainee
+from microtrain.train.build import Prepared, prepare
 from microtrain.train.bypass import StepProgressBar
+from microtrain.train.module import Trainee
+from microtrain.train.trainer import build_callbacks, build_trainer, trainer_arguments
 
 
 @dataclass
@@ -35,12 +36,14 @@ class RunResult:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> RunResult:
+    schema.check(cfg)  # every key's type and range, before anything is built or written
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plan = device.resolve(cfg.device)
-    prepared = prepare(cfg)
+    trainer_args, loop = trainer_arguments(cfg.trainer)
+    prepared = prepare(cfg, loop)
     ckpt_path = _resume_checkpoint(cfg, run_dir)
-    trainer = _build_trainer(cfg, plan, run_dir, prepared, resumed=ckpt_path)
+    trainer = _build_trainer(cfg, trainer_args, plan, run_dir, prepared, resumed=ckpt_path)
     if trainer.is_global_zero:
         run_folder.write_text_atomic(run_dir / run_folder.CONFIG, OmegaConf.to_yaml(cfg))
         run_folder.write_json_atomic(run_dir / run_folder.DATA_INFO, prepared.data_info)
@@ -52,72 +55,43 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResult:
     if prepared.splits.test is not None:
         metrics.update(_test_best_checkpoint(trainer, prepared))
     if trainer.is_global_zero:
-        _log_hparams(trainer, cfg, metrics)
+        log_hparams(trainer, cfg, metrics)
         run_folder.write_json_atomic(run_dir / run_folder.METRICS, metrics)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
     return RunResult(run_dir, metrics, plan.description, best or None, prepared.module, trainer.is_global_zero)
 
 
-def _build_trainer(cfg: DictConfig, plan: device.DevicePlan, run_dir: Path, prepared: Prepared, resumed: Optional[str]) -> L.Trainer:
-    every = cfg.log.every_n_steps
+def _build_trainer(
+    cfg: DictConfig, args: dict[str, Any], plan: device.DevicePlan, run_dir: Path, prepared: Prepared, resumed: Optional[str]
+) -> L.Trainer:
     has_val = prepared.splits.val is not None
     purge_step = torch.load(resumed, weights_only=True)["global_step"] if resumed else None
     # version="" and name="" put the event files straight into the run folder, so a sweep folder's
     # TensorBoard runs are named by their job folders; purge_step hides steps a resumed run redoes.
     logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False, purge_step=purge_step)
-    checkpoint_every = validate.integer(
-        cfg.trainer.get("checkpoint_every_n_steps"), "trainer.checkpoint_every_n_steps", minimum=1, allow_none=True
-    )
-    budget = validate.number(cfg.trainer.get("checkpoint_budget", 0.02), "trainer.checkpoint_budget", minimum=0)
-    checkpoints = checkpoint_callbacks(run_dir / run_folder.CHECKPOINTS, has_val, checkpoint_every, budget)
-    inspector = ParameterInspector(
-        _inspect_every(cfg), cfg.log.histograms, cfg.log.get("inspect_budget", 0.02), prepared.optimum, prepared.splits.train
-    )
-    prepared.module.needs_hooks = inspector.needs_hooks  # steps it inspects go through Lightning's hooks
-    callbacks = [LossWatch(every, checkpoint_every), inspector, *checkpoints]
+    every = cfg.checkpoint.every_n_steps
+    callbacks = [
+        LossWatch(cfg.log.every_n_steps, every),
+        ParameterInspector(cfg.log.inspect_every_n_steps, cfg.log.histograms, cfg.log.inspect_budget, prepared.optimum, prepared.splits.train),
+        *checkpoint_callbacks(run_dir / run_folder.CHECKPOINTS, has_val, every, cfg.checkpoint.budget),
+        *build_callbacks(cfg.callbacks, has_val),
+    ]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(StepProgressBar())
-    try:
-        return _trainer(cfg, plan, logger, callbacks, has_val)
-    except (MisconfigurationException, ValueError, TypeError) as err:
-        raise ConfigError(f"Lightning refused the trainer settings: {str(err).splitlines()[0]}") from None
-
-
-def _trainer(cfg: DictConfig, plan: device.DevicePlan, logger: TensorBoardLogger, callbacks: list, has_val: bool) -> L.Trainer:
-    t = cfg.trainer
-    return L.Trainer(
+    return build_trainer(
+        args,
         accelerator=plan.accelerator,
         precision=plan.precision,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        max_epochs=t.max_epochs,
-        max_steps=t.max_steps,
         logger=logger,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=logger.save_dir,
-        limit_val_batches=None if has_val else 0,
-        # Nothing is self.log-ged per step (LossWatch and ParameterInspector write directly), so
-        # this only silences Lightning's warning about epochs shorter than the interval.
-        log_every_n_steps=1,
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-        enable_progress_bar=t.enable_progress_bar,
-        deterministic=t.get("deterministic", False),
+        **({} if has_val else {"limit_val_batches": 0}),
     )
 
 
-def _inspect_every(cfg: DictConfig) -> Any:
-    value = cfg.log.get("inspect_every_n_steps", "auto")
-    if value == "auto":
-        validate.number(cfg.log.get("inspect_budget", 0.02), "log.inspect_budget", positive=True)
-        return value
-    return validate.integer(value, "log.inspect_every_n_steps", minimum=1)
-
-
 def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Optional[str]:
-    if not cfg.get("resume", False):
+    if not cfg.resume:
         return None
     last = run_dir / run_folder.CHECKPOINTS / "last.ckpt"
     if not last.is_file():
@@ -171,24 +145,3 @@ def _progress(trainer: L.Trainer) -> dict[str, int]:
         saved = torch.load(last, map_location="cpu", weights_only=True)
         return {"steps": saved["global_step"], "epochs": saved["epoch"] + 1}
     return {"steps": trainer.global_step, "epochs": trainer.current_epoch}
-
-
-def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """One HParams entry per run with its real final metrics, so sweep runs line up in TensorBoard."""
-    params = {
-        "model": cfg.model.name,
-        "hidden": cfg.model.get("hidden") or 0,
-        "activation": cfg.model.get("activation") or "none",
-        "init": cfg.model.get("init", "default"),
-        "loss": cfg.loss.name,
-        "optimizer": str(cfg.optimizer._target_).rsplit(".", 1)[-1],
-        "lr": cfg.optimizer.get("lr"),
-        "weight_decay": cfg.optimizer.get("weight_decay", 0.0),
-        "batch_size": cfg.data.get("batch_size") or 0,
-        "data": cfg.data.name,
-        "seed": cfg.seed,
-    }
-    final = {f"hparams/{k}": v for k, v in metrics.items() if k.split("_")[0] in ("train", "val", "test") and isinstance(v, float)}
-    trainer.logger.log_hyperparams(params, final)
-    trainer.logger.experiment.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```")
-    trainer.logger.experiment.flush()

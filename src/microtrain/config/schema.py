@@ -1,0 +1,244 @@
+"""The schema of every config key: its type and range, checked once, before anything starts.
+
+The defaults live in the YAML files of ``conf/`` and nowhere else; this module holds every check.
+``check(cfg)`` walks the composed config against the tables below and raises one ``ConfigError``
+naming the first bad key: a wrong type, a value out of range, a key the section does not have
+(a typo such as ``+log.histogram=false`` would otherwise be silently ignored), or a missing one.
+Code after the check reads ``cfg.section.key`` directly: no ``.get(key, default)`` elsewhere.
+
+``trainer.*`` is Lightning's: its keys are checked against ``lightning.Trainer``'s own signature
+when the Trainer is built (``train.trainer``); the types of the ones the YAML sets are checked here.
+"""
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from microtrain.data.bundled import BUNDLED
+from microtrain.device import PRECISIONS
+from microtrain.errors import ConfigError
+from microtrain.losses import LOSSES
+from microtrain.models import ACTIVATIONS, INIT_SCHEMES
+
+Rule = Callable[[Any, str], None]
+
+
+def _fail(key: str, value: Any, wanted: str) -> None:
+    raise ConfigError(f"{key}={_show(value)} {wanted}")
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def integer(minimum: int | None = None, maximum: int | None = None, *, none: bool = False, auto: bool = False) -> Rule:
+    def rule(value: Any, key: str) -> None:
+        if (none and value is None) or (auto and value == "auto"):
+            return
+        if isinstance(value, bool) or not isinstance(value, int):
+            also = " or auto" if auto else " or null" if none else ""
+            example = minimum if minimum is not None and minimum >= 1 else 10
+            _fail(key, value, f"is not a whole number{also}; set it like {key}={example}")
+        if minimum is not None and value < minimum:
+            _fail(key, value, f"must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            _fail(key, value, f"must be at most {maximum}")
+
+    return rule
+
+
+def number(minimum: float | None = None, maximum: float | None = None, *, positive: bool = False, below: float | None = None, none: bool = False) -> Rule:
+    def rule(value: Any, key: str) -> None:
+        if none and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(key, value, f"is not a number; set it like {key}=0.1")
+        if not math.isfinite(value):
+            _fail(key, value, "is not finite; give a finite number")
+        if positive and value <= 0:
+            _fail(key, value, "must be greater than 0")
+        if minimum is not None and value < minimum:
+            _fail(key, value, f"must be at least {float(minimum)}")
+        if maximum is not None and value > maximum:
+            _fail(key, value, f"must be at most {float(maximum)}")
+        if below is not None and value >= below:
+            _fail(key, value, f"must be below {below}")
+
+    return rule
+
+
+def fraction(value: Any, key: str) -> None:
+    """A share of the rows, in [0, 1)."""
+    number()(value, key)
+    if not 0 <= value < 1:
+        _fail(key, value, "must be in [0, 1); use 0 for none")
+
+
+def boolean(*extra: str) -> Rule:
+    def rule(value: Any, key: str) -> None:
+        if not isinstance(value, bool) and value not in extra:
+            _fail(key, value, f"must be true or false{''.join(' or ' + e for e in extra)}")
+
+    return rule
+
+
+def choice(*options: str, as_text: bool = False) -> Rule:
+    def rule(value: Any, key: str) -> None:
+        value = str(value) if as_text else value
+        if value not in options:
+            _fail(key, value, f"is not one of: {', '.join(options)}")
+
+    return rule
+
+
+def text(*, none: bool = False) -> Rule:
+    def rule(value: Any, key: str) -> None:
+        if not (isinstance(value, str) or (none and value is None)):
+            _fail(key, value, "must be a text value" + (" or null" if none else ""))
+
+    return rule
+
+
+def anything(value: Any, key: str) -> None:
+    """Checked where it is used (data rows, init values, file paths, column names)."""
+
+
+def pair_of(rule: Rule) -> Rule:
+    def check_pair(value: Any, key: str) -> None:
+        if isinstance(value, (str, Mapping)) or not hasattr(value, "__len__") or len(value) != 2:
+            _fail(key, value, f"must be a list of two values, like {key}=[0.9,0.999]")
+        for i, item in enumerate(value):
+            rule(item, f"{key}[{i}]")
+
+    return check_pair
+
+
+SPLITS = {
+    "batch_size": integer(1, none=True),  # null = the whole training split in one batch
+    "val_fraction": fraction,
+    "test_fraction": fraction,
+    "split_seed": integer(0),
+    "standardize": boolean(),
+    "standardize_targets": boolean(),
+}
+DATA = {
+    "synthetic": {"n_samples": integer(2), "n_features": integer(1), "n_outputs": integer(1), "noise": number(0), "seed": integer(0)},
+    "inline": {"x": anything, "y": anything, "seed": integer(0)},
+    "csv": {"path": anything, "target": anything, "features": anything},
+    "npz": {"path": anything},
+    **{name: {} for name in BUNDLED},
+}
+LINEAR = {
+    "in_features": integer(1, none=True),
+    "out_features": integer(1, none=True),
+    "bias": boolean(),
+    "init": choice(*INIT_SCHEMES),
+    "init_gain": number(positive=True),
+    "init_std": number(positive=True),
+    "init_values": anything,  # names and shapes checked against the model (models.set_values)
+}
+MODEL = {"linear": LINEAR, "mlp": {**LINEAR, "hidden": integer(1), "activation": choice(*ACTIVATIONS)}}
+LOSS = {name: {"delta": number(positive=True)} if name == "huber" else {} for name in LOSSES}
+# Keys of torch.optim classes checked here when present; others go to the class, which refuses
+# an argument it does not take (optimizers.OptimizerFactory turns that into one line).
+OPTIMIZER = {
+    "_target_": text(),
+    "_partial_": boolean(),
+    "lr": number(positive=True),
+    "momentum": number(0, below=1),
+    "dampening": number(0, 1),
+    "weight_decay": number(0),
+    "nesterov": boolean(),
+    "betas": pair_of(number(0, below=1)),
+    "eps": number(positive=True),
+    "amsgrad": boolean(),
+}
+SCHEDULER = {"_target_": text(), "_partial_": boolean(), "step_size": integer(1), "gamma": number(positive=True), "T_max": integer(1), "eta_min": number(0)}
+# The Trainer arguments the YAML sets, and the two that microtrain applies itself (train.bypass).
+TRAINER = {
+    "max_epochs": integer(-1),
+    "max_steps": integer(-1),
+    "num_nodes": integer(1),
+    "strategy": text(),
+    "enable_progress_bar": boolean(),
+    "deterministic": boolean("warn"),
+    "gradient_clip_val": number(0, none=True),
+    "gradient_clip_algorithm": choice("norm", "value"),
+    "accumulate_grad_batches": integer(1),
+}
+SECTIONS: dict[str, dict[str, Rule]] = {
+    "device": {"type": choice("auto", "cpu", "cuda"), "precision": choice(*PRECISIONS, as_text=True)},
+    "loop": {"steps_per_call": integer(1, auto=True), "compile": boolean()},
+    "checkpoint": {"every_n_steps": integer(1, none=True), "budget": number(0, 1)},
+    "log": {"every_n_steps": integer(1), "inspect_every_n_steps": integer(1, auto=True), "inspect_budget": number(0, 1, positive=True), "histograms": boolean()},
+    "optimize": {"metric": text(), "mode": choice("min", "max")},
+    "explain": {"gradcheck": boolean("auto")},
+}
+TOP = {"seed": integer(0, 2**32 - 1), "resume": boolean()}
+# Sections of the composed config that Hydra or another check owns.
+OTHERS = ("model", "loss", "optimizer", "scheduler", "data", "trainer", "callbacks", "hydra", "hparams_search", "experiment")
+MOVED = {
+    "trainer.compile": "loop.compile",
+    "trainer.steps_per_call": "loop.steps_per_call",
+    "trainer.checkpoint_every_n_steps": "checkpoint.every_n_steps",
+    "trainer.checkpoint_budget": "checkpoint.budget",
+}
+
+
+def check(cfg: Mapping[str, Any]) -> None:
+    """Every key of a training config, in the order a reader meets them in ``conf/train.yaml``."""
+    for key in cfg:
+        if key not in TOP and key not in SECTIONS and key not in OTHERS:
+            raise ConfigError(f"{key} is not a microtrain setting; the top-level keys are: {', '.join([*TOP, *SECTIONS, *OTHERS[:-3]])}")
+    for key, rule in TOP.items():
+        _value(cfg, key, rule)
+    _section(cfg, "model", MODEL[_name(cfg, "model", MODEL)])
+    _section(cfg, "loss", LOSS[_name(cfg, "loss", LOSS)])
+    _section(cfg, "data", {**DATA[_name(cfg, "data", DATA)], **SPLITS})
+    _section(cfg, "optimizer", OPTIMIZER, open_=True, optional=tuple(k for k in OPTIMIZER if k not in ("_target_", "lr")))
+    if "scheduler" in cfg and cfg["scheduler"]:
+        _section(cfg, "scheduler", SCHEDULER, open_=True, optional=tuple(SCHEDULER))
+    trainer = cfg["trainer"]
+    for old, new in MOVED.items():
+        if old.split(".")[1] in trainer:
+            raise ConfigError(f"{old} is now {new}; set {new}=... instead")
+    _section(cfg, "trainer", TRAINER, open_=True, optional=("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches"))
+    for name, rules in SECTIONS.items():
+        if name in cfg or name != "explain":
+            _section(cfg, name, rules)
+    callbacks = cfg["callbacks"] if "callbacks" in cfg else None
+    for name, spec in (callbacks or {}).items():
+        if not isinstance(spec, Mapping) or "_target_" not in spec:
+            raise ConfigError(f"callbacks.{name} needs a _target_ naming a Lightning callback class, like conf/callbacks/early_stopping.yaml")
+
+
+def _name(cfg: Mapping[str, Any], section: str, options: Mapping[str, Any]) -> str:
+    node = _node(cfg, section)
+    if "name" not in node:
+        raise ConfigError(f"{section}.name is missing; pick one with {section}={'|'.join(options)}")
+    choice(*options)(node["name"], f"{section}.name")
+    return node["name"]
+
+
+def _node(cfg: Mapping[str, Any], section: str) -> Mapping[str, Any]:
+    if section not in cfg or not isinstance(cfg[section], Mapping):
+        raise ConfigError(f"{section} is missing from the config; select it with {section}=<option>")
+    return cfg[section]
+
+
+def _section(cfg: Mapping[str, Any], section: str, rules: Mapping[str, Rule], *, open_: bool = False, optional: tuple[str, ...] = ()) -> None:
+    node = _node(cfg, section)
+    for key in node:
+        if key not in rules and key != "name" and not open_:
+            raise ConfigError(f"{section}.{key} is not a key of {section}; its keys are: {', '.join(rules)}")
+    for key, rule in rules.items():
+        if key in node:
+            rule(node[key], f"{section}.{key}")
+        elif key not in optional:
+            raise ConfigError(f"{section}.{key} is missing; add it to the {section} config")
+
+
+def _value(cfg: Mapping[str, Any], key: str, rule: Rule) -> None:
+    if key not in cfg:
+        raise ConfigError(f"{key} is missing from the config; add it to conf/train.yaml")
+    rule(cfg[key], key)

@@ -1,0 +1,156 @@
+"""The training step, written once as plain functions of (parameters, optimizer state, batch,
+hyper-parameters): forward, loss, backward, gradient clipping, optimizer update.
+
+* ``params``: the model's parameter tensors, in ``named_parameters`` order.
+* ``state``: one dict per parameter, torch.optim's own per-parameter state
+  (``optimizer.state[p]``: ``momentum_buffer``; ``step``, ``exp_avg``, ``exp_avg_sq``), so
+  checkpoints, resume and ``explain_step`` see exactly what ``torch.optim`` would hold.
+* ``hp``: torch.optim's param group (``lr``, ``momentum``, ``betas``, ...), which schedulers change.
+
+The updates do the same operations in the same order as torch.optim's single-tensor SGD,
+Adam and AdamW (the CPU default), so their weights are bitwise equal (``tests/test_step.py``).
+Eager training applies them to ``.grad`` filled by ``loss.backward()``; ``train_step`` is the
+pure form, with ``torch.func`` gradients, that ``explain_step`` runs and that ``torch.compile``
+and ``torch.func.vmap`` can trace as one graph.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+Params = Sequence[Tensor]
+State = Sequence[dict[str, Any]]
+Hyper = Mapping[str, Any]
+Update = Callable[[Params, Sequence[Tensor], State, Hyper], None]
+
+
+@torch.no_grad()
+def sgd(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper) -> None:
+    """d = grad (+ weight_decay·w); buf = momentum·buf + (1 − dampening)·d (buf = d at first);
+    d = buf, or d + momentum·buf with Nesterov; w = w − lr·d."""
+    lr, momentum, dampening, decay = hp["lr"], hp["momentum"], hp["dampening"], hp["weight_decay"]
+    for param, grad, slot in zip(params, grads, state):
+        if decay != 0:
+            grad = grad.add(param, alpha=decay)
+        if momentum != 0:
+            buf = slot.get("momentum_buffer")
+            if buf is None:
+                buf = slot["momentum_buffer"] = grad.detach().clone()
+            else:
+                buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+            grad = grad.add(buf, alpha=momentum) if hp["nesterov"] else buf
+        param.add_(grad, alpha=-lr)
+
+
+@torch.no_grad()
+def adam(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper) -> None:
+    """m = β1·m + (1 − β1)·g; v = β2·v + (1 − β2)·g²; w = w − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + eps).
+    Adam adds weight_decay·w to g; AdamW (decoupled) multiplies w by (1 − lr·weight_decay) first."""
+    lr, (beta1, beta2), eps, decay = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
+    decoupled = hp.get("decoupled_weight_decay", False)
+    for param, grad, slot in zip(params, grads, state):
+        if not slot:
+            slot["step"] = torch.tensor(0.0, dtype=torch.get_default_dtype())  # on the CPU, as torch.optim keeps it
+            slot["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            slot["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        slot["step"] += 1
+        if decay != 0:
+            if decoupled:
+                param.mul_(1 - lr * decay)
+            else:
+                grad = grad.add(param, alpha=decay)
+        slot["exp_avg"].lerp_(grad, 1 - beta1)
+        slot["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step = slot["step"].item()  # a CPU tensor: no device sync
+        step_size = lr / (1 - beta1**step)
+        denom = (slot["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+        param.addcdiv_(slot["exp_avg"], denom, value=-step_size)
+
+
+# torch.optim settings these rules do not implement; with any of them on, training calls the
+# optimizer's own step() instead (see ``update_rule``).
+_UNSUPPORTED = ("maximize", "amsgrad", "foreach", "fused", "capturable", "differentiable")
+
+
+def update_rule(optimizer: torch.optim.Optimizer) -> Optional[Update]:
+    """The rule above for this optimizer, or None when it has none (another class, several param
+    groups, a tensor lr, or a setting such as amsgrad): then torch.optim's own step() runs."""
+    rule = {torch.optim.SGD: sgd, torch.optim.Adam: adam, torch.optim.AdamW: adam}.get(type(optimizer))
+    if rule is None or len(optimizer.param_groups) != 1:
+        return None
+    group = optimizer.param_groups[0]
+    if any(group.get(key) for key in _UNSUPPORTED) or isinstance(group["lr"], Tensor):
+        return None
+    return rule
+
+
+def optimizer_update(optimizer: torch.optim.Optimizer) -> Update:
+    """The optimizer's update as a plain function: the rule above, or else its own ``step()``
+    on gradients handed to its parameters (RMSprop, amsgrad, ...)."""
+    rule = update_rule(optimizer)
+    if rule is not None:
+        return rule
+    owned = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def torch_optim_step(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper) -> None:
+        for param, grad in zip(owned, grads):
+            param.grad = grad
+        optimizer.step()
+
+    return torch_optim_step
+
+
+def clip_gradients(grads: Sequence[Tensor], max_value: Optional[float], algorithm: str = "norm") -> None:
+    """In place, as ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_`` do: scale all
+    gradients so their joint L2 norm is at most ``max_value``, or clamp each element."""
+    if not max_value:
+        return
+    with torch.no_grad():
+        if algorithm == "value":
+            for grad in grads:
+                grad.clamp_(-max_value, max_value)
+            return
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        scale = (max_value / (total + 1e-6)).clamp(max=1.0)  # no host sync: the scale stays a tensor
+        for grad in grads:
+            grad.mul_(scale)
+
+
+def train_step(
+    params: Params,
+    state: State,
+    batch: tuple[Tensor, Tensor],
+    hp: Hyper,
+    *,
+    forward: Callable[[Params, Tensor], Tensor],
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    update: Update,
+    clip_val: Optional[float] = None,
+    clip_algorithm: str = "norm",
+) -> tuple[Tensor, list[Tensor]]:
+    """One optimizer step, in place on ``params`` and ``state``; returns (loss, gradients).
+
+    ``forward(params, x)`` is the model as a function of its parameters
+    (``torch.func.functional_call``)."""
+    x, y = batch
+
+    def loss_at(p: Params) -> Tensor:
+        return loss_fn(forward(p, x), y)  # forward, loss
+
+    grads, loss = torch.func.grad_and_value(loss_at)(tuple(params))  # backward
+    grads = list(grads)
+    clip_gradients(grads, clip_val, clip_algorithm)
+    update(params, grads, state, hp)  # step
+    return loss, grads
+
+
+def functional_forward(model: torch.nn.Module) -> Callable[[Params, Tensor], Tensor]:
+    """``model`` as a function of its parameters, for ``train_step``."""
+    names = [name for name, _ in model.named_parameters()]
+
+    def forward(params: Params, x: Tensor) -> Tensor:
+        return torch.func.functional_call(model, dict(zip(names, params)), (x,))
+
+    return forward

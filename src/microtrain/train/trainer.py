@@ -1,0 +1,80 @@
+"""The Lightning Trainer of a run: ``trainer.*`` passes through to ``lightning.Trainer`` as
+lightning-hydra-template's ``instantiate(cfg.trainer, ...)`` does, and ``callbacks.*`` are
+instantiated from their ``_target_``.
+
+microtrain sets the arguments that other config groups own (the device group's accelerator and
+precision, the logger, the run folder) and takes three itself, because Lightning refuses them
+under manual optimization: ``gradient_clip_val``, ``gradient_clip_algorithm`` and
+``accumulate_grad_batches`` are applied in the step (``train.bypass.StepLoop``).
+"""
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf import OmegaConf
+
+from microtrain.errors import ConfigError
+from microtrain.train.bypass import StepLoop
+
+# Trainer arguments that come from elsewhere in the config, and where to set them instead.
+OWNED = {
+    "accelerator": "device=cpu|cuda|auto",
+    "precision": "device.precision",
+    "logger": "the run folder's TensorBoard logger (always on)",
+    "callbacks": "callbacks=<name> (conf/callbacks/)",
+    "plugins": "microtrain's atomic checkpoint writer",
+    "default_root_dir": "hydra.run.dir",
+    "enable_checkpointing": "checkpoint.every_n_steps and checkpoint.budget",
+}
+IN_THE_STEP = ("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches")
+
+
+def trainer_arguments(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], StepLoop]:
+    """(the arguments for ``lightning.Trainer``, the step loop that applies the in-the-step ones)."""
+    args = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    known = inspect.signature(L.Trainer.__init__).parameters
+    for key in args:
+        if key in OWNED:
+            raise ConfigError(f"trainer.{key} is set by microtrain; use {OWNED[key]} instead")
+        if key not in known:
+            raise ConfigError(f"trainer.{key} is not an argument of lightning.Trainer; see its documentation for the arguments it takes")
+    loop = StepLoop(args.pop("gradient_clip_val", None), args.pop("gradient_clip_algorithm", "norm"), args.pop("accumulate_grad_batches", 1))
+    return args, loop
+
+
+def build_trainer(args: dict[str, Any], **owned: Any) -> L.Trainer:
+    """``lightning.Trainer(**args, **owned)``, with microtrain's defaults for the rest."""
+    defaults = {
+        # Nothing is self.log-ged per step (LossWatch and ParameterInspector write directly), so
+        # this only silences Lightning's warning about epochs shorter than the interval.
+        "log_every_n_steps": 1,
+        "num_sanity_val_steps": 0,
+        "enable_model_summary": False,
+    }
+    try:
+        return L.Trainer(**{**defaults, **args, **owned})
+    except (MisconfigurationException, ValueError, TypeError) as err:
+        raise ConfigError(f"Lightning refused the trainer settings: {str(err).splitlines()[0]}") from None
+
+
+def build_callbacks(cfg: Any, has_val: bool) -> list[L.Callback]:
+    """The ``callbacks`` group's entries, each ``{_target_: ..., **arguments}``."""
+    built = []
+    for name, spec in (cfg or {}).items():
+        monitor = spec.get("monitor") if isinstance(spec, Mapping) else None
+        if not has_val and isinstance(monitor, str) and monitor.startswith("val_"):
+            raise ConfigError(f"callbacks.{name} monitors {monitor} but the run has no validation split; set data.val_fraction above 0")
+        try:
+            callback = instantiate(spec)
+        except InstantiationException as err:
+            reason = str(err).strip().splitlines()[-1]
+            raise ConfigError(f"callbacks.{name} cannot be built: {reason}") from None
+        if not isinstance(callback, L.Callback):
+            raise ConfigError(f"callbacks.{name}._target_={spec['_target_']} is not a Lightning callback")
+        built.append(callback)
+    return built
