@@ -50,6 +50,24 @@ BAD_INPUTS = [
     (["trainer.strategy=warp"], "Lightning refused the trainer settings"),
     (["log.every_n_steps=0"], "log.every_n_steps=0 must be at least 1"),
     (["resume=true"], "resume=true but"),
+    # every key is checked by the schema (config.schema), before anything starts
+    (["+trainer.bogus_flag=1"], "trainer.bogus_flag is not an argument of lightning.Trainer"),
+    (["+trainer.logger=false"], "trainer.logger is set by microtrain"),
+    (["data.batch_size=abc"], "data.batch_size='abc' is not a whole number"),
+    (["log.histograms=maybe"], "log.histograms='maybe' must be true or false"),
+    (["log.every_n_steps=abc"], "log.every_n_steps='abc' is not a whole number"),
+    (["log.inspect_every_n_steps=often"], "log.inspect_every_n_steps='often' is not a whole number or auto"),
+    (["trainer.max_epochs=many"], "trainer.max_epochs='many' is not a whole number"),
+    (["model.bias=perhaps"], "model.bias='perhaps' must be true or false"),
+    (["+log.histogram=false"], "log.histogram is not a key of log"),
+    (["+trainer.gradient_clip_algorithm=sideways"], "trainer.gradient_clip_algorithm='sideways' is not one of: norm, value"),
+    (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 must be at least 1"),
+    (["+trainer.compile=true"], "trainer.compile is now loop.compile"),
+    (["loop.steps_per_call=0"], "loop.steps_per_call=0 must be at least 1"),
+    (["checkpoint.budget=-1"], "checkpoint.budget=-1 must be at least 0.0"),
+    (["seed=-1"], "seed=-1 must be at least 0"),
+    (["callbacks=early_stopping", "data.val_fraction=0"], "callbacks.early_stopping monitors val_loss but the run has no validation split"),
+    (["callbacks=early_stopping", "callbacks.early_stopping.mode=sideways"], "callbacks.early_stopping cannot be built"),
 ]
 
 
@@ -69,7 +87,8 @@ def digest(folder):
 @pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_and_touches_nothing(capsys, tmp_path, earlier_run, args, message):
     before = digest(earlier_run)
-    code, out, err = run_in_process(capsys, "train.py", *args, f"hydra.run.dir={tmp_path / 'new'}", "trainer.max_epochs=1")
+    short = [] if any(a.startswith("trainer.max_epochs") for a in args) else ["trainer.max_epochs=1"]
+    code, out, err = run_in_process(capsys, "train.py", *args, f"hydra.run.dir={tmp_path / 'new'}", *short)
     assert code != 0
     assert "Traceback" not in err + out
     assert message in err

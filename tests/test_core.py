@@ -1,0 +1,105 @@
+"""The core's promises: Trainer flags take effect, one step for training and explain_step, and
+Lightning's private attributes touched in one module only."""
+
+import json
+import re
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from microtrain.explain.step import explain_step
+from microtrain.train.fit import train
+from tests_helpers import ROOT, make_cfg
+
+SRC = ROOT / "src" / "microtrain"
+
+
+def _weights(result) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in result.module.model.state_dict().items()}
+
+
+def test_gradient_clipping_takes_effect(tmp_path):
+    base = ["optimizer.lr=0.5", "trainer.max_steps=30"]
+    plain = _weights(train(make_cfg(*base), tmp_path / "plain"))
+    clipped = _weights(train(make_cfg(*base, "+trainer.gradient_clip_val=0.01"), tmp_path / "clipped"))
+    loose = _weights(train(make_cfg(*base, "+trainer.gradient_clip_val=1e9"), tmp_path / "loose"))
+    assert any(not torch.equal(plain[k], clipped[k]) for k in plain)
+    assert all(torch.equal(plain[k], loose[k]) for k in plain)  # a bound never reached changes nothing
+
+
+def test_one_clipped_step_moves_at_most_lr_times_the_bound(tmp_path):
+    cfg = make_cfg("model=mlp", "optimizer.lr=0.5", "trainer.max_steps=1", "+trainer.gradient_clip_val=0.01")
+    report = explain_step(make_cfg("model=mlp", "optimizer.lr=0.5", "+trainer.gradient_clip_val=0.01", config="explain"))
+    moved = torch.sqrt(sum(((report.params_after[n] - report.params_before[n]) ** 2).sum() for n in report.params_before))
+    assert moved == pytest.approx(0.5 * 0.01, rel=1e-4)
+    trained = _weights(train(cfg, tmp_path))
+    for name, after in report.params_after.items():
+        assert torch.equal(trained[name], after)  # training's step is explain_step's step, bitwise
+
+
+def test_accumulating_two_batches_is_one_batch_twice_as_large(tmp_path):
+    # 800 training rows: 25 batches of 32 in pairs = 13 steps an epoch, as 13 batches of 64
+    accumulated = train(make_cfg("trainer.max_epochs=3", "+trainer.accumulate_grad_batches=2"), tmp_path / "acc")
+    large = train(make_cfg("trainer.max_epochs=3", "data.batch_size=64"), tmp_path / "large")
+    assert accumulated.metrics["steps"] == large.metrics["steps"] == 39
+    a, b = _weights(accumulated), _weights(large)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [["+experiment=linear_1x1_sgd"], ["model=mlp", "optimizer=adamw"],
+                                       ["model=mlp", "optimizer.momentum=0.9", "optimizer.nesterov=true"]])
+def test_explain_step_is_the_first_training_step_bitwise(tmp_path, overrides):
+    report = explain_step(make_cfg(*overrides, config="explain"))
+    trained = _weights(train(make_cfg(*overrides, "trainer.max_steps=1"), tmp_path))
+    for name, after in report.params_after.items():
+        assert torch.equal(trained[name], after), name
+
+
+def test_early_stopping_stops_a_run_whose_val_loss_stalls(tmp_path):
+    # an improvement must beat 1e9: none does, so the run stops after patience + 1 validations
+    cfg = make_cfg("callbacks=early_stopping", "callbacks.early_stopping.min_delta=1e9", "callbacks.early_stopping.patience=2")
+    result = train(cfg, tmp_path)
+    assert result.metrics["epochs"] == 3 < cfg.trainer.max_epochs
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "ok"
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == result.metrics["steps"]  # the final epoch is always written
+
+
+def test_any_trainer_argument_passes_through(tmp_path):
+    result = train(make_cfg("+trainer.max_time=00:00:10:00", "+trainer.check_val_every_n_epoch=5", "trainer.max_epochs=5"), tmp_path)
+    assert result.metrics["status"] == "ok"
+
+
+PRIVATE = re.compile(r"\._on_before_step|\._on_after_step|_last_global_step_saved|\.fit_loop\b")
+
+
+def test_lightning_internals_are_touched_in_one_module_only():
+    users = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py") if PRIVATE.search(p.read_text())}
+    assert users == {"train/bypass.py"}
+
+
+def test_the_private_lightning_attributes_microtrain_uses_still_exist(tmp_path):
+    """Fails loudly when a Lightning upgrade moves what train.bypass relies on."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+
+    from microtrain.train import bypass
+
+    optimizer = LightningOptimizer(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1))
+    assert callable(optimizer._on_before_step) and callable(optimizer._on_after_step)
+    assert isinstance(bypass.saved_step(ModelCheckpoint(dirpath=tmp_path)), int)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_epochs=1)
+    assert trainer.fit_loop.epoch_progress.current.processed == 0
+    assert bypass.final_epoch(trainer) is False
+
+
+def test_training_step_reads_in_one_screen_and_no_module_is_long():
+    source = (SRC / "train" / "module.py").read_text()
+    step = source[source.index("    def training_step"):source.index("    def on_train_start")]
+    assert len(step.strip().splitlines()) <= 25
+    long = {p.relative_to(ROOT).as_posix(): n for p in [*SRC.rglob("*.py"), *(ROOT / "scripts").glob("*.py")]
+            if (n := len(p.read_text().splitlines())) > 300}
+    assert not long
