@@ -10,7 +10,7 @@ import torch
 from microtrain.data.bundled import BUNDLED
 from microtrain.errors import DataError
 from microtrain.predict import load_trained_model, predict_file
-from microtrain.train.build import prepare_data
+from microtrain.data.prepare import prepare_data
 from microtrain.train.fit import train
 from tests_helpers import make_cfg, run_in_process
 

@@ -12,7 +12,9 @@ from omegaconf import DictConfig
 from microtrain import losses, models, optimizers
 from microtrain.explain import closed_form
 from microtrain.errors import ConfigError
-from microtrain.data import sources as data_sources
+from microtrain.data.prepare import prepare_data
+from microtrain.data.splits import Splits
+from microtrain.data.sources import Dataset
 from microtrain.data.batches import TensorDataModule
 from microtrain.monitor.metrics import build_metrics
 from microtrain.train.bypass import StepLoop
@@ -23,8 +25,8 @@ from microtrain.train.module import Trainee
 class Prepared:
     module: Trainee
     datamodule: TensorDataModule
-    splits: data_sources.Splits
-    dataset: data_sources.Dataset
+    splits: Splits
+    dataset: Dataset
     data_info: dict[str, Any]  # features, targets, task, classes, standardization: saved as data_info.json
     optimum: Optional[float] = None  # least-squares training loss, for linear models with mse/sse
 
@@ -63,7 +65,7 @@ MULTIPLY_ADDS_PER_CALL = 4_000_000_000
 STEPS_PER_CALL_CHOICES = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
-def steps_per_call(cfg: DictConfig, model: Any, splits: data_sources.Splits) -> int:
+def steps_per_call(cfg: DictConfig, model: Any, splits: Splits) -> int:
     """``loop.steps_per_call``: auto = as many steps as fit in ~4 G multiply-adds, at most 128.
 
     Step checkpoints land on call boundaries, so K must divide ``checkpoint.every_n_steps``.
@@ -82,39 +84,3 @@ def steps_per_call(cfg: DictConfig, model: Any, splits: data_sources.Splits) -> 
     multiply_adds = batch * sum(p.numel() for p in model.parameters())
     fits = [k for k in STEPS_PER_CALL_CHOICES if k * multiply_adds <= MULTIPLY_ADDS_PER_CALL] or [1]
     return next(k for k in fits if not (every and every % k))
-
-
-def prepare_data(cfg: DictConfig) -> tuple[data_sources.Dataset, data_sources.Splits, dict[str, Any]]:
-    """Load, label, split and standardize the data; describe what was done in ``info``."""
-    dataset = data_sources.load(cfg.data)
-    classify = losses.is_classification(cfg.loss)
-    if classify:
-        dataset.y = data_sources.as_class_labels(dataset.y, dataset.source)
-    splits = data_sources.split(
-        dataset,
-        cfg.data.val_fraction,
-        cfg.data.test_fraction,
-        cfg.data.split_seed,
-    )
-    if classify:
-        data_sources.check_classes_seen_in_training(splits, dataset.source)
-    info: dict[str, Any] = {
-        "source": dataset.source,
-        "features": dataset.features or [f"x{i}" for i in range(dataset.x.shape[1])],
-        "targets": dataset.targets or [f"y{i}" for i in range(1 if classify else dataset.y.shape[1])],
-        "task": "classification" if classify else "regression",
-        "n_outputs": int(dataset.y.max()) + 1 if classify else dataset.y.shape[1],
-        "rows": {k: 0 if p is None else len(p[0]) for k, p in vars(splits).items()},
-        "standardize": None,
-    }
-    if cfg.data.standardize:
-        scaler = data_sources.Standardizer.fit(splits.train[0])
-        splits = scaler.apply(splits)
-        info["standardize"] = {"mean": scaler.mean.tolist(), "std": scaler.std.tolist()}
-    info["standardize_targets"] = None
-    if cfg.data.standardize_targets and not classify:
-        # raw targets such as prices (~1e5) make SGD diverge at any usual learning rate
-        scaler = data_sources.Standardizer.fit(splits.train[1])
-        splits = scaler.apply(splits, targets=True)
-        info["standardize_targets"] = {"mean": scaler.mean.tolist(), "std": scaler.std.tolist()}
-    return dataset, splits, info
