@@ -7,7 +7,7 @@ import platform
 import torch
 
 from microtrain.cli import quiet_libraries
-from benchmark_harness import CASES, command_check, command_line, markdown_table, measure, startup, startup_line, summarize
+from benchmark_harness import CASES, command_check, command_line, compiled_table, markdown_table, measure, startup, startup_line, summarize
 
 
 def main() -> None:
@@ -20,6 +20,7 @@ def main() -> None:
     parser.add_argument("--startup-repeats", type=int, default=5, help="launches of each script for the start-up time (0 = skip)")
     parser.add_argument("--command-repeats", type=int, default=3,
                         help="repeats of scripts/train.py on its default data against the plain loop (0 = skip)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the loop.compile=true side (seconds of compiling per case)")
     args = parser.parse_args()
     import lightning  # noqa: F401 -- imported first: importing it resets its loggers' level
 
@@ -29,8 +30,10 @@ def main() -> None:
     print(f"machine: {machine}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA GPU is visible; use --device cpu")
-    results = [summarize(measure(case, args.repeats, args.device)) for case in chosen]
+    results = [summarize(measure(case, args.repeats, args.device, not args.no_compile)) for case in chosen]
     print(markdown_table(results))
+    if not args.no_compile:
+        print(compiled_table(results))
     for r in results:
         if r["gpu_memory_peak_mib"] is not None:
             print(f"{r['case']}: GPU memory peak {r['gpu_memory_peak_mib']:.0f} MiB")

@@ -73,6 +73,9 @@ def plain_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: i
     return time.perf_counter() - started
 
 
+COMPILE_SECONDS: list[float] = []  # of every loop.compile run, reported beside the table
+
+
 def microtrain_run(overrides: list[str], steps: int) -> tuple[float, nn.Module]:
     """Seconds of ``trainer.fit`` for ``steps`` optimizer steps through the public API and configs."""
     from hydra import compose, initialize_config_dir
@@ -83,7 +86,11 @@ def microtrain_run(overrides: list[str], steps: int) -> tuple[float, nn.Module]:
         cfg = compose("train", overrides=[*overrides, f"trainer.max_steps={steps}"])
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(cfg, Path(run_dir))
-    return result.metrics["seconds"], result.module.model
+    # compiling (loop.compile) is reported apart: it would not cancel between the two run lengths
+    compiling = result.metrics.get("compile_seconds", 0.0)
+    if compiling:
+        COMPILE_SECONDS.append(compiling)
+    return result.metrics["seconds"] - compiling, result.module.model
 
 
 def per_step(run: Callable[[int], float], steps: tuple[int, int]) -> float:
@@ -104,8 +111,9 @@ def plain_side(case: Case, steps: int, device: str = "cpu") -> tuple[float, nn.M
     return plain_loop(model, x, y, case.batch_size, steps, seed=0), model.cpu()
 
 
-def measure(case: Case, repeats: int, device: str = "cpu") -> dict[str, Any]:
-    """Alternating repeats of the plain loop, microtrain, and microtrain with inspection off."""
+def measure(case: Case, repeats: int, device: str = "cpu", compiled: bool = True) -> dict[str, Any]:
+    """Alternating repeats of the plain loop, microtrain, microtrain with inspection off and
+    (``compiled``) microtrain with ``loop.compile=true``."""
     torch.set_num_threads(case.threads)
     extra = [f"device={device}"]
     sides: dict[str, Callable[[int], float]] = {
@@ -113,6 +121,9 @@ def measure(case: Case, repeats: int, device: str = "cpu") -> dict[str, Any]:
         "microtrain": lambda n: microtrain_run(case.overrides + extra, n)[0],
         "inspection_off": lambda n: microtrain_run(case.overrides + extra + INSPECTION_OFF, n)[0],
     }
+    if compiled:
+        sides["compiled"] = lambda n: microtrain_run(case.overrides + extra + ["loop.compile=true"], n)[0]
+    COMPILE_SECONDS.clear()
     for run in sides.values():
         run(case.steps[0])  # warm-up: first-call costs of torch and Lightning
     times: dict[str, list[float]] = {name: [] for name in sides}
@@ -122,8 +133,18 @@ def measure(case: Case, repeats: int, device: str = "cpu") -> dict[str, Any]:
     same = _same_weights(case, extra) if device == "cpu" else None  # bitwise equality is a CPU promise
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     rates = {k: [1 / t for t in v] for k, v in times.items()}
+    compile_seconds = list(COMPILE_SECONDS)
+    drift = _compiled_drift(case, extra) if compiled else None
     return {"case": case.name, "device": device, "threads": case.threads, "batch_size": case.batch_size,
-            "steps_per_s": rates, "same_weights": same, "gpu_memory_peak_mib": peak}
+            "steps_per_s": rates, "same_weights": same, "gpu_memory_peak_mib": peak,
+            "compile_seconds": compile_seconds, "compiled_max_abs_diff": drift}
+
+
+def _compiled_drift(case: Case, extra: list[str], steps: int = 1000) -> float:
+    """Largest |compiled − eager| weight after ``steps`` steps: rounding only, the same math."""
+    _, eager = microtrain_run(case.overrides + extra, steps)
+    _, compiled = microtrain_run(case.overrides + extra + ["loop.compile=true"], steps)
+    return max((a - b).abs().max().item() for a, b in zip(eager.state_dict().values(), compiled.state_dict().values()))
 
 
 def _same_weights(case: Case, extra: list[str]) -> bool:
@@ -227,6 +248,23 @@ def startup_line(result: dict[str, Any]) -> str:
         f"({min(ours):.2f}–{max(ours):.2f}), bare Hydra + Lightning script {statistics.median(bare):.2f} s "
         f"({min(bare):.2f}–{max(bare):.2f}): {result['ratio']:.2f}×"
     )
+
+
+def compiled_table(results: list[dict[str, Any]]) -> str:
+    """``loop.compile=true`` beside eager microtrain and the plain loop."""
+    lines = [
+        "| case | plain loop, steps/s | microtrain eager | microtrain compiled (min–max) | compiled / plain | compile s (min–max) | max abs diff vs eager, 1000 steps |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "compiled" not in r["steps_per_s"]:
+            continue
+        med, c, s = r["median_steps_per_s"], r["steps_per_s"]["compiled"], r["compile_seconds"] or [float("nan")]
+        lines.append(
+            f"| {r['case']} | {med['plain']:,.0f} | {med['microtrain']:,.0f} | {med['compiled']:,.0f} ({min(c):,.0f}–{max(c):,.0f}) | "
+            f"{med['compiled'] / med['plain']:.2f}× | {statistics.median(s):.1f} ({min(s):.1f}–{max(s):.1f}) | {r['compiled_max_abs_diff']:.1e} |"
+        )
+    return "\n".join(lines)
 
 
 def _same(same: Optional[bool]) -> str:

@@ -79,7 +79,8 @@ def train_command(cfg: DictConfig) -> float:
         return objective(metrics, cfg.optimize.metric)[1]
     console.print(f"run folder: {run_dir}")
     losses = "  ".join(f"{k}={_fmt(metrics[k])}" for k in ("train_loss", "val_loss") if k in metrics)
-    console.print(f"final: {losses}  ({metrics['steps']} steps, {metrics['seconds']:.1f} s)")
+    compiled = f", {metrics['compile_seconds']:.1f} s of it compiling" if "compile_seconds" in metrics else ""
+    console.print(f"final: {losses}  ({metrics['steps']} steps, {metrics['seconds']:.1f} s{compiled})")
     tested = "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float))
     if tested:
         console.print(f"test (checkpoint {Path(metrics['test_checkpoint']).name}): {tested}")

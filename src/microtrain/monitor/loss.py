@@ -2,7 +2,7 @@
 
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -10,6 +10,9 @@ import torch
 from microtrain.errors import TrainingDiverged
 from microtrain.monitor.parameters import tensorboard_writer
 from microtrain.monitor.scalars import ScalarBuffer
+
+if TYPE_CHECKING:  # the callbacks read the module's model, loss and loss window
+    from microtrain.train.module import Trainee
 
 
 class LossWatch(L.Callback):
@@ -30,7 +33,7 @@ class LossWatch(L.Callback):
         self._clock: float | None = None
         self._scalars = ScalarBuffer()
 
-    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "Trainee", outputs: Any, batch: Any, batch_idx: int) -> None:
         window = pl_module.loss_window
         rows = window.rows
         last_of_epoch = batch_idx + 1 == trainer.num_training_batches
@@ -51,7 +54,7 @@ class LossWatch(L.Callback):
         if len(self._unwritten) >= self.every_n_steps or last_of_run:
             self._write_window(trainer, pl_module)
 
-    def _write_window(self, trainer: "L.Trainer", pl_module: "L.LightningModule", force: bool = False) -> None:
+    def _write_window(self, trainer: "L.Trainer", pl_module: "Trainee", force: bool = False) -> None:
         """``train_loss_step``, the mean of the losses read since the last write, and the speed."""
         losses, rows = self._unwritten, self._unwritten_rows
         self._unwritten, self._unwritten_rows = [], 0
@@ -60,7 +63,7 @@ class LossWatch(L.Callback):
             self._add_speed(trainer, pl_module, rows)
         self._scalars.flush(tensorboard_writer(trainer), force=force)
 
-    def _add_speed(self, trainer: "L.Trainer", pl_module: "L.LightningModule", rows: int) -> None:
+    def _add_speed(self, trainer: "L.Trainer", pl_module: "Trainee", rows: int) -> None:
         """samples_per_s since the last read; on CUDA also gpu_memory_peak_mib (a host-side counter, no sync)."""
         now = time.perf_counter()
         if self._clock is not None and now > self._clock:
@@ -70,16 +73,16 @@ class LossWatch(L.Callback):
             peak = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
             self._scalars.add("gpu_memory_peak_mib", peak, trainer.global_step)
 
-    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
         self._clock = time.perf_counter()
 
-    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+    def on_train_end(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
         self._write_window(trainer, pl_module, force=True)  # the run's last steps, and all held
 
-    def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
+    def on_exception(self, trainer: "L.Trainer", pl_module: "Trainee", exception: BaseException) -> None:
         self._scalars.flush(tensorboard_writer(trainer), force=True)  # the curve up to a divergence
 
-    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
         """``train_loss``: the mean loss of the epoch's steps, from the windows already read.
 
         Not ``self.log``: that costs ~1 ms a call, which on a tiny model's short epoch (32 steps
@@ -90,7 +93,7 @@ class LossWatch(L.Callback):
         self._scalars.flush(tensorboard_writer(trainer))
 
 
-def _diverged_message(pl_module: "L.LightningModule", step: int, loss: float) -> str:
+def _diverged_message(pl_module: "Trainee", step: int, loss: float) -> str:
     grads = {n: p.grad for n, p in pl_module.model.named_parameters() if p.grad is not None}
     bad = [name for name, grad in grads.items() if not torch.isfinite(grad).all()]
     if bad:

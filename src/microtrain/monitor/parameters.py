@@ -16,11 +16,14 @@ steps are slow, rarely for a tiny one.
 """
 
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import lightning as L
 import torch
 from torch.utils.tensorboard import SummaryWriter
+
+if TYPE_CHECKING:  # the callbacks read the module's model, loss and loss window
+    from microtrain.train.module import Trainee
 
 HISTOGRAM_BINS = 30
 MAX_AUTO_INTERVAL = 1000  # steps: even a tiny model is inspected at least this often
@@ -73,7 +76,7 @@ class ParameterInspector(L.Callback):
         self._ratio_cost = 0.0  # seconds the last update ratios took, charged to the next inspection
         self.enabled = True
 
-    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
         self._next = trainer.global_step  # a resumed run inspects its first step, as a new one does
         self.enabled = trainer.is_global_zero  # only rank 0 writes, so only rank 0 needs the hooks
         writer = tensorboard_writer(trainer)
@@ -81,7 +84,7 @@ class ParameterInspector(L.Callback):
             self.train = pl_module.to_model(*self.train)
             writer.add_scalar("train_loss_optimum", self.optimum, trainer.global_step)
 
-    def on_before_optimizer_step(self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: Any) -> None:
+    def on_before_optimizer_step(self, trainer: "L.Trainer", pl_module: "Trainee", optimizer: Any) -> None:
         step = trainer.global_step  # steps completed before this one
         self._write_update_ratios(trainer, pl_module)  # of the previous step, if it was inspected
         writer = tensorboard_writer(trainer)
@@ -94,14 +97,14 @@ class ParameterInspector(L.Callback):
         writer.flush()
         self._schedule(step, time.perf_counter() - started + self._ratio_cost)
 
-    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+    def on_train_end(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
         """The final weights (and the last step's gradients), so every run ends with its final state."""
         writer = tensorboard_writer(trainer)
         if writer is not None and trainer.global_step != self._step:
             self._inspect(writer, pl_module, pl_module.optimizers(), trainer.global_step)
             self._before.clear()  # no step follows, so no update ratio
 
-    def _inspect(self, writer: SummaryWriter, pl_module: "L.LightningModule", optimizer: Any, step: int) -> None:
+    def _inspect(self, writer: SummaryWriter, pl_module: "Trainee", optimizer: Any, step: int) -> None:
         self._step = step
         for name, param in pl_module.model.named_parameters():
             weight = param.detach()
@@ -121,6 +124,14 @@ class ParameterInspector(L.Callback):
             writer.add_scalar("train_loss_full", full, step)
             writer.add_scalar("optimality_gap", full - self.optimum, step)
 
+    def fixed_grid(self) -> None:
+        """Inspect every MAX_AUTO_INTERVAL steps instead of by the clock (auto). Under
+        ``loop.compile`` inspected steps run eager, which rounds differently from the compiled
+        graph: which steps are eager must not depend on timing, or two runs, or a run and its
+        resume, would not be bitwise equal."""
+        if self.auto:
+            self.auto, self.every_n_steps = False, MAX_AUTO_INTERVAL
+
     def due(self, step: int) -> bool:
         """Whether a step should be inspected: on its fixed multiple, or when auto scheduled it."""
         return step >= self._next if self.auto else step % self.every_n_steps == 0
@@ -139,10 +150,10 @@ class ParameterInspector(L.Callback):
         self._next = step + self.every_n_steps
         self._clock = (now, step)
 
-    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", *args: Any) -> None:
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "Trainee", *args: Any) -> None:
         self._write_update_ratios(trainer, pl_module)
 
-    def _write_update_ratios(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+    def _write_update_ratios(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
         """‖Δw‖/‖w‖ of the inspected step, once exactly that one step has been taken."""
         if not self._before or trainer.global_step != self._step + 1:
             return

@@ -1,22 +1,19 @@
 """Checkpoints written so a crash mid-write never leaves a corrupt file, and read without running code."""
 
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from microtrain.run.folder import write_atomic
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        torch.save(checkpoint, partial)
-        # Rename is atomic on POSIX: a crash or kill mid-write leaves the old file whole. No fsync:
-        # it cost ~1 ms a save, and a tiny model checkpoints every epoch of a few ms.
-        os.replace(partial, path)
+        write_atomic(path, lambda partial: torch.save(checkpoint, partial))
 
     def load_checkpoint(
         self, path: Any, map_location: Optional[Callable] = lambda storage, loc: storage, weights_only: Optional[bool] = None

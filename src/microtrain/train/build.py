@@ -47,8 +47,6 @@ def prepare(cfg: DictConfig, loop: Optional[StepLoop] = None) -> Prepared:
         test_metrics=build_metrics(info["task"], info["n_outputs"], rows(splits.test), "test_"),
         loop=loop,
     )
-    if cfg.loop.compile:
-        module.compile_model()
     # a Lightning call takes steps_per_call optimizer steps of accumulate_grad_batches batches each
     batches_per_call = steps_per_call(cfg, model, splits) * loop.accumulate
     datamodule = TensorDataModule(splits.train, splits.val, cfg.data.batch_size, cfg.seed, test=splits.test, steps_per_call=batches_per_call)
@@ -63,6 +61,12 @@ def prepare(cfg: DictConfig, loop: Optional[StepLoop] = None) -> Prepared:
 # 256->1024->256 MLP with batch 1024 (0.54 G a step) 4, anything above 4 G a step 1.
 MULTIPLY_ADDS_PER_CALL = 4_000_000_000
 STEPS_PER_CALL_CHOICES = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def multiply_adds_per_step(cfg: DictConfig, model: Any, splits: Splits) -> int:
+    """About what one step of this model costs: batch rows times parameters (the forward's
+    multiply-adds; backward is twice that)."""
+    return (cfg.data.batch_size or len(splits.train[0])) * sum(p.numel() for p in model.parameters())
 
 
 def steps_per_call(cfg: DictConfig, model: Any, splits: Splits) -> int:
@@ -80,7 +84,6 @@ def steps_per_call(cfg: DictConfig, model: Any, splits: Splits) -> int:
         if every and every % wanted:
             raise ConfigError(f"checkpoint.every_n_steps={every} must be a multiple of loop.steps_per_call={wanted}")
         return wanted
-    batch = cfg.data.batch_size or len(splits.train[0])
-    multiply_adds = batch * sum(p.numel() for p in model.parameters())
+    multiply_adds = multiply_adds_per_step(cfg, model, splits)
     fits = [k for k in STEPS_PER_CALL_CHOICES if k * multiply_adds <= MULTIPLY_ADDS_PER_CALL] or [1]
     return next(k for k in fits if not (every and every % k))

@@ -8,20 +8,23 @@ are of the same size, so each bypass below saves a measured share of a tiny mode
   ``loss.backward()`` plus the update of ``train.step``, counted as Lightning counts a step.
 * ``LossWindow``: losses kept on the device instead of ``self.log`` (~0.27 ms a call).
 * ``CheckpointBudget``: ``last.ckpt`` (~1 ms a write) within a share of the training time.
-* ``StepProgressBar``: one bar for the run, redrawn at most 10 times a second.
+(The progress bar, ``monitor.progress``, redraws at most 10 times a second for the same reason.)
 """
 
-import sys
 import time
-from typing import Any, Optional, Protocol, Union, runtime_checkable
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any, Optional, Protocol, runtime_checkable
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
+from microtrain.monitor.progress import planned_steps
+from microtrain.train.compiled import CompiledStep, compile_pays, compiled_step
 from microtrain.train.step import Update, clip_gradients, update_rule
+
+if TYPE_CHECKING:  # the callbacks read the module's model, loss and loss window
+    from microtrain.train.module import Trainee
 
 
 @runtime_checkable
@@ -29,6 +32,9 @@ class StepWatcher(Protocol):
     """A callback that must see some steps through Lightning's hooks (``on_before_optimizer_step``)."""
 
     def needs_hooks(self, step: int) -> bool: ...
+
+    def fixed_grid(self) -> None:
+        """Choose the steps by their number alone (``loop.compile``: see ParameterInspector)."""
 
 
 class StepLoop:
@@ -44,18 +50,22 @@ class StepLoop:
     without its profiler wrapper: ~15 us a step.
 
     Clipping and accumulation are applied here: Lightning refuses both under manual optimization.
+    With ``loop.compile`` the plain steps are one ``train.compiled.CompiledStep`` call each.
     """
 
-    def __init__(self, clip_val: Optional[float] = None, clip_algorithm: str = "norm", accumulate: int = 1):
+    def __init__(self, clip_val: Optional[float] = None, clip_algorithm: str = "norm", accumulate: int = 1, compile: bool = False):
         self.clip_val, self.clip_algorithm, self.accumulate = clip_val, clip_algorithm, accumulate
+        self.wants_compile = compile  # true | false | "auto"
+        self.multiply_adds = 0  # of one step, for auto
+        self.compiled: Optional[CompiledStep] = None
         self.fast = False
         self.step_count = 0
         self._watchers: list[StepWatcher] = []
         self._params: list[torch.Tensor] = []
         self._rule: Optional[Update] = None
-        self._module: Any = None
+        self._module: Optional["Trainee"] = None
 
-    def start(self, module: "L.LightningModule") -> None:
+    def start(self, module: "Trainee") -> None:
         trainer = module.trainer
         single = type(trainer.strategy) is SingleDeviceStrategy
         self.fast = single and trainer.precision != "16-mixed"
@@ -64,17 +74,55 @@ class StepLoop:
         optimizer = module.optimizers().optimizer
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
         self._rule = update_rule(optimizer)
+        wanted = self.wants_compile
+        if wanted == "auto":
+            wanted = compile_pays(planned_steps(trainer), self.multiply_adds)
+        if wanted and self.compiled is None:
+            self.compiled, why_not = compiled_step(module, optimizer, self)
+            if why_not and trainer.is_global_zero:
+                print(f"note: loop.compile is off for this run: {why_not}", flush=True)
+            for watcher in self._watchers if self.compiled is not None else ():
+                watcher.fixed_grid()
+
+    def compiled_now(self, group: list) -> bool:
+        """Whether this step runs as the compiled graph: a plain step of one batch the graph fits."""
+        return self.compiled is not None and self._plain() and self.compiled.ready(group[0][0])
+
+    def compiled_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward, loss, backward and step as one graph; counted as any plain step is."""
+        optimizer = self._module.optimizers()
+        optimizer._on_before_step()
+        try:
+            loss = self.compiled(x, y)
+        except Exception as err:  # noqa: BLE001 -- a compiler failure must not end the run
+            print(f"note: loop.compile failed ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}); training eager", flush=True)
+            self.compiled = None
+            loss = self._eager(x, y)
+        optimizer._on_after_step()  # counts the step: trainer.global_step
+        self.step_count += 1
+        return loss.detach()
+
+    def _eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The plain step without the compiler, after it failed."""
+        loss = self._module.loss_fn(self._module.model(x), y)
+        loss.backward()
+        if self.clip_val:
+            clip_gradients([p.grad for p in self._params if p.grad is not None], self.clip_val, self.clip_algorithm)
+        optimizer = self._module.optimizers().optimizer
+        self._rule(self._params, [p.grad for p in self._params], [optimizer.state[p] for p in self._params], optimizer.param_groups[0])
+        return loss
 
     def groups(self, batches: list) -> Any:
         """The batches of one call, ``accumulate`` at a time, while the run has steps left."""
         self.step_count = self._module.trainer.global_step  # read once a call: a chain of lookups
         last = self._module.trainer.max_steps
-        for start in range(0, len(batches), self.accumulate):
-            if 0 < last <= self.step_count:
-                return
-            for param in self._params:
-                param.grad = None  # optimizer.zero_grad(set_to_none=True)
-            yield batches[start : start + self.accumulate]
+        with self.compiled.guards_skipped() if self.compiled is not None else nullcontext():
+            for start in range(0, len(batches), self.accumulate):
+                if 0 < last <= self.step_count:
+                    return
+                for param in self._params:
+                    param.grad = None  # optimizer.zero_grad(set_to_none=True)
+                yield batches[start : start + self.accumulate]
 
     def _plain(self) -> bool:
         return self.fast and not any(w.needs_hooks(self.step_count) for w in self._watchers)
@@ -170,88 +218,3 @@ def final_epoch(trainer: "L.Trainer") -> bool:
         return True
     epochs_done = trainer.fit_loop.epoch_progress.current.processed  # counts this epoch already
     return trainer.max_epochs is not None and 0 <= trainer.max_epochs <= epochs_done
-
-
-class StepProgressBar(TQDMProgressBar):
-    """One bar over the run's optimizer steps (a Lightning call may take several), with the epoch,
-    the step and ``loss``, the mean of the last window LossWatch read: no sync and no ``self.log``
-    call (~0.27 ms each) is added to training.
-
-    It redraws at most every ``REDRAW_EVERY_S``: a tiny model's epoch lasts a few ms, and
-    Lightning's bar, redrawn and reset at every epoch's start and end, cost ~0.25 ms an epoch
-    (measured). Validation, one batch or a few, gets no bar of its own.
-    """
-
-    REDRAW_EVERY_S = 0.1
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._drawn_at = float("-inf")
-
-    def init_train_tqdm(self) -> Tqdm:
-        """The run's bar, drawn first with its total (a resumed run starts where it stopped)."""
-        trainer = self.trainer
-        return Tqdm(
-            desc=f"Epoch {trainer.current_epoch}",
-            total=_total_steps(trainer),
-            initial=trainer.global_step,
-            position=2 * self.process_position,
-            disable=self.is_disabled,
-            leave=True,
-            dynamic_ncols=True,
-            file=sys.stdout,
-            smoothing=0,
-            bar_format=self.BAR_FORMAT,
-        )
-
-    def on_train_epoch_start(self, trainer: "L.Trainer", *args: Any) -> None:
-        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch}", refresh=False)
-
-    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", *args: Any) -> None:
-        if time.monotonic() - self._drawn_at >= self.REDRAW_EVERY_S:
-            self._draw(trainer, pl_module)
-
-    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        pass
-
-    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        self._draw(trainer, pl_module, refresh=False)
-        super().on_train_end(trainer, pl_module)  # closing draws the final step and loss
-
-    def _draw(self, trainer: "L.Trainer", pl_module: "L.LightningModule", refresh: bool = True) -> None:
-        bar = self.train_progress_bar
-        bar.n = trainer.global_step
-        bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
-        if refresh:
-            bar.refresh()
-        self._drawn_at = time.monotonic()
-
-    def on_validation_start(self, *args: Any) -> None:
-        pass
-
-    def on_validation_batch_start(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def on_validation_end(self, *args: Any) -> None:
-        pass  # val_loss, logged by then, shows at the next redraw
-
-    def get_metrics(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> dict[str, Any]:
-        items = super().get_metrics(trainer, pl_module)
-        items.pop("v_num", None)
-        items["step"] = trainer.global_step
-        loss = pl_module.loss_window.last_mean
-        if loss == loss:  # not NaN: a window has been read
-            items["loss"] = f"{loss:.4g}"
-        return items
-
-
-def _total_steps(trainer: "L.Trainer") -> Optional[Union[int, float]]:
-    """Optimizer steps the run will take: max_steps, or max_epochs times the steps of an epoch."""
-    per_epoch = getattr(trainer.train_dataloader, "batches_per_epoch", None)
-    by_epochs = per_epoch * trainer.max_epochs if per_epoch and trainer.max_epochs and trainer.max_epochs > 0 else None
-    by_steps = trainer.max_steps if trainer.max_steps > 0 else None
-    known = [n for n in (by_epochs, by_steps) if n is not None]
-    return min(known) if known else None

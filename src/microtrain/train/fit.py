@@ -19,8 +19,8 @@ from microtrain.monitor.parameters import ParameterInspector
 from microtrain.run import folder as run_folder
 from microtrain.run.checkpoint_io import AtomicCheckpointIO
 from microtrain.run.checkpoints import checkpoint_callbacks
-from microtrain.train.build import Prepared, prepare
-from microtrain.train.bypass import StepProgressBar
+from microtrain.train.build import Prepared, multiply_adds_per_step, prepare
+from microtrain.monitor.progress import StepProgressBar
 from microtrain.train.module import Trainee
 from microtrain.train.trainer import build_callbacks, build_trainer, trainer_arguments
 
@@ -40,8 +40,10 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResult:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plan = device.resolve(cfg.device)
-    trainer_args, loop = trainer_arguments(cfg.trainer)
+    trainer_args, loop = trainer_arguments(cfg.trainer, cfg.loop.compile)
     prepared = prepare(cfg, loop)
+    loop.multiply_adds = multiply_adds_per_step(cfg, prepared.module.model, prepared.splits)
+    threads = device.use_threads(cfg.device.threads, loop.multiply_adds)
     ckpt_path = _resume_checkpoint(cfg, run_dir)
     trainer = _build_trainer(cfg, trainer_args, plan, run_dir, prepared, resumed=ckpt_path)
     if trainer.is_global_zero:
@@ -51,7 +53,7 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResult:
             run_folder.write_json_atomic(run_dir / run_folder.DATA_TRUTH, prepared.dataset.truth)
     started = time.perf_counter()
     trainer.fit(prepared.module, datamodule=prepared.datamodule, ckpt_path=ckpt_path)
-    metrics = _final_metrics(prepared, trainer, time.perf_counter() - started)
+    metrics = _final_metrics(prepared, trainer, time.perf_counter() - started) | {"threads": threads}
     if prepared.splits.test is not None:
         metrics.update(_test_best_checkpoint(trainer, prepared))
     if trainer.is_global_zero:
@@ -118,6 +120,9 @@ def _final_metrics(prepared: Prepared, trainer: L.Trainer, seconds: float) -> di
         **_progress(trainer),
         "seconds": round(seconds, 3),
     }
+    compiled = module.loop.compiled
+    if compiled is not None and compiled.compile_seconds is not None:
+        metrics["compile_seconds"] = round(compiled.compile_seconds, 3)  # included in seconds
     if prepared.optimum is not None:
         metrics["train_loss_optimum"] = prepared.optimum
         metrics["optimality_gap"] = metrics["train_loss"] - prepared.optimum

@@ -38,9 +38,6 @@ class Trainee(L.LightningModule):
         self.make_scheduler = make_scheduler
         self.loop = loop or StepLoop()
         self.loss_window = LossWindow()
-        # What training calls: the model itself, or its torch.compile-d wrapper (compile_model).
-        # Kept out of the module tree, or the checkpoint would hold every parameter twice.
-        object.__setattr__(self, "forward_model", model)
         self.val_metrics = val_metrics
         self.test_metrics = test_metrics
 
@@ -50,8 +47,11 @@ class Trainee(L.LightningModule):
     def training_step(self, batches: list[Batch], batch_idx: int) -> None:
         """One optimizer step per ``trainer.accumulate_grad_batches`` batches of the call's
         ``loop.steps_per_call`` (Lightning's ~0.3 ms per call is paid once for many steps)."""
-        model, loss_fn, loop = self.forward_model, self.loss_fn, self.loop
+        model, loss_fn, loop = self.model, self.loss_fn, self.loop
         for group in loop.groups(batches):  # gradients cleared before each group
+            if loop.compiled_now(group):  # loop.compile: the four moves below as one graph
+                self.loss_window.add(loop.compiled_step(*group[0]), loop.step_count, len(group[0][0]))
+                continue
             total = None
             for x, y in group:
                 prediction = model(x)  # forward
@@ -76,13 +76,8 @@ class Trainee(L.LightningModule):
         y = y.to(self.device, dtype=dtype) if y.is_floating_point() else y.to(self.device)
         return x.to(self.device, dtype=dtype), y
 
-    def compile_model(self) -> None:
-        """Train through ``torch.compile(model)``; parameter names, checkpoints and inspection
-        still see ``weight``, ``fc1.weight``, ... of the one model both share."""
-        object.__setattr__(self, "forward_model", torch.compile(self.model))
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Checkpoints written before forward_model left the module tree held its parameters twice."""
+        """Checkpoints of microtrain 0.1 held every parameter twice, also as ``forward_model.*``."""
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("forward_model.")]:
             del state[key]

@@ -34,8 +34,9 @@ OWNED = {
 IN_THE_STEP = ("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches")
 
 
-def trainer_arguments(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], StepLoop]:
-    """(the arguments for ``lightning.Trainer``, the step loop that applies the in-the-step ones)."""
+def trainer_arguments(cfg: Mapping[str, Any], compile: bool = False) -> tuple[dict[str, Any], StepLoop]:
+    """(the arguments for ``lightning.Trainer``, the step loop that applies the in-the-step ones
+    and ``loop.compile``)."""
     args = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     known = inspect.signature(L.Trainer.__init__).parameters
     for key in args:
@@ -43,7 +44,7 @@ def trainer_arguments(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], StepLoop]
             raise ConfigError(f"trainer.{key} is set by microtrain; use {OWNED[key]} instead")
         if key not in known:
             raise ConfigError(f"trainer.{key} is not an argument of lightning.Trainer; see its documentation for the arguments it takes")
-    loop = StepLoop(args.pop("gradient_clip_val", None), args.pop("gradient_clip_algorithm", "norm"), args.pop("accumulate_grad_batches", 1))
+    loop = StepLoop(args.pop("gradient_clip_val", None), args.pop("gradient_clip_algorithm", "norm"), args.pop("accumulate_grad_batches", 1), compile)
     return args, loop
 
 

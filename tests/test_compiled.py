@@ -1,0 +1,102 @@
+"""loop.compile: the whole step as one torch.compile graph, against the eager step."""
+
+import json
+
+import pytest
+import torch
+
+from microtrain.train import compiled as compiled_module
+from microtrain.train.compiled import AUTO_MIN_STEPS, compile_pays, compiled_step
+from microtrain.train.fit import train
+from tests_helpers import make_cfg, read_events
+
+MLP_PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+
+
+def _weights(result):
+    return {k: v.clone() for k, v in result.module.model.state_dict().items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", [["optimizer.momentum=0.9", "optimizer.weight_decay=0.01"], ["optimizer=adamw"]])
+def test_300_compiled_steps_land_within_1e_5_of_eager(tmp_path, optimizer):
+    base = ["model=mlp", "trainer.max_steps=300", "log.inspect_every_n_steps=50", *optimizer]
+    eager = train(make_cfg(*base, "loop.compile=false"), tmp_path / "eager")
+    compiled = train(make_cfg(*base, "loop.compile=true"), tmp_path / "compiled")
+    a, b = _weights(eager), _weights(compiled)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    metrics = json.loads((tmp_path / "compiled" / "metrics.json").read_text())
+    assert 0 < metrics["compile_seconds"] <= metrics["seconds"] and "compile_seconds" not in eager.metrics
+    # inspected steps ran eager on the same weights: every histogram and update ratio is there
+    events = read_events(tmp_path / "compiled")
+    assert {f"update_ratio/{n}" for n in MLP_PARAMS} <= set(events.Tags()["scalars"])
+    assert [h.step for h in events.Histograms("grads/fc1.weight")][:6] == [0, 50, 100, 150, 200, 250]
+
+
+@pytest.mark.slow
+def test_compiled_resume_is_bitwise_an_uninterrupted_compiled_run(tmp_path):
+    base = ["model=mlp", "optimizer.momentum=0.9", "loop.compile=true", "checkpoint.budget=0"]
+    whole = train(make_cfg(*base, "trainer.max_epochs=10"), tmp_path / "whole")
+    train(make_cfg(*base, "trainer.max_epochs=5"), tmp_path / "split")
+    resumed = train(make_cfg(*base, "trainer.max_epochs=10", "resume=true"), tmp_path / "split")
+    a, b = _weights(whole), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_optimizer_without_a_compiled_rule_trains_eager_and_says_so(tmp_path, capsys):
+    args = ["trainer.max_steps=40", "optimizer._target_=torch.optim.RMSprop", "~optimizer.momentum", "~optimizer.dampening", "~optimizer.nesterov"]
+    eager = _weights(train(make_cfg(*args), tmp_path / "eager"))
+    capsys.readouterr()
+    compiled = train(make_cfg(*args, "loop.compile=true"), tmp_path / "compiled")
+    assert "note: loop.compile is off for this run: RMSprop with these settings has no compiled update" in capsys.readouterr().out
+    assert "compile_seconds" not in compiled.metrics
+    assert all(torch.equal(eager[k], v) for k, v in _weights(compiled).items())
+
+
+def test_a_compiler_failure_falls_back_to_eager_with_one_line(tmp_path, capsys, monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no C++ compiler here")
+        return call
+
+    monkeypatch.setattr(compiled_module.torch, "compile", broken_compile)
+    eager = _weights(train(make_cfg("trainer.max_steps=60"), tmp_path / "eager"))
+    capsys.readouterr()
+    result = train(make_cfg("trainer.max_steps=60", "loop.compile=true"), tmp_path / "broken")
+    out = capsys.readouterr().out
+    assert out.count("note: loop.compile failed (RuntimeError: no C++ compiler here); training eager") == 1
+    assert result.metrics["status"] == "ok" and result.metrics["steps"] == 60
+    assert all(torch.equal(eager[k], v) for k, v in _weights(result).items())
+
+
+def test_tiny_models_on_cuda_compile_with_cuda_graphs(monkeypatch):
+    """CUDA graphs (mode="reduce-overhead") replay a tiny model's kernels in one launch; checked
+    here with a fake CUDA module, measured only where a GPU is lent."""
+    seen = {}
+    monkeypatch.setattr(compiled_module.torch, "compile", lambda fn, **kwargs: seen.update(kwargs) or fn)
+
+    class FakeLoop:
+        accumulate, fast, clip_val, clip_algorithm = 1, True, None, "norm"
+
+    class FakeModule:
+        def __init__(self, device, model):
+            self.device, self.model, self.loss_fn = torch.device(device), model, torch.nn.MSELoss()
+
+    for device, width, mode in [("cuda", 64, "reduce-overhead"), ("cpu", 64, None), ("cuda", 4096, None)]:
+        model = torch.nn.Sequential(torch.nn.Linear(256, width), torch.nn.Linear(width, 256))
+        step, why = compiled_step(FakeModule(device, model), torch.optim.SGD(model.parameters(), lr=0.1), FakeLoop())
+        assert step is not None and why == "" and seen["mode"] == mode, (device, width)
+
+
+def test_auto_compiles_only_runs_long_enough_to_pay_back(tmp_path):
+    assert compile_pays(AUTO_MIN_STEPS, 10_000) and not compile_pays(AUTO_MIN_STEPS - 1, 10_000)
+    assert not compile_pays(10 * AUTO_MIN_STEPS, 10**9)  # compute-bound: compiling saves little
+    assert not compile_pays(None, 10_000)  # a run of unknown length
+    result = train(make_cfg("trainer.max_epochs=2"), tmp_path)  # the default, loop.compile=auto
+    assert "compile_seconds" not in result.metrics
+
+
+def test_threads_auto_gives_tiny_models_one_thread_and_a_number_sets_it(tmp_path):
+    assert train(make_cfg("trainer.max_steps=5"), tmp_path / "a").metrics["threads"] == 1
+    assert train(make_cfg("trainer.max_steps=5", "device.threads=2"), tmp_path / "b").metrics["threads"] == 2
+    assert torch.get_num_threads() == 2
