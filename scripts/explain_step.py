@@ -1,15 +1,6 @@
-"""Explain one training step: python scripts/explain_step.py +experiment=linear_1x1_sgd"""
+"""Explain one training step: python scripts/explain_step.py +experiment=linear_1x1_sgd (the same as microtrain-explain)."""
 
-import hydra
-from omegaconf import DictConfig
-
-
-@hydra.main(config_path="../conf", config_name="explain", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    from microtrain.cli import explain_command
-
-    explain_command(cfg)
-
+from microtrain.cli import explain_main
 
 if __name__ == "__main__":
-    main()
+    explain_main()

@@ -1,15 +1,6 @@
-"""Predict with a finished run: python scripts/predict.py run=<run folder> data.path=new.csv"""
+"""Predict with a finished run: python scripts/predict.py run=<run folder> data.path=new.csv (the same as microtrain-predict)."""
 
-import hydra
-from omegaconf import DictConfig
-
-
-@hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    from microtrain.cli import predict_command
-
-    predict_command(cfg)
-
+from microtrain.cli import predict_main
 
 if __name__ == "__main__":
-    main()
+    predict_main()

@@ -1,4 +1,7 @@
-"""What ``scripts/train.py`` does with a composed config: train, report, and turn bad input into one line."""
+"""The commands: ``microtrain-train`` (also ``python -m microtrain`` and ``scripts/train.py``),
+``microtrain-explain``, ``microtrain-predict`` and ``microtrain-report``. Each composes its config
+from the configs shipped in the package (``pkg://microtrain.conf``; your own with
+``--config-dir``), runs, and turns bad input into one line."""
 
 import gc
 import logging
@@ -9,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -168,3 +172,35 @@ def predict_command(cfg: DictConfig) -> None:
         error_console.print(f"error: {err}", markup=False, soft_wrap=True)
         sys.exit(2)
     console.print(f"predictions: {out}")
+
+
+CONFIGS = "pkg://microtrain.conf"  # conf/ of the source tree, installed as the package microtrain.conf
+
+
+def train_main() -> None:
+    """``microtrain-train [group=option ...] [key=value ...]``: train one run, or a sweep with ``-m``."""
+    hydra.main(config_path=CONFIGS, config_name="train", version_base="1.3")(train_command)()
+
+
+def explain_main() -> None:
+    """``microtrain-explain [the same overrides as microtrain-train]``: explain one step."""
+    hydra.main(config_path=CONFIGS, config_name="explain", version_base="1.3")(explain_command)()
+
+
+def predict_main() -> None:
+    """``microtrain-predict run=<run folder> data.path=<csv or npz>``: predict with a finished run."""
+    hydra.main(config_path=CONFIGS, config_name="predict", version_base="1.3")(predict_command)()
+
+
+def report_main() -> None:
+    """``microtrain-report <run or sweep folder>``: draw report.png from its TensorBoard logs."""
+    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
+        print(report_main.__doc__.strip("`").replace("``", ""))
+        sys.exit(0 if len(sys.argv) == 2 else 2)
+    from microtrain.report import write_report
+
+    try:
+        console.print(f"report: {write_report(sys.argv[1])}")
+    except MicrotrainError as err:
+        error_console.print(f"error: {err}", markup=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""microtrain's Hydra configs, shipped inside the package (pkg://microtrain.conf)."""

@@ -1,0 +1,68 @@
+"""microtrain as an installed package: the wheel carries the configs, the console commands run
+from any folder, and users add configs of their own with --config-dir."""
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests_helpers import ROOT, run_in_process
+
+SRC = ROOT / "src" / "microtrain"
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"microtrain" + "".join(f".{part}" for part in p.parent.relative_to(SRC).parts) for p in SRC.rglob("__init__.py")}
+    assert found | {"microtrain.conf"} == listed
+
+
+@pytest.mark.slow
+def test_the_wheel_trains_from_another_folder_without_the_source_tree(tmp_path):
+    """A non-editable install: the wheel unpacked alone on the path, run away from the checkout."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(tmp_path / "wheel")],
+                   check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "wheel").glob("microtrain-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+                   check=True, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    code = "import microtrain, sys; print(microtrain.__file__); sys.argv[1:] = sys.argv[1:]; from microtrain.cli import train_main; train_main()"
+    done = subprocess.run([sys.executable, "-c", code, "model=mlp", "trainer.max_epochs=1", "hydra.run.dir=run"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith(str(tmp_path / "site"))  # the wheel's copy, not the checkout
+    assert json.loads((work / "run" / "metrics.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_console_commands_and_python_m_run_from_any_folder(tmp_path):
+    bin_dir = Path(sys.executable).parent
+    train = subprocess.run([str(bin_dir / "microtrain-train"), "trainer.max_epochs=1", "hydra.run.dir=run"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert train.returncode == 0, train.stderr
+    assert (tmp_path / "run" / "train.log").is_file() and (tmp_path / "run" / "metrics.json").is_file()
+    module = subprocess.run([sys.executable, "-m", "microtrain", "trainer.max_epochs=1", "hydra.run.dir=run2"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert module.returncode == 0, module.stderr
+    report = subprocess.run([str(bin_dir / "microtrain-report"), "run"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert report.returncode == 0 and (tmp_path / "run" / "report.png").is_file(), report.stderr
+    for command in ("microtrain-explain", "microtrain-predict"):
+        assert (bin_dir / command).is_file()
+
+
+def test_users_add_their_own_configs_with_config_dir(capsys, tmp_path):
+    mine = tmp_path / "my_configs"
+    (mine / "model").mkdir(parents=True)
+    (mine / "model" / "wide.yaml").write_text(
+        "defaults:\n  - mlp\n  - _self_\nhidden: 8\nactivation: tanh\n"
+    )
+    code, out, err = run_in_process(capsys, "train.py", f"--config-dir={mine}", "model=wide", "trainer.max_epochs=1",
+                                    "device=cpu", f"hydra.run.dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false")
+    assert code == 0, err
+    assert "hidden=8" in out and "activation=tanh" in out
