@@ -84,7 +84,7 @@ def test_tiny_models_on_cuda_compile_with_cuda_graphs(monkeypatch):
 
     for device, width, mode in [("cuda", 64, "reduce-overhead"), ("cpu", 64, None), ("cuda", 4096, None)]:
         model = torch.nn.Sequential(torch.nn.Linear(256, width), torch.nn.Linear(width, 256))
-        step, why = compiled_step(FakeModule(device, model), torch.optim.SGD(model.parameters(), lr=0.1), FakeLoop())
+        step, why = compiled_step(FakeModule(device, model), torch.optim.SGD(model.parameters(), lr=0.1), FakeLoop(), 32)
         assert step is not None and why == "" and seen["mode"] == mode, (device, width)
 
 
@@ -98,5 +98,38 @@ def test_auto_compiles_only_runs_long_enough_to_pay_back(tmp_path):
 
 def test_threads_auto_gives_tiny_models_one_thread_and_a_number_sets_it(tmp_path):
     assert train(make_cfg("trainer.max_steps=5"), tmp_path / "a").metrics["threads"] == 1
+    before = torch.get_num_threads()
     assert train(make_cfg("trainer.max_steps=5", "device.threads=2"), tmp_path / "b").metrics["threads"] == 2
-    assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before  # restored after the run: nothing leaks into the process
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls, kwargs", [
+    (torch.optim.SGD, {"lr": 0.05, "weight_decay": 0.01}),
+    (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}),
+    (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
+    (torch.optim.Adam, {"lr": 0.01, "weight_decay": 0.01}),
+    (torch.optim.AdamW, {"lr": 0.01, "weight_decay": 0.1}),
+])
+def test_the_compiled_step_is_torch_optims_update(cls, kwargs):
+    """Twenty compiled steps against twenty torch.optim steps from the same start (rounding only)."""
+    from microtrain.models import MLP
+    from microtrain.train.compiled import CompiledStep
+
+    torch.manual_seed(0)
+    ours, theirs = MLP(3, 8, 1), MLP(3, 8, 1)
+    theirs.load_state_dict(ours.state_dict())
+    optimizers = cls(ours.parameters(), **kwargs), cls(theirs.parameters(), **kwargs)
+    x, y = torch.randn(32, 3), torch.randn(32, 1)
+    for model, optimizer in zip((ours, theirs), optimizers):  # the state starts with one eager step
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    step = CompiledStep(ours, torch.nn.MSELoss(), optimizers[0], None, "norm", batch_rows=32)
+    for _ in range(20):
+        step(x, y)
+        torch.nn.functional.mse_loss(theirs(x), y).backward()
+        optimizers[1].step()
+        optimizers[1].zero_grad(set_to_none=True)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

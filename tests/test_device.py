@@ -21,13 +21,13 @@ def fake_gpu(monkeypatch, available=True, bf16=True, free_bytes=8 * 2**30):
 
 def test_auto_without_gpu_is_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    plan = device.resolve({"type": "auto", "precision": "32"})
+    plan = device.resolve({"type": "auto", "precision": "32", "threads": "auto"})
     assert plan.accelerator == "cpu" and plan.description.startswith("cpu")
 
 
 def test_auto_with_gpu_is_cuda_and_names_it(monkeypatch):
     fake_gpu(monkeypatch)
-    plan = device.resolve({"type": "auto", "precision": "bf16-mixed"})
+    plan = device.resolve({"type": "auto", "precision": "bf16-mixed", "threads": "auto"})
     assert plan.accelerator == "cuda" and plan.precision == "bf16-mixed"
     assert plan.description == "cuda:0 (Fake GPU, 16.0 GiB)"
 
@@ -35,20 +35,20 @@ def test_auto_with_gpu_is_cuda_and_names_it(monkeypatch):
 def test_cuda_without_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceError, match="no CUDA GPU is visible; use device=cpu"):
-        device.resolve({"type": "cuda", "precision": "32"})
+        device.resolve({"type": "cuda", "precision": "32", "threads": "auto"})
 
 
 def test_precision_choices(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceError, match="16-mixed needs a CUDA GPU"):
-        device.resolve({"type": "cpu", "precision": "16-mixed"})
+        device.resolve({"type": "cpu", "precision": "16-mixed", "threads": "auto"})
     with pytest.raises(ConfigError, match="is not one of"):  # the schema's check, before resolve
         schema.check(make_cfg("device.precision=8"))
-    assert device.resolve({"type": "cpu", "precision": "bf16-mixed"}).precision == "bf16-mixed"
+    assert device.resolve({"type": "cpu", "precision": "bf16-mixed", "threads": "auto"}).precision == "bf16-mixed"
     fake_gpu(monkeypatch, bf16=False)
     with pytest.raises(DeviceError, match="no bfloat16 support"):
-        device.resolve({"type": "cuda", "precision": "bf16-mixed"})
-    assert device.resolve({"type": "cuda", "precision": "16-mixed"}).accelerator == "cuda"
+        device.resolve({"type": "cuda", "precision": "bf16-mixed", "threads": "auto"})
+    assert device.resolve({"type": "cuda", "precision": "16-mixed", "threads": "auto"}).accelerator == "cuda"
 
 
 def test_data_placement(monkeypatch):

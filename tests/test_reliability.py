@@ -67,7 +67,14 @@ BAD_INPUTS = [
     (["checkpoint.budget=-1"], "checkpoint.budget=-1 must be at least 0.0"),
     (["seed=-1"], "seed=-1 must be at least 0"),
     (["callbacks=early_stopping", "data.val_fraction=0"], "callbacks.early_stopping monitors val_loss but the run has no validation split"),
-    (["callbacks=early_stopping", "callbacks.early_stopping.mode=sideways"], "callbacks.early_stopping cannot be built"),
+    (["callbacks=early_stopping", "callbacks.early_stopping.mode=sideways"], "callbacks.early_stopping.mode='sideways' is not one of: min, max"),
+    (["callbacks=early_stopping", "callbacks.early_stopping.patience=abc"], "callbacks.early_stopping.patience='abc' is not a whole number"),
+    (["callbacks=early_stopping", "callbacks.early_stopping.monitor=val_acc"], "callbacks.early_stopping.monitor=val_acc is not logged by this run; pick one of: val_loss"),
+    (["scheduler=step", "+scheduler.bogus=1"], "scheduler torch.optim.lr_scheduler.StepLR refused its settings"),
+    (["+trainer.val_check_interval=100000"], "trainer.val_check_interval counts Lightning calls of several steps here"),
+    (["+trainer.limit_train_batches=1"], "trainer.limit_train_batches counts Lightning calls"),
+    (["loop.compile=maybe"], "loop.compile='maybe' must be true or false or auto"),
+    (["device.threads=0"], "device.threads=0 must be at least 1"),
 ]
 
 

@@ -84,7 +84,8 @@ def train_command(cfg: DictConfig) -> float:
     console.print(f"run folder: {run_dir}")
     losses = "  ".join(f"{k}={_fmt(metrics[k])}" for k in ("train_loss", "val_loss") if k in metrics)
     compiled = f", {metrics['compile_seconds']:.1f} s of it compiling" if "compile_seconds" in metrics else ""
-    console.print(f"final: {losses}  ({metrics['steps']} steps, {metrics['seconds']:.1f} s{compiled})")
+    threads = f", {metrics['threads']} thread{'s' if metrics['threads'] > 1 else ''}" if "threads" in metrics else ""
+    console.print(f"final: {losses}  ({metrics['steps']} steps, {metrics['seconds']:.1f} s{compiled}{threads})")
     tested = "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float))
     if tested:
         console.print(f"test (checkpoint {Path(metrics['test_checkpoint']).name}): {tested}")

@@ -34,7 +34,7 @@ def resolve(cfg: Mapping[str, Any]) -> DevicePlan:
         raise DeviceError("device.precision=16-mixed needs a CUDA GPU; on CPU use bf16-mixed or 32")
     if accelerator == "cuda" and precision == "bf16-mixed" and not torch.cuda.is_bf16_supported():
         raise DeviceError("this GPU has no bfloat16 support; use device.precision=16-mixed")
-    return DevicePlan(accelerator, precision, describe(accelerator))
+    return DevicePlan(accelerator, precision, describe(accelerator, cfg["threads"]))
 
 
 # Measured here (eager SGD step, 1 against 2 threads): 3->64->1 batch 32 (0.01 M multiply-adds)
@@ -54,9 +54,9 @@ def use_threads(setting: Any, multiply_adds: int) -> int:
 DEFAULT_THREADS = torch.get_num_threads()
 
 
-def describe(accelerator: str) -> str:
+def describe(accelerator: str, threads: Any = "auto") -> str:
     if accelerator == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads)"
+        return "cpu (threads: auto, by model size)" if threads == "auto" else f"cpu ({threads} threads)"
     index = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
     return f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"

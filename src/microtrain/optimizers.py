@@ -16,23 +16,24 @@ def optimizer_factory(cfg: Mapping[str, Any]) -> Callable[..., torch.optim.Optim
 
 
 class OptimizerFactory:
-    """Builds the optimizer for the parameters; a class, not a closure, so ddp_spawn can pickle it."""
+    """Builds the optimizer for the parameters (or the scheduler for the optimizer); a class, not a
+    closure, so ddp_spawn can pickle it."""
 
-    def __init__(self, partial: Callable[..., torch.optim.Optimizer], target: str):
-        self.partial, self.target = partial, target
+    def __init__(self, partial: Callable[..., Any], target: str, key: str = "optimizer"):
+        self.partial, self.target, self.key = partial, target, key
 
-    def __call__(self, params: Any) -> torch.optim.Optimizer:
+    def __call__(self, argument: Any) -> Any:
         try:
-            return self.partial(params)
+            return self.partial(argument)
         except (ValueError, TypeError) as err:
-            raise ConfigError(f"optimizer {self.target} refused its settings: {err}") from None
+            raise ConfigError(f"{self.key} {self.target} refused its settings: {err}") from None
 
 
 def scheduler_factory(cfg: Optional[Mapping[str, Any]]) -> Optional[Callable[..., Any]]:
     """A function of the optimizer, or None when no scheduler is configured; stepped once per epoch."""
     if not cfg or "_target_" not in cfg:
         return None
-    return _instantiate(cfg, "scheduler")
+    return OptimizerFactory(_instantiate(cfg, "scheduler"), str(cfg["_target_"]), "scheduler")
 
 
 def _instantiate(cfg: Mapping[str, Any], key: str) -> Any:

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from microtrain import models
-from microtrain.data import files as data_files
+from microtrain.data import files
 from microtrain.run import folder as run_folder
 from microtrain.errors import ConfigError, DataError
 
@@ -21,14 +21,14 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best") -> tuple[torch.n
     weights = run_dir / run_folder.CHECKPOINTS / f"{checkpoint}.ckpt"
     if checkpoint == "best" and not weights.exists():
         weights = weights.with_name("last.ckpt")  # a run without validation keeps only its last weights
-    files = [run_dir / run_folder.CONFIG, run_dir / run_folder.DATA_INFO, weights]
-    for path in files:
+    needed = [run_dir / run_folder.CONFIG, run_dir / run_folder.DATA_INFO, weights]
+    for path in needed:
         if not path.is_file():
             raise ConfigError(f"run={run_dir} has no {path.relative_to(run_dir)}; point run= at a finished run folder")
-    cfg = OmegaConf.load(files[0])
-    info = json.loads(files[1].read_text())
+    cfg = OmegaConf.load(needed[0])
+    info = json.loads(needed[1].read_text())
     model = models.build_model(cfg.model, len(info["features"]), info["n_outputs"])
-    state = torch.load(files[2], map_location="cpu", weights_only=True)["state_dict"]
+    state = torch.load(needed[2], map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     return model.eval(), info
 
@@ -36,13 +36,13 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best") -> tuple[torch.n
 def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpoint: str = "best") -> Path:
     """Write one prediction per input row, in the input's row order; returns the CSV's path."""
     model, info = load_trained_model(run_dir, checkpoint)
-    source = data_files.existing_file(path)
+    source = files.existing_file(path)
     if source.suffix == ".npz":
-        x, _ = data_files.read_npz(source)
+        x, _ = files.read_npz(source)
         header, rows = [], [[] for _ in range(len(x))]
     else:
-        x = data_files.read_csv_matrix(source, info["features"])
-        header, rows = data_files.read_csv_table(source)
+        x = files.read_csv_matrix(source, info["features"])
+        header, rows = files.read_csv_table(source)
     if x.shape[1] != len(info["features"]):
         raise DataError(f"{source}: x has {x.shape[1]} columns but the model was trained on {len(info['features'])} features")
     predictions = predict(model, info, x)

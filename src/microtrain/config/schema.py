@@ -7,7 +7,8 @@ naming the first bad key: a wrong type, a value out of range, a key the section 
 Code after the check reads ``cfg.section.key`` directly: no ``.get(key, default)`` elsewhere.
 
 ``trainer.*`` is Lightning's: its keys are checked against ``lightning.Trainer``'s own signature
-when the Trainer is built (``train.trainer``); the types of the ones the YAML sets are checked here.
+when the Trainer is built (``train.trainer``), and Lightning checks the values of the ones not
+listed here. Callbacks other than early stopping check their own arguments when built.
 """
 
 import math
@@ -154,7 +155,8 @@ OPTIMIZER = {
     "amsgrad": boolean(),
 }
 SCHEDULER = {"_target_": text(), "_partial_": boolean(), "step_size": integer(1), "gamma": number(positive=True), "T_max": integer(1), "eta_min": number(0)}
-# The Trainer arguments the YAML sets, and the two that microtrain applies itself (train.bypass).
+# The Trainer arguments the YAML sets (their types; other arguments are Lightning's to check), and
+# the three that microtrain applies itself (train.bypass).
 TRAINER = {
     "max_epochs": integer(-1),
     "max_steps": integer(-1),
@@ -174,6 +176,8 @@ SECTIONS: dict[str, dict[str, Rule]] = {
     "optimize": {"metric": text(), "mode": choice("min", "max")},
     "explain": {"gradcheck": boolean("auto")},
 }
+EARLY_STOPPING = "lightning.pytorch.callbacks.EarlyStopping"
+EARLY_STOPPING_KEYS = {"monitor": text(), "mode": choice("min", "max"), "patience": integer(0), "min_delta": number(0), "verbose": boolean()}
 TOP = {"seed": integer(0, 2**32 - 1), "resume": boolean()}
 # Sections of the composed config that Hydra or another check owns.
 OTHERS = ("model", "loss", "optimizer", "scheduler", "data", "trainer", "callbacks", "hydra", "hparams_search", "experiment")
@@ -206,10 +210,11 @@ def check(cfg: Mapping[str, Any]) -> None:
     for name, rules in SECTIONS.items():
         if name in cfg or name != "explain":
             _section(cfg, name, rules)
-    callbacks = cfg["callbacks"] if "callbacks" in cfg else None
-    for name, spec in (callbacks or {}).items():
+    for name, spec in (cfg["callbacks"] or {}).items():
         if not isinstance(spec, Mapping) or "_target_" not in spec:
             raise ConfigError(f"callbacks.{name} needs a _target_ naming a Lightning callback class, like conf/callbacks/early_stopping.yaml")
+        if spec["_target_"] == EARLY_STOPPING:  # the group's own member; other callbacks check their arguments
+            _section(cfg["callbacks"], name, EARLY_STOPPING_KEYS, open_=True, optional=tuple(EARLY_STOPPING_KEYS), prefix="callbacks.")
 
 
 def _name(cfg: Mapping[str, Any], section: str, options: Mapping[str, Any]) -> str:
@@ -226,16 +231,17 @@ def _node(cfg: Mapping[str, Any], section: str) -> Mapping[str, Any]:
     return cfg[section]
 
 
-def _section(cfg: Mapping[str, Any], section: str, rules: Mapping[str, Rule], *, open_: bool = False, optional: tuple[str, ...] = ()) -> None:
-    node = _node(cfg, section)
+def _section(cfg: Mapping[str, Any], section: str, rules: Mapping[str, Rule], *, open_: bool = False,
+             optional: tuple[str, ...] = (), prefix: str = "") -> None:
+    node, name = _node(cfg, section), prefix + section
     for key in node:
         if key not in rules and key != "name" and not open_:
-            raise ConfigError(f"{section}.{key} is not a key of {section}; its keys are: {', '.join(rules)}")
+            raise ConfigError(f"{name}.{key} is not a key of {name}; its keys are: {', '.join(rules)}")
     for key, rule in rules.items():
         if key in node:
-            rule(node[key], f"{section}.{key}")
+            rule(node[key], f"{name}.{key}")
         elif key not in optional:
-            raise ConfigError(f"{section}.{key} is missing; add it to the {section} config")
+            raise ConfigError(f"{name}.{key} is missing; add it to the {name} config")
 
 
 def _value(cfg: Mapping[str, Any], key: str, rule: Rule) -> None:

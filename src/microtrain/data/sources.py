@@ -12,8 +12,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from microtrain.data import files as data_files
-from microtrain.data.bundled import BUNDLED, load_bundled
+from microtrain.data import files
+from microtrain.data.bundled import load_bundled
 from microtrain.errors import DataError
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -38,8 +38,8 @@ def load(cfg: Mapping[str, Any]) -> Dataset:
     if name == "csv":
         return csv_file(cfg)
     if name == "npz":
-        path = data_files.existing_file(cfg["path"])
-        x, y = data_files.read_npz(path)
+        path = files.existing_file(cfg["path"])
+        x, y = files.read_npz(path)
         return _dataset(x, y, str(path))
     x, y, features, _task = load_bundled(name)
     return _dataset(x, y, f"data={name}", features, ["target"])
@@ -66,11 +66,11 @@ def inline(cfg: Mapping[str, Any]) -> Dataset:
 
 
 def csv_file(cfg: Mapping[str, Any]) -> Dataset:
-    path = data_files.existing_file(cfg["path"])
+    path = files.existing_file(cfg["path"])
     features = None if cfg["features"] is None else list(cfg["features"])
-    features, targets = data_files.csv_columns(path, cfg["target"], features)
-    x = data_files.read_csv_matrix(path, features)
-    y = data_files.read_csv_matrix(path, targets)
+    features, targets = files.csv_columns(path, cfg["target"], features)
+    x = files.read_csv_matrix(path, features)
+    y = files.read_csv_matrix(path, targets)
     return _dataset(x, y, str(path), features, targets)
 
 

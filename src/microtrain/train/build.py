@@ -47,6 +47,11 @@ def prepare(cfg: DictConfig, loop: Optional[StepLoop] = None) -> Prepared:
         test_metrics=build_metrics(info["task"], info["n_outputs"], rows(splits.test), "test_"),
         loop=loop,
     )
+    # Built once and thrown away: an optimizer or scheduler that refuses its settings is one line
+    # now, before anything is written, not a traceback once training starts.
+    trial = module.make_optimizer(model.parameters())
+    if module.make_scheduler is not None:
+        module.make_scheduler(trial)
     # a Lightning call takes steps_per_call optimizer steps of accumulate_grad_batches batches each
     batches_per_call = steps_per_call(cfg, model, splits) * loop.accumulate
     datamodule = TensorDataModule(splits.train, splits.val, cfg.data.batch_size, cfg.seed, test=splits.test, steps_per_call=batches_per_call)

@@ -1,5 +1,5 @@
 """Every place microtrain goes around Lightning's per-step machinery, and the private Lightning
-attributes it touches (here only; ``tests/test_bypass.py`` fails loudly if an upgrade moves them).
+attributes it touches (here only; ``tests/test_core.py`` fails loudly if an upgrade moves them).
 
 A tiny model's optimizer step takes ~150 us here, and Lightning's per-call and per-hook costs
 are of the same size, so each bypass below saves a measured share of a tiny model's step:
@@ -12,7 +12,6 @@ are of the same size, so each bypass below saves a measured share of a tiny mode
 """
 
 import time
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Optional, Protocol, runtime_checkable
 
 import lightning as L
@@ -53,7 +52,7 @@ class StepLoop:
     With ``loop.compile`` the plain steps are one ``train.compiled.CompiledStep`` call each.
     """
 
-    def __init__(self, clip_val: Optional[float] = None, clip_algorithm: str = "norm", accumulate: int = 1, compile: bool = False):
+    def __init__(self, clip_val: Optional[float] = None, clip_algorithm: str = "norm", accumulate: int = 1, compile: Any = False):
         self.clip_val, self.clip_algorithm, self.accumulate = clip_val, clip_algorithm, accumulate
         self.wants_compile = compile  # true | false | "auto"
         self.multiply_adds = 0  # of one step, for auto
@@ -68,7 +67,8 @@ class StepLoop:
     def start(self, module: "Trainee") -> None:
         trainer = module.trainer
         single = type(trainer.strategy) is SingleDeviceStrategy
-        self.fast = single and trainer.precision != "16-mixed"
+        # a callback of the user's that watches backward or the optimizer step sees every step
+        self.fast = single and trainer.precision != "16-mixed" and not _step_hooks(trainer.callbacks)
         self._watchers = [cb for cb in trainer.callbacks if isinstance(cb, StepWatcher)]
         self._module = module
         optimizer = module.optimizers().optimizer
@@ -78,11 +78,22 @@ class StepLoop:
         if wanted == "auto":
             wanted = compile_pays(planned_steps(trainer), self.multiply_adds)
         if wanted and self.compiled is None:
-            self.compiled, why_not = compiled_step(module, optimizer, self)
+            rows = trainer.train_dataloader.batch_size
+            self.compiled, why_not = compiled_step(module, optimizer, self, rows)
             if why_not and trainer.is_global_zero:
                 print(f"note: loop.compile is off for this run: {why_not}", flush=True)
             for watcher in self._watchers if self.compiled is not None else ():
                 watcher.fixed_grid()
+
+    def call_started(self) -> None:
+        """At each Lightning call's start: dynamo's guards off for its compiled steps."""
+        if self.compiled is not None:
+            self.compiled.skip_guards(True)
+
+    def release(self) -> None:
+        """At each call's end, and in ``fit``'s ``finally``: the guards on again."""
+        if self.compiled is not None:
+            self.compiled.skip_guards(False)
 
     def compiled_now(self, group: list) -> bool:
         """Whether this step runs as the compiled graph: a plain step of one batch the graph fits."""
@@ -91,38 +102,31 @@ class StepLoop:
     def compiled_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward, loss, backward and step as one graph; counted as any plain step is."""
         optimizer = self._module.optimizers()
-        optimizer._on_before_step()
+        optimizer._on_before_step()  # private: what LightningOptimizer.step does around the step
         try:
             loss = self.compiled(x, y)
         except Exception as err:  # noqa: BLE001 -- a compiler failure must not end the run
-            print(f"note: loop.compile failed ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]}); training eager", flush=True)
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else "no message"
+            print(f"note: loop.compile failed ({type(err).__name__}: {reason}); training eager", flush=True)
+            self.release()
             self.compiled = None
-            loss = self._eager(x, y)
+            loss = self._module.loss_fn(self._module.model(x), y)
+            loss.backward()
+            self._plain_update()
         optimizer._on_after_step()  # counts the step: trainer.global_step
         self.step_count += 1
         return loss.detach()
-
-    def _eager(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The plain step without the compiler, after it failed."""
-        loss = self._module.loss_fn(self._module.model(x), y)
-        loss.backward()
-        if self.clip_val:
-            clip_gradients([p.grad for p in self._params if p.grad is not None], self.clip_val, self.clip_algorithm)
-        optimizer = self._module.optimizers().optimizer
-        self._rule(self._params, [p.grad for p in self._params], [optimizer.state[p] for p in self._params], optimizer.param_groups[0])
-        return loss
 
     def groups(self, batches: list) -> Any:
         """The batches of one call, ``accumulate`` at a time, while the run has steps left."""
         self.step_count = self._module.trainer.global_step  # read once a call: a chain of lookups
         last = self._module.trainer.max_steps
-        with self.compiled.guards_skipped() if self.compiled is not None else nullcontext():
-            for start in range(0, len(batches), self.accumulate):
-                if 0 < last <= self.step_count:
-                    return
-                for param in self._params:
-                    param.grad = None  # optimizer.zero_grad(set_to_none=True)
-                yield batches[start : start + self.accumulate]
+        for start in range(0, len(batches), self.accumulate):
+            if 0 < last <= self.step_count:
+                return
+            for param in self._params:
+                param.grad = None  # optimizer.zero_grad(set_to_none=True)
+            yield batches[start : start + self.accumulate]
 
     def _plain(self) -> bool:
         return self.fast and not any(w.needs_hooks(self.step_count) for w in self._watchers)
@@ -134,22 +138,42 @@ class StepLoop:
             self._module.manual_backward(loss)  # Lightning's hooks and loss scaling
 
     def step(self) -> None:
-        if self.clip_val:
-            clip_gradients([p.grad for p in self._params if p.grad is not None], self.clip_val, self.clip_algorithm)
         optimizer = self._module.optimizers()
         if self._plain():
-            optimizer._on_before_step()  # private: what LightningOptimizer.step does around the step
-            if self._rule is None:
-                optimizer.optimizer.step()
-            else:
-                state = optimizer.optimizer.state
-                self._rule(self._params, [p.grad for p in self._params], [state[p] for p in self._params], optimizer.param_groups[0])
+            self.clip()
+            optimizer._on_before_step()
+            self._plain_update()
             optimizer._on_after_step()  # counts the step: trainer.global_step
         else:
-            # Lightning first calls the callbacks' on_before_optimizer_step: where
-            # ParameterInspector reads this step's weights and (clipped) gradients.
+            # Lightning first unscales 16-mixed gradients, then calls on_before_optimizer_step:
+            # the callbacks' (ParameterInspector reads this step's weights and gradients, before
+            # clipping, as under Lightning's automatic optimization), then Trainee's, which clips.
             optimizer.step()
         self.step_count += 1
+
+    def clip(self) -> None:
+        if self.clip_val:
+            clip_gradients([p.grad for p in self._params if p.grad is not None], self.clip_val, self.clip_algorithm)
+
+    def _plain_update(self) -> None:
+        """The update rule of ``train.step`` on the gradients in ``.grad``; torch.optim's step() without one."""
+        optimizer = self._module.optimizers().optimizer
+        if self._rule is None:
+            optimizer.step()
+        else:
+            state = optimizer.state
+            self._rule(self._params, [p.grad for p in self._params], [state[p] for p in self._params], optimizer.param_groups[0])
+
+
+_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+
+def _step_hooks(callbacks: list) -> bool:
+    """Whether a callback other than microtrain's watchers implements a per-step hook."""
+    return any(
+        getattr(type(cb), hook) is not getattr(L.Callback, hook)
+        for cb in callbacks if not isinstance(cb, StepWatcher) for hook in _STEP_HOOKS
+    )
 
 
 class LossWindow:

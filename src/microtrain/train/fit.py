@@ -43,6 +43,7 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResult:
     trainer_args, loop = trainer_arguments(cfg.trainer, cfg.loop.compile)
     prepared = prepare(cfg, loop)
     loop.multiply_adds = multiply_adds_per_step(cfg, prepared.module.model, prepared.splits)
+    threads_before = torch.get_num_threads()
     threads = device.use_threads(cfg.device.threads, loop.multiply_adds)
     ckpt_path = _resume_checkpoint(cfg, run_dir)
     trainer = _build_trainer(cfg, trainer_args, plan, run_dir, prepared, resumed=ckpt_path)
@@ -52,7 +53,11 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResult:
         if prepared.dataset.truth:
             run_folder.write_json_atomic(run_dir / run_folder.DATA_TRUTH, prepared.dataset.truth)
     started = time.perf_counter()
-    trainer.fit(prepared.module, datamodule=prepared.datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(prepared.module, datamodule=prepared.datamodule, ckpt_path=ckpt_path)
+    finally:
+        loop.release()  # dynamo's guards back on, whatever happened
+        torch.set_num_threads(threads_before)
     metrics = _final_metrics(prepared, trainer, time.perf_counter() - started) | {"threads": threads}
     if prepared.splits.test is not None:
         metrics.update(_test_best_checkpoint(trainer, prepared))
@@ -76,7 +81,7 @@ def _build_trainer(
         LossWatch(cfg.log.every_n_steps, every),
         ParameterInspector(cfg.log.inspect_every_n_steps, cfg.log.histograms, cfg.log.inspect_budget, prepared.optimum, prepared.splits.train),
         *checkpoint_callbacks(run_dir / run_folder.CHECKPOINTS, has_val, every, cfg.checkpoint.budget),
-        *build_callbacks(cfg.callbacks, has_val),
+        *build_callbacks(cfg.callbacks, _logged(prepared) if has_val else []),
     ]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(StepProgressBar())
@@ -90,6 +95,11 @@ def _build_trainer(
         default_root_dir=logger.save_dir,
         **({} if has_val else {"limit_val_batches": 0}),
     )
+
+
+def _logged(prepared: Prepared) -> list[str]:
+    """The epoch metrics a callback can monitor: val_loss and the task's validation metrics."""
+    return ["val_loss", *(prepared.module.val_metrics.keys() if prepared.module.val_metrics is not None else [])]
 
 
 def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Optional[str]:

@@ -32,6 +32,14 @@ OWNED = {
     "enable_checkpointing": "checkpoint.every_n_steps and checkpoint.budget",
 }
 IN_THE_STEP = ("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches")
+# Arguments that count Lightning's calls, which take up to loop.steps_per_call optimizer steps each
+# in microtrain: they would not mean what they say.
+COUNT_CALLS = {
+    "limit_train_batches": "trainer.max_steps",
+    "overfit_batches": "a small data set (data.n_samples) and trainer.max_steps",
+    "val_check_interval": "trainer.check_val_every_n_epoch",
+    "log_every_n_steps": "log.every_n_steps",
+}
 
 
 def trainer_arguments(cfg: Mapping[str, Any], compile: bool = False) -> tuple[dict[str, Any], StepLoop]:
@@ -42,6 +50,8 @@ def trainer_arguments(cfg: Mapping[str, Any], compile: bool = False) -> tuple[di
     for key in args:
         if key in OWNED:
             raise ConfigError(f"trainer.{key} is set by microtrain; use {OWNED[key]} instead")
+        if key in COUNT_CALLS:
+            raise ConfigError(f"trainer.{key} counts Lightning calls of several steps here; use {COUNT_CALLS[key]} instead")
         if key not in known:
             raise ConfigError(f"trainer.{key} is not an argument of lightning.Trainer; see its documentation for the arguments it takes")
     loop = StepLoop(args.pop("gradient_clip_val", None), args.pop("gradient_clip_algorithm", "norm"), args.pop("accumulate_grad_batches", 1), compile)
@@ -63,13 +73,16 @@ def build_trainer(args: dict[str, Any], **owned: Any) -> L.Trainer:
         raise ConfigError(f"Lightning refused the trainer settings: {str(err).splitlines()[0]}") from None
 
 
-def build_callbacks(cfg: Any, has_val: bool) -> list[L.Callback]:
-    """The ``callbacks`` group's entries, each ``{_target_: ..., **arguments}``."""
+def build_callbacks(cfg: Any, logged: list[str]) -> list[L.Callback]:
+    """The ``callbacks`` group's entries, each ``{_target_: ..., **arguments}``; ``logged`` are
+    the metrics a callback may monitor (none starting with val_ without a validation split)."""
     built = []
     for name, spec in (cfg or {}).items():
         monitor = spec.get("monitor") if isinstance(spec, Mapping) else None
-        if not has_val and isinstance(monitor, str) and monitor.startswith("val_"):
-            raise ConfigError(f"callbacks.{name} monitors {monitor} but the run has no validation split; set data.val_fraction above 0")
+        if isinstance(monitor, str) and monitor not in logged:
+            if monitor.startswith("val_") and not any(m.startswith("val_") for m in logged):
+                raise ConfigError(f"callbacks.{name} monitors {monitor} but the run has no validation split; set data.val_fraction above 0")
+            raise ConfigError(f"callbacks.{name}.monitor={monitor} is not logged by this run; pick one of: {', '.join(logged)}")
         try:
             callback = instantiate(spec)
         except InstantiationException as err:
