@@ -132,4 +132,4 @@ def test_the_compiled_step_is_torch_optims_update(cls, kwargs):
         optimizers[1].step()
         optimizers[1].zero_grad(set_to_none=True)
     for a, b in zip(ours.parameters(), theirs.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # the goal: within 1e-5 of eager
