@@ -43,8 +43,12 @@ def main() -> None:
     command = command_check(args.command_repeats, args.device) if args.command_repeats else None
     if command:
         print(command_line(command))
+    compiled_command = None
+    if args.command_repeats and not args.no_compile:
+        compiled_command = command_check(args.command_repeats, args.device, extra=("loop.compile=true",))
+        print(command_line(compiled_command))
     with open(args.json, "w") as handle:
-        json.dump({"machine": machine, "cases": results, "startup": start, "command": command}, handle, indent=2)
+        json.dump({"machine": machine, "cases": results, "startup": start, "command": command, "compiled_command": compiled_command}, handle, indent=2)
     print(f"raw numbers: {args.json}")
 
 
