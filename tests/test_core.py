@@ -105,3 +105,19 @@ def test_training_step_reads_in_one_screen_and_no_module_is_long():
     long = {p.relative_to(ROOT).as_posix(): n for p in [*SRC.rglob("*.py"), *(ROOT / "scripts").glob("*.py")]
             if (n := len(p.read_text().splitlines())) > 300}
     assert not long
+
+
+def test_any_torch_optim_class_by_name_with_only_its_own_keys(tmp_path):
+    result = train(make_cfg("optimizer=torch", "optimizer.name=RMSprop", "optimizer.lr=0.05", "+optimizer.alpha=0.9", "trainer.max_epochs=10"), tmp_path)
+    assert result.metrics["status"] == "ok" and result.metrics["val_loss"] < 0.1
+    assert type(result.module.optimizers().optimizer).__name__ == "RMSprop"
+
+
+def test_help_lists_every_group_and_the_commented_keys(capsys):
+    from tests_helpers import run_in_process
+
+    code, out, _ = run_in_process(capsys, "train.py", "--help")
+    assert code == 0
+    assert "optimizer: adam, adamw, sgd, torch" in out and "callbacks: early_stopping, none" in out
+    assert "inspect_budget: 0.02   # share of the training time inspection may take" in out
+    assert "model=linear (conf/model/linear.yaml):" in out and "# null = inferred from the data" in out

@@ -53,14 +53,16 @@ def test_csv_round_trip_train_then_predict(tmp_path):
     run = tmp_path / "run"
     result = train(make_cfg("data=csv", f"data.path={table}", "data.target=price", "optimizer.lr=0.02", "trainer.max_epochs=60"), run)
     info = json.loads((run / "data_info.json").read_text())
-    assert info["features"] == ["rooms", "age"]  # the text column is not a feature
+    assert info["features"] == ["rooms", "age", "city=Bergen", "city=Oslo"]  # the text column, one-hot
+    assert info["columns"]["categorical"] == {"city": ["Bergen", "Oslo"]}
     assert result.metrics["test_r2"] > 0.9
-    out = predict_file(run, str(table))
+    out, notes = predict_file(run, str(table))
+    assert notes == []  # every column is an input or the target
     with open(out) as handle:
         rows = list(csv.DictReader(handle))
     assert [r["city"] for r in rows] == [r[0] for r in csv.reader(open(table))][1:]  # input row order kept
     model, _ = load_trained_model(run)
-    x = torch.tensor([[float(r["rooms"]), float(r["age"])] for r in rows])
+    x = torch.tensor([[float(r["rooms"]), float(r["age"]), r["city"] == "Bergen", r["city"] == "Oslo"] for r in rows])
     mean, std = torch.tensor(info["standardize"]["mean"]), torch.tensor(info["standardize"]["std"])
     y_mean, y_std = info["standardize_targets"]["mean"][0], info["standardize_targets"]["std"][0]
     expected = (model((x - mean) / std).detach().reshape(-1) * y_std + y_mean).numpy()
@@ -127,10 +129,10 @@ BAD_FILES = [
     ("empty", [], "the file is empty"),
     ("header only", [["a", "y"]], "only a header row"),
     ("no header", [["1", "2"], ["3", "4"]], "add a header row"),
-    ("ragged", [["a", "y"], ["1", "2"], ["3"]], "row 3 has 1 cells but the header has 2"),
+    ("ragged", [["a", "y"], ["1", "2"], ["3"]], "row 3, column 'y' is empty; fill it, or set data.missing=drop"),
     ("text cell", [["a", "y"], ["1", "2"], ["x7", "3"], ["2", "4"]], "row 3, column 'a': 'x7' is not a number"),
-    ("empty cell", [["a", "y"], ["1", "2"], ["", "3"], ["2", "4"]], "row 3, column 'a': 'empty' is not a number"),
-    ("nan", [["a", "y"], ["1", "2"], ["nan", "3"], ["2", "4"]], "row 3, column 'a': nan is not finite"),
+    ("empty cell", [["a", "y"], ["1", "2"], ["", "3"], ["2", "4"]], "row 3, column 'a' is empty; fill it, or set data.missing=drop or data.missing=mean"),
+    ("NA cell", [["a", "y"], ["1", "2"], ["NA", "3"], ["2", "4"]], "row 3, column 'a' is empty"),
     ("inf", [["a", "y"], ["1", "inf"], ["2", "3"], ["2", "4"]], "row 2, column 'y': inf is not finite"),
 ]
 
@@ -202,3 +204,74 @@ def test_diabetes_linear_r2_over_several_splits(tmp_path):
 def test_digits_mlp_accuracy(tmp_path):
     result = train(make_cfg("model=mlp", "data=digits"), tmp_path)
     assert result.metrics["test_acc"] >= 0.95 and result.metrics["seconds"] < 60
+
+
+def spreadsheet(path, n=160, seed=0):
+    """What an Excel export looks like: ';'-separated, a BOM, NA and blank cells, a text column,
+    an id column and string class labels (M/B) that depend on two numbers and the text column."""
+    rng = np.random.default_rng(seed)
+    lines = ["patient_id;radius;texture;smoker;notes;diagnosis"]
+    for i in range(n):
+        radius, texture, smoker = rng.normal(0, 1), rng.normal(0, 1), rng.choice(["yes", "no"])
+        label = "M" if radius + 0.5 * texture + (0.8 if smoker == "yes" else -0.8) > 0 else "B"
+        cells = [str(1000 + i), f"{radius:.3f}", f"{texture:.3f}", smoker, f"free text {i}", label]
+        if i % 17 == 3:
+            cells[1] = "NA"
+        if i % 23 == 5:
+            cells[2] = ""
+        lines.append(";".join(cells))
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode())
+    return path
+
+
+def test_a_spreadsheet_with_text_missing_cells_and_string_labels_trains_and_predicts(tmp_path, capsys):
+    table = spreadsheet(tmp_path / "patients.csv")
+    run = tmp_path / "run"
+    args = ["data=csv", f"data.path={table}", "data.target=diagnosis", "data.exclude=[patient_id]", "data.missing=drop",
+            "loss=cross_entropy", "model=mlp", "optimizer=adam", "trainer.max_epochs=40"]
+    result = train(make_cfg(*args), run)
+    out = capsys.readouterr().out
+    assert "features (radius, texture, smoker=no, smoker=yes)" in out and "classification, classes B, M" in out
+    assert "dropped patient_id (data.exclude); notes (text with" in out
+    assert result.metrics["test_acc"] > 0.85
+    info = json.loads((run / "data_info.json").read_text())
+    assert info["classes"] == ["B", "M"] and info["columns"]["categorical"] == {"smoker": ["no", "yes"]}
+    # new rows: columns in another order, no target, an extra column, comma-separated
+    new = write_csv(tmp_path / "new.csv", ["smoker", "texture", "radius", "ward"], [["yes", "0.1", "2.0", "A"], ["no", "0.0", "-2.0", "B"]])
+    path, notes = predict_file(run, str(new), probabilities=True)
+    rows = list(csv.DictReader(open(path)))
+    assert [r["predicted_diagnosis"] for r in rows] == ["M", "B"]
+    assert notes == ["not model inputs, copied through: ward"] and rows[0]["ward"] == "A"
+    probs = [float(rows[0]["probability_B"]), float(rows[0]["probability_M"])]
+    assert sum(probs) == pytest.approx(1.0) and probs[1] > 0.5
+
+
+def test_missing_cells_can_take_the_training_means(tmp_path):
+    table = spreadsheet(tmp_path / "patients.csv")
+    args = ["data=csv", f"data.path={table}", "data.target=diagnosis", "data.exclude=[patient_id]", "loss=cross_entropy"]
+    with pytest.raises(DataError, match=r"row 5, column 'radius' is empty; fill it, or set data.missing=drop or data.missing=mean"):
+        prepare_data(make_cfg(*args))
+    dataset, splits, info = prepare_data(make_cfg(*args, "data.missing=mean"))
+    assert len(dataset.x) == 160 and not any(torch.isnan(p[0]).any() for p in (splits.train, splits.val, splits.test))
+    raw = prepare_data(make_cfg(*args, "data.missing=mean", "data.standardize=false"))
+    means = raw[2]["columns"]["means"]
+    train_x = raw[1].train[0]
+    assert float(train_x[:, 0].mean()) == pytest.approx(means[0], rel=1e-5)  # filled cells sit at the mean
+
+
+def test_table_mistakes_are_one_line(tmp_path):
+    dup = tmp_path / "dup.csv"
+    dup.write_text("a,a,y\n1,2,3\n4,5,6\n")
+    with pytest.raises(DataError, match="column 'a' appears more than once"):
+        prepare_data(make_cfg("data=csv", f"data.path={dup}", "data.target=y"))
+    good = write_csv(tmp_path / "t.csv", ["a", "y"], [[str(i), str(i)] for i in range(30)])
+    with pytest.raises(DataError, match="'y' is the target; take it out of data.features"):
+        prepare_data(make_cfg("data=csv", f"data.path={good}", "data.target=y", "data.features=[a,y]"))
+
+
+def test_test_metrics_are_in_the_targets_units(tmp_path):
+    table = house_table(tmp_path / "houses.csv")
+    result = train(make_cfg("data=csv", f"data.path={table}", "data.target=price", "optimizer.lr=0.02", "trainer.max_epochs=60"), tmp_path / "run")
+    m = result.metrics
+    assert 0.5 < m["test_mae"] < 5 and m["test_rmse"] == pytest.approx(m["test_mse"] ** 0.5, rel=1e-4)  # price noise is 2
+    assert m["test_loss"] < 0.05  # the loss stays in standardized units

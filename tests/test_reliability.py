@@ -75,6 +75,10 @@ BAD_INPUTS = [
     (["+trainer.limit_train_batches=1"], "trainer.limit_train_batches counts Lightning calls"),
     (["loop.compile=maybe"], "loop.compile='maybe' must be true or false or auto"),
     (["device.threads=0"], "device.threads=0 must be at least 1"),
+    (["optimizer=torch", "+optimizer.dampening=0.1"], "optimizer torch.optim.RMSprop refused its settings"),
+    (["optimizer=torch", "optimizer.name=Nope"], "cannot be built"),
+    (["data=csv", "data.missing=guess"], "data.missing='guess' is not one of: error, drop, mean"),
+    (["data=csv", "data.categorical=some"], "data.categorical='some' must be auto or none or a list of columns"),
 ]
 
 

@@ -18,9 +18,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
 
+from microtrain import usage
 from microtrain.config import schema
 from microtrain.run import folder as run_folder
-from microtrain.errors import MicrotrainError, TrainingDiverged
+from microtrain.errors import ConfigError, MicrotrainError, TrainingDiverged
 from microtrain.sweep_summary import objective
 
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -168,14 +169,19 @@ def predict_command(cfg: DictConfig) -> None:
     from microtrain.predict import predict_file
 
     try:
-        out = predict_file(Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint)
+        if not isinstance(cfg.probabilities, bool):
+            raise ConfigError(f"probabilities={cfg.probabilities!r} must be true or false")
+        out, notes = predict_file(Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint, cfg.probabilities)
     except MicrotrainError as err:
         error_console.print(f"error: {err}", markup=False, soft_wrap=True)
         sys.exit(2)
+    for note in notes:
+        console.print(f"note: {note}")
     console.print(f"predictions: {out}")
 
 
 CONFIGS = "pkg://microtrain.conf"  # conf/ of the source tree, installed as the package microtrain.conf
+usage.register()  # the --help page's resolver (conf/train.yaml: hydra.help.template)
 
 
 def train_main() -> None:

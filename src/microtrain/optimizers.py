@@ -6,13 +6,16 @@ from typing import Any, Optional
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from microtrain.errors import ConfigError
 
 
 def optimizer_factory(cfg: Mapping[str, Any]) -> Callable[..., torch.optim.Optimizer]:
-    """A function of the parameters, from ``_target_: torch.optim.X`` and ``_partial_: true``."""
-    return OptimizerFactory(_instantiate(cfg, "optimizer"), str(cfg["_target_"]))
+    """A function of the parameters, from ``_target_: torch.optim.X`` and ``_partial_: true``
+    (``optimizer=torch``: ``_target_`` made from ``name``, which is not the class's argument)."""
+    arguments = {k: v for k, v in OmegaConf.to_container(OmegaConf.create(dict(cfg)), resolve=True).items() if k != "name"}
+    return OptimizerFactory(_instantiate(arguments, "optimizer"), str(arguments["_target_"]))
 
 
 class OptimizerFactory:

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from microtrain import models
-from microtrain.data import files
+from microtrain.data import files, tables
 from microtrain.run import folder as run_folder
 from microtrain.errors import ConfigError, DataError
 
@@ -33,38 +33,77 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best") -> tuple[torch.n
     return model.eval(), info
 
 
-def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpoint: str = "best") -> Path:
-    """Write one prediction per input row, in the input's row order; returns the CSV's path."""
+def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpoint: str = "best",
+                 probabilities: bool = False) -> tuple[Path, list[str]]:
+    """Write one prediction per input row, in the input's row order; returns (the CSV, notes).
+
+    A CSV's columns are matched by name, in any order, and encoded as in training (categories,
+    missing cells); other columns are copied through. Targets need not be there."""
     model, info = load_trained_model(run_dir, checkpoint)
     source = files.existing_file(path)
+    notes: list[str] = []
     if source.suffix == ".npz":
-        x, _ = files.read_npz(source)
+        x = files.read_npz(source, need_y=False)[0]
         header, rows = [], [[] for _ in range(len(x))]
+        if x.shape[1] != len(info["features"]):
+            raise DataError(f"{source}: x has {x.shape[1]} columns but the model was trained on {len(info['features'])} features")
     else:
-        x = files.read_csv_matrix(source, info["features"])
-        header, rows = files.read_csv_table(source)
-    if x.shape[1] != len(info["features"]):
-        raise DataError(f"{source}: x has {x.shape[1]} columns but the model was trained on {len(info['features'])} features")
-    predictions = predict(model, info, x)
+        x, header, rows, notes = _table_inputs(source, info)
+    outputs = predict(model, info, x)
     out = Path(output) if output else Path(run_dir) / "predictions.csv"
-    names = [f"predicted_{t}" for t in info["targets"]]
-    _write_csv(out, header + names, [row + [_fmt(v) for v in p] for row, p in zip(rows, predictions.tolist())])
-    return out
+    classes = info.get("classes")
+    if info["task"] == "classification":
+        names = [f"predicted_{info['targets'][0]}"]
+        cells = [[str(classes[int(i)]) if classes else str(int(i))] for i in outputs.argmax(axis=1)]
+        if probabilities:
+            names += [f"probability_{c}" for c in (classes or range(outputs.shape[1]))]
+            cells = [row + [_fmt(p) for p in probs] for row, probs in zip(cells, _softmax(outputs))]
+    else:
+        if probabilities:
+            raise ConfigError("probabilities=true needs a classification run; this run is a regression")
+        names = [f"predicted_{t}" for t in info["targets"]]
+        cells = [[_fmt(v) for v in p] for p in outputs.tolist()]
+    _write_csv(out, header + names, [row + c for row, c in zip(rows, cells)])
+    return out, notes
+
+
+def _table_inputs(source: Path, info: dict) -> tuple[np.ndarray, list[str], list[list[str]], list[str]]:
+    """The model's inputs from a CSV, encoded as the run encoded its training table."""
+    spec = info.get("columns") or {"numeric": info["features"]}  # runs on built-in data: x0, x1, ...
+    columns = tables.Columns(**spec)
+    table = tables.read(source, None)
+    used = [*columns.numeric, *columns.categorical]
+    absent = [c for c in used if c not in table.columns]
+    if absent:
+        raise DataError(f"{source}: no column {absent[0]!r}, which the model was trained on; the file has: {', '.join(table.columns)}")
+    notes = []
+    extra = [c for c in table.columns if c not in used and c not in info["targets"]]
+    if extra:
+        notes.append(f"not model inputs, copied through: {', '.join(extra)}")
+    x = tables.encode(table, columns, source)
+    if np.isnan(x).any():
+        if columns.missing != "mean":
+            tables.handle_missing(x, np.zeros((len(x), 1)), table, source, columns, [])  # raises, naming the cell
+        x = tables.fill(x, columns.means)
+    rows = table.astype(object).where(table.notna(), "").values.tolist()
+    return x, list(table.columns), rows, notes
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, info: dict, x: np.ndarray) -> np.ndarray:
-    """Apply the saved standardization and the model; class labels (argmax) for classification,
+    """Apply the saved standardization and the model: class scores (logits) for classification,
     targets in their own units for regression."""
     inputs = torch.tensor(x, dtype=torch.float32)
     if info.get("standardize"):
         inputs = (inputs - torch.tensor(info["standardize"]["mean"])) / torch.tensor(info["standardize"]["std"])
     outputs = model(inputs)
-    if info["task"] == "classification":
-        return outputs.argmax(dim=1, keepdim=True).numpy()
-    if info.get("standardize_targets"):  # back to the targets' own units
+    if info["task"] == "regression" and info.get("standardize_targets"):  # back to the targets' own units
         outputs = outputs * torch.tensor(info["standardize_targets"]["std"]) + torch.tensor(info["standardize_targets"]["mean"])
     return outputs.numpy()
+
+
+def _softmax(logits: np.ndarray) -> list[list[float]]:
+    return torch.softmax(torch.as_tensor(logits, dtype=torch.float64), dim=1).tolist()
 
 
 def _fmt(value: float) -> str:

@@ -104,6 +104,16 @@ def anything(value: Any, key: str) -> None:
     """Checked where it is used (data rows, init values, file paths, column names)."""
 
 
+def columns_or(*words: str) -> Rule:
+    """One of ``words``, or a list of column names."""
+    def rule(value: Any, key: str) -> None:
+        if value in words or (not isinstance(value, (str, Mapping)) and hasattr(value, "__len__")):
+            return
+        _fail(key, value, f"must be {' or '.join(words)} or a list of columns, like {key}='[sex,smoker]'")
+
+    return rule
+
+
 def pair_of(rule: Rule) -> Rule:
     def check_pair(value: Any, key: str) -> None:
         if isinstance(value, (str, Mapping)) or not hasattr(value, "__len__") or len(value) != 2:
@@ -125,7 +135,9 @@ SPLITS = {
 DATA = {
     "synthetic": {"n_samples": integer(2), "n_features": integer(1), "n_outputs": integer(1), "noise": number(0), "seed": integer(0)},
     "inline": {"x": anything, "y": anything, "seed": integer(0)},
-    "csv": {"path": anything, "target": anything, "features": anything},
+    "csv": {"path": anything, "target": anything, "features": anything, "exclude": anything,
+            "categorical": columns_or("auto", "none"),
+            "missing": choice("error", "drop", "mean"), "sep": text(none=True)},
     "npz": {"path": anything},
     **{name: {} for name in BUNDLED},
 }

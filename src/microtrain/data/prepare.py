@@ -5,15 +5,20 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+import torch
+
 from microtrain import losses
+from microtrain.data import tables
+from microtrain.data.tables import Columns
+from microtrain.errors import DataError
 from microtrain.data.sources import Dataset, load
 from microtrain.data.splits import Splits, Standardizer, as_class_labels, check_classes_seen_in_training, split
 
 
 def prepare_data(cfg: DictConfig) -> tuple[Dataset, Splits, dict[str, Any]]:
     """Load, label, split and standardize the data; describe what was done in ``info``."""
-    dataset = load(cfg.data)
     classify = losses.is_classification(cfg.loss)
+    dataset = load(cfg.data, classify)
     if classify:
         dataset.y = as_class_labels(dataset.y, dataset.source)
     splits = split(
@@ -24,6 +29,9 @@ def prepare_data(cfg: DictConfig) -> tuple[Dataset, Splits, dict[str, Any]]:
     )
     if classify:
         check_classes_seen_in_training(splits, dataset.source)
+    columns = dataset.columns
+    if columns is not None and columns.missing == "mean":
+        splits = _impute(splits, columns, dataset.source)
     info: dict[str, Any] = {
         "source": dataset.source,
         "features": dataset.features or [f"x{i}" for i in range(dataset.x.shape[1])],
@@ -32,6 +40,8 @@ def prepare_data(cfg: DictConfig) -> tuple[Dataset, Splits, dict[str, Any]]:
         "n_outputs": int(dataset.y.max()) + 1 if classify else dataset.y.shape[1],
         "rows": {k: 0 if p is None else len(p[0]) for k, p in vars(splits).items()},
         "standardize": None,
+        "columns": None if columns is None else columns.to_json(),
+        "classes": None if columns is None else columns.classes,
     }
     if cfg.data.standardize:
         scaler = Standardizer.fit(splits.train[0])
@@ -44,3 +54,26 @@ def prepare_data(cfg: DictConfig) -> tuple[Dataset, Splits, dict[str, Any]]:
         splits = scaler.apply(splits, targets=True)
         info["standardize_targets"] = {"mean": scaler.mean.tolist(), "std": scaler.std.tolist()}
     return dataset, splits, info
+
+
+def _impute(splits: Splits, columns: Columns, source: str) -> Splits:
+    """data.missing=mean: every split's missing cells get the training split's feature means."""
+    means = torch.nanmean(splits.train[0].double(), dim=0)
+    empty = [name for name, mean in zip(columns.features, means.tolist()) if mean != mean]
+    if empty:
+        raise DataError(f"{source}: column {empty[0]!r} has no value in the training split to take a mean of")
+    columns.means = means.tolist()
+    fill = lambda pair: None if pair is None else (tables.fill(pair[0], columns.means), pair[1])  # noqa: E731
+    return Splits(fill(splits.train), fill(splits.val), fill(splits.test))
+
+
+def describe(info: dict[str, Any]) -> str:
+    """What the run trains on, printed at its start: features, target, task, and what was dropped."""
+    features = info["features"]
+    shown = ", ".join(features[:8]) + (f", ... ({len(features)} in all)" if len(features) > 8 else "")
+    task = info["task"] + (f", classes {', '.join(map(str, info['classes']))}" if info.get("classes") else "")
+    line = f"data: {info['source']}: {len(features)} features ({shown}); target {', '.join(info['targets'])} ({task})"
+    dropped = (info.get("columns") or {}).get("dropped") or {}
+    if dropped:
+        line += "; dropped " + "; ".join(f"{name} ({why})" for name, why in dropped.items())
+    return line

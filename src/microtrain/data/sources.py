@@ -12,7 +12,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from microtrain.data import files
+from microtrain.data import files, tables
 from microtrain.data.bundled import load_bundled
 from microtrain.errors import DataError
 
@@ -27,16 +27,17 @@ class Dataset:
     features: list[str] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     truth: dict[str, Any] = field(default_factory=dict)  # the generating parameters, when known
+    columns: Optional[tables.Columns] = None  # a table's column choices (data.tables), saved for predictions
 
 
-def load(cfg: Mapping[str, Any]) -> Dataset:
+def load(cfg: Mapping[str, Any], classify: bool = False) -> Dataset:
     name = cfg["name"]
     if name == "synthetic":
         return synthetic(cfg)
     if name == "inline":
         return inline(cfg)
     if name == "csv":
-        return csv_file(cfg)
+        return csv_file(cfg, classify)
     if name == "npz":
         path = files.existing_file(cfg["path"])
         x, y = files.read_npz(path)
@@ -65,13 +66,23 @@ def inline(cfg: Mapping[str, Any]) -> Dataset:
     return Dataset(x, y, "data=inline")
 
 
-def csv_file(cfg: Mapping[str, Any]) -> Dataset:
+def csv_file(cfg: Mapping[str, Any], classify: bool) -> Dataset:
+    """A table read by ``data.tables``: its columns chosen, encoded and described in ``columns``."""
     path = files.existing_file(cfg["path"])
+    target = cfg["target"]
+    targets = [target] if isinstance(target, str) else list(target or [])
+    if not targets:
+        raise DataError(f"{path}: data.target is not set; name the target column(s), e.g. data.target=price")
+    table = tables.read(path, cfg["sep"])
     features = None if cfg["features"] is None else list(cfg["features"])
-    features, targets = files.csv_columns(path, cfg["target"], features)
-    x = files.read_csv_matrix(path, features)
-    y = files.read_csv_matrix(path, targets)
-    return _dataset(x, y, str(path), features, targets)
+    categorical = cfg["categorical"] if isinstance(cfg["categorical"], str) else list(cfg["categorical"])
+    columns = tables.choose(table, path, targets, features, list(cfg["exclude"] or []), categorical, cfg["missing"])
+    x = tables.encode(table, columns, path)
+    y = tables.labels(table, targets, path, classify, columns)
+    x, y = tables.handle_missing(x, y, table, path, columns, targets)
+    dataset = _dataset(x, y, str(path), columns.features, targets)
+    dataset.columns = columns
+    return dataset
 
 
 def _dataset(x: np.ndarray, y: np.ndarray, source: str, features: Optional[list[str]] = None, targets: Optional[list[str]] = None) -> Dataset:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import lightning as L
+import torch
 from omegaconf import DictConfig
 
 from microtrain import losses, models, optimizers
@@ -47,6 +48,8 @@ def prepare(cfg: DictConfig, loop: Optional[StepLoop] = None) -> Prepared:
         test_metrics=build_metrics(info["task"], info["n_outputs"], rows(splits.test), "test_"),
         loop=loop,
     )
+    if info["standardize_targets"]:
+        module.target_scale = (torch.tensor(info["standardize_targets"]["mean"]), torch.tensor(info["standardize_targets"]["std"]))
     # Built once and thrown away: an optimizer or scheduler that refuses its settings is one line
     # now, before anything is written, not a traceback once training starts.
     trial = module.make_optimizer(model.parameters())

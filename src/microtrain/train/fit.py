@@ -1,5 +1,6 @@
 """``train(cfg, run_dir)``: build data, model, loss and optimizer from a config and fit them with Lightning."""
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from microtrain.monitor.parameters import ParameterInspector
 from microtrain.run import folder as run_folder
 from microtrain.run.checkpoint_io import AtomicCheckpointIO
 from microtrain.run.checkpoints import checkpoint_callbacks
+from microtrain.data.prepare import describe as describe_data
 from microtrain.train.build import Prepared, multiply_adds_per_step, prepare
 from microtrain.monitor.progress import StepProgressBar
 from microtrain.train.module import Trainee
@@ -42,6 +44,8 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResult:
     plan = device.resolve(cfg.device)
     trainer_args, loop = trainer_arguments(cfg.trainer, cfg.loop.compile)
     prepared = prepare(cfg, loop)
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
+        print(describe_data(prepared.data_info), flush=True)
     loop.multiply_adds = multiply_adds_per_step(cfg, prepared.module.model, prepared.splits)
     threads_before = torch.get_num_threads()
     threads = device.use_threads(cfg.device.threads, loop.multiply_adds)

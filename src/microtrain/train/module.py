@@ -40,6 +40,8 @@ class Trainee(L.LightningModule):
         self.loss_window = LossWindow()
         self.val_metrics = val_metrics
         self.test_metrics = test_metrics
+        # (mean, std) of standardized regression targets: test metrics are reported in the units
+        self.target_scale: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -111,7 +113,11 @@ class Trainee(L.LightningModule):
         # Lightning's x-axis counts calls (several optimizer steps each); "step" sets it to the step
         self.log("step", float(self.global_step), on_epoch=True, batch_size=len(x))
         if metrics is not None:
-            metrics.update(self.predict_targets(prediction), y)
+            prediction = self.predict_targets(prediction)
+            if stage == "test" and self.target_scale is not None:
+                mean, std = (t.to(y) for t in self.target_scale)
+                prediction, y = prediction * std + mean, y * std + mean
+            metrics.update(prediction, y)
             # logging the collection lets Lightning compute it once per epoch and reset it
             self.log_dict(metrics, on_epoch=True, on_step=False, batch_size=len(x))
 

@@ -1,0 +1,198 @@
+"""A user's table (CSV) as model inputs: read with pandas, columns chosen and encoded, and the
+choices saved so that ``predict.py`` turns new rows into the same inputs.
+
+pandas reads what spreadsheets write: a UTF-8 byte-order mark, quoted fields, ``NA`` or empty
+cells (missing), and any of ``, ; tab |`` as the separator (sniffed; ``data.sep`` forces one).
+pandas is imported here only, when a CSV is read: ~0.3 s that other runs do not pay.
+
+The choices (``Columns``): which columns are features, which text columns are one-hot encoded
+(``data.categorical``), which are dropped and why, how missing cells are handled
+(``data.missing``: error | drop | mean), and the class names of a text label column.
+"""
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from microtrain.errors import DataError
+
+MISSING = ("", "NA", "N/A", "NaN", "nan", "null", "NULL", "None", "?")
+MAX_CATEGORIES = 20  # auto: a text column with at most this many values is categorical
+
+
+@dataclass
+class Columns:
+    """What was chosen, saved in data_info.json as ``columns``."""
+
+    numeric: list[str] = field(default_factory=list)
+    categorical: dict[str, list[str]] = field(default_factory=dict)  # column -> its categories, in order
+    dropped: dict[str, str] = field(default_factory=dict)  # column -> why
+    classes: Optional[list[str]] = None  # a text label column's classes, by index
+    missing: str = "error"
+    means: Optional[list[float]] = None  # missing=mean: the training split's feature means
+
+    @property
+    def features(self) -> list[str]:
+        """The model's inputs: numeric columns, then one per category (``sex=M``)."""
+        return self.numeric + [f"{c}={v}" for c, values in self.categorical.items() for v in values]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read(path: Path, sep: Optional[str]) -> Any:
+    """The table as text cells (a pandas DataFrame of str, missing cells as NaN)."""
+    import csv
+
+    import pandas as pd
+
+    if not path.read_bytes().strip(b" \t\r\n\xef\xbb\xbf"):
+        raise DataError(f"{path}: the file is empty; it needs a header row and data rows")
+    try:
+        table = pd.read_csv(path, sep=sep, engine="python", encoding="utf-8-sig", dtype=str, header=None,
+                            keep_default_na=False, skip_blank_lines=True)
+    except (UnicodeDecodeError, csv.Error, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+        if isinstance(err, pd.errors.EmptyDataError):
+            raise DataError(f"{path}: the file is empty; it needs a header row and data rows") from None
+        raise DataError(f"{path}: not a readable table ({str(err).strip().splitlines()[0]}); set data.sep if it is not sniffed") from None
+    header = [str(c).strip() for c in table.iloc[0]]
+    if all(_number(c) for c in header):
+        raise DataError(f"{path}: the first row is all numbers; add a header row naming the columns")
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise DataError(f"{path}: column {twice[0]!r} appears more than once; give every column its own name")
+    body = table.iloc[1:].reset_index(drop=True)
+    if body.empty:
+        raise DataError(f"{path}: only a header row, no data rows")
+    body.columns = header
+    body = body.apply(lambda column: column.str.strip())
+    return body.mask(body.isin(MISSING))
+
+
+def choose(table: Any, path: Path, targets: list[str], features: Optional[list[str]], exclude: list[str],
+           categorical: Any, missing: str) -> Columns:
+    """Decide each column's role: target, numeric feature, one-hot feature, or dropped (and why)."""
+    for name in [*targets, *(features or []), *exclude]:
+        if name not in table.columns:
+            raise DataError(f"{path}: no column {name!r}; the columns are: {', '.join(table.columns)}")
+    leaked = [t for t in targets if t in (features or []) or t in exclude]
+    if leaked:
+        raise DataError(f"{path}: {leaked[0]!r} is the target; take it out of data.features and data.exclude")
+    listed = [] if categorical in ("auto", "none") else list(categorical)
+    columns = Columns(missing=missing)
+    for name in table.columns:
+        if name in targets:
+            continue
+        if name in exclude:
+            columns.dropped[name] = "data.exclude"
+        elif features is not None and name not in features:
+            columns.dropped[name] = "not in data.features"
+        elif name in listed or (not _numeric(table[name]) and categorical == "auto" and _few(table[name])):
+            columns.categorical[name] = sorted(table[name].dropna().unique().tolist())
+        elif _numeric(table[name]):  # a stray text cell in it is a mistake, named when encoding
+            columns.numeric.append(name)
+        elif features is not None:
+            raise DataError(f"{path}: column {name!r} holds text; list it in data.categorical to one-hot encode it")
+        else:
+            distinct = table[name].nunique()
+            columns.dropped[name] = f"text with {distinct} distinct values; list it in data.categorical to encode it"
+    if not columns.features:
+        raise DataError(f"{path}: no feature columns besides the target; set data.features")
+    return columns
+
+
+def encode(table: Any, columns: Columns, path: Path) -> np.ndarray:
+    """The feature matrix (rows × features), float64; missing cells are NaN here (see ``fill``)."""
+    parts = []
+    for name in columns.numeric:
+        parts.append(_as_numbers(table[name], path, name)[:, None])
+    for name, values in columns.categorical.items():
+        cells = table[name]
+        unseen = sorted(set(cells.dropna()) - set(values))
+        if unseen:
+            raise DataError(f"{path}: column {name!r} holds {unseen[0]!r}, a category training never saw (it saw: {', '.join(values)})")
+        one_hot = np.stack([(cells == v).to_numpy(dtype=np.float64) for v in values], axis=1)
+        one_hot[cells.isna().to_numpy()] = np.nan  # missing, as for a number
+        parts.append(one_hot)
+    return np.concatenate(parts, axis=1)
+
+
+def labels(table: Any, targets: list[str], path: Path, classify: bool, columns: Columns) -> np.ndarray:
+    """The target matrix; text class labels become classes 0..k−1 (``columns.classes``)."""
+    if classify and len(targets) == 1 and not _all_numbers(table[targets[0]]):
+        cells = table[targets[0]]
+        if columns.classes is None:
+            columns.classes = sorted(cells.dropna().unique().tolist())
+        index = {name: i for i, name in enumerate(columns.classes)}
+        return cells.map(index).to_numpy(dtype=np.float64)[:, None]
+    return np.stack([_as_numbers(table[t], path, t) for t in targets], axis=1)
+
+
+def handle_missing(x: np.ndarray, y: np.ndarray, table: Any, path: Path, columns: Columns, targets: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """data.missing: error names the first missing cell; drop removes its rows; mean keeps the
+    rows (the training split's means fill them, ``fill``). A row without a target is always an
+    error or dropped: there is nothing to learn from it."""
+    holes = np.isnan(x).any(axis=1) | np.isnan(y).any(axis=1)
+    if not holes.any():
+        return x, y
+    if columns.missing == "drop" or (columns.missing == "mean" and np.isnan(y).any()):
+        keep = ~holes if columns.missing == "drop" else ~np.isnan(y).any(axis=1)
+        return x[keep], y[keep]
+    if columns.missing == "mean":
+        return x, y
+    row = int(np.argmax(holes))
+    name = next(c for c in [*columns.numeric, *columns.categorical, *targets] if table[c].isna().iloc[row])
+    raise DataError(f"{path}: row {row + 2}, column {name!r} is empty; fill it, or set data.missing=drop or data.missing=mean")
+
+
+def fill(x: Any, means: list[float]) -> Any:
+    """Missing cells (NaN) get the training split's means; works on tensors and arrays."""
+    import torch
+
+    values = torch.as_tensor(means, dtype=x.dtype) if isinstance(x, torch.Tensor) else np.asarray(means)
+    holes = x.isnan() if isinstance(x, torch.Tensor) else np.isnan(x)
+    return x.where(~holes, values.expand_as(x)) if isinstance(x, torch.Tensor) else np.where(holes, values, x)
+
+
+def _as_numbers(cells: Any, path: Path, name: str) -> np.ndarray:
+    import pandas as pd
+
+    numbers = pd.to_numeric(cells, errors="coerce")
+    bad = numbers.isna() & cells.notna()
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise DataError(f"{path}: row {row + 2}, column {name!r}: {cells.iloc[row]!r} is not a number")
+    values = numbers.to_numpy(dtype=np.float64)
+    if np.isinf(values).any():
+        row = int(np.isinf(values).argmax())
+        raise DataError(f"{path}: row {row + 2}, column {name!r}: {cells.iloc[row]} is not finite; remove or fill it")
+    return values
+
+
+def _numeric(cells: Any) -> bool:
+    """Most present cells are numbers (a column with none present counts as numeric)."""
+    import pandas as pd
+
+    present = cells.dropna()
+    return bool(pd.to_numeric(present, errors="coerce").notna().mean() >= 0.5) if len(present) else True
+
+
+def _all_numbers(cells: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.to_numeric(cells.dropna(), errors="coerce").notna().all())
+
+
+def _few(cells: Any) -> bool:
+    distinct = cells.nunique()
+    return distinct <= MAX_CATEGORIES and distinct < max(len(cells) / 2, 2)
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,48 @@
+"""``microtrain-train --help``: every config group with its options, and every key of the
+default run with the comment its YAML file gives it. Made from the shipped YAML files when asked
+(a Hydra help template filled by the ``microtrain_help`` resolver), so it cannot drift from them."""
+
+from importlib.resources import files
+
+from omegaconf import OmegaConf
+
+HEADER = """microtrain-train [group=option ...] [key=value ...]   (also python -m microtrain, scripts/train.py)
+Train a linear model or a two-layer MLP and see what its weights and gradients do.
+Examples:
+  microtrain-train model=mlp optimizer.lr=0.1
+  microtrain-train -m optimizer.lr=0.01,0.1 model=linear,mlp      (a sweep)
+  microtrain-train --config-dir=my_configs model=wide             (your own configs)
+"""
+SKIP = ("hydra", "experiment", "hparams_search")  # Hydra's own groups; recipes are listed by name only
+
+
+def help_text(command: str = "train") -> str:
+    """The help page; ``$`` is doubled because Hydra fills the page as a ``string.Template``."""
+    conf = files("microtrain.conf")
+    top = (conf / f"{command}.yaml").read_text()
+    sections = [HEADER, "Config groups (group=option):", "$APP_CONFIG_GROUPS",
+                f"Keys of conf/{command}.yaml, with their comments:", _without_hydra(top)]
+    defaults = OmegaConf.to_container(OmegaConf.create(top))["defaults"]
+    for entry in defaults:
+        if not isinstance(entry, dict) or not entry:
+            continue
+        group, option = next(iter(entry.items()))
+        if option is None or group.startswith("override") or group in SKIP or not isinstance(option, str):
+            continue
+        sections.append(f"{group}={option} (conf/{group}/{option}.yaml):\n" + _indented((conf / group / f"{option}.yaml").read_text()))
+    sections.append("Other options' keys: their files in conf/<group>/; explain_step's in conf/explain.yaml.")
+    return "\n".join(sections).replace("$", "$$").replace("$$APP_CONFIG_GROUPS", "$APP_CONFIG_GROUPS")
+
+
+def _without_hydra(text: str) -> str:
+    """train.yaml up to its hydra: section (Hydra's run folders and launchers, not training keys)."""
+    return text.split("\nhydra:")[0].rstrip() + "\n"
+
+
+def _indented(text: str) -> str:
+    return "".join(f"  {line}\n" for line in text.splitlines())
+
+
+def register() -> None:
+    if not OmegaConf.has_resolver("microtrain_help"):
+        OmegaConf.register_new_resolver("microtrain_help", help_text)
