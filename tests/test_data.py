@@ -275,3 +275,24 @@ def test_test_metrics_are_in_the_targets_units(tmp_path):
     m = result.metrics
     assert 0.5 < m["test_mae"] < 5 and m["test_rmse"] == pytest.approx(m["test_mse"] ** 0.5, rel=1e-4)  # price noise is 2
     assert m["test_loss"] < 0.05  # the loss stays in standardized units
+
+
+def test_categories_sep_and_npz_inputs_for_predictions(tmp_path):
+    table = spreadsheet(tmp_path / "patients.csv")
+    base = ["data=csv", f"data.path={table}", "data.target=diagnosis", "data.exclude=[patient_id]", "data.missing=drop",
+            "loss=cross_entropy", "trainer.max_epochs=2", "data.sep=;"]
+    dropped = prepare_data(make_cfg(*base, "data.categorical=none"))[2]
+    assert dropped["features"] == ["radius", "texture"] and "smoker" in dropped["columns"]["dropped"]
+    listed = prepare_data(make_cfg(*base, "data.categorical=[smoker,notes]"))[2]
+    assert len(listed["columns"]["categorical"]["notes"]) > 100  # asked for: encoded, however many values
+    run = tmp_path / "run"
+    train(make_cfg(*base), run)
+    unseen = write_csv(tmp_path / "new.csv", ["radius", "texture", "smoker"], [["1", "1", "sometimes"]])
+    with pytest.raises(DataError, match="column 'smoker' holds 'sometimes', a category training never saw"):
+        predict_file(run, str(unseen))
+    quoted = write_csv(tmp_path / "quoted.csv", ["radius", "texture", "smoker", "ward"], [["1", "1", "yes", "east, 2nd floor"]])
+    path, _ = predict_file(run, str(quoted))
+    assert list(csv.DictReader(open(path)))[0]["ward"] == "east, 2nd floor"
+    np.savez(tmp_path / "x_only.npz", x=np.array([[1.0, 1.0, 0.0, 1.0], [-1.0, -1.0, 1.0, 0.0]]))
+    path, _ = predict_file(run, str(tmp_path / "x_only.npz"))
+    assert [r["predicted_diagnosis"] for r in csv.DictReader(open(path))][0] in ("B", "M")
