@@ -231,7 +231,7 @@ def test_a_spreadsheet_with_text_missing_cells_and_string_labels_trains_and_pred
             "loss=cross_entropy", "model=mlp", "optimizer=adam", "trainer.max_epochs=40"]
     result = train(make_cfg(*args), run)
     out = capsys.readouterr().out
-    assert "features (radius, texture, smoker=no, smoker=yes)" in out and "classification, classes B, M" in out
+    assert "4 features (radius, texture, smoker=no, smoker=yes)" in out and "classification, classes B, M" in out
     assert "dropped patient_id (data.exclude); notes (text with" in out
     assert result.metrics["test_acc"] > 0.85
     info = json.loads((run / "data_info.json").read_text())
@@ -280,7 +280,7 @@ def test_test_metrics_are_in_the_targets_units(tmp_path):
 def test_categories_sep_and_npz_inputs_for_predictions(tmp_path):
     table = spreadsheet(tmp_path / "patients.csv")
     base = ["data=csv", f"data.path={table}", "data.target=diagnosis", "data.exclude=[patient_id]", "data.missing=drop",
-            "loss=cross_entropy", "trainer.max_epochs=2", "data.sep=;"]
+            "loss=cross_entropy", "trainer.max_epochs=2", "data.sep=';'"]
     dropped = prepare_data(make_cfg(*base, "data.categorical=none"))[2]
     assert dropped["features"] == ["radius", "texture"] and "smoker" in dropped["columns"]["dropped"]
     listed = prepare_data(make_cfg(*base, "data.categorical=[smoker,notes]"))[2]

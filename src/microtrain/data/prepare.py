@@ -72,7 +72,7 @@ def describe(info: dict[str, Any]) -> str:
     features = info["features"]
     shown = ", ".join(features[:8]) + (f", ... ({len(features)} in all)" if len(features) > 8 else "")
     task = info["task"] + (f", classes {', '.join(map(str, info['classes']))}" if info.get("classes") else "")
-    line = f"data: {info['source']}: {len(features)} features ({shown}); target {', '.join(info['targets'])} ({task})"
+    line = f"data: {info['source']}, {len(features)} features ({shown}); target {', '.join(info['targets'])} ({task})"
     dropped = (info.get("columns") or {}).get("dropped") or {}
     if dropped:
         line += "; dropped " + "; ".join(f"{name} ({why})" for name, why in dropped.items())
