@@ -104,12 +104,10 @@ def test_threads_auto_gives_tiny_models_one_thread_and_a_number_sets_it(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cls, kwargs", [
-    (torch.optim.SGD, {"lr": 0.05, "weight_decay": 0.01}),
+@pytest.mark.parametrize("cls, kwargs", [  # AdamW: test_300_compiled_steps_land_within_1e_5_of_eager
     (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}),
     (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
     (torch.optim.Adam, {"lr": 0.01, "weight_decay": 0.01}),
-    (torch.optim.AdamW, {"lr": 0.01, "weight_decay": 0.1}),
 ])
 def test_the_compiled_step_is_torch_optims_update(cls, kwargs):
     """Twenty compiled steps against twenty torch.optim steps from the same start (rounding only)."""

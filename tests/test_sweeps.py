@@ -85,8 +85,9 @@ def test_ddp_on_two_cpu_processes_writes_one_metrics_file(tmp_path):
 
 
 def test_ddp_inside_a_sweep_runs_as_ddp_spawn(tmp_path):
-    done, rows = sweep(tmp_path, "trainer.devices=2", "trainer.strategy=ddp", "optimizer.lr=0.01,0.1")
+    # one job is enough to show it (each job starts two processes that import torch: ~15 s)
+    done, rows = sweep(tmp_path, "trainer.devices=2", "trainer.strategy=ddp", "optimizer.lr=0.01")
     assert "runs as ddp_spawn" in done.stdout
-    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert [r["status"] for r in rows] == ["ok"]
     folders = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    assert len(folders) == 2 and all(job_metrics(f)["steps"] == 26 for f in folders)
+    assert len(folders) == 1 and all(job_metrics(f)["steps"] == 26 for f in folders)
