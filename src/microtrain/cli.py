@@ -59,6 +59,7 @@ def train_command(cfg: DictConfig) -> float:
         from lightning.fabric.plugins.environments import SLURMEnvironment  # deferred: importing Lightning takes seconds
 
         from microtrain.train.fit import train
+        from microtrain.train.trainer import trainer_arguments
 
     quiet_libraries()  # after the import, which sets Lightning's log level
 
@@ -71,6 +72,7 @@ def train_command(cfg: DictConfig) -> float:
         cfg.trainer.strategy = "ddp_spawn"
     try:
         schema.check(cfg)
+        trainer_arguments(cfg.trainer)  # a Trainer argument Lightning does not have: one line, before the tree
         print_start(cfg)
         result = train(cfg, run_dir)
     except MicrotrainError as err:
