@@ -19,7 +19,6 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from microtrain import usage
-from microtrain.config import schema
 from microtrain.run import folder as run_folder
 from microtrain.errors import ConfigError, MicrotrainError, TrainingDiverged
 from microtrain.sweep_summary import objective
@@ -58,6 +57,7 @@ def train_command(cfg: DictConfig) -> float:
     with start_up_collection_paused():
         from lightning.fabric.plugins.environments import SLURMEnvironment  # deferred: importing Lightning takes seconds
 
+        from microtrain.config import schema  # imports torch: inside the pause too
         from microtrain.train.fit import train
         from microtrain.train.trainer import trainer_arguments
 
