@@ -244,6 +244,11 @@ def test_a_spreadsheet_with_text_missing_cells_and_string_labels_trains_and_pred
     assert notes == ["not model inputs, copied through: ward"] and rows[0]["ward"] == "A"
     probs = [float(rows[0]["probability_B"]), float(rows[0]["probability_M"])]
     assert sum(probs) == pytest.approx(1.0) and probs[1] > 0.5
+    # the training table itself, NA cells and all: as in training (drop), those rows get no prediction
+    path, notes = predict_file(run, str(table))
+    rows = list(csv.DictReader(open(path, encoding="utf-8-sig"), delimiter=","))
+    blank = [r for r in rows if r["predicted_diagnosis"] == ""]
+    assert len(rows) == 160 and len(blank) == 17 and notes[-1].startswith("17 rows with a missing input get no prediction")
 
 
 def test_missing_cells_can_take_the_training_means(tmp_path):

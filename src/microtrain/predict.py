@@ -49,7 +49,8 @@ def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpo
             raise DataError(f"{source}: x has {x.shape[1]} columns but the model was trained on {len(info['features'])} features")
     else:
         x, header, rows, notes = _table_inputs(source, info)
-    outputs = predict(model, info, x)
+    holes = np.isnan(x).any(axis=1)
+    outputs = predict(model, info, np.nan_to_num(x))
     out = Path(output) if output else Path(run_dir) / "predictions.csv"
     classes = info.get("classes")
     if info["task"] == "classification":
@@ -63,6 +64,7 @@ def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpo
             raise ConfigError("probabilities=true needs a classification run; this run is a regression")
         names = [f"predicted_{t}" for t in info["targets"]]
         cells = [[_fmt(v) for v in p] for p in outputs.tolist()]
+    cells = [[""] * len(c) if hole else c for c, hole in zip(cells, holes)]
     _write_csv(out, header + names, [row + c for row, c in zip(rows, cells)])
     return out, notes
 
@@ -81,10 +83,14 @@ def _table_inputs(source: Path, info: dict) -> tuple[np.ndarray, list[str], list
     if extra:
         notes.append(f"not model inputs, copied through: {', '.join(extra)}")
     x = tables.encode(table, columns, source)
-    if np.isnan(x).any():
-        if columns.missing != "mean":
+    holes = np.isnan(x).any(axis=1)
+    if holes.any():
+        if columns.missing == "mean":
+            x = tables.fill(x, columns.means)
+        elif columns.missing == "drop":  # as in training: a row with a missing input gets no prediction
+            notes.append(f"{int(holes.sum())} rows with a missing input get no prediction (the run used data.missing=drop)")
+        else:
             tables.handle_missing(x, np.zeros((len(x), 1)), table, source, columns, [])  # raises, naming the cell
-        x = tables.fill(x, columns.means)
     rows = table.astype(object).where(table.notna(), "").values.tolist()
     return x, list(table.columns), rows, notes
 
