@@ -2,11 +2,11 @@
 
 from typing import Any
 
-import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 
-def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
+def log_hparams(logger: TensorBoardLogger, cfg: DictConfig, metrics: dict[str, Any]) -> None:
     """One HParams entry per run with its real final metrics, so sweep runs line up in TensorBoard."""
     params = {
         "model": cfg.model.name,
@@ -20,6 +20,6 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) ->
         "seed": cfg.seed,
     }
     final = {f"hparams/{k}": v for k, v in metrics.items() if k.split("_")[0] in ("train", "val", "test") and isinstance(v, float)}
-    trainer.logger.log_hyperparams(params, final)
-    trainer.logger.experiment.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```")
-    trainer.logger.experiment.flush()
+    logger.log_hyperparams(params, final)
+    logger.experiment.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```")
+    logger.experiment.flush()

@@ -66,7 +66,7 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResult:
     if prepared.splits.test is not None:
         metrics.update(_test_best_checkpoint(trainer, prepared))
     if trainer.is_global_zero:
-        log_hparams(trainer, cfg, metrics)
+        log_hparams(trainer.logger, cfg, metrics)
         run_folder.write_json_atomic(run_dir / run_folder.METRICS, metrics)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
     return RunResult(run_dir, metrics, plan.description, best or None, prepared.module, trainer.is_global_zero)

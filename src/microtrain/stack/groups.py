@@ -1,0 +1,117 @@
+"""Which jobs of a sweep train stacked: the ones whose configs agree on everything a stacked
+model shares (model shape, data, batch size, loss, optimizer class, precision, device, run length,
+logging), and differ at most in what each copy may hold for itself."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+# What each stacked job may hold for itself: its update's hyper-parameters, its scheduler's
+# parameters, its seed (initial weights and batch order) and its initial weights.
+PER_JOB = ("seed", "optimizer.lr", "optimizer.momentum", "optimizer.dampening", "optimizer.weight_decay",
+           "optimizer.nesterov", "optimizer.betas", "optimizer.eps", "model.init", "model.init_gain",
+           "model.init_std", "model.init_values", "optimize.", "trainer.enable_progress_bar", "resume")
+STACKED_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW")
+# Trainer arguments the stacked loop carries out itself; any other one runs its job alone.
+STACKED_TRAINER = {"max_epochs", "max_steps", "devices", "num_nodes", "strategy", "enable_progress_bar", "deterministic",
+                   "check_val_every_n_epoch", "gradient_clip_val", "gradient_clip_algorithm"}
+OFF_BY_DEFAULT = {"maximize": False, "amsgrad": False, "foreach": None, "fused": None, "capturable": False, "differentiable": False}
+
+
+@dataclass
+class Group:
+    jobs: list[int]  # indexes into the sweep's jobs
+    shared: dict[str, Any] = field(default_factory=dict)  # the flat keys they agree on
+
+
+def flat(cfg: DictConfig) -> dict[str, Any]:
+    """The job's config as dotted keys (hydra.* left out), values resolved."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    tree.pop("hydra", None)
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(tree, "")
+    return out
+
+
+def per_job(key: str) -> bool:
+    return key.startswith("scheduler.") and key != "scheduler._target_" or any(
+        key == k or (k.endswith(".") and key.startswith(k)) or key.startswith(k + ".") for k in PER_JOB
+    )
+
+
+def why_alone(cfg: DictConfig) -> Optional[str]:
+    """Why this job cannot train stacked at all, or None."""
+    target = str(cfg.optimizer.get("_target_"))
+    if target not in STACKED_OPTIMIZERS:
+        return f"optimizer {target} has no stacked update (SGD, Adam and AdamW have)"
+    for key, off in OFF_BY_DEFAULT.items():
+        if cfg.optimizer.get(key, off) != off:
+            return f"optimizer.{key}={cfg.optimizer[key]} has no stacked update"
+    if cfg.scheduler and "ReduceLROnPlateau" in str(cfg.scheduler.get("_target_", "")):
+        return "ReduceLROnPlateau steps on a metric, which the stacked loop does not hand it"
+    if cfg.callbacks:
+        return "callbacks (such as early stopping) end jobs at different times"
+    for key in cfg.trainer:
+        if key not in STACKED_TRAINER:
+            return f"trainer.{key} is carried out by Lightning, which runs one model"
+    if cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1 or cfg.trainer.strategy != "auto":
+        return "several devices or a strategy train one model per process"
+    if str(cfg.device.precision) in ("16-mixed", "bf16-mixed"):
+        return f"device.precision={cfg.device.precision} scales losses per model"
+    if cfg.checkpoint.every_n_steps:
+        return "checkpoint.every_n_steps writes mid-epoch checkpoints, which the stacked loop does not"
+    return None
+
+
+def group_jobs(cfgs: Sequence[DictConfig], resumed_at: Sequence[int]) -> tuple[list[Group], dict[int, str]]:
+    """(groups of two or more jobs that stack, {job: why it runs alone}). Jobs resumed from
+    different steps stack apart; a group of one runs alone."""
+    alone: dict[int, str] = {}
+    groups: list[Group] = []
+    for index, cfg in enumerate(cfgs):
+        reason = why_alone(cfg)
+        if reason:
+            alone[index] = reason
+            continue
+        keys = {k: v for k, v in flat(cfg).items() if not per_job(k)} | {"(resumed at step)": resumed_at[index]}
+        for group in groups:
+            if group.shared == keys:
+                group.jobs.append(index)
+                break
+        else:
+            groups.append(Group([index], keys))
+    for group in [g for g in groups if len(g.jobs) == 1]:
+        groups.remove(group)
+        alone[group.jobs[0]] = "no other job agrees with it on " + _differences(group, groups)
+    return groups, alone
+
+
+def _differences(single: Group, groups: list[Group]) -> str:
+    if not groups:
+        return "what stacked jobs share"
+    nearest = min(groups, key=lambda g: sum(single.shared.get(k) != v for k, v in g.shared.items()))
+    keys = sorted(k for k in single.shared.keys() | nearest.shared.keys() if single.shared.get(k) != nearest.shared.get(k))
+    return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+
+
+def describe(groups: list[Group], alone: dict[int, str], n_jobs: int) -> list[str]:
+    """What the sweep stacked, and why the rest did not: printed at its start."""
+    lines = [f"stacked: {sum(len(g.jobs) for g in groups)} of {n_jobs} jobs in {len(groups)} group(s)"]
+    for number, group in enumerate(groups):
+        lines.append(f"  group {number + 1}: {len(group.jobs)} jobs (#{', #'.join(map(str, group.jobs))})")
+    if len(groups) > 1:
+        keys = sorted(k for k in groups[0].shared if any(g.shared.get(k) != groups[0].shared[k] for g in groups[1:]))
+        lines.append(f"  the groups differ in {', '.join(keys)}")
+    for index, reason in sorted(alone.items()):
+        lines.append(f"  job #{index} runs alone: {reason}")
+    return lines

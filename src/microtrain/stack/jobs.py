@@ -1,0 +1,136 @@
+"""One job of a stacked group, and everything it leaves in its folder, as a solo run would:
+``config.yaml``, ``data_info.json``, its TensorBoard run (the same tags), ``checkpoints/last.ckpt``
+and ``best.ckpt`` in Lightning's format, and ``metrics.json``."""
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from microtrain.errors import ConfigError
+from microtrain.monitor.hparams import log_hparams
+from microtrain.monitor.scalars import ScalarBuffer
+from microtrain.run import folder as run_folder
+from microtrain.run.checkpoints import checkpoint_callbacks
+from microtrain.train.build import Prepared, prepare
+from microtrain.train.bypass import epoch_end_checkpoint
+
+Snapshot = dict[str, Any]  # what a checkpoint needs of one moment of one job
+
+
+class StackedJob:
+    """A job's config, folder, seeded model and optimizer, and its progress in the group."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.prepared: Prepared = prepare(cfg)  # the seeded model and the data, as its solo run has them
+        module = self.prepared.module
+        self.model = module.model
+        self.optimizer = module.make_optimizer(self.model.parameters())
+        self.scheduler = module.make_scheduler(self.optimizer) if module.make_scheduler is not None else None
+        self.has_val = self.prepared.splits.val is not None
+        self.checkpointers = checkpoint_callbacks(self.run_dir / run_folder.CHECKPOINTS, self.has_val, None, 0.0)
+        self.start_step, self.start_epoch = 0, 0
+        self.status, self.error = "ok", None
+        self.best_score: Optional[float] = None
+        self.best: Optional[Snapshot] = None  # the best epoch so far, until best.ckpt is written
+        self.best_written = True
+        self.scalars = ScalarBuffer()
+        self.epoch_losses: list[float] = []
+        self.window: list[float] = []
+        self.logger: Optional[TensorBoardLogger] = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / run_folder.CHECKPOINTS / "last.ckpt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / run_folder.CHECKPOINTS / "best.ckpt"
+
+    def resume(self) -> None:
+        """Continue from ``checkpoints/last.ckpt``: weights, optimizer and scheduler state, the
+        best so far, and the step and epoch it ended at."""
+        try:
+            saved = torch.load(self.last_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 -- a damaged file is one line, not a traceback
+            raise ConfigError(f"{self.last_path} cannot be read ({type(err).__name__}); delete it to restart the job") from None
+        self.model.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items()})
+        self.optimizer.load_state_dict(saved["optimizer_states"][0])
+        if self.scheduler is not None and saved["lr_schedulers"]:
+            self.scheduler.load_state_dict(saved["lr_schedulers"][0])
+        for checkpointer in self.checkpointers:
+            if checkpointer.state_key in saved["callbacks"]:
+                checkpointer.load_state_dict(saved["callbacks"][checkpointer.state_key])
+        best = self.checkpointers[0]
+        if self.has_val and best.best_model_score is not None:
+            self.best_score = float(best.best_model_score)
+        self.start_step, self.start_epoch = saved["global_step"], saved["epoch"] + 1
+
+    def open(self) -> None:
+        """The job's TensorBoard run and its config files; a resumed run hides the steps it redoes."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.logger = TensorBoardLogger(save_dir=str(self.run_dir), name="", version="", default_hp_metric=False,
+                                        purge_step=self.start_step or None)
+        run_folder.write_text_atomic(self.run_dir / run_folder.CONFIG, OmegaConf.to_yaml(self.cfg))
+        run_folder.write_json_atomic(self.run_dir / run_folder.DATA_INFO, self.prepared.data_info)
+        if self.prepared.dataset.truth:
+            run_folder.write_json_atomic(self.run_dir / run_folder.DATA_TRUTH, self.prepared.dataset.truth)
+        if self.prepared.optimum is not None:
+            self.writer.add_scalar("train_loss_optimum", self.prepared.optimum, self.start_step)
+
+    @property
+    def writer(self) -> Any:
+        return self.logger.experiment
+
+    @property
+    def active(self) -> bool:
+        return self.status == "ok"
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def snapshot(self, params: dict[str, torch.Tensor], state: list[dict[str, torch.Tensor]], epochs: int, step: int,
+                 batches_done: Optional[int] = None) -> Snapshot:
+        """What a checkpoint of this moment holds, in torch.optim's and Lightning's formats."""
+        optimizer_state = self.optimizer.state_dict()
+        optimizer_state["state"] = {i: slot for i, slot in enumerate(state) if slot}
+        return {"state_dict": {f"model.{name}": value for name, value in params.items()}, "optimizer": optimizer_state,
+                "schedulers": [self.scheduler.state_dict()] if self.scheduler is not None else [],
+                "epochs": epochs, "step": step, "batches_done": batches_done}
+
+    def record_val(self, score: float, snapshot: Snapshot) -> None:
+        """ModelCheckpoint's bookkeeping for best.ckpt (monitor val_loss, mode min)."""
+        best = self.checkpointers[0]
+        best.current_score = torch.tensor(score)
+        if self.best_score is None or score < self.best_score:
+            self.best_score = score
+            path = str(self.best_path)
+            best.best_model_score = best.kth_value = torch.tensor(score)
+            best.best_model_path = best.kth_best_model_path = path
+            best.best_k_models = {path: torch.tensor(score)}
+            self.best, self.best_written = snapshot, False
+
+    def write_checkpoints(self, last: Snapshot, shape: dict[str, int]) -> None:
+        """last.ckpt (and best.ckpt when a better epoch came since it was last written)."""
+        self.checkpointers[-1].best_model_path = str(self.last_path)
+        if self.best is not None and not self.best_written:
+            self._write(self.best_path, self.best, shape)
+            self.best_written = True
+        self._write(self.last_path, last, shape)
+
+    def _write(self, path: Path, snap: Snapshot, shape: dict[str, int]) -> None:
+        checkpoint = epoch_end_checkpoint(snap["state_dict"], snap["optimizer"], snap["schedulers"], snap["epochs"], snap["step"],
+                                          checkpointers=self.checkpointers, batches_done=snap["batches_done"], **shape)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        run_folder.write_atomic(path, lambda partial: torch.save(checkpoint, partial))
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        """metrics.json, the HParams entry, and every event on disk."""
+        self.scalars.flush(self.writer, force=True)
+        if metrics.get("status") == "ok":
+            log_hparams(self.logger, self.cfg, metrics)
+        self.logger.finalize("success" if metrics.get("status") == "ok" else "failed")  # hparams.yaml, flushed events
+        run_folder.write_json_atomic(self.run_dir / run_folder.METRICS, metrics)

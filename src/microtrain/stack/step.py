@@ -1,0 +1,112 @@
+"""The stacked step: ``train.step.train_step`` under ``torch.func.vmap``, one copy per job.
+
+Every parameter and optimizer-state tensor gets a leading job dimension ``[K, ...]``; each
+batch is ``[K, B, ...]`` (every job has its own batch order). The hyper-parameters that differ
+between jobs (always the learning rate, which schedulers change) are tensors of K values, the
+rest stay Python numbers, so ``train.step``'s rules run unchanged: forward, loss, backward
+(``torch.func.grad_and_value``), clipping, update. ``torch.compile`` then makes the K steps one
+graph: measured here on the 3->64->1 MLP with 64 jobs, 7 us a job-step against 33 eager.
+"""
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from microtrain.train.step import adam, functional_forward, sgd, train_step
+
+RULES = {torch.optim.SGD: (sgd, ("lr", "momentum", "dampening", "weight_decay", "nesterov")),
+         torch.optim.Adam: (adam, ("lr", "betas", "eps", "weight_decay")),
+         torch.optim.AdamW: (partial(adam, decoupled=True), ("lr", "betas", "eps", "weight_decay"))}
+
+
+def stack_tensors(tensors: Sequence[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
+    stacked = torch.stack([t.detach() for t in tensors]).to(device)
+    return stacked.to(dtype) if stacked.is_floating_point() else stacked
+
+
+class StackedStep:
+    """One optimizer step of K jobs: ``step(x, y)`` updates ``params`` and ``state`` in place and
+    returns (the K losses, the K-stacked gradients), without a host sync."""
+
+    def __init__(self, models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer], loss_fn: nn.Module,
+                 device: torch.device, dtype: torch.dtype, compile: bool = False,
+                 clip_val: Optional[float] = None, clip_algorithm: str = "norm"):
+        self.names = [name for name, _ in models[0].named_parameters()]
+        self.device, self.dtype = device, dtype
+        self.params = [stack_tensors([dict(m.named_parameters())[n] for m in models], device, dtype) for n in self.names]
+        rule, keys = RULES[type(optimizers[0])]
+        owned = [list(m.parameters()) for m in models]
+        slots = [[opt.state.get(p, {}) for p in params] for opt, params in zip(optimizers, owned)]
+        self.state = [
+            {key: stack_tensors([s[i][key] for s in slots], device, dtype if key != "step" else torch.float32) for key in slots[0][i]}
+            for i in range(len(self.names))
+        ]
+        groups = [opt.param_groups[0] for opt in optimizers]
+        self.constants, self.varying = self._hyper(groups, keys)
+        self.rows: Optional[int] = None  # the batch size the compiled graph is for
+        self.forward = functional_forward(models[0])
+        one = partial(self._one, forward=self.forward, loss_fn=loss_fn, rule=rule,
+                      constants=self.constants, clip_val=clip_val, clip_algorithm=clip_algorithm)
+        self._eager = torch.func.vmap(one)
+        # dynamic=False: a graph for the full batch; an epoch's shorter last batch runs eager
+        # rather than compiling a second graph (seconds) for one step an epoch.
+        self._compiled = torch.compile(self._eager, dynamic=False) if compile else None
+        self.compile_seconds: Optional[float] = None
+
+    def _hyper(self, groups: list[dict[str, Any]], keys: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(hyper-parameters all jobs share, as Python values; the others as tensors of K)."""
+        values = {key: [g[key] for g in groups] for key in keys}
+        if "momentum" in values:  # torch.optim ignores dampening without momentum
+            values["dampening"] = [d if m else 0.0 for d, m in zip(values["dampening"], values["momentum"])]
+        constants, varying = {}, {}
+        for key, per_job in values.items():
+            if key != "lr" and all(v == per_job[0] for v in per_job):
+                constants[key] = per_job[0]
+            elif key == "betas":
+                varying[key] = tuple(torch.tensor([b[i] for b in per_job], dtype=self.dtype, device=self.device) for i in (0, 1))
+            elif key == "nesterov":
+                varying[key] = torch.tensor(per_job, dtype=torch.bool, device=self.device)
+            else:
+                varying[key] = torch.tensor([float(v) for v in per_job], dtype=self.dtype, device=self.device)
+        return constants, varying
+
+    @staticmethod
+    def _one(params: list[Tensor], state: list[dict[str, Tensor]], x: Tensor, y: Tensor, hp: dict[str, Any], *,
+             forward: Any, loss_fn: Any, rule: Any, constants: dict[str, Any], clip_val: Any, clip_algorithm: str) -> Any:
+        """One job's step, as a solo run takes it (vmap runs it for all K at once)."""
+        state = [dict(slot) for slot in state]  # slots created at the first step leave through the outputs
+        loss, grads = train_step(list(params), state, (x, y), {**constants, **hp}, forward=forward, loss_fn=loss_fn,
+                                 update=rule, clip_val=clip_val, clip_algorithm=clip_algorithm)
+        return loss, grads, state
+
+    def set_lr(self, lrs: Sequence[float]) -> None:
+        """New learning rates (a scheduler's epoch step): written into the same tensor, so the
+        compiled graph needs no recompile."""
+        self.varying["lr"].copy_(torch.tensor(list(lrs), dtype=self.dtype))
+
+    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:
+        first = not self.state[0]  # the optimizer state is created by the first step
+        if self._compiled is not None and not first and self.rows in (None, len(x[0])):
+            if self.rows is None:
+                import time
+
+                self.rows, started = len(x[0]), time.perf_counter()
+                loss, grads, state = self._compiled(self.params, self.state, x, y, self.varying)
+                self.compile_seconds = time.perf_counter() - started
+            else:
+                loss, grads, state = self._compiled(self.params, self.state, x, y, self.varying)
+        else:
+            loss, grads, state = self._eager(self.params, self.state, x, y, self.varying)
+        if first:  # a slot made alike for all jobs (Adam's step count) comes out broadcast: own it
+            state = [{key: value.clone() for key, value in slot.items()} for slot in state]
+        self.state = state
+        return loss, list(grads)
+
+    def job_state(self, k: int) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
+        """Job k's parameters by name and its optimizer state per parameter, on the CPU."""
+        params = {name: p[k].detach().cpu().clone() for name, p in zip(self.names, self.params)}
+        state = [{key: value[k].detach().cpu().clone() for key, value in slot.items()} for slot in self.state]
+        return params, state

@@ -1,0 +1,315 @@
+"""``train_group``: K jobs that agree on everything but their hyper-parameters, trained as one
+stacked model, each ending with the files, curves and metrics of its solo run."""
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig
+
+from microtrain import device as devices
+from microtrain.data.batches import TensorBatches
+from microtrain.errors import MicrotrainError
+from microtrain.monitor.parameters import MAX_AUTO_INTERVAL
+from microtrain.stack import inspect
+from microtrain.stack.jobs import StackedJob
+from microtrain.stack.step import StackedStep
+from microtrain.stack.validate import evaluate, split_metrics, test_metrics
+from microtrain.train.build import multiply_adds_per_step, steps_per_call
+from microtrain.train.bypass import CheckpointBudget
+
+# loop.compile=auto compiles the stacked step when it saves more than it costs: ~26 us a job-step
+# (33 eager against 7 compiled, 3->64->1 MLP, 64 jobs), against ~5 s of compiling with a warm cache.
+COMPILE_FROM_JOB_STEPS = 200_000
+
+
+def train_group(cfgs: list[DictConfig], run_dirs: list[Path], resume: list[bool]) -> list[dict[str, Any]]:
+    """Train the jobs stacked; returns each job's metrics (also in its metrics.json)."""
+    jobs = [StackedJob(cfg, run_dir) for cfg, run_dir in zip(cfgs, run_dirs)]
+    for job, again in zip(jobs, resume):
+        if again:
+            job.resume()
+    return StackedRun(jobs).run()
+
+
+class StackedRun:
+    def __init__(self, jobs: list[StackedJob]):
+        self.jobs = jobs
+        cfg = jobs[0].cfg
+        self.cfg = cfg
+        plan = devices.resolve(cfg.device)
+        self.device = torch.device("cuda" if plan.accelerator == "cuda" else "cpu")
+        self.dtype = torch.float64 if str(cfg.device.precision) in ("64", "64-true") else torch.float32
+        splits = jobs[0].prepared.splits
+        self.train_x, self.train_y = self._on_device(splits.train)
+        self.val = None if splits.val is None else self._on_device(splits.val)
+        batches = [TensorBatches(*splits.train, cfg.data.batch_size, True, job.cfg.seed) for job in jobs]
+        self.samplers = [b.sampler for b in batches]
+        self.batch_size, self.batches_per_epoch = batches[0].batch_size, batches[0].batches_per_epoch
+        model = jobs[0].model
+        self.multiply_adds = multiply_adds_per_step(cfg, model, splits)
+        per_call = steps_per_call(cfg, model, splits)
+        val_rows = 0 if splits.val is None else len(splits.val[0])
+        eval_rows = max(cfg.data.batch_size or val_rows, 4096)
+        self.shape = {"calls_per_epoch": math.ceil(self.batches_per_epoch / per_call), "batches_per_epoch": self.batches_per_epoch,
+                      "val_batches": math.ceil(val_rows / eval_rows) if val_rows else 0}
+        self.step_count, self.epoch = jobs[0].start_step, jobs[0].start_epoch
+        self.max_steps, self.max_epochs = cfg.trainer.max_steps, cfg.trainer.max_epochs
+        planned = self._planned_steps()
+        wanted = cfg.loop.compile
+        compile = wanted is True or (wanted == "auto" and planned * len(jobs) >= COMPILE_FROM_JOB_STEPS and self.multiply_adds <= 1_000_000)
+        clip = cfg.trainer.get("gradient_clip_val")
+        self.step = StackedStep([j.model for j in jobs], [j.optimizer for j in jobs], jobs[0].prepared.module.loss_fn,
+                                self.device, self.dtype, compile, clip, cfg.trainer.get("gradient_clip_algorithm", "norm"))
+        self.loss_fn = jobs[0].prepared.module.loss_fn
+        self.budget = CheckpointBudget(cfg.checkpoint.budget)
+        self.inspector = Schedule(cfg.log.inspect_every_n_steps, cfg.log.inspect_budget, self.step_count)
+        self.pending: list[torch.Tensor] = []
+        self.pending_first = self.step_count
+
+    def _on_device(self, pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = pair
+        y = y.to(self.device, self.dtype) if y.is_floating_point() else y.to(self.device)
+        return x.to(self.device, self.dtype), y
+
+    def _planned_steps(self) -> int:
+        by_epochs = self.max_epochs * self.batches_per_epoch if self.max_epochs is not None and self.max_epochs >= 0 else math.inf
+        by_steps = self.max_steps if self.max_steps > 0 else math.inf
+        planned = min(by_epochs, by_steps)
+        return int(planned) if planned != math.inf else 10**9
+
+    def _done(self) -> bool:
+        return 0 < self.max_steps <= self.step_count or (self.max_epochs is not None and 0 <= self.max_epochs <= self.epoch)
+
+    def run(self) -> list[dict[str, Any]]:
+        threads_before = torch.get_num_threads()
+        threads = devices.use_threads(self.cfg.device.threads, self.multiply_adds * len(self.jobs))
+        for job in self.jobs:
+            job.open()
+        started = time.perf_counter()
+        self.started = started
+        try:
+            while not self._done():
+                self._epoch()
+            self._inspect_final()
+            for job in self.jobs:  # the last steps' window (LossWatch.on_train_end)
+                if job.active and job.window:
+                    job.scalars.add("train_loss_step", sum(job.window) / len(job.window), self.step_count)
+        finally:
+            torch.set_num_threads(threads_before)
+        seconds = time.perf_counter() - started
+        return [self._finish(k, job, seconds, threads) for k, job in enumerate(self.jobs)]
+
+    def _epoch(self) -> None:
+        for sampler in self.samplers:
+            sampler.set_epoch(self.epoch)
+        orders = torch.stack([s.order() for s in self.samplers]).to(self.device)
+        batch_size, done = self.batch_size, 0
+        for b in range(self.batches_per_epoch):
+            if 0 < self.max_steps <= self.step_count:
+                break
+            index = orders[:, b * batch_size : (b + 1) * batch_size]
+            x, y = self.train_x[index], self.train_y[index]
+            inspect_now = self.inspector.due(self.step_count)
+            before = [p.clone() for p in self.step.params] if inspect_now else None
+            loss, grads = self.step(x, y)
+            self.pending.append(loss.detach())
+            if before is not None:
+                cost = self._inspect(self.step_count, before, grads)
+                self.inspector.schedule(self.step_count, cost)
+            self.step_count += 1
+            done = b + 1
+            if len(self.pending) >= self.cfg.log.every_n_steps:
+                self._drain(grads)
+        self._drain(grads, epoch_end=True)
+        self.epoch += 1
+        self._epoch_end(done)
+
+    def _drain(self, grads: list[torch.Tensor], epoch_end: bool = False) -> None:
+        """Read the held losses (one host copy): each job's loss windows, and its divergence guard."""
+        if not self.pending:
+            return
+        losses = torch.stack(self.pending).double().cpu()  # [steps, K]
+        first, self.pending, self.pending_first = self.pending_first, [], self.step_count
+        every = self.cfg.log.every_n_steps
+        for k, job in enumerate(self.jobs):
+            if not job.active:
+                continue
+            column = losses[:, k].tolist()
+            bad = next((i for i, value in enumerate(column) if not math.isfinite(value)), None)
+            if bad is not None:
+                self._diverged(k, job, first + bad + 1, column[bad], grads)
+                continue
+            job.epoch_losses += column
+            job.window += column
+            if len(job.window) >= every or epoch_end and 0 < self.max_steps <= self.step_count:
+                job.scalars.add("train_loss_step", sum(job.window) / len(job.window), self.step_count)
+                elapsed = time.perf_counter() - self.started
+                job.scalars.add("samples_per_s", self.step_count * self.batch_size / max(elapsed, 1e-9), self.step_count)
+                job.window = []
+            job.scalars.flush(job.writer)
+
+    def _diverged(self, k: int, job: StackedJob, step: int, loss: float, grads: list[torch.Tensor]) -> None:
+        """The job is frozen (its learning rate 0, no more writes) and marked; the others go on."""
+        bad = [name for name, g in zip(self.step.names, grads) if not torch.isfinite(g[k]).all()]
+        if bad:
+            where = f"first non-finite gradient: {bad[0]}"
+        else:
+            norms = {name: float(g[k].double().norm()) for name, g in zip(self.step.names, grads)}
+            name = max(norms, key=norms.get)
+            where = f"gradients still finite, largest {name} with norm {norms[name]:.3g}"
+        job.status = "diverged"
+        job.error = f"training diverged at step {step}: loss={loss} ({where}); lower optimizer.lr or use a smaller init"
+        job.diverged_step = step
+        lrs = self.step.varying["lr"].clone()
+        lrs[k] = 0.0
+        self.step.set_lr(lrs.tolist())
+        job.scalars.flush(job.writer, force=True)
+
+    def _epoch_end(self, batches_done: int) -> None:
+        active = [k for k, job in enumerate(self.jobs) if job.active]
+        for k in active:
+            job = self.jobs[k]
+            if job.epoch_losses:
+                job.scalars.add("train_loss", sum(job.epoch_losses) / len(job.epoch_losses), self.step_count)
+            job.epoch_losses = []
+        every_val = self.cfg.trainer.get("check_val_every_n_epoch", 1) or 1
+        validate = self.val is not None and self.epoch % every_val == 0
+        if validate:
+            values = split_metrics(self.step, self.val, self.loss_fn, self.jobs[0], "val_")
+            for k in active:
+                for name, column in values.items():
+                    self.jobs[k].scalars.add(name, column[k], self.step_count)
+        final = self._done()
+        due = self.budget.due_now(final)
+        snapshots_needed = [k for k in active if due or validate]
+        if snapshots_needed:
+            written = time.perf_counter()
+            for k in snapshots_needed:
+                job = self.jobs[k]
+                params, state = self.step.job_state(k)
+                snap = job.snapshot(params, state, self.epoch, self.step_count, batches_done if batches_done < self.batches_per_epoch else None)
+                if validate:
+                    job.record_val(values["val_loss"][k], snap)
+                if due:
+                    job.write_checkpoints(snap, self.shape)
+            if due:
+                self.budget.record(written)
+        for k in active:  # each job's scheduler, on its own optimizer: its epoch's learning rate
+            if self.jobs[k].scheduler is not None:
+                self.jobs[k].scheduler.step()
+        if any(job.scheduler is not None for job in self.jobs):
+            self.step.set_lr([job.lr() if job.active else 0.0 for job in self.jobs])
+        for k in active:
+            self.jobs[k].scalars.flush(self.jobs[k].writer)
+
+    def _inspect(self, step: int, before: list[torch.Tensor], grads: list[torch.Tensor]) -> float:
+        """Norms, histograms and update ratios of all jobs at this step: one host copy."""
+        started = time.perf_counter()
+        after = self.step.params
+        rows = [inspect.norms(w) for w in before] + [inspect.norms(g) for g in grads] + [
+            inspect.update_ratios(w, a) for w, a in zip(before, after)]
+        hist = self.cfg.log.histograms
+        tables = [inspect.histograms(t) for t in (*before, *grads)] if hist else []
+        values = torch.stack(rows).T.tolist()  # [K, 3 * params]
+        hists = torch.stack(tables, dim=1).tolist() if hist else None  # [K, 2 * params, 35]
+        n = len(self.step.names)
+        for k, job in enumerate(self.jobs):
+            if not job.active:
+                continue
+            writer = job.writer
+            for i, name in enumerate(self.step.names):
+                writer.add_scalar(f"weight_norm/{name}", values[k][i], step)
+                if hists is not None:
+                    inspect.write_histogram_row(writer, f"weights/{name}", hists[k][i], step)
+                writer.add_scalar(f"grad_norm/{name}", values[k][n + i], step)
+                if hists is not None:
+                    inspect.write_histogram_row(writer, f"grads/{name}", hists[k][n + i], step)
+            writer.add_scalar("lr", job.lr(), step)
+            for i, name in enumerate(self.step.names):
+                writer.add_scalar(f"update_ratio/{name}", values[k][2 * n + i], step)
+        self._full_loss(step, before)
+        return time.perf_counter() - started
+
+    def _full_loss(self, step: int, weights: list[torch.Tensor]) -> None:
+        """train_loss_full and optimality_gap of linear least-squares jobs, as ParameterInspector writes them."""
+        optimum = self.jobs[0].prepared.optimum
+        if optimum is None:
+            return
+        full = evaluate(self.step, weights, (self.train_x, self.train_y), self.loss_fn)
+        for k, job in enumerate(self.jobs):
+            if job.active:
+                job.writer.add_scalar("train_loss_full", full[k], step)
+                job.writer.add_scalar("optimality_gap", full[k] - job.prepared.optimum, step)
+
+    def _inspect_final(self) -> None:
+        """The final weights, so every run ends with its final state (ParameterInspector.on_train_end)."""
+        if self.inspector.last == self.step_count:
+            return
+        rows = [inspect.norms(w) for w in self.step.params]
+        values = torch.stack(rows).T.tolist()
+        hists = torch.stack([inspect.histograms(w) for w in self.step.params], dim=1).tolist() if self.cfg.log.histograms else None
+        for k, job in enumerate(self.jobs):
+            if not job.active:
+                continue
+            for i, name in enumerate(self.step.names):
+                job.writer.add_scalar(f"weight_norm/{name}", values[k][i], self.step_count)
+                if hists is not None:
+                    inspect.write_histogram_row(job.writer, f"weights/{name}", hists[k][i], self.step_count)
+            job.writer.add_scalar("lr", job.lr(), self.step_count)
+        self._full_loss(self.step_count, self.step.params)
+
+    def _finish(self, k: int, job: StackedJob, seconds: float, threads: int) -> dict[str, Any]:
+        if not job.active:
+            metrics = {"status": job.status, "error": job.error}
+            job.finish(metrics)
+            return metrics
+        params, _ = self.step.job_state(k)
+        job.model.load_state_dict(params)
+        final = split_metrics(self.step, (self.train_x, self.train_y), self.loss_fn, job, "train_", only_loss=True)
+        val = split_metrics(self.step, self.val, self.loss_fn, job, "val_", only_loss=True) if self.val is not None else None
+        metrics: dict[str, Any] = {
+            "status": "ok",
+            "train_loss": final["train_loss"][k],
+            "val_loss": None if val is None else val["val_loss"][k],
+            "steps": self.step_count,
+            "epochs": self.epoch,
+            "seconds": round(seconds, 3),
+        }
+        if self.step.compile_seconds is not None:
+            metrics["compile_seconds"] = round(self.step.compile_seconds, 3)
+        if job.prepared.optimum is not None:
+            metrics["train_loss_optimum"] = job.prepared.optimum
+            metrics["optimality_gap"] = metrics["train_loss"] - job.prepared.optimum
+        if job.prepared.splits.test is not None:
+            metrics.update(test_metrics(job, self.device, self.dtype))
+        metrics["threads"] = threads
+        metrics["stacked"] = {"jobs": len(self.jobs), "job": k}
+        job.finish(metrics)
+        return metrics
+
+
+class Schedule:
+    """Which steps are inspected: every N, or under auto as often as costs ``budget`` of the
+    training time (``monitor.parameters.ParameterInspector``'s rule), for all jobs at once."""
+
+    def __init__(self, every: Any, budget: float, first: int):
+        self.auto = every == "auto"
+        self.every = 1 if self.auto else int(every)
+        self.budget, self.next = budget, first
+        self.last: Optional[int] = None
+        self._clock: Optional[tuple[float, int]] = None
+
+    def due(self, step: int) -> bool:
+        return step >= self.next if self.auto else step % self.every == 0
+
+    def schedule(self, step: int, cost: float) -> None:
+        now = time.perf_counter()
+        self.last = step
+        if self.auto and self._clock is not None and step > self._clock[1]:
+            per_step = max((now - cost - self._clock[0]) / (step - self._clock[1]), 1e-9)
+            self.every = int(min(max(cost / (self.budget * per_step), 1), MAX_AUTO_INTERVAL))
+        self.next = step + self.every
+        self._clock = (now, step)

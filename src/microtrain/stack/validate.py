@@ -1,0 +1,84 @@
+"""Losses and metrics of K stacked jobs on a whole split at once: the numbers a solo run gets
+from Lightning's validation loop and torchmetrics (``monitor.metrics``), one forward for all."""
+
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from microtrain.stack.jobs import StackedJob
+
+EVAL_ROWS = 4096  # Lightning's validation batches in a solo run (data.batches: at least 4096 rows)
+
+
+def predictions(step: Any, weights: list[Tensor], x: Tensor) -> Tensor:
+    """Every job's model on the same rows: [K, rows, outputs]."""
+    with torch.no_grad():
+        return torch.func.vmap(step.forward, in_dims=(0, None))(weights, x)
+
+
+def evaluate(step: Any, weights: list[Tensor], pair: tuple[Tensor, Tensor], loss_fn: Any, rows: Optional[int] = None) -> list[float]:
+    """Each job's loss on the split: in chunks of ``rows`` averaged by their size, as Lightning's
+    epoch mean of batch losses is, or on all rows at once (``rows=None``, as ``fit`` reports)."""
+    x, y = pair
+    size = rows or len(x)
+    total = torch.zeros(len(weights[0]), dtype=torch.float64, device=x.device)
+    with torch.no_grad():
+        for start in range(0, len(x), size):
+            xs, ys = x[start : start + size], y[start : start + size]
+            out = predictions(step, weights, xs)
+            total += torch.func.vmap(loss_fn, in_dims=(0, None))(out, ys).double() * len(xs)
+    return (total / len(x)).tolist()
+
+
+def split_metrics(step: Any, pair: tuple[Tensor, Tensor], loss_fn: Any, job: StackedJob, prefix: str,
+                  only_loss: bool = False) -> dict[str, list[float]]:
+    """{f"{prefix}loss": [K values], and the split's metrics as torchmetrics computes them}."""
+    weights = step.params
+    if only_loss:
+        return {f"{prefix}loss": evaluate(step, weights, pair, loss_fn)}
+    rows = max(job.cfg.data.batch_size or len(pair[0]), EVAL_ROWS)
+    out: dict[str, list[float]] = {f"{prefix}loss": evaluate(step, weights, pair, loss_fn, rows)}
+    names = list(job.prepared.module.val_metrics.keys()) if job.prepared.module.val_metrics is not None else []
+    if not names:
+        return out
+    x, y = pair
+    p = predictions(step, weights, x).double()
+    if f"{prefix}acc" in names:
+        out[f"{prefix}acc"] = (p.argmax(dim=2) == y).double().mean(dim=1).tolist()
+        return out
+    target = y.double().reshape(len(y), -1)
+    error = p - target
+    mse = error.pow(2).flatten(1).mean(dim=1)
+    out[f"{prefix}mse"] = mse.tolist()
+    out[f"{prefix}mae"] = error.abs().flatten(1).mean(dim=1).tolist()
+    out[f"{prefix}rmse"] = mse.sqrt().tolist()
+    if f"{prefix}r2" in names:
+        residual = error.pow(2).sum(dim=1)  # [K, outputs]
+        spread = (target - target.mean(dim=0)).pow(2).sum(dim=0)  # [outputs]
+        out[f"{prefix}r2"] = (1 - residual / spread).mean(dim=1).tolist()
+    return out
+
+
+def test_metrics(job: StackedJob, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """The test split on the job's best checkpoint (the last without validation), as ``fit``
+    reports it: torchmetrics on the job's own model, in the targets' units."""
+    module = job.prepared.module
+    path = job.best_path if job.has_val else job.last_path
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = module.model.to(device, dtype)
+    model.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items()})
+    x, y = job.prepared.splits.test
+    x = x.to(device, dtype)
+    y = y.to(device, dtype) if y.is_floating_point() else y.to(device)
+    metrics = module.test_metrics.to(device)
+    with torch.no_grad():
+        out = model(x)
+        loss = float(module.loss_fn(out, y))
+        prediction = module.predict_targets(out)
+        if module.target_scale is not None:
+            mean, std = (t.to(y) for t in module.target_scale)
+            prediction, y = prediction * std + mean, y * std + mean
+        metrics.update(prediction, y)
+        values = {key: float(value) for key, value in metrics.compute().items()}
+    return dict(sorted((values | {"test_loss": loss}).items())) | {"test_checkpoint": str(path)}
