@@ -18,7 +18,8 @@ SRC = ROOT / "src" / "microtrain"
 def test_every_package_folder_is_listed_in_pyproject():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {"microtrain" + "".join(f".{part}" for part in p.parent.relative_to(SRC).parts) for p in SRC.rglob("__init__.py")}
-    assert found | {"microtrain.conf"} == listed
+    assert found | {"microtrain.conf", "hydra_plugins.microtrain_stacked"} == listed
+    assert not (ROOT / "src" / "hydra_plugins" / "__init__.py").exists()  # a namespace package, as Hydra finds plugins
 
 
 @pytest.mark.slow

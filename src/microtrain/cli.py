@@ -186,8 +186,18 @@ CONFIGS = "pkg://microtrain.conf"  # conf/ of the source tree, installed as the 
 usage.register()  # the --help page's resolver (conf/train.yaml: hydra.help.template)
 
 
+def register_stacked_launcher() -> None:
+    """``hydra/launcher=stacked``. Hydra finds plugins by scanning the ``hydra_plugins`` namespace,
+    which misses an editable install (``pip install -e``); registering it by hand always works."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.microtrain_stacked.stacked_launcher import StackedLauncher
+
+    Plugins.instance().register(StackedLauncher)
+
+
 def train_main() -> None:
     """``microtrain-train [group=option ...] [key=value ...]``: train one run, or a sweep with ``-m``."""
+    register_stacked_launcher()
     hydra.main(config_path=CONFIGS, config_name="train", version_base="1.3")(train_command)()
 
 

@@ -1,0 +1,1 @@
+"""microtrain's Hydra launcher: ``hydra/launcher=stacked`` (see ``stacked_launcher``)."""

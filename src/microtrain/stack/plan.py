@@ -1,0 +1,129 @@
+"""What ``hydra/launcher=stacked`` does with a sweep's jobs: check them, skip the finished ones of
+a resumed sweep, group the rest, and train each group stacked (``stack.train``)."""
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+from microtrain.config import schema
+from microtrain.errors import MicrotrainError
+from microtrain.run import folder as run_folder
+from microtrain.stack.groups import describe, group_jobs
+from microtrain.sweep_summary import objective
+from microtrain.train.trainer import trainer_arguments
+
+MEMORY_SHARE = 0.25  # of the free memory (the GPU's, or the host's) one stacked group may take
+
+Result = dict[str, Any]
+
+
+def run_stacked(cfgs: list[DictConfig], folders: list[Path], max_jobs: Optional[int], console: Any) -> tuple[list[Optional[Result]], set[int]]:
+    """([each job's result, or None for a job to run alone through its task function], the jobs
+    of a resumed sweep that never started, which start afresh)."""
+    results: list[Optional[Result]] = [None] * len(cfgs)
+    fresh: set[int] = set()
+    candidates, resumed_at = [], []
+    refused: dict[int, str] = {}
+    for index, (cfg, folder) in enumerate(zip(cfgs, folders)):
+        try:
+            schema.check(cfg)
+            trainer_arguments(cfg.trainer)
+        except MicrotrainError:
+            refused[index] = "its config is refused (its error follows)"
+            continue
+        step = 0
+        if cfg.resume:
+            done = _finished(folder, cfg)
+            if done is not None:
+                results[index] = done
+                continue
+            last = folder / run_folder.CHECKPOINTS / "last.ckpt"
+            if last.is_file():
+                step = _saved_step(last)
+            else:
+                fresh.add(index)
+                with open_dict(cfg):
+                    cfg.resume = False
+        candidates.append(index)
+        resumed_at.append(step)
+    skipped = sum(r is not None for r in results)
+    if skipped:
+        console.print(f"resume: {skipped} job(s) already finished (status ok) are not run again")
+    groups, alone = group_jobs([cfgs[i] for i in candidates], resumed_at)
+    alone = {candidates[i]: why for i, why in alone.items()} | refused
+    for group in groups:
+        group.jobs = [candidates[i] for i in group.jobs]
+    for line in describe(groups, alone, len(cfgs) - skipped):
+        console.print(line, markup=False)
+    from microtrain.stack.train import train_group
+
+    for number, group in enumerate(groups):
+        limit = min(max_jobs or math.inf, _jobs_that_fit(cfgs[group.jobs[0]], len(group.jobs)))
+        for start in range(0, len(group.jobs), int(limit)):
+            chunk = group.jobs[start : start + int(limit)]
+            started = time.perf_counter()
+            try:
+                metrics = train_group([cfgs[i] for i in chunk], [folders[i] for i in chunk], [bool(cfgs[i].resume) for i in chunk])
+            except MicrotrainError as err:
+                metrics = [_failed(folders[i], str(err)) for i in chunk]
+            except Exception as err:  # noqa: BLE001 -- in a sweep one broken group must not stop the others
+                first = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
+                metrics = [_failed(folders[i], f"{type(err).__name__}: {first}") for i in chunk]
+            ok = sum(m["status"] == "ok" for m in metrics)
+            steps = next((m["steps"] for m in metrics if "steps" in m), 0)
+            console.print(f"group {number + 1}: {len(chunk)} jobs stacked, {steps} steps each, {ok} ok, "
+                          f"{time.perf_counter() - started:.1f} s")
+            for i, m in zip(chunk, metrics):
+                if m["status"] != "ok":
+                    console.print(f"error: job #{i}: {m['error']}", markup=False)
+                results[i] = {"status": m["status"], "objective": objective(m, cfgs[i].optimize.metric)[1]}
+    return results, fresh
+
+
+def _finished(folder: Path, cfg: DictConfig) -> Optional[Result]:
+    metrics_file = folder / run_folder.METRICS
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if metrics.get("status") != "ok":
+        return None
+    return {"status": "ok", "objective": objective(metrics, cfg.optimize.metric)[1], "skipped": True}
+
+
+def _saved_step(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    except Exception:  # noqa: BLE001 -- a damaged checkpoint: the job resumes alone and says so
+        return -1
+
+
+def _failed(folder: Path, message: str) -> Result:
+    metrics = {"status": "failed", "error": message}
+    folder.mkdir(parents=True, exist_ok=True)
+    run_folder.write_json_atomic(folder / run_folder.METRICS, metrics)
+    return metrics
+
+
+def _jobs_that_fit(cfg: DictConfig, wanted: int) -> int:
+    """How many jobs fit in MEMORY_SHARE of the free memory of the group's device: each holds
+    its parameters, gradients, two state tensors and a copy for inspection, plus activations."""
+    model = cfg.model
+    features = cfg.data.get("n_features") or 64
+    hidden = model.get("hidden", 0) if model.name == "mlp" else 0
+    outputs = cfg.data.get("n_outputs") or 16
+    params = (features + 1) * (hidden or outputs) + ((hidden + 1) * outputs if hidden else 0)
+    rows = cfg.data.batch_size or 4096
+    width = 8 if str(cfg.device.precision) in ("64", "64-true") else 4
+    job_bytes = width * (5 * params + 3 * rows * (features + hidden + outputs))
+    if torch.cuda.is_available() and cfg.device.type != "cpu":
+        free, _ = torch.cuda.mem_get_info()
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return max(1, min(wanted, int(MEMORY_SHARE * free // job_bytes)))
