@@ -37,12 +37,12 @@ def histograms(stacked: Tensor) -> Tensor:
     return torch.cat([summary, counts], dim=1)
 
 
-def write_histogram_row(writer: Any, tag: str, row: list[float], step: int) -> None:
-    """One job's row of ``histograms`` as the histogram ``write_histogram`` would write."""
+def add_histogram_row(buffer: Any, tag: str, row: list[float], step: int) -> None:
+    """One job's row of ``histograms``, as ``write_histogram`` would write it, into its ScalarBuffer."""
     low, high, count, total, squares = row[:5]
     if count == 0:
         return
     counts = row[5:] if high > low else [count]
     width = (high - low) / len(counts) if high > low else max(abs(low) * 0.01, 1e-6)
     limits = [low + width * (i + 1) for i in range(len(counts))]
-    writer.add_histogram_raw(tag, low, high, int(count), total, squares, limits, counts, step)
+    buffer.add_histogram(tag, low, high, int(count), total, squares, limits, counts, step)

@@ -5,6 +5,9 @@ and ``best.ckpt`` in Lightning's format, and ``metrics.json``."""
 from pathlib import Path
 from typing import Any, Optional
 
+import copy
+from collections.abc import Callable
+
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -34,8 +37,9 @@ class StackedJob:
         self.checkpointers = checkpoint_callbacks(self.run_dir / run_folder.CHECKPOINTS, self.has_val, None, 0.0)
         self.start_step, self.start_epoch = 0, 0
         self.status, self.error = "ok", None
+        self.diverged: dict[str, Any] = {}  # the step and the parameter, for metrics.json
         self.best_score: Optional[float] = None
-        self.best: Optional[Snapshot] = None  # the best epoch so far, until best.ckpt is written
+        self.best: Optional[dict[str, Any]] = None  # the best epoch's moment (StackedRun keeps its weights)
         self.best_written = True
         self.scalars = ScalarBuffer()
         self.epoch_losses: list[float] = []
@@ -93,31 +97,46 @@ class StackedJob:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def snapshot(self, params: dict[str, torch.Tensor], state: list[dict[str, torch.Tensor]], epochs: int, step: int,
-                 batches_done: Optional[int] = None) -> Snapshot:
-        """What a checkpoint of this moment holds, in torch.optim's and Lightning's formats."""
+                 batches_done: Optional[int] = None, moment: Optional[dict[str, Any]] = None) -> Snapshot:
+        """What a checkpoint holds, in torch.optim's and Lightning's formats: of now, or of the
+        ``moment`` recorded when the job had these weights (its best epoch)."""
         optimizer_state = self.optimizer.state_dict()
         optimizer_state["state"] = {i: slot for i, slot in enumerate(state) if slot}
+        moment = moment or self.moment(epochs, step, batches_done)
+        optimizer_state["param_groups"] = moment["param_groups"]
         return {"state_dict": {f"model.{name}": value for name, value in params.items()}, "optimizer": optimizer_state,
-                "schedulers": [self.scheduler.state_dict()] if self.scheduler is not None else [],
-                "epochs": epochs, "step": step, "batches_done": batches_done}
+                "schedulers": moment["schedulers"], "epochs": moment["epochs"], "step": moment["step"],
+                "batches_done": moment["batches_done"]}
 
-    def record_val(self, score: float, snapshot: Snapshot) -> None:
-        """ModelCheckpoint's bookkeeping for best.ckpt (monitor val_loss, mode min)."""
+    def moment(self, epochs: int, step: int, batches_done: Optional[int] = None) -> dict[str, Any]:
+        """Everything of now that a checkpoint holds besides weights and optimizer state."""
+        return {"epochs": epochs, "step": step, "batches_done": batches_done,
+                "schedulers": [self.scheduler.state_dict()] if self.scheduler is not None else [],
+                "param_groups": copy.deepcopy(self.optimizer.state_dict()["param_groups"])}
+
+    def improves(self, score: float) -> bool:
+        return self.best_score is None or score < self.best_score
+
+    def record_val(self, score: float, moment: Optional[dict[str, Any]]) -> None:
+        """ModelCheckpoint's bookkeeping for best.ckpt (monitor val_loss, mode min); ``moment``
+        is given when the score is the job's best, whose weights the caller keeps."""
         best = self.checkpointers[0]
         best.current_score = torch.tensor(score)
-        if self.best_score is None or score < self.best_score:
+        if moment is not None:
             self.best_score = score
             path = str(self.best_path)
             best.best_model_score = best.kth_value = torch.tensor(score)
             best.best_model_path = best.kth_best_model_path = path
             best.best_k_models = {path: torch.tensor(score)}
-            self.best, self.best_written = snapshot, False
+            self.best, self.best_written = moment, False
 
-    def write_checkpoints(self, last: Snapshot, shape: dict[str, int]) -> None:
-        """last.ckpt (and best.ckpt when a better epoch came since it was last written)."""
+    def write_checkpoints(self, last: Snapshot, shape: dict[str, int], best_weights: Callable[[], tuple[Any, Any]]) -> None:
+        """last.ckpt, and best.ckpt when a better epoch came since it was last written
+        (``best_weights``: that epoch's parameters and optimizer state)."""
         self.checkpointers[-1].best_model_path = str(self.last_path)
         if self.best is not None and not self.best_written:
-            self._write(self.best_path, self.best, shape)
+            params, state = best_weights()
+            self._write(self.best_path, self.snapshot(params, state, 0, 0, moment=self.best), shape)
             self.best_written = True
         self._write(self.last_path, last, shape)
 

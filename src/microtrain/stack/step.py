@@ -55,6 +55,7 @@ class StackedStep:
         # rather than compiling a second graph (seconds) for one step an epoch.
         self._compiled = torch.compile(self._eager, dynamic=False) if compile else None
         self.compile_seconds: Optional[float] = None
+        self.taken = 0  # steps taken by this object (a resumed job's state exists from the start)
 
     def _hyper(self, groups: list[dict[str, Any]], keys: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(hyper-parameters all jobs share, as Python values; the others as tensors of K)."""
@@ -88,7 +89,7 @@ class StackedStep:
         self.varying["lr"].copy_(torch.tensor(list(lrs), dtype=self.dtype))
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:
-        first = not self.state[0]  # the optimizer state is created by the first step
+        first = not self.taken  # the first step creates the optimizer state: eager, then one compiled graph
         if self._compiled is not None and not first and self.rows in (None, len(x[0])):
             if self.rows is None:
                 import time
@@ -103,6 +104,7 @@ class StackedStep:
         if first:  # a slot made alike for all jobs (Adam's step count) comes out broadcast: own it
             state = [{key: value.clone() for key, value in slot.items()} for slot in state]
         self.state = state
+        self.taken += 1
         return loss, list(grads)
 
     def job_state(self, k: int) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:

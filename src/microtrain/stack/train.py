@@ -67,6 +67,7 @@ class StackedRun:
         self.budget = CheckpointBudget(cfg.checkpoint.budget)
         self.inspector = Schedule(cfg.log.inspect_every_n_steps, cfg.log.inspect_budget, self.step_count)
         self.pending: list[torch.Tensor] = []
+        self.best: Optional[list[torch.Tensor]] = None  # see _keep_best
         self.pending_first = self.step_count
 
     def _on_device(self, pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +101,10 @@ class StackedRun:
         finally:
             torch.set_num_threads(threads_before)
         seconds = time.perf_counter() - started
+        # the final weights on the whole train and validation splits, all jobs in one pass each
+        self.final = split_metrics(self.step, (self.train_x, self.train_y), self.loss_fn, self.jobs[0], "train_", only_loss=True)
+        if self.val is not None:
+            self.final |= split_metrics(self.step, self.val, self.loss_fn, self.jobs[0], "val_", only_loss=True)
         return [self._finish(k, job, seconds, threads) for k, job in enumerate(self.jobs)]
 
     def _epoch(self) -> None:
@@ -162,7 +167,7 @@ class StackedRun:
             where = f"gradients still finite, largest {name} with norm {norms[name]:.3g}"
         job.status = "diverged"
         job.error = f"training diverged at step {step}: loss={loss} ({where}); lower optimizer.lr or use a smaller init"
-        job.diverged_step = step
+        job.diverged = {"diverged_at_step": step, "parameter": bad[0] if bad else name}
         lrs = self.step.varying["lr"].clone()
         lrs[k] = 0.0
         self.step.set_lr(lrs.tolist())
@@ -182,21 +187,20 @@ class StackedRun:
             for k in active:
                 for name, column in values.items():
                     self.jobs[k].scalars.add(name, column[k], self.step_count)
-        final = self._done()
-        due = self.budget.due_now(final)
-        snapshots_needed = [k for k in active if due or validate]
-        if snapshots_needed:
+        last_epoch_done = batches_done if batches_done < self.batches_per_epoch else None
+        if validate:
+            improved = [k for k in active if self.jobs[k].improves(values["val_loss"][k])]
+            self._keep_best(improved)
+            for k in active:
+                moment = self.jobs[k].moment(self.epoch, self.step_count, last_epoch_done) if k in improved else None
+                self.jobs[k].record_val(values["val_loss"][k], moment)
+        if self.budget.due_now(self._done()):
             written = time.perf_counter()
-            for k in snapshots_needed:
-                job = self.jobs[k]
+            for k in active:
                 params, state = self.step.job_state(k)
-                snap = job.snapshot(params, state, self.epoch, self.step_count, batches_done if batches_done < self.batches_per_epoch else None)
-                if validate:
-                    job.record_val(values["val_loss"][k], snap)
-                if due:
-                    job.write_checkpoints(snap, self.shape)
-            if due:
-                self.budget.record(written)
+                snap = self.jobs[k].snapshot(params, state, self.epoch, self.step_count, last_epoch_done)
+                self.jobs[k].write_checkpoints(snap, self.shape, lambda k=k: self._best_of(k))
+            self.budget.record(written)
         for k in active:  # each job's scheduler, on its own optimizer: its epoch's learning rate
             if self.jobs[k].scheduler is not None:
                 self.jobs[k].scheduler.step()
@@ -204,6 +208,29 @@ class StackedRun:
             self.step.set_lr([job.lr() if job.active else 0.0 for job in self.jobs])
         for k in active:
             self.jobs[k].scalars.flush(self.jobs[k].writer)
+
+    def _keep_best(self, improved: list[int]) -> None:
+        """The weights and optimizer state of each job's best epoch, kept stacked on the device:
+        one select per tensor for all jobs, instead of a copy per job and epoch."""
+        if not improved:
+            return
+        mask = torch.zeros(len(self.jobs), dtype=torch.bool)
+        mask[improved] = True
+        mask = mask.to(self.device)
+        tensors = [*self.step.params, *(t for slot in self.step.state for t in slot.values())]
+        if self.best is None or len(self.best) != len(tensors):
+            self.best = [t.clone() for t in tensors]
+            return
+        self.best = [torch.where(mask.view(-1, *[1] * (t.dim() - 1)), t, b) for t, b in zip(tensors, self.best)]
+
+    def _best_of(self, k: int) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """Job k's weights and optimizer state at its best epoch, on the CPU."""
+        n = len(self.step.names)
+        params = {name: t[k].cpu().clone() for name, t in zip(self.step.names, self.best[:n])}
+        rest, state = iter(self.best[n:]), []
+        for slot in self.step.state:
+            state.append({key: next(rest)[k].cpu().clone() for key in slot})
+        return params, state
 
     def _inspect(self, step: int, before: list[torch.Tensor], grads: list[torch.Tensor]) -> float:
         """Norms, histograms and update ratios of all jobs at this step: one host copy."""
@@ -219,18 +246,18 @@ class StackedRun:
         for k, job in enumerate(self.jobs):
             if not job.active:
                 continue
-            writer = job.writer
+            out = job.scalars
             for i, name in enumerate(self.step.names):
-                writer.add_scalar(f"weight_norm/{name}", values[k][i], step)
+                out.add(f"weight_norm/{name}", values[k][i], step)
+                out.add(f"grad_norm/{name}", values[k][n + i], step)
+                out.add(f"update_ratio/{name}", values[k][2 * n + i], step)
                 if hists is not None:
-                    inspect.write_histogram_row(writer, f"weights/{name}", hists[k][i], step)
-                writer.add_scalar(f"grad_norm/{name}", values[k][n + i], step)
-                if hists is not None:
-                    inspect.write_histogram_row(writer, f"grads/{name}", hists[k][n + i], step)
-            writer.add_scalar("lr", job.lr(), step)
-            for i, name in enumerate(self.step.names):
-                writer.add_scalar(f"update_ratio/{name}", values[k][2 * n + i], step)
+                    inspect.add_histogram_row(out, f"weights/{name}", hists[k][i], step)
+                    inspect.add_histogram_row(out, f"grads/{name}", hists[k][n + i], step)
+            out.add("lr", job.lr(), step)
         self._full_loss(step, before)
+        for job in self.jobs:
+            job.scalars.flush(job.writer, force=True)
         return time.perf_counter() - started
 
     def _full_loss(self, step: int, weights: list[torch.Tensor]) -> None:
@@ -241,8 +268,8 @@ class StackedRun:
         full = evaluate(self.step, weights, (self.train_x, self.train_y), self.loss_fn)
         for k, job in enumerate(self.jobs):
             if job.active:
-                job.writer.add_scalar("train_loss_full", full[k], step)
-                job.writer.add_scalar("optimality_gap", full[k] - job.prepared.optimum, step)
+                job.scalars.add("train_loss_full", full[k], step)
+                job.scalars.add("optimality_gap", full[k] - job.prepared.optimum, step)
 
     def _inspect_final(self) -> None:
         """The final weights, so every run ends with its final state (ParameterInspector.on_train_end)."""
@@ -255,25 +282,23 @@ class StackedRun:
             if not job.active:
                 continue
             for i, name in enumerate(self.step.names):
-                job.writer.add_scalar(f"weight_norm/{name}", values[k][i], self.step_count)
+                job.scalars.add(f"weight_norm/{name}", values[k][i], self.step_count)
                 if hists is not None:
-                    inspect.write_histogram_row(job.writer, f"weights/{name}", hists[k][i], self.step_count)
-            job.writer.add_scalar("lr", job.lr(), self.step_count)
+                    inspect.add_histogram_row(job.scalars, f"weights/{name}", hists[k][i], self.step_count)
+            job.scalars.add("lr", job.lr(), self.step_count)
         self._full_loss(self.step_count, self.step.params)
 
     def _finish(self, k: int, job: StackedJob, seconds: float, threads: int) -> dict[str, Any]:
         if not job.active:
-            metrics = {"status": job.status, "error": job.error}
+            metrics = {"status": job.status, "error": job.error, **job.diverged}
             job.finish(metrics)
             return metrics
         params, _ = self.step.job_state(k)
         job.model.load_state_dict(params)
-        final = split_metrics(self.step, (self.train_x, self.train_y), self.loss_fn, job, "train_", only_loss=True)
-        val = split_metrics(self.step, self.val, self.loss_fn, job, "val_", only_loss=True) if self.val is not None else None
         metrics: dict[str, Any] = {
             "status": "ok",
-            "train_loss": final["train_loss"][k],
-            "val_loss": None if val is None else val["val_loss"][k],
+            "train_loss": self.final["train_loss"][k],
+            "val_loss": self.final["val_loss"][k] if "val_loss" in self.final else None,
             "steps": self.step_count,
             "epochs": self.epoch,
             "seconds": round(seconds, 3),

@@ -33,31 +33,46 @@ def evaluate(step: Any, weights: list[Tensor], pair: tuple[Tensor, Tensor], loss
 
 def split_metrics(step: Any, pair: tuple[Tensor, Tensor], loss_fn: Any, job: StackedJob, prefix: str,
                   only_loss: bool = False) -> dict[str, list[float]]:
-    """{f"{prefix}loss": [K values], and the split's metrics as torchmetrics computes them}."""
+    """{f"{prefix}loss": [K values], and the split's metrics as torchmetrics computes them},
+    from one pass over the split in chunks of at least EVAL_ROWS rows and one copy to the host."""
     weights = step.params
     if only_loss:
         return {f"{prefix}loss": evaluate(step, weights, pair, loss_fn)}
-    rows = max(job.cfg.data.batch_size or len(pair[0]), EVAL_ROWS)
-    out: dict[str, list[float]] = {f"{prefix}loss": evaluate(step, weights, pair, loss_fn, rows)}
-    names = list(job.prepared.module.val_metrics.keys()) if job.prepared.module.val_metrics is not None else []
-    if not names:
-        return out
     x, y = pair
-    p = predictions(step, weights, x).double()
-    if f"{prefix}acc" in names:
-        out[f"{prefix}acc"] = (p.argmax(dim=2) == y).double().mean(dim=1).tolist()
-        return out
-    target = y.double().reshape(len(y), -1)
-    error = p - target
-    mse = error.pow(2).flatten(1).mean(dim=1)
-    out[f"{prefix}mse"] = mse.tolist()
-    out[f"{prefix}mae"] = error.abs().flatten(1).mean(dim=1).tolist()
-    out[f"{prefix}rmse"] = mse.sqrt().tolist()
-    if f"{prefix}r2" in names:
-        residual = error.pow(2).sum(dim=1)  # [K, outputs]
-        spread = (target - target.mean(dim=0)).pow(2).sum(dim=0)  # [outputs]
-        out[f"{prefix}r2"] = (1 - residual / spread).mean(dim=1).tolist()
-    return out
+    rows = max(job.cfg.data.batch_size or len(x), EVAL_ROWS)
+    names = list(job.prepared.module.val_metrics.keys()) if job.prepared.module.val_metrics is not None else []
+    classify = f"{prefix}acc" in names
+    sums: dict[str, Tensor] = {}
+
+    def add(name: str, value: Tensor) -> None:
+        sums[name] = sums[name] + value if name in sums else value
+
+    with torch.no_grad():
+        for start in range(0, len(x), rows):
+            xs, ys = x[start : start + rows], y[start : start + rows]
+            out = predictions(step, weights, xs)
+            add("loss", torch.func.vmap(loss_fn, in_dims=(0, None))(out, ys).double() * len(xs))  # Lightning's weighted epoch mean
+            if classify:
+                add("acc", (out.argmax(dim=2) == ys).double().sum(dim=1))
+            elif names:
+                error = out.double() - ys.double().reshape(len(ys), -1)
+                add("se", error.pow(2).sum(dim=1))  # [K, outputs]
+                add("ae", error.abs().flatten(1).sum(dim=1))
+    n = len(x)
+    columns = {f"{prefix}loss": sums["loss"] / n}
+    if classify:
+        columns[f"{prefix}acc"] = sums["acc"] / n
+    elif names:
+        outputs = sums["se"].shape[1]
+        mse = sums["se"].sum(dim=1) / (n * outputs)
+        columns |= {f"{prefix}mse": mse, f"{prefix}mae": sums["ae"] / (n * outputs), f"{prefix}rmse": mse.sqrt()}
+        if f"{prefix}r2" in names:
+            target = y.double().reshape(n, -1)
+            spread = (target - target.mean(dim=0)).pow(2).sum(dim=0)  # [outputs]
+            columns[f"{prefix}r2"] = (1 - sums["se"] / spread).mean(dim=1)
+    keys = list(columns)
+    table = torch.stack([columns[k] for k in keys]).tolist()
+    return dict(zip(keys, table))
 
 
 def test_metrics(job: StackedJob, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
