@@ -25,6 +25,21 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
         partial.unlink(missing_ok=True)  # a failed write (a full disk) leaves no .partial behind
 
 
+def write_all_atomic(files: list[tuple[Path, Callable[[Path], None]]]) -> None:
+    """Several files that belong together (the checkpoints of a stacked group's jobs): every
+    ``.partial`` first, then the renames, so a kill leaves them all of one moment but for the
+    microseconds of the renames."""
+    partials = [(path, path.with_name(path.name + ".partial")) for path, _ in files]
+    try:
+        for (_, partial), (_, write) in zip(partials, files):
+            write(partial)
+        for path, partial in partials:
+            os.replace(partial, path)
+    finally:
+        for _, partial in partials:
+            partial.unlink(missing_ok=True)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda partial: partial.write_text(text))
 

@@ -90,16 +90,20 @@ def group_jobs(cfgs: Sequence[DictConfig], resumed_at: Sequence[int]) -> tuple[l
                 break
         else:
             groups.append(Group([index], keys))
-    for group in [g for g in groups if len(g.jobs) == 1]:
-        groups.remove(group)
-        alone[group.jobs[0]] = "no other job agrees with it on " + _differences(group, groups)
-    return groups, alone
+    # A job resumed from a stacked checkpoint stays stacked, even alone: a solo run would not
+    # continue it bitwise.
+    singles = [g for g in groups if len(g.jobs) == 1 and not g.shared["(resumed at step)"]]
+    for group in singles:
+        others = [g for g in groups if g is not group]
+        alone[group.jobs[0]] = "no other job agrees with it on " + _differences(group, others)
+    return [g for g in groups if g not in singles], alone
 
 
-def _differences(single: Group, groups: list[Group]) -> str:
-    if not groups:
-        return "what stacked jobs share"
-    nearest = min(groups, key=lambda g: sum(single.shared.get(k) != v for k, v in g.shared.items()))
+def _differences(single: Group, others: list[Group]) -> str:
+    """The keys in which the job differs from the nearest other job (or group)."""
+    if not others:
+        return "what stacked jobs share (it is the only stackable job)"
+    nearest = min(others, key=lambda g: sum(single.shared.get(k) != v for k, v in g.shared.items()))
     keys = sorted(k for k in single.shared.keys() | nearest.shared.keys() if single.shared.get(k) != nearest.shared.get(k))
     return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
 

@@ -18,7 +18,7 @@ from microtrain.monitor.scalars import ScalarBuffer
 from microtrain.run import folder as run_folder
 from microtrain.run.checkpoints import checkpoint_callbacks
 from microtrain.train.build import Prepared, prepare
-from microtrain.train.bypass import epoch_end_checkpoint
+from microtrain.run.checkpoint_format import epoch_end_checkpoint
 
 Snapshot = dict[str, Any]  # what a checkpoint needs of one moment of one job
 
@@ -101,7 +101,7 @@ class StackedJob:
         """What a checkpoint holds, in torch.optim's and Lightning's formats: of now, or of the
         ``moment`` recorded when the job had these weights (its best epoch)."""
         optimizer_state = self.optimizer.state_dict()
-        optimizer_state["state"] = {i: slot for i, slot in enumerate(state) if slot}
+        optimizer_state["state"] = dict(enumerate(state))  # torch.optim keeps a slot per stepped parameter, empty ones too
         moment = moment or self.moment(epochs, step, batches_done)
         optimizer_state["param_groups"] = moment["param_groups"]
         return {"state_dict": {f"model.{name}": value for name, value in params.items()}, "optimizer": optimizer_state,
@@ -130,21 +130,24 @@ class StackedJob:
             best.best_k_models = {path: torch.tensor(score)}
             self.best, self.best_written = moment, False
 
-    def write_checkpoints(self, last: Snapshot, shape: dict[str, int], best_weights: Callable[[], tuple[Any, Any]]) -> None:
+    def checkpoint_files(self, last: Snapshot, shape: dict[str, int], best_weights: Callable[[], tuple[Any, Any]]) -> list[tuple[Path, Any]]:
         """last.ckpt, and best.ckpt when a better epoch came since it was last written
-        (``best_weights``: that epoch's parameters and optimizer state)."""
+        (``best_weights``: that epoch's parameters and optimizer state), as (path, writer) pairs
+        for ``run.folder.write_all_atomic``."""
         self.checkpointers[-1].best_model_path = str(self.last_path)
+        files = []
         if self.best is not None and not self.best_written:
             params, state = best_weights()
-            self._write(self.best_path, self.snapshot(params, state, 0, 0, moment=self.best), shape)
+            files.append((self.best_path, self._saver(self.snapshot(params, state, 0, 0, moment=self.best), shape)))
             self.best_written = True
-        self._write(self.last_path, last, shape)
+        files.append((self.last_path, self._saver(last, shape)))
+        self.last_path.parent.mkdir(parents=True, exist_ok=True)
+        return files
 
-    def _write(self, path: Path, snap: Snapshot, shape: dict[str, int]) -> None:
+    def _saver(self, snap: Snapshot, shape: dict[str, int]) -> Callable[[Path], None]:
         checkpoint = epoch_end_checkpoint(snap["state_dict"], snap["optimizer"], snap["schedulers"], snap["epochs"], snap["step"],
                                           checkpointers=self.checkpointers, batches_done=snap["batches_done"], **shape)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        run_folder.write_atomic(path, lambda partial: torch.save(checkpoint, partial))
+        return lambda partial: torch.save(checkpoint, partial)
 
     def finish(self, metrics: dict[str, Any]) -> None:
         """metrics.json, the HParams entry, and every event on disk."""

@@ -33,7 +33,7 @@ class StackedStep:
 
     def __init__(self, models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer], loss_fn: nn.Module,
                  device: torch.device, dtype: torch.dtype, compile: bool = False,
-                 clip_val: Optional[float] = None, clip_algorithm: str = "norm"):
+                 clip_val: Optional[float] = None, clip_algorithm: str = "norm", start_step: int = 0):
         self.names = [name for name, _ in models[0].named_parameters()]
         self.device, self.dtype = device, dtype
         self.params = [stack_tensors([dict(m.named_parameters())[n] for m in models], device, dtype) for n in self.names]
@@ -55,7 +55,9 @@ class StackedStep:
         # rather than compiling a second graph (seconds) for one step an epoch.
         self._compiled = torch.compile(self._eager, dynamic=False) if compile else None
         self.compile_seconds: Optional[float] = None
-        self.taken = 0  # steps taken by this object (a resumed job's state exists from the start)
+        # The run's very first step creates the optimizer state, eager; every later one (a resumed
+        # run's first step included, so a resume is bitwise) is the one compiled graph.
+        self.taken = start_step
 
     def _hyper(self, groups: list[dict[str, Any]], keys: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(hyper-parameters all jobs share, as Python values; the others as tensors of K)."""

@@ -11,12 +11,11 @@ from omegaconf import DictConfig
 
 from microtrain import device as devices
 from microtrain.data.batches import TensorBatches
-from microtrain.errors import MicrotrainError
-from microtrain.monitor.parameters import MAX_AUTO_INTERVAL
-from microtrain.stack import inspect
+from microtrain.run import folder as run_folder
+from microtrain.stack.inspect import StackedInspector
 from microtrain.stack.jobs import StackedJob
 from microtrain.stack.step import StackedStep
-from microtrain.stack.validate import evaluate, split_metrics, test_metrics
+from microtrain.stack.validate import split_metrics, test_metrics
 from microtrain.train.build import multiply_adds_per_step, steps_per_call
 from microtrain.train.bypass import CheckpointBudget
 
@@ -62,10 +61,11 @@ class StackedRun:
         compile = wanted is True or (wanted == "auto" and planned * len(jobs) >= COMPILE_FROM_JOB_STEPS and self.multiply_adds <= 1_000_000)
         clip = cfg.trainer.get("gradient_clip_val")
         self.step = StackedStep([j.model for j in jobs], [j.optimizer for j in jobs], jobs[0].prepared.module.loss_fn,
-                                self.device, self.dtype, compile, clip, cfg.trainer.get("gradient_clip_algorithm", "norm"))
+                                self.device, self.dtype, compile, clip, cfg.trainer.get("gradient_clip_algorithm", "norm"),
+                                start_step=self.step_count)
         self.loss_fn = jobs[0].prepared.module.loss_fn
         self.budget = CheckpointBudget(cfg.checkpoint.budget)
-        self.inspector = Schedule(cfg.log.inspect_every_n_steps, cfg.log.inspect_budget, self.step_count)
+        self.inspector = StackedInspector(self.jobs, self.step, cfg.log, self.step_count, (self.train_x, self.train_y))
         self.pending: list[torch.Tensor] = []
         self.best: Optional[list[torch.Tensor]] = None  # see _keep_best
         self.pending_first = self.step_count
@@ -94,7 +94,7 @@ class StackedRun:
         try:
             while not self._done():
                 self._epoch()
-            self._inspect_final()
+            self.inspector.final(self.step_count)
             for job in self.jobs:  # the last steps' window (LossWatch.on_train_end)
                 if job.active and job.window:
                     job.scalars.add("train_loss_step", sum(job.window) / len(job.window), self.step_count)
@@ -117,13 +117,11 @@ class StackedRun:
                 break
             index = orders[:, b * batch_size : (b + 1) * batch_size]
             x, y = self.train_x[index], self.train_y[index]
-            inspect_now = self.inspector.due(self.step_count)
-            before = [p.clone() for p in self.step.params] if inspect_now else None
+            before = [p.clone() for p in self.step.params] if self.inspector.due(self.step_count) else None
             loss, grads = self.step(x, y)
             self.pending.append(loss.detach())
             if before is not None:
-                cost = self._inspect(self.step_count, before, grads)
-                self.inspector.schedule(self.step_count, cost)
+                self.inspector.inspect(self.step_count, before, grads)
             self.step_count += 1
             done = b + 1
             if len(self.pending) >= self.cfg.log.every_n_steps:
@@ -194,18 +192,22 @@ class StackedRun:
             for k in active:
                 moment = self.jobs[k].moment(self.epoch, self.step_count, last_epoch_done) if k in improved else None
                 self.jobs[k].record_val(values["val_loss"][k], moment)
-        if self.budget.due_now(self._done()):
-            written = time.perf_counter()
-            for k in active:
-                params, state = self.step.job_state(k)
-                snap = self.jobs[k].snapshot(params, state, self.epoch, self.step_count, last_epoch_done)
-                self.jobs[k].write_checkpoints(snap, self.shape, lambda k=k: self._best_of(k))
-            self.budget.record(written)
-        for k in active:  # each job's scheduler, on its own optimizer: its epoch's learning rate
+        # each job's scheduler on its own optimizer, before last.ckpt as under Lightning (the module's
+        # epoch-end hook runs before the checkpoint callback's); best.ckpt was taken at validation
+        for k in active:
             if self.jobs[k].scheduler is not None:
                 self.jobs[k].scheduler.step()
         if any(job.scheduler is not None for job in self.jobs):
             self.step.set_lr([job.lr() if job.active else 0.0 for job in self.jobs])
+        if self.budget.due_now(self._done()):
+            written = time.perf_counter()
+            files = []
+            for k in active:
+                params, state = self.step.job_state(k)
+                snap = self.jobs[k].snapshot(params, state, self.epoch, self.step_count, last_epoch_done)
+                files += self.jobs[k].checkpoint_files(snap, self.shape, lambda k=k: self._best_of(k))
+            run_folder.write_all_atomic(files)  # the group's checkpoints all of one epoch, for a stacked resume
+            self.budget.record(written)
         for k in active:
             self.jobs[k].scalars.flush(self.jobs[k].writer)
 
@@ -231,62 +233,6 @@ class StackedRun:
         for slot in self.step.state:
             state.append({key: next(rest)[k].cpu().clone() for key in slot})
         return params, state
-
-    def _inspect(self, step: int, before: list[torch.Tensor], grads: list[torch.Tensor]) -> float:
-        """Norms, histograms and update ratios of all jobs at this step: one host copy."""
-        started = time.perf_counter()
-        after = self.step.params
-        rows = [inspect.norms(w) for w in before] + [inspect.norms(g) for g in grads] + [
-            inspect.update_ratios(w, a) for w, a in zip(before, after)]
-        hist = self.cfg.log.histograms
-        tables = [inspect.histograms(t) for t in (*before, *grads)] if hist else []
-        values = torch.stack(rows).T.tolist()  # [K, 3 * params]
-        hists = torch.stack(tables, dim=1).tolist() if hist else None  # [K, 2 * params, 35]
-        n = len(self.step.names)
-        for k, job in enumerate(self.jobs):
-            if not job.active:
-                continue
-            out = job.scalars
-            for i, name in enumerate(self.step.names):
-                out.add(f"weight_norm/{name}", values[k][i], step)
-                out.add(f"grad_norm/{name}", values[k][n + i], step)
-                out.add(f"update_ratio/{name}", values[k][2 * n + i], step)
-                if hists is not None:
-                    inspect.add_histogram_row(out, f"weights/{name}", hists[k][i], step)
-                    inspect.add_histogram_row(out, f"grads/{name}", hists[k][n + i], step)
-            out.add("lr", job.lr(), step)
-        self._full_loss(step, before)
-        for job in self.jobs:
-            job.scalars.flush(job.writer, force=True)
-        return time.perf_counter() - started
-
-    def _full_loss(self, step: int, weights: list[torch.Tensor]) -> None:
-        """train_loss_full and optimality_gap of linear least-squares jobs, as ParameterInspector writes them."""
-        optimum = self.jobs[0].prepared.optimum
-        if optimum is None:
-            return
-        full = evaluate(self.step, weights, (self.train_x, self.train_y), self.loss_fn)
-        for k, job in enumerate(self.jobs):
-            if job.active:
-                job.scalars.add("train_loss_full", full[k], step)
-                job.scalars.add("optimality_gap", full[k] - job.prepared.optimum, step)
-
-    def _inspect_final(self) -> None:
-        """The final weights, so every run ends with its final state (ParameterInspector.on_train_end)."""
-        if self.inspector.last == self.step_count:
-            return
-        rows = [inspect.norms(w) for w in self.step.params]
-        values = torch.stack(rows).T.tolist()
-        hists = torch.stack([inspect.histograms(w) for w in self.step.params], dim=1).tolist() if self.cfg.log.histograms else None
-        for k, job in enumerate(self.jobs):
-            if not job.active:
-                continue
-            for i, name in enumerate(self.step.names):
-                job.scalars.add(f"weight_norm/{name}", values[k][i], self.step_count)
-                if hists is not None:
-                    inspect.add_histogram_row(job.scalars, f"weights/{name}", hists[k][i], self.step_count)
-            job.scalars.add("lr", job.lr(), self.step_count)
-        self._full_loss(self.step_count, self.step.params)
 
     def _finish(self, k: int, job: StackedJob, seconds: float, threads: int) -> dict[str, Any]:
         if not job.active:
@@ -315,26 +261,3 @@ class StackedRun:
         job.finish(metrics)
         return metrics
 
-
-class Schedule:
-    """Which steps are inspected: every N, or under auto as often as costs ``budget`` of the
-    training time (``monitor.parameters.ParameterInspector``'s rule), for all jobs at once."""
-
-    def __init__(self, every: Any, budget: float, first: int):
-        self.auto = every == "auto"
-        self.every = 1 if self.auto else int(every)
-        self.budget, self.next = budget, first
-        self.last: Optional[int] = None
-        self._clock: Optional[tuple[float, int]] = None
-
-    def due(self, step: int) -> bool:
-        return step >= self.next if self.auto else step % self.every == 0
-
-    def schedule(self, step: int, cost: float) -> None:
-        now = time.perf_counter()
-        self.last = step
-        if self.auto and self._clock is not None and step > self._clock[1]:
-            per_step = max((now - cost - self._clock[0]) / (step - self._clock[1]), 1e-9)
-            self.every = int(min(max(cost / (self.budget * per_step), 1), MAX_AUTO_INTERVAL))
-        self.next = step + self.every
-        self._clock = (now, step)

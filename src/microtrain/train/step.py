@@ -93,7 +93,10 @@ def adam(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper, decou
                 param.mul_(1 - lr * decay)
             else:
                 grad = _plus(grad, param, decay, exact)
-        slot["exp_avg"].lerp_(grad, 1 - beta1)
+        if isinstance(beta1, Tensor):  # vmap has no batching rule for lerp_ with a tensor weight (a slow loop)
+            slot["exp_avg"].add_((grad - slot["exp_avg"]) * (1 - beta1))  # lerp's own formula for weights < 0.5
+        else:
+            slot["exp_avg"].lerp_(grad, 1 - beta1)
         slot["exp_avg_sq"].mul_(beta2)
         if exact:
             slot["exp_avg_sq"].addcmul_(grad, grad, value=1 - beta2)

@@ -1,0 +1,73 @@
+"""Lightning's checkpoint format, for models trained outside Lightning's loop (``stack``: the
+jobs of a stacked sweep), so ``resume=true``, ``predict.py`` and ``trainer.test`` read their
+checkpoints as their own."""
+
+import math
+from typing import Any, Optional
+
+import lightning as L
+import torch
+
+
+def _progress(count: int, *fields: str) -> dict[str, int]:
+    return {field: count for field in fields}
+
+
+def epoch_end_checkpoint(
+    state_dict: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    scheduler_states: list[dict[str, Any]],
+    epochs_done: int,
+    global_step: int,
+    calls_per_epoch: int,
+    batches_per_epoch: int,
+    val_batches: int,
+    checkpointers: list["L.pytorch.callbacks.ModelCheckpoint"],
+    batches_done: Optional[int] = None,
+) -> dict[str, Any]:
+    """The checkpoint Lightning writes at the end of a training epoch (``LastCheckpoint``), for a
+    model trained outside it (``stack``: one of a sweep's stacked jobs): the same keys and loop
+    counters, so ``resume=true``, ``predict.py`` and ``trainer.test`` take it as their own.
+    ``tests/test_stacked.py`` compares it key by key with one Lightning wrote. ``batches_done``:
+    of the last epoch, when ``trainer.max_steps`` ended it early."""
+    steps_per_call = math.ceil(batches_per_epoch / calls_per_epoch)
+    calls_now = math.ceil((batches_per_epoch if batches_done is None else batches_done) / steps_per_call)
+    # A Lightning call serves steps_per_call batches whether or not max_steps stops it early, and
+    # the loader counts them all as served, as a solo run's checkpoint does.
+    done = min(batches_per_epoch, calls_now * steps_per_call)
+    calls = (epochs_done - 1) * calls_per_epoch + calls_now
+    batch = {"total": _progress(calls, "ready", "completed", "started", "processed"),
+             "current": _progress(calls_now, "ready", "completed", "started", "processed"), "is_last_batch": done == batches_per_epoch}
+    val = {"total": _progress(val_batches, "ready", "completed", "started", "processed"),
+           "current": _progress(val_batches, "ready", "completed", "started", "processed"), "is_last_batch": val_batches > 0}
+    idle = lambda *fields: {"total": _progress(0, *fields), "current": _progress(0, *fields)}  # noqa: E731
+    epochs = {"ready": epochs_done, "completed": epochs_done - 1, "started": epochs_done, "processed": epochs_done}
+    fit_loop = {
+        "state_dict": {"combined_loader": [{"epoch": epochs_done - 1, "position": done}]},
+        "epoch_loop.state_dict": {"_batches_that_stepped": calls},
+        "epoch_loop.batch_progress": batch,
+        "epoch_loop.scheduler_progress": idle("ready", "completed"),
+        "epoch_loop.automatic_optimization.state_dict": {},
+        "epoch_loop.automatic_optimization.optim_progress": {
+            "optimizer": {"step": idle("ready", "completed"), "zero_grad": idle("ready", "completed", "started")}
+        },
+        "epoch_loop.manual_optimization.state_dict": {},
+        "epoch_loop.manual_optimization.optim_step_progress": {
+            "total": _progress(global_step, "ready", "completed"), "current": _progress(global_step, "ready", "completed")
+        },
+        "epoch_loop.val_loop.state_dict": {},
+        "epoch_loop.val_loop.batch_progress": val,
+        "epoch_progress": {"total": dict(epochs), "current": dict(epochs)},
+    }
+    quiet = {"state_dict": {}, "batch_progress": {**idle("ready", "completed", "started", "processed"), "is_last_batch": False}}
+    predict = {"state_dict": {}, "batch_progress": idle("ready", "completed", "started", "processed")}
+    return {
+        "epoch": epochs_done - 1,
+        "global_step": global_step,
+        "pytorch-lightning_version": L.__version__,
+        "state_dict": state_dict,
+        "loops": {"fit_loop": fit_loop, "validate_loop": quiet, "test_loop": dict(quiet), "predict_loop": predict},
+        "callbacks": {cb.state_key: cb.state_dict() for cb in checkpointers},
+        "optimizer_states": [optimizer_state],
+        "lr_schedulers": scheduler_states,
+    }

@@ -1,0 +1,242 @@
+"""Stacked sweeps (``hydra/launcher=stacked``): K jobs trained as one vmapped model, each ending
+as its solo run would, checked against real solo runs, Lightning's own checkpoints and
+TensorBoard's reader."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from microtrain.stack.groups import group_jobs
+from microtrain.stack.train import train_group
+from microtrain.train.fit import train
+from tests_helpers import ROOT, make_cfg, read_events, run_in_process
+
+MLP = ["model=mlp", "model.hidden=16", "trainer.max_epochs=3"]
+
+
+def weights(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def largest_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def stacked_and_solo(tmp_path: Path, jobs: list[list[str]], solo: list[int]) -> tuple[list[dict], list[Path]]:
+    """Train ``jobs`` stacked and the ``solo`` ones alone; the stacked folders and solo folders."""
+    cfgs = [make_cfg(*job) for job in jobs]
+    folders = [tmp_path / f"stacked{i}" for i in range(len(jobs))]
+    metrics = train_group(cfgs, folders, [False] * len(jobs))
+    for i in solo:
+        train(cfgs[i], tmp_path / f"solo{i}")
+    return metrics, folders
+
+
+OPTIMIZERS = {
+    "sgd_momentum": [["optimizer.momentum=0.9", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.weight_decay={wd}", f"optimizer.nesterov={nest}"]
+                     for lr, seed, wd, nest in ((0.01, 0, 0.0, False), (0.03, 1, 0.001, True), (0.003, 2, 0.0, False), (0.02, 0, 0.01, True))],
+    "adamw": [["optimizer=adamw", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.weight_decay={wd}", f"optimizer.betas=[0.9,{b2}]"]
+              for lr, seed, wd, b2 in ((0.001, 0, 0.01, 0.999), (0.003, 1, 0.1, 0.99), (0.0005, 2, 0.0, 0.999))],
+}
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_each_stacked_job_ends_within_1e_5_of_its_solo_run(tmp_path, optimizer):
+    jobs = [MLP + job for job in OPTIMIZERS[optimizer]]
+    metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[0, 1])
+    assert [m["status"] for m in metrics] == ["ok"] * len(jobs)
+    for i in (0, 1):
+        assert largest_difference(weights(folders[i]), weights(tmp_path / f"solo{i}")) < 1e-5
+        solo = json.loads((tmp_path / f"solo{i}" / "metrics.json").read_text())
+        assert metrics[i]["val_loss"] == pytest.approx(solo["val_loss"], rel=1e-4)
+        assert metrics[i]["steps"] == solo["steps"] and metrics[i]["epochs"] == solo["epochs"]
+        stacked_opt = torch.load(folders[i] / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]
+        solo_opt = torch.load(tmp_path / f"solo{i}" / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]
+        assert stacked_opt["param_groups"] == solo_opt["param_groups"]
+        for slot, solo_slot in zip(stacked_opt["state"].values(), solo_opt["state"].values()):
+            assert slot.keys() == solo_slot.keys()
+            for key in slot:
+                assert torch.allclose(slot[key].double(), solo_slot[key].double(), atol=1e-5), key
+
+
+def test_float64_stacked_jobs_match_solo_runs_within_1e_12(tmp_path):
+    jobs = [MLP + ["device.precision=64", *job] for job in (OPTIMIZERS["sgd_momentum"][1], OPTIMIZERS["sgd_momentum"][2])]
+    _, folders = stacked_and_solo(tmp_path, jobs, solo=[0])
+    stacked = weights(folders[0])
+    assert stacked["model.fc1.weight"].dtype == torch.float64
+    assert largest_difference(stacked, weights(tmp_path / "solo0")) < 1e-12
+
+
+def _structure(node):
+    """A checkpoint with tensors replaced by their shapes and dtypes, and paths by file names."""
+    if isinstance(node, dict):
+        return {(Path(k).name if isinstance(k, str) and "/" in k else k): _structure(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_structure(v) for v in node]
+    if isinstance(node, torch.Tensor):
+        return ("tensor", tuple(node.shape), node.dtype)
+    if isinstance(node, str) and "/" in node:
+        return Path(node).name
+    return node
+
+
+@pytest.mark.parametrize("extra", [[], ["data.val_fraction=0", "scheduler=step", "scheduler.step_size=1"], ["trainer.max_steps=60"]],
+                         ids=["default", "no_validation_with_scheduler", "max_steps_mid_epoch"])
+def test_checkpoints_are_the_ones_lightning_writes(tmp_path, extra):
+    """Key by key, counter by counter, as Lightning's own last.ckpt and best.ckpt of the solo run."""
+    jobs = [MLP + extra + [f"optimizer.lr={lr}"] for lr in (0.05, 0.02)]
+    _, folders = stacked_and_solo(tmp_path, jobs, solo=[0])
+    for name in ("last", "best"):
+        solo_file = tmp_path / "solo0" / "checkpoints" / f"{name}.ckpt"
+        if not solo_file.exists():
+            assert not (folders[0] / "checkpoints" / f"{name}.ckpt").exists()
+            continue
+        stacked = torch.load(folders[0] / "checkpoints" / f"{name}.ckpt", weights_only=True)
+        solo = torch.load(solo_file, weights_only=True)
+        if name == "best":  # Lightning writes best.ckpt during validation, before the epoch's end
+            for checkpoint in (stacked, solo):
+                checkpoint.pop("loops"), checkpoint.pop("callbacks")
+        stacked_scores = {k: v for k, v in _structure(stacked).items()}
+        assert stacked_scores == _structure(solo)
+        assert largest_difference(stacked["state_dict"], solo["state_dict"]) < 1e-5
+
+
+def test_stacked_jobs_write_the_tensorboard_runs_of_their_solo_twins(tmp_path):
+    jobs = [MLP + ["log.inspect_every_n_steps=10", f"seed={seed}"] for seed in (0, 1)]
+    _, folders = stacked_and_solo(tmp_path, jobs, solo=[1])
+    stacked, solo = read_events(folders[1]), read_events(tmp_path / "solo1")
+    for kind in ("scalars", "histograms"):
+        assert sorted(stacked.Tags()[kind]) == sorted(solo.Tags()[kind])
+    for tag in ("val_loss", "val_r2", "train_loss", "weight_norm/fc1.weight", "grad_norm/fc2.bias", "update_ratio/fc1.weight", "lr"):
+        ours, theirs = stacked.Scalars(tag), solo.Scalars(tag)
+        assert [e.step for e in ours] == [e.step for e in theirs], tag
+        assert [e.value for e in ours] == pytest.approx([e.value for e in theirs], rel=1e-4, abs=1e-6), tag
+    ours, theirs = stacked.Histograms("grads/fc1.weight"), solo.Histograms("grads/fc1.weight")
+    assert [e.step for e in ours] == [e.step for e in theirs]
+    assert ours[-1].histogram_value.num == theirs[-1].histogram_value.num
+    assert ours[-1].histogram_value.sum == pytest.approx(theirs[-1].histogram_value.sum, rel=1e-4, abs=1e-6)
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    start = plugin_data_pb2.HParamsPluginData.FromString(stacked.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["seed"].number_value == 1
+    assert stacked.Scalars("hparams/val_loss")[-1].value == pytest.approx(solo.Scalars("hparams/val_loss")[-1].value, rel=1e-4)
+
+def test_classification_jobs_report_the_accuracy_torchmetrics_gives(tmp_path):
+    jobs = [["data=iris", "loss=cross_entropy", "model=mlp", "trainer.max_epochs=4", f"optimizer.lr={lr}", "data.test_fraction=0.2"]
+            for lr in (0.05, 0.1)]
+    metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[1])
+    solo = json.loads((tmp_path / "solo1" / "metrics.json").read_text())
+    for key in ("val_loss", "test_loss", "test_acc"):
+        assert metrics[1][key] == pytest.approx(solo[key], rel=1e-4), key
+    ours, theirs = read_events(folders[1]).Scalars("val_acc"), read_events(tmp_path / "solo1").Scalars("val_acc")
+    assert [e.value for e in ours] == pytest.approx([e.value for e in theirs])
+
+
+def test_a_diverging_job_is_frozen_and_the_others_finish(tmp_path):
+    jobs = [MLP + [f"optimizer.lr={lr}"] for lr in (0.05, 50.0, 0.01)]
+    metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[0])
+    assert [m["status"] for m in metrics] == ["ok", "diverged", "ok"]
+    assert metrics[1]["parameter"] in {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+    assert metrics[1]["error"].startswith(f"training diverged at step {metrics[1]['diverged_at_step']}: loss=")
+    assert json.loads((folders[1] / "metrics.json").read_text())["status"] == "diverged"
+    with pytest.raises(Exception, match="diverged at step"):
+        train(make_cfg(*jobs[1]), tmp_path / "solo_diverges")  # the same job alone diverges too
+    assert largest_difference(weights(folders[0]), weights(tmp_path / "solo0")) < 1e-5  # its neighbour's NaNs never reach it
+    assert all(torch.isfinite(t).all() for t in weights(folders[2]).values())
+
+
+def test_jobs_group_by_what_must_match_and_say_why_the_rest_run_alone():
+    cfgs = [make_cfg(*job) for job in (
+        ["model=mlp", "optimizer.lr=0.1"], ["model=mlp", "optimizer.lr=0.01", "seed=3"],  # one group
+        ["model=mlp", "model.hidden=8"], ["model=mlp", "model.hidden=8", "optimizer.momentum=0.5"],  # another
+        ["model=mlp", "callbacks=early_stopping"],  # alone: stops at its own time
+        ["optimizer=torch", "optimizer.name=RMSprop", "optimizer.lr=0.01"],  # alone: no stacked update
+        ["model=linear"],  # alone: no other linear job
+    )]
+    groups, alone = group_jobs(cfgs, [0] * len(cfgs))
+    assert [g.jobs for g in groups] == [[0, 1], [2, 3]]
+    assert "callbacks" in alone[4] and "RMSprop" in alone[5] and "model.name" in alone[6]
+
+
+def test_stacked_sweep_through_hydra_gives_every_job_its_own_run(tmp_path, capsys):
+    code, out, err = run_in_process(
+        capsys, "train.py", "-m", "hydra/launcher=stacked", *MLP, "optimizer=sgd,adam", "optimizer.lr=0.01,0.03", "seed=0,1",
+        "device=cpu", f"hydra.sweep.dir={tmp_path}")
+    assert code == 0, err
+    assert "stacked: 8 of 8 jobs in 2 group(s)" in out and "the groups differ in optimizer._target_" in out
+    with open(tmp_path / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}
+    for row in rows:
+        folder = Path(row["folder"])
+        assert (folder / ".hydra" / "overrides.yaml").is_file() and (folder / "train.log").is_file()
+        assert (folder / "checkpoints" / "last.ckpt").is_file() and (folder / "checkpoints" / "best.ckpt").is_file()
+        assert json.loads((folder / "metrics.json").read_text())["stacked"]["jobs"] == 4
+        assert any(t.startswith("weights/") for t in read_events(folder).Tags()["histograms"])
+    job = Path(rows[0]["folder"])
+    assert run_in_process(capsys, "report.py", str(tmp_path))[0] == 0
+    explained = run_in_process(capsys, "explain_step.py", *(job / ".hydra" / "overrides.yaml").read_text().replace("- ", "").split(),
+                               f"hydra.run.dir={tmp_path / 'explained'}")
+    assert explained[0] == 0, explained[2]
+
+
+@pytest.mark.slow
+def test_optuna_trials_train_stacked_in_batches_of_n_jobs(tmp_path, capsys):
+    code, out, err = run_in_process(
+        capsys, "train.py", "-m", "hparams_search=optuna_stacked", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+        *MLP, "device=cpu", f"hydra.sweep.dir={tmp_path}")
+    assert code == 0, err
+    assert out.count("stacked: 2 of 2 jobs in 1 group(s)") == 2
+    assert len(list(tmp_path.glob("*/metrics.json"))) == 4
+
+
+@pytest.mark.slow
+def test_compiled_stacked_step_matches_the_eager_one(tmp_path):
+    jobs = [MLP + ["trainer.max_epochs=2", f"optimizer.lr={lr}", "optimizer.momentum=0.9"] for lr in (0.01, 0.03)]
+    eager = train_group([make_cfg(*j) for j in jobs], [tmp_path / f"eager{i}" for i in range(2)], [False, False])
+    compiled = train_group([make_cfg(*j, "loop.compile=true") for j in jobs], [tmp_path / f"compiled{i}" for i in range(2)], [False, False])
+    assert compiled[0]["compile_seconds"] > 0 and "compile_seconds" not in eager[0]
+    for i in range(2):
+        assert largest_difference(weights(tmp_path / f"eager{i}"), weights(tmp_path / f"compiled{i}")) < 1e-5
+
+
+@pytest.mark.slow
+def test_a_killed_stacked_sweep_resumes_bitwise_and_keeps_finished_jobs(tmp_path):
+    """SIGKILL while the second group trains; resume=true skips the finished first group, resumes
+    the second from its checkpoints, and ends bitwise equal to an uninterrupted sweep."""
+    grid = ["-m", "hydra/launcher=stacked", "model=mlp", "model.hidden=8,16", "optimizer.lr=0.01,0.03", "trainer.max_epochs=30",
+            "checkpoint.budget=0", "device=cpu", "trainer.enable_progress_bar=false"]
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), *grid]
+    whole = subprocess.run([*command, f"hydra.sweep.dir={tmp_path / 'whole'}"], capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*command, f"hydra.sweep.dir={killed}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    second: list[Path] = []
+    while time.monotonic() < deadline and not (len(second) == 2 and all((f / "checkpoints" / "last.ckpt").exists() for f in second)):
+        second = sorted(killed.glob("*model.hidden=16*"))
+        time.sleep(0.05)
+    time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(second) == 2 and not any((f / "metrics.json").exists() for f in second), "the sweep ended before the kill"
+    (first,) = [f / "metrics.json" for f in killed.glob("*model.hidden=8*optimizer.lr=0.01*")]
+    finished_before = first.stat().st_mtime_ns
+    resumed = subprocess.run([*command, f"hydra.sweep.dir={killed}", "resume=true"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "2 job(s) already finished" in resumed.stdout
+    assert first.stat().st_mtime_ns == finished_before
+    for folder in (tmp_path / "whole").iterdir():
+        if folder.is_dir():
+            assert json.loads((killed / folder.name / "metrics.json").read_text())["status"] == "ok"
+            ours, theirs = weights(killed / folder.name), weights(folder)
+            assert all(torch.equal(ours[k], theirs[k]) for k in ours), folder.name
