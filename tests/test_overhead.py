@@ -1,5 +1,6 @@
 """What keeps a tiny model's short epochs cheap still does its job: checkpoints, curves, the bar."""
 
+import time
 import gc
 from types import SimpleNamespace
 
@@ -76,21 +77,32 @@ def test_checkpoint_holds_each_parameter_once_and_old_duplicates_still_load(tmp_
     assert resumed.metrics["steps"] == 64
 
 
-def test_scalar_buffer_writes_in_bursts_with_the_recorded_times():
-    written = []
-    writer = SimpleNamespace(add_scalar=lambda tag, value, step, walltime: written.append((tag, value, step, walltime)))
+def test_scalar_buffer_writes_in_bursts_with_the_recorded_times(tmp_path):
+    """A real SummaryWriter, read back by TensorBoard's reader: the values of one step are one
+    event, with the wall time they were recorded at; histograms ride along."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
     buffer = ScalarBuffer(max_items=3, max_seconds=1000)
     buffer.add("a", 1.0, 1)
-    buffer.add("a", 2.0, 2)
+    recorded = time.time()
+    buffer.add("b", 2.0, 1)
     buffer.flush(writer)
-    assert written == []  # fewer than max_items, too recent
-    buffer.add("b", 3.0, 3)
+    writer.flush()
+    assert not read_events(tmp_path).Tags()["scalars"]  # fewer than max_items, too recent: held
+    buffer.add("a", 3.0, 2)
+    buffer.add_histogram("h", 0.0, 1.0, 4, 2.0, 1.5, [0.5, 1.0], [2, 2], 2)
     buffer.flush(writer)
-    assert [w[:3] for w in written] == [("a", 1.0, 1), ("a", 2.0, 2), ("b", 3.0, 3)]
-    assert written[0][3] <= written[2][3]
+    writer.flush()
+    events = read_events(tmp_path)
+    assert [(e.step, e.value) for e in events.Scalars("a")] == [(1, 1.0), (2, 3.0)]
+    assert [(e.step, e.value) for e in events.Scalars("b")] == [(1, 2.0)]
+    assert abs(events.Scalars("b")[0].wall_time - recorded) < 0.5
+    assert events.Histograms("h")[0].histogram_value.num == 4
     buffer.add("c", 4.0, 4)
     buffer.flush(writer, force=True)
-    assert written[-1][:3] == ("c", 4.0, 4)
+    writer.close()
+    assert read_events(tmp_path).Scalars("c")[0].value == 4.0
 
 
 def test_curves_keep_every_epoch_and_the_last_step(tmp_path):

@@ -1,8 +1,9 @@
 """report.png for a run or a sweep, drawn from its TensorBoard logs with TensorBoard's own reader.
 
 A run: loss curves, per-parameter weight and gradient norms and update ratios, and the final
-weight and gradient histograms of every parameter. A sweep: every job's loss curve and a bar
-chart of each job's final metric, best first. No TensorBoard server is needed.
+weight and gradient histograms of every parameter. A sweep: every job's loss curves, the final
+metric against the swept number (the learning-rate curve, one line per seed) and a bar chart
+of the best jobs' final metric. No TensorBoard server is needed.
 """
 
 import json
@@ -99,30 +100,83 @@ def _histogram(ax: Any, events: EventAccumulator, tag: str) -> None:
 
 
 def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
-    figure, axes = plt.subplot_mosaic([["curves", "val"], ["bars", "bars"]], figsize=(16, 9), height_ratios=[3, 2])
+    figure, axes = plt.subplot_mosaic([["curves", "val"], ["swept", "bars"]], figsize=(16, 10), height_ratios=[3, 3])
     curves, val, bars = axes["curves"], axes["val"], axes["bars"]
     figure.suptitle(f"microtrain sweep {folder} ({len(jobs)} jobs)", fontsize=11)
     finals = []
     for job in jobs:
         events = read_run(job)
-        _curve(curves, events, "train_loss_step", job.name)
-        _curve(val, events, "val_loss", job.name, marker=".")
+        _curve(curves, events, "train_loss_step", job.name, linewidth=0.8)
+        _curve(val, events, "val_loss", job.name, marker="." if len(jobs) <= 12 else None, linewidth=0.8)
         metrics_file = job / run_folder.METRICS
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         name, value = objective(metrics, "auto")
         if metrics.get("status") == "ok" and math.isfinite(value):
             finals.append((value, job.name, name))
-    curves.set(title="training loss per job", xlabel="step", yscale="log")
-    val.set(title="validation loss per job", xlabel="step", yscale="log")
+    curves.set(title=f"training loss, every job ({len(jobs)})", xlabel="step", yscale="log")
+    val.set(title=f"validation loss, every job ({len(jobs)})", xlabel="step", yscale="log")
     for ax in (curves, val):
-        if ax.get_legend_handles_labels()[0]:
+        if ax.get_legend_handles_labels()[0] and len(jobs) <= 12:  # more lines than a legend can name
             ax.legend(fontsize=7)
     finals.sort()
-    names = [f"{'★ ' if i == 0 else ''}{job}" for i, (_, job, _) in enumerate(finals)]
-    values = [v for v, _, _ in finals]
+    _swept_curve(axes["swept"], jobs, {job: (value, name) for value, job, name in finals})
+    shown = finals[:20]
+    swept = swept_values(jobs)  # a job is named by what it sweeps, not its whole folder name
+    label = lambda job: " ".join(f"{k}={v}" for k, v in sorted(swept.get(job, {}).items())) or job  # noqa: E731
+    names = [f"{'★ ' if i == 0 else ''}{label(job)}" for i, (_, job, _) in enumerate(shown)]
+    values = [v for v, _, _ in shown]
     drawn = bars.barh(names[::-1], values[::-1], color=["tab:green"] * (len(values) - 1) + ["tab:olive"] if values else [])
     bars.bar_label(drawn, labels=[f"{v:.4g}" for v in values[::-1]], padding=3, fontsize=8)
-    bars.set(title=f"final {finals[0][2] if finals else 'metric'} per job (best first)")
-    bars.tick_params(axis="y", labelsize=8)
+    more = f", the best {len(shown)} of {len(finals)}" if len(finals) > len(shown) else ""
+    bars.set(title=f"final {finals[0][2] if finals else 'metric'} per job (best first{more})")
+    bars.tick_params(axis="y", labelsize=7)
     figure.tight_layout()
     return figure
+
+
+def swept_values(jobs: list[Path]) -> dict[str, dict[str, str]]:
+    """{job folder name: {key: value}} of the overrides that differ between the jobs (.hydra/overrides.yaml)."""
+    import yaml
+
+    overrides = {}
+    for job in jobs:
+        listed = job / ".hydra" / "overrides.yaml"
+        pairs = [o.split("=", 1) for o in (yaml.safe_load(listed.read_text()) or [])] if listed.exists() else []
+        overrides[job.name] = {k.lstrip("+~"): v for k, v in (p for p in pairs if len(p) == 2)}
+    keys = {k for values in overrides.values() for k in values}
+    swept = {k for k in keys if len({values.get(k) for values in overrides.values()}) > 1}
+    return {job: {k: v for k, v in values.items() if k in swept} for job, values in overrides.items()}
+
+
+def _number(text: Any) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _swept_curve(ax: Any, jobs: list[Path], finals: dict[str, tuple[float, str]]) -> None:
+    """Final metric against the swept number (the learning rate when it is swept), log x axis,
+    one line per value of the other swept keys (one per seed): the learning-rate curve."""
+    swept = swept_values(jobs)
+    numeric = sorted({k for values in swept.values() for k, v in values.items() if not math.isnan(_number(v))})
+    if not numeric or not finals:
+        ax.set_visible(False)
+        return
+    x_key = "optimizer.lr" if "optimizer.lr" in numeric else numeric[0]
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for job, (value, _) in finals.items():
+        values = swept.get(job, {})
+        x = _number(values.get(x_key))
+        if math.isnan(x):
+            continue
+        label = " ".join(f"{k}={v}" for k, v in sorted(values.items()) if k != x_key) or "all jobs"
+        lines.setdefault(label, []).append((x, value))
+    for label, points in sorted(lines.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=label)
+    metric = next(iter(finals.values()))[1]
+    positive = all(p[0] > 0 for points in lines.values() for p in points)
+    ax.set(title=f"final {metric} against {x_key}", xlabel=x_key, ylabel=metric, xscale="log" if positive else "linear", yscale="log")
+    if len(lines) <= 12:
+        ax.legend(fontsize=7)
