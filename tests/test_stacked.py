@@ -240,3 +240,20 @@ def test_a_killed_stacked_sweep_resumes_bitwise_and_keeps_finished_jobs(tmp_path
             assert json.loads((killed / folder.name / "metrics.json").read_text())["status"] == "ok"
             ours, theirs = weights(killed / folder.name), weights(folder)
             assert all(torch.equal(ours[k], theirs[k]) for k in ours), folder.name
+
+
+def test_max_jobs_splits_a_group_and_memory_bounds_it(tmp_path, capsys, monkeypatch):
+    code, out, err = run_in_process(capsys, "train.py", "-m", "hydra/launcher=stacked", "hydra.launcher.max_jobs=2", *MLP,
+                                    "trainer.max_epochs=1", "optimizer.lr=0.01,0.02,0.03", "device=cpu", f"hydra.sweep.dir={tmp_path}")
+    assert code == 0, err
+    assert "group 1: 2 jobs stacked" in out and "group 1: 1 jobs stacked" in out
+    assert len(list(tmp_path.glob("*/checkpoints/last.ckpt"))) == 3
+    from microtrain.stack import plan
+
+    cfg = make_cfg(*MLP, "device=cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (4 * 1024**2, 80 * 1024**3))  # 4 MiB free
+    fits = plan._jobs_that_fit(cfg, 10_000)
+    assert 1 <= fits < 10_000  # a 16-unit MLP with batch 32 takes ~10 KiB a job: ~100 fit in a quarter of 4 MiB
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (64 * 1024**3, 80 * 1024**3))
+    assert plan._jobs_that_fit(cfg, 10_000) == 10_000
