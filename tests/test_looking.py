@@ -56,12 +56,16 @@ def test_sweep_report(capsys, tmp_path):
     assert code == 0, err
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     figure = sweep_figure(tmp_path, jobs)
-    assert titles(figure) == ["training loss per job", "validation loss per job", "final val_loss per job (best first)"]
-    curves, _, bars = figure.axes
+    assert titles(figure) == ["training loss, every job (2)", "validation loss, every job (2)",
+                              "final val_loss against optimizer.lr", "final val_loss per job (best first)"]
+    curves, _, swept, bars = figure.axes
     assert len(curves.get_lines()) == 2
+    (lr_curve,) = swept.get_lines()  # one line: nothing but the learning rate is swept
+    assert list(lr_curve.get_xdata()) == [0.01, 0.1] and swept.get_xscale() == "log"
     labels = [t.get_text() for t in bars.get_yticklabels()]
     best = min(jobs, key=lambda j: json.loads((j / "metrics.json").read_text())["val_loss"])
-    assert labels[-1] == f"★ {best.name}"  # barh draws bottom-up: the best sits on top
+    best_lr = (best / ".hydra" / "overrides.yaml").read_text().split("optimizer.lr=")[1].split()[0]
+    assert labels[-1] == f"★ optimizer.lr={best_lr}"  # barh draws bottom-up: the best sits on top
     assert write_report(tmp_path).stat().st_size > 10_000
 
 

@@ -213,7 +213,7 @@ def test_compiled_stacked_step_matches_the_eager_one(tmp_path):
 def test_a_killed_stacked_sweep_resumes_bitwise_and_keeps_finished_jobs(tmp_path):
     """SIGKILL while the second group trains; resume=true skips the finished first group, resumes
     the second from its checkpoints, and ends bitwise equal to an uninterrupted sweep."""
-    grid = ["-m", "hydra/launcher=stacked", "model=mlp", "model.hidden=8,16", "optimizer.lr=0.01,0.03", "trainer.max_epochs=30",
+    grid = ["-m", "hydra/launcher=stacked", "model=mlp", "model.hidden=8,16", "optimizer.lr=0.01,0.03", "trainer.max_epochs=20",
             "checkpoint.budget=0", "device=cpu", "trainer.enable_progress_bar=false"]
     command = [sys.executable, str(ROOT / "scripts" / "train.py"), *grid]
     whole = subprocess.run([*command, f"hydra.sweep.dir={tmp_path / 'whole'}"], capture_output=True, text=True, timeout=300)
