@@ -165,6 +165,12 @@ def test_jobs_group_by_what_must_match_and_say_why_the_rest_run_alone():
     groups, alone = group_jobs(cfgs, [0] * len(cfgs))
     assert [g.jobs for g in groups] == [[0, 1], [2, 3]]
     assert "callbacks" in alone[4] and "RMSprop" in alone[5] and "model.name" in alone[6]
+    from microtrain.stack.groups import describe
+
+    from microtrain.stack.groups import Group
+
+    assert describe(groups, alone, 7)[1] == "  group 1: 2 jobs (#0, #1)"
+    assert describe([Group([0, 1, 2, 3, 7])], {}, 5)[1] == "  group 1: 5 jobs (#0-#3, #7)"
 
 
 def test_stacked_sweep_through_hydra_gives_every_job_its_own_run(tmp_path, capsys):
@@ -257,3 +263,11 @@ def test_max_jobs_splits_a_group_and_memory_bounds_it(tmp_path, capsys, monkeypa
     assert 1 <= fits < 10_000  # a 16-unit MLP with batch 32 takes ~10 KiB a job: ~100 fit in a quarter of 4 MiB
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (64 * 1024**3, 80 * 1024**3))
     assert plan._jobs_that_fit(cfg, 10_000) == 10_000
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5", "true"])
+def test_a_bad_max_jobs_is_one_line_before_anything_is_written(tmp_path, capsys, value):
+    code, out, err = run_in_process(capsys, "train.py", "-m", "hydra/launcher=stacked", f"hydra.launcher.max_jobs={value}",
+                                    "optimizer.lr=0.01,0.1", "device=cpu", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and "hydra.launcher.max_jobs" in err
+    assert not (tmp_path / "sweep").exists()

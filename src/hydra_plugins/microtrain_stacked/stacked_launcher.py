@@ -8,6 +8,7 @@ import copy
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -27,6 +28,13 @@ log = logging.getLogger(__name__)
 
 class StackedLauncher(Launcher):
     def __init__(self, max_jobs: Optional[int] = None) -> None:
+        if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1):
+            from microtrain.cli import error_console
+
+            # checked when Hydra builds the launcher, before any folder or file is written
+            error_console.print(f"error: hydra.launcher.max_jobs={max_jobs!r} must be a whole number of at least 1, or null "
+                                "(as many jobs as fit in memory)", markup=False)
+            sys.exit(2)
         self.max_jobs = max_jobs
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None

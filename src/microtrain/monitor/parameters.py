@@ -59,6 +59,12 @@ def write_histogram(writer: SummaryWriter, tag: str, tensor: torch.Tensor, step:
     writer.add_histogram_raw(tag, low, high, values.numel(), total, squares, limits, counts.tolist(), step)
 
 
+def auto_interval(cost: float, budget: float, seconds_per_step: float) -> int:
+    """``log.inspect_every_n_steps=auto``: the steps between inspections that keep an inspection
+    costing ``cost`` seconds at ``budget`` of the training time (at most MAX_AUTO_INTERVAL)."""
+    return int(min(max(cost / (budget * seconds_per_step), 1), MAX_AUTO_INTERVAL))
+
+
 class ParameterInspector(L.Callback):
     def __init__(
         self, every_n_steps: Any = 50, histograms: bool = True, budget: float = 0.02,
@@ -145,8 +151,7 @@ class ParameterInspector(L.Callback):
         now = time.perf_counter()
         if self.auto and self._clock is not None and step > self._clock[1]:
             seconds_per_step = max((now - cost - self._clock[0]) / (step - self._clock[1]), 1e-9)
-            interval = cost / (self.budget * seconds_per_step)
-            self.every_n_steps = int(min(max(interval, 1), MAX_AUTO_INTERVAL))
+            self.every_n_steps = auto_interval(cost, self.budget, seconds_per_step)
         self._next = step + self.every_n_steps
         self._clock = (now, step)
 

@@ -108,11 +108,22 @@ def _differences(single: Group, others: list[Group]) -> str:
     return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
 
 
+def _numbers(jobs: list[int]) -> str:
+    """Job numbers with runs shortened: #0-#63, #70."""
+    runs: list[list[int]] = []
+    for job in jobs:
+        if runs and job == runs[-1][-1] + 1:
+            runs[-1].append(job)
+        else:
+            runs.append([job])
+    return ", ".join(f"#{r[0]}" if len(r) < 3 else f"#{r[0]}-#{r[-1]}" for r in runs)
+
+
 def describe(groups: list[Group], alone: dict[int, str], n_jobs: int) -> list[str]:
     """What the sweep stacked, and why the rest did not: printed at its start."""
     lines = [f"stacked: {sum(len(g.jobs) for g in groups)} of {n_jobs} jobs in {len(groups)} group(s)"]
     for number, group in enumerate(groups):
-        lines.append(f"  group {number + 1}: {len(group.jobs)} jobs (#{', #'.join(map(str, group.jobs))})")
+        lines.append(f"  group {number + 1}: {len(group.jobs)} jobs ({_numbers(group.jobs)})")
     if len(groups) > 1:
         keys = sorted(k for k in groups[0].shared if any(g.shared.get(k) != groups[0].shared[k] for g in groups[1:]))
         lines.append(f"  the groups differ in {', '.join(keys)}")

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from microtrain.monitor.parameters import HISTOGRAM_BINS, MAX_AUTO_INTERVAL
+from microtrain.monitor.parameters import HISTOGRAM_BINS, auto_interval
 from microtrain.stack.validate import evaluate
 
 
@@ -124,6 +124,6 @@ class StackedInspector:
         self.last = step
         if self.auto and self._clock is not None and step > self._clock[1]:
             per_step = max((now - cost - self._clock[0]) / (step - self._clock[1]), 1e-9)
-            self.every = int(min(max(cost / (self.budget * per_step), 1), MAX_AUTO_INTERVAL))
+            self.every = auto_interval(cost, self.budget, per_step)
         self.next = step + self.every
         self._clock = (now, step)
