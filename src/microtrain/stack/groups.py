@@ -116,7 +116,7 @@ def _numbers(jobs: list[int]) -> str:
             runs[-1].append(job)
         else:
             runs.append([job])
-    return ", ".join(f"#{r[0]}" if len(r) < 3 else f"#{r[0]}-#{r[-1]}" for r in runs)
+    return ", ".join(", ".join(f"#{j}" for j in r) if len(r) < 3 else f"#{r[0]}-#{r[-1]}" for r in runs)
 
 
 def describe(groups: list[Group], alone: dict[int, str], n_jobs: int) -> list[str]:
