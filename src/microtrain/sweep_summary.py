@@ -102,4 +102,7 @@ class SweepSummary(Callback):
         hidden = tuple(config.hydra.job.config.override_dirname.exclude_keys)
         rows = rank(collect(sweep_dir, optimize, hidden), optimize.mode)
         write_summary(sweep_dir, rows)
+        from microtrain.monitor.hparams import write_sweep_experiment  # imports torch: only at a sweep's end
+
+        write_sweep_experiment([Path(row["folder"]) for row in rows])
         print_summary(rows, sweep_dir)

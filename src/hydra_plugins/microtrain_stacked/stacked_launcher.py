@@ -62,7 +62,8 @@ class StackedLauncher(Launcher):
             configs.append(config)
         folders = [self._output_dir(config) for config in configs]
         tasks = [_task_config(config) for config in configs]
-        results, fresh = plan.run_stacked(tasks, folders, self.max_jobs, console)
+        overrides = [list(config.hydra.overrides.task) for config in configs]
+        results, fresh = plan.run_stacked(tasks, folders, self.max_jobs, console, overrides)
         runs = []
         for index, (config, result) in enumerate(zip(configs, results)):
             if index in fresh:  # resume=true for a job that never wrote a checkpoint: it starts

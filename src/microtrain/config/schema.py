@@ -184,7 +184,8 @@ SECTIONS: dict[str, dict[str, Rule]] = {
     "device": {"type": choice("auto", "cpu", "cuda"), "precision": choice(*PRECISIONS, as_text=True), "threads": integer(1, auto=True)},
     "loop": {"steps_per_call": integer(1, auto=True), "compile": boolean("auto")},
     "checkpoint": {"every_n_steps": integer(1, none=True), "budget": number(0, 1)},
-    "log": {"every_n_steps": integer(1), "inspect_every_n_steps": integer(1, auto=True), "inspect_budget": number(0, 1, positive=True), "histograms": boolean()},
+    "log": {"every_n_steps": integer(1), "inspect": boolean(), "inspect_every_n_steps": integer(1, auto=True),
+            "inspect_budget": number(0, 1, positive=True), "histograms": boolean(), "activations": boolean(), "curvature": boolean()},
     "optimize": {"metric": text(), "mode": choice("min", "max")},
     "explain": {"gradcheck": boolean("auto")},
 }

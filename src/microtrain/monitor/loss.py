@@ -96,7 +96,10 @@ class LossWatch(L.Callback):
 def _diverged_message(pl_module: "Trainee", step: int, loss: float) -> str:
     grads = {n: p.grad for n, p in pl_module.model.named_parameters() if p.grad is not None}
     bad = [name for name, grad in grads.items() if not torch.isfinite(grad).all()]
-    if bad:
+    inspected = [cb.first_nonfinite for cb in pl_module.trainer.callbacks if getattr(cb, "first_nonfinite", None)]
+    if inspected:  # what inspection saw go non-finite first, with its NaN and Inf counts
+        where = inspected[0]
+    elif bad:
         where = f"first non-finite gradient: {bad[0]}"
     elif grads:
         norms = {name: grad.double().norm().item() for name, grad in grads.items()}

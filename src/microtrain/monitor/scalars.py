@@ -7,6 +7,8 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import histogram_raw
 
+from microtrain.monitor.tags import tensorboard_tag
+
 
 class ScalarBuffer:
     """Holds (tag, value, step, wall time) and hands them to the writer together.
@@ -25,12 +27,14 @@ class ScalarBuffer:
         self._items: list[tuple[str, Any, int, float]] = []
         self._flushed_at = time.monotonic()
 
-    def add(self, tag: str, value: float, step: int) -> None:
-        self._items.append((tag, float(value), step, time.time()))
+    def add(self, name: str, value: float, step: int) -> None:
+        """A scalar under microtrain's ``name`` (written as its ``monitor.tags`` tag)."""
+        self._items.append((tensorboard_tag(name), float(value), step, time.time()))
 
-    def add_histogram(self, tag: str, low: float, high: float, count: int, total: float, squares: float,
+    def add_histogram(self, name: str, low: float, high: float, count: int, total: float, squares: float,
                       limits: list[float], counts: list[float], step: int) -> None:
         """What ``SummaryWriter.add_histogram_raw`` writes, held like a scalar."""
+        tag = tensorboard_tag(name)
         value = histogram_raw(tag, low, high, count, total, squares, limits, counts).value[0]
         self._items.append((tag, value, step, time.time()))
 

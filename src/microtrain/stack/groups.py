@@ -70,6 +70,8 @@ def why_alone(cfg: DictConfig) -> Optional[str]:
         return f"device.precision={cfg.device.precision} scales losses per model"
     if cfg.checkpoint.every_n_steps:
         return "checkpoint.every_n_steps writes mid-epoch checkpoints, which the stacked loop does not"
+    if cfg.log.inspect and cfg.log.curvature:
+        return "log.curvature builds each model's Hessian, which the stacked loop does not"
     return None
 
 

@@ -1,6 +1,8 @@
 """What ``monitor.parameters`` records for one run, computed for K stacked jobs at once: norms,
-update ratios and 30-bin histograms of every parameter and gradient, on the device, with one
-copy to the host per inspection. Each job's values then go to its own TensorBoard run."""
+update ratios and 30-bin histograms of every parameter and gradient, and the MLP's hidden-layer
+histograms and dead or saturated units, on the device, with one copy to the host per
+inspection. Each job's values then go to its own TensorBoard run. (``log.curvature`` jobs run
+alone: ``stack.groups``.)"""
 
 import time
 from typing import Any, Optional
@@ -8,7 +10,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from microtrain.monitor.parameters import HISTOGRAM_BINS, auto_interval
+import microtrain
+from microtrain.monitor.parameters import grid, hidden_layers
+from microtrain.monitor.statistics import add_histogram_row, histograms, unit_fractions
 from microtrain.stack.validate import evaluate
 
 
@@ -22,59 +26,38 @@ def update_ratios(before: Tensor, after: Tensor) -> Tensor:
     return norms(after - before) / norms(before).clamp_min(1e-12)
 
 
-def histograms(stacked: Tensor) -> Tensor:
-    """Per job: [min, max, count, sum, sum of squares, 30 bin counts] of its finite values, the
-    bins as ``torch.histc`` counts them (``monitor.parameters.write_histogram``): [K, 35]."""
-    values = stacked.detach().flatten(1).float()
-    finite = torch.isfinite(values)
-    inf = torch.tensor(float("inf"), device=values.device)
-    low = torch.where(finite, values, inf).amin(dim=1)
-    high = torch.where(finite, values, -inf).amax(dim=1)
-    span = (high - low).clamp_min(1e-30)
-    position = ((values - low[:, None]) / span[:, None] * HISTOGRAM_BINS).floor().clamp(0, HISTOGRAM_BINS - 1)
-    position = torch.where(finite, position, torch.zeros_like(position)).long()
-    counts = torch.zeros(len(values), HISTOGRAM_BINS, device=values.device).scatter_add_(1, position, finite.float())
-    clean = torch.where(finite, values, torch.zeros_like(values))
-    summary = torch.stack([low, high, finite.sum(1).float(), clean.sum(1), (clean * clean).sum(1)], dim=1)
-    return torch.cat([summary, counts], dim=1)
-
-
-def add_histogram_row(buffer: Any, tag: str, row: list[float], step: int) -> None:
-    """One job's row of ``histograms``, as ``write_histogram`` would write it, into its ScalarBuffer."""
-    low, high, count, total, squares = row[:5]
-    if count == 0:
-        return
-    counts = row[5:] if high > low else [count]
-    width = (high - low) / len(counts) if high > low else max(abs(low) * 0.01, 1e-6)
-    limits = [low + width * (i + 1) for i in range(len(counts))]
-    buffer.add_histogram(tag, low, high, int(count), total, squares, limits, counts, step)
-
-
 class StackedInspector:
     """``ParameterInspector`` for K jobs: at inspected steps each job's TensorBoard run gets
     ``weights/`` and ``grads/`` histograms, ``weight_norm/``, ``grad_norm/``, ``update_ratio/``
     and ``lr`` (and ``train_loss_full``, ``optimality_gap`` for least squares), the same tags at
     the same steps; ``log.inspect_every_n_steps=auto`` spaces them by the same budget rule."""
 
-    def __init__(self, jobs: list, step: Any, log: Any, first: int, train: tuple[Tensor, Tensor]):
+    def __init__(self, jobs: list, step: Any, log: Any, first: int, train: tuple[Tensor, Tensor], planned: int):
         self.jobs, self.step, self.train = jobs, step, train
-        self.histograms = log.histograms
+        self.enabled, self.histograms = log.inspect, log.histograms
         self.auto = log.inspect_every_n_steps == "auto"
-        self.every = 1 if self.auto else int(log.inspect_every_n_steps)
-        self.budget, self.next = log.inspect_budget, first
+        self.every, self.histogram_every = grid(planned) if self.auto else (int(log.inspect_every_n_steps),) * 2
+        self.budget = log.inspect_budget
         self.last: Optional[int] = None
-        self._clock: Optional[tuple[float, int]] = None
+        self._cost = 0.0
+        # the MLP's hidden layer, fed by the model's first linear layer from the batch itself
+        layers = hidden_layers(jobs[0].model) if log.activations else []
+        first_linear = next((n for n, m in jobs[0].model.named_modules() if isinstance(m, torch.nn.Linear)), None)
+        self.layers = [(name, module) for name, module in layers if name == first_linear]
 
     def due(self, step: int) -> bool:
-        return step >= self.next if self.auto else step % self.every == 0
+        return self.enabled and step % self.every == 0
 
-    def inspect(self, step: int, before: list[Tensor], grads: list[Tensor]) -> None:
+    def inspect(self, step: int, before: list[Tensor], grads: list[Tensor], x: Optional[Tensor] = None) -> None:
         """The weights before this step's update, its gradients and the update's ratio, for all jobs
-        in one host copy."""
+        in one host copy (``x``: the step's batches, [K, B, features], for the hidden layer)."""
         started = time.perf_counter()
         rows = [norms(w) for w in before] + [norms(g) for g in grads] + [update_ratios(w, a) for w, a in zip(before, self.step.params)]
-        values = torch.stack(rows).T.tolist()  # [K, 3 * parameters]
-        hists = torch.stack([histograms(t) for t in (*before, *grads)], dim=1).tolist() if self.histograms else None
+        drawing = self.histograms and step % self.histogram_every == 0
+        units, unit_names = self._units(before, x, drawing)
+        values = torch.stack(rows + [u for u in units if u.dim() == 1]).T.tolist()  # [K, 3 * parameters + fractions]
+        hists = torch.stack([histograms(t) for t in (*before, *grads)], dim=1).tolist() if drawing else None
+        layer_hists = torch.stack([u for u in units if u.dim() == 2], dim=1).tolist() if drawing and self.layers else None
         n = len(self.step.names)
         for k, job in enumerate(self.jobs):
             if not job.active:
@@ -87,15 +70,41 @@ class StackedInspector:
                 if hists is not None:
                     add_histogram_row(out, f"weights/{name}", hists[k][i], step)
                     add_histogram_row(out, f"grads/{name}", hists[k][n + i], step)
+            for j, name in enumerate(unit_names):
+                out.add(name, values[k][3 * n + j], step)
+            if layer_hists is not None:
+                for j, (layer, _) in enumerate(self.layers):
+                    add_histogram_row(out, f"preactivations/{layer}", layer_hists[k][2 * j], step)
+                    add_histogram_row(out, f"activations/{layer}", layer_hists[k][2 * j + 1], step)
             out.add("lr", job.lr(), step)
         self._full_loss(step, before)
         for job in self.jobs:
-            job.scalars.flush(job.writer, force=True)
+            job.scalars.flush(job.writer)
         self._schedule(step, time.perf_counter() - started)
+
+    def _units(self, weights: list[Tensor], x: Optional[Tensor], drawing: bool) -> tuple[list[Tensor], list[str]]:
+        """Per job: the hidden layer's dead or saturated fraction ([K] each) and, when drawing,
+        histograms of its pre-activations and activations ([K, 35] each)."""
+        if not self.layers or x is None:
+            return [], []
+        params = dict(zip(self.step.names, weights))
+        out, names = [], []
+        for layer, module in self.layers:
+            weight, bias = params[f"{layer}.weight"], params.get(f"{layer}.bias")
+            pre = torch.bmm(x.to(weight.dtype), weight.transpose(1, 2))
+            if bias is not None:
+                pre = pre + bias[:, None, :]
+            post = module(pre)
+            for what, values in _per_job(type(module).__name__, post).items():
+                out.append(values)
+                names.append(f"{what}_units/{layer}")
+            if drawing:
+                out += [histograms(pre), histograms(post)]
+        return out, names
 
     def final(self, step: int) -> None:
         """The final weights, so every run ends with its final state (``on_train_end``)."""
-        if self.last == step:
+        if not self.enabled or self.last == step:
             return
         values = torch.stack([norms(w) for w in self.step.params]).T.tolist()
         hists = torch.stack([histograms(w) for w in self.step.params], dim=1).tolist() if self.histograms else None
@@ -120,10 +129,15 @@ class StackedInspector:
                 job.scalars.add("optimality_gap", full[k] - job.prepared.optimum, step)
 
     def _schedule(self, step: int, cost: float) -> None:
-        now = time.perf_counter()
-        self.last = step
-        if self.auto and self._clock is not None and step > self._clock[1]:
-            per_step = max((now - cost - self._clock[0]) / (step - self._clock[1]), 1e-9)
-            self.every = auto_interval(cost, self.budget, per_step)
-        self.next = step + self.every
-        self._clock = (now, step)
+        """auto: the grid doubles while inspection took more than the budget of the command so far
+        (the stacked step is compiled or not for the whole run, so timing cannot break bitwise resume)."""
+        self.last, self._cost = step, self._cost + cost
+        if self.auto and self._cost > self.budget * (time.perf_counter() - microtrain.STARTED):
+            self.every *= 2
+            self.histogram_every = self.every * max(1, -(-self.histogram_every // self.every))
+
+
+def _per_job(kind: str, post: Tensor) -> dict[str, Tensor]:
+    """``unit_fractions`` for each job of [K, B, units]."""
+    per = [unit_fractions(kind, post[k]) for k in range(len(post))]
+    return {what: torch.stack([p[what] for p in per]) for what in (per[0] if per else {})}

@@ -9,11 +9,11 @@ import copy
 from collections.abc import Callable
 
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from microtrain.errors import ConfigError
 from microtrain.monitor.hparams import log_hparams
+from microtrain.monitor.logger import RunLogger, tensorboard_layout
 from microtrain.monitor.scalars import ScalarBuffer
 from microtrain.run import folder as run_folder
 from microtrain.run.checkpoints import checkpoint_callbacks
@@ -26,8 +26,9 @@ Snapshot = dict[str, Any]  # what a checkpoint needs of one moment of one job
 class StackedJob:
     """A job's config, folder, seeded model and optimizer, and its progress in the group."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path):
+    def __init__(self, cfg: DictConfig, run_dir: Path, overrides: Optional[list[str]] = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.overrides = overrides or []  # its command-line overrides: HParams shows the keys they set
         self.prepared: Prepared = prepare(cfg)  # the seeded model and the data, as its solo run has them
         module = self.prepared.module
         self.model = module.model
@@ -76,14 +77,13 @@ class StackedJob:
     def open(self) -> None:
         """The job's TensorBoard run and its config files; a resumed run hides the steps it redoes."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.logger = TensorBoardLogger(save_dir=str(self.run_dir), name="", version="", default_hp_metric=False,
-                                        purge_step=self.start_step or None)
+        self.logger = RunLogger(self.run_dir, purge_step=self.start_step or None, layout=tensorboard_layout(self.cfg, self.prepared))
         run_folder.write_text_atomic(self.run_dir / run_folder.CONFIG, OmegaConf.to_yaml(self.cfg))
         run_folder.write_json_atomic(self.run_dir / run_folder.DATA_INFO, self.prepared.data_info)
         if self.prepared.dataset.truth:
             run_folder.write_json_atomic(self.run_dir / run_folder.DATA_TRUTH, self.prepared.dataset.truth)
         if self.prepared.optimum is not None:
-            self.writer.add_scalar("train_loss_optimum", self.prepared.optimum, self.start_step)
+            self.scalars.add("train_loss_optimum", self.prepared.optimum, self.start_step)
 
     @property
     def writer(self) -> Any:
@@ -153,6 +153,6 @@ class StackedJob:
         """metrics.json, the HParams entry, and every event on disk."""
         self.scalars.flush(self.writer, force=True)
         if metrics.get("status") == "ok":
-            log_hparams(self.logger, self.cfg, metrics)
+            log_hparams(self.logger, self.cfg, metrics, self.overrides, experiment=False)  # the sweep's end writes the experiment
         self.logger.finalize("success" if metrics.get("status") == "ok" else "failed")  # hparams.yaml, flushed events
         run_folder.write_json_atomic(self.run_dir / run_folder.METRICS, metrics)

@@ -23,7 +23,8 @@ MEMORY_SHARE = 0.25  # of the free memory (the GPU's, or the host's) one stacked
 Result = dict[str, Any]
 
 
-def run_stacked(cfgs: list[DictConfig], folders: list[Path], max_jobs: Optional[int], console: Any) -> tuple[list[Optional[Result]], set[int]]:
+def run_stacked(cfgs: list[DictConfig], folders: list[Path], max_jobs: Optional[int], console: Any,
+                overrides: Optional[list[list[str]]] = None) -> tuple[list[Optional[Result]], set[int]]:
     """([each job's result, or None for a job to run alone through its task function], the jobs
     of a resumed sweep that never started, which start afresh)."""
     results: list[Optional[Result]] = [None] * len(cfgs)
@@ -69,7 +70,8 @@ def run_stacked(cfgs: list[DictConfig], folders: list[Path], max_jobs: Optional[
             chunk = group.jobs[start : start + int(limit)]
             started = time.perf_counter()
             try:
-                metrics = train_group([cfgs[i] for i in chunk], [folders[i] for i in chunk], [bool(cfgs[i].resume) for i in chunk])
+                metrics = train_group([cfgs[i] for i in chunk], [folders[i] for i in chunk], [bool(cfgs[i].resume) for i in chunk],
+                                      [overrides[i] if overrides else [] for i in chunk])
             except MicrotrainError as err:
                 metrics = [_failed(folders[i], str(err)) for i in chunk]
             except Exception as err:  # noqa: BLE001 -- in a sweep one broken group must not stop the others

@@ -24,9 +24,11 @@ from microtrain.train.bypass import CheckpointBudget
 COMPILE_FROM_JOB_STEPS = 200_000
 
 
-def train_group(cfgs: list[DictConfig], run_dirs: list[Path], resume: list[bool]) -> list[dict[str, Any]]:
+def train_group(cfgs: list[DictConfig], run_dirs: list[Path], resume: list[bool],
+                overrides: Optional[list[list[str]]] = None) -> list[dict[str, Any]]:
     """Train the jobs stacked; returns each job's metrics (also in its metrics.json)."""
-    jobs = [StackedJob(cfg, run_dir) for cfg, run_dir in zip(cfgs, run_dirs)]
+    overrides = overrides or [[] for _ in cfgs]
+    jobs = [StackedJob(cfg, run_dir, job_overrides) for cfg, run_dir, job_overrides in zip(cfgs, run_dirs, overrides)]
     for job, again in zip(jobs, resume):
         if again:
             job.resume()
@@ -65,7 +67,7 @@ class StackedRun:
                                 start_step=self.step_count)
         self.loss_fn = jobs[0].prepared.module.loss_fn
         self.budget = CheckpointBudget(cfg.checkpoint.budget)
-        self.inspector = StackedInspector(self.jobs, self.step, cfg.log, self.step_count, (self.train_x, self.train_y))
+        self.inspector = StackedInspector(self.jobs, self.step, cfg.log, self.step_count, (self.train_x, self.train_y), planned)
         self.pending: list[torch.Tensor] = []
         self.best: Optional[list[torch.Tensor]] = None  # see _keep_best
         self.pending_first = self.step_count
@@ -121,7 +123,7 @@ class StackedRun:
             loss, grads = self.step(x, y)
             self.pending.append(loss.detach())
             if before is not None:
-                self.inspector.inspect(self.step_count, before, grads)
+                self.inspector.inspect(self.step_count, before, grads, x)
             self.step_count += 1
             done = b + 1
             if len(self.pending) >= self.cfg.log.every_n_steps:

@@ -35,6 +35,9 @@ class StepWatcher(Protocol):
     def fixed_grid(self) -> None:
         """Choose the steps by their number alone (``loop.compile``: see ParameterInspector)."""
 
+    def stepped(self, module: "Trainee") -> None:
+        """Right after the update of a step that went through Lightning's hooks."""
+
 
 class StepLoop:
     """How ``Trainee.training_step`` takes each optimizer step.
@@ -63,6 +66,7 @@ class StepLoop:
         self._params: list[torch.Tensor] = []
         self._rule: Optional[Update] = None
         self._module: Optional["Trainee"] = None
+        self.batch: list = []  # the batches of the step being taken (inspection forwards them again)
 
     def start(self, module: "Trainee") -> None:
         trainer = module.trainer
@@ -126,7 +130,8 @@ class StepLoop:
                 return
             for param in self._params:
                 param.grad = None  # optimizer.zero_grad(set_to_none=True)
-            yield batches[start : start + self.accumulate]
+            self.batch = batches[start : start + self.accumulate]
+            yield self.batch
 
     def _plain(self) -> bool:
         return self.fast and not any(w.needs_hooks(self.step_count) for w in self._watchers)
@@ -149,6 +154,8 @@ class StepLoop:
             # the callbacks' (ParameterInspector reads this step's weights and gradients, before
             # clipping, as under Lightning's automatic optimization), then Trainee's, which clips.
             optimizer.step()
+            for watcher in self._watchers:
+                watcher.stepped(self._module)
         self.step_count += 1
 
     def clip(self) -> None:

@@ -8,13 +8,13 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from microtrain import device
 from microtrain.config import schema
 from microtrain.errors import ConfigError
 from microtrain.monitor.hparams import log_hparams
+from microtrain.monitor.logger import RunLogger, tensorboard_layout
 from microtrain.monitor.loss import LossWatch
 from microtrain.monitor.parameters import ParameterInspector
 from microtrain.run import folder as run_folder
@@ -77,13 +77,12 @@ def _build_trainer(
 ) -> L.Trainer:
     has_val = prepared.splits.val is not None
     purge_step = torch.load(resumed, weights_only=True)["global_step"] if resumed else None
-    # version="" and name="" put the event files straight into the run folder, so a sweep folder's
-    # TensorBoard runs are named by their job folders; purge_step hides steps a resumed run redoes.
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False, purge_step=purge_step)
+    logger = RunLogger(run_dir, purge_step=purge_step, layout=tensorboard_layout(cfg, prepared))  # purge_step hides steps a resumed run redoes
     every = cfg.checkpoint.every_n_steps
     callbacks = [
         LossWatch(cfg.log.every_n_steps, every),
-        ParameterInspector(cfg.log.inspect_every_n_steps, cfg.log.histograms, cfg.log.inspect_budget, prepared.optimum, prepared.splits.train),
+        ParameterInspector(cfg.log.inspect_every_n_steps, cfg.log.histograms, cfg.log.inspect_budget, prepared.optimum, prepared.splits.train,
+                           activations=cfg.log.activations, curvature=cfg.log.curvature, enabled=cfg.log.inspect),
         *checkpoint_callbacks(run_dir / run_folder.CHECKPOINTS, has_val, every, cfg.checkpoint.budget),
         *build_callbacks(cfg.callbacks, _logged(prepared) if has_val else []),
     ]

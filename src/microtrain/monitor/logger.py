@@ -1,0 +1,40 @@
+"""The run's TensorBoard logger: Lightning's ``TensorBoardLogger``, writing into
+``<run>/tensorboard`` (``monitor.tags.events_folder``) under microtrain's tag names, with the
+Custom Scalars layout written first."""
+
+from pathlib import Path
+from typing import Any, Optional
+
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from microtrain.monitor import tags
+from microtrain.monitor.parameters import hidden_layers
+
+
+class RunLogger(TensorBoardLogger):
+    def __init__(self, run_dir: Path, purge_step: Optional[int] = None, layout: Optional[dict] = None):
+        # name="" and version="tensorboard": the event files go to <run>/tensorboard, a run named
+        # "tensorboard" (and "<job>/tensorboard" in a sweep) rather than "."
+        super().__init__(save_dir=str(run_dir), name="", version=tags.EVENTS, default_hp_metric=False, purge_step=purge_step)
+        self._layout = layout
+
+    @property
+    def experiment(self) -> Any:
+        fresh = self._experiment is None
+        writer = super().experiment
+        if fresh and self._layout and writer is not None:
+            writer.add_custom_scalars(self._layout)  # the Custom Scalars tab's charts
+        return writer
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        """Lightning's metrics (val_loss, val_r2, epoch, ...) under their TensorBoard tags."""
+        super().log_metrics({tags.tensorboard_tag(k): v for k, v in metrics.items()}, step)
+
+
+def tensorboard_layout(cfg: Any, prepared: Any) -> dict:
+    """The Custom Scalars layout of a run with this config (``monitor.tags.layout``)."""
+    model = prepared.module.model
+    layers = [name for name, _ in hidden_layers(model)] if cfg.log.inspect and cfg.log.activations else []
+    return tags.layout([n for n, _ in model.named_parameters()], layers, cfg.log.inspect and cfg.log.curvature)

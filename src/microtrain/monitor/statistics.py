@@ -1,0 +1,74 @@
+"""What inspection computes, on the device where the tensors live, for many tensors at once,
+with one copy to the host per inspection: norms (``torch._foreach_norm``: one kernel launch for
+all parameters), 30-bin histograms, NaN and Inf counts, and what hidden units do.
+
+Shared by a single run (``monitor.parameters``) and a stacked sweep (``stack.inspect``), whose
+tensors carry a leading job dimension ``[K, ...]``.
+"""
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+HISTOGRAM_BINS = 30
+SATURATED = 0.99  # |tanh| above this, or sigmoid within 0.01 of 0 or 1: the unit's gradient is < 2 % of its peak
+
+
+def foreach_norms(tensors: list[Tensor]) -> Tensor:
+    """The L2 norm of each tensor, as one [len] tensor (float32 or wider)."""
+    if not tensors:
+        return torch.zeros(0)
+    return torch.stack(torch._foreach_norm([t.detach() for t in tensors])).float()
+
+
+def histograms(stacked: Tensor) -> Tensor:
+    """Per row of ``stacked`` ([K, ...]): [min, max, count, sum, sum of squares, 30 bin counts]
+    of its finite values, the bins as ``torch.histc`` counts them: [K, 35]. Non-finite values are
+    left out (counted by ``nonfinite_counts``), so a diverging run never breaks the writer."""
+    values = stacked.detach().flatten(1).float()
+    finite = torch.isfinite(values)
+    inf = torch.tensor(float("inf"), device=values.device)
+    low = torch.where(finite, values, inf).amin(dim=1)
+    high = torch.where(finite, values, -inf).amax(dim=1)
+    span = (high - low).clamp_min(1e-30)
+    position = ((values - low[:, None]) / span[:, None] * HISTOGRAM_BINS).floor().clamp(0, HISTOGRAM_BINS - 1)
+    position = torch.where(finite, position, torch.zeros_like(position)).long()
+    counts = torch.zeros(len(values), HISTOGRAM_BINS, device=values.device).scatter_add_(1, position, finite.float())
+    clean = torch.where(finite, values, torch.zeros_like(values))
+    summary = torch.stack([low, high, finite.sum(1).float(), clean.sum(1), (clean * clean).sum(1)], dim=1)
+    return torch.cat([summary, counts], dim=1)
+
+
+def add_histogram_row(buffer: Any, name: str, row: list[float], step: int) -> None:
+    """One row of ``histograms`` into a ``ScalarBuffer``, as TensorBoard's histogram proto."""
+    low, high, count, total, squares = row[:5]
+    if count == 0:
+        return  # nothing finite to draw
+    counts = row[5:] if high > low else [count]
+    width = (high - low) / len(counts) if high > low else max(abs(low) * 0.01, 1e-6)
+    limits = [low + width * (i + 1) for i in range(len(counts))]
+    buffer.add_histogram(name, low, high, int(count), total, squares, limits, counts, step)
+
+
+def nonfinite_counts(tensor: Tensor) -> tuple[int, int]:
+    """(NaN count, Inf count) of a tensor."""
+    return int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+
+
+def unit_fractions(kind: str, output: Tensor) -> dict[str, Tensor]:
+    """What a hidden layer's units do on one batch (``output``: [rows, units] after the activation).
+
+    ``dead``: ReLU units never positive on the batch (their gradient is zero for every row, so
+    SGD cannot revive them). ``saturated``: tanh or sigmoid units whose output lies in the flat
+    tails (see SATURATED) for more than half of the batch."""
+    output = output.detach().flatten(1) if output.dim() > 1 else output.detach()[:, None]
+    if kind == "ReLU":
+        return {"dead": 1.0 - (output > 0).any(dim=0).float().mean()}
+    if kind == "Tanh":
+        flat = output.abs() > SATURATED
+    elif kind == "Sigmoid":
+        flat = (output < 1 - SATURATED) | (output > SATURATED)
+    else:
+        return {}
+    return {"saturated": (flat.float().mean(dim=0) > 0.5).float().mean()}
