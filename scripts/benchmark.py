@@ -7,6 +7,7 @@ import platform
 import torch
 
 from microtrain.cli import quiet_libraries
+from benchmark_inspection import inspection_check, inspection_line
 from benchmark_stacked import stacked_check, stacked_table
 from benchmark_harness import CASES, command_check, command_line, compiled_table, markdown_table, measure, startup, startup_line, summarize
 
@@ -23,6 +24,8 @@ def main() -> None:
                         help="repeats of scripts/train.py on its default data against the plain loop (0 = skip)")
     parser.add_argument("--stacked-repeats", type=int, default=1,
                         help="repeats of the 64-job stacked sweep case against Hydra's basic and joblib launchers (0 = skip; ~5 min each)")
+    parser.add_argument("--inspection-repeats", type=int, default=3,
+                        help="repeats of the default model=mlp run and a 20 000-step run with inspection on and off (0 = skip)")
     parser.add_argument("--no-compile", action="store_true", help="skip the loop.compile=true side (seconds of compiling per case)")
     args = parser.parse_args()
     import lightning  # noqa: F401 -- imported first: importing it resets its loggers' level
@@ -51,12 +54,15 @@ def main() -> None:
     if args.command_repeats and not args.no_compile:
         compiled_command = command_check(args.command_repeats, args.device, extra=("loop.compile=true",))
         print(command_line(compiled_command))
+    inspection = inspection_check(args.inspection_repeats, args.device) if args.inspection_repeats else None
+    if inspection:
+        print(inspection_line(inspection))
     stacked = stacked_check(args.stacked_repeats, args.device) if args.stacked_repeats else None
     if stacked:
         print(stacked_table(stacked))
     with open(args.json, "w") as handle:
         json.dump({"machine": machine, "cases": results, "startup": start, "command": command, "compiled_command": compiled_command,
-                   "stacked": stacked}, handle, indent=2)
+                   "stacked": stacked, "inspection": inspection}, handle, indent=2)
     print(f"raw numbers: {args.json}")
 
 

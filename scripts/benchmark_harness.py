@@ -285,3 +285,4 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             f"{r['samples_per_s']['microtrain']:,.0f} | {100 * r['inspection_cost']:+.1f} % | {_same(r['same_weights'])} |"
         )
     return "\n".join(lines)
+

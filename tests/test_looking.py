@@ -108,7 +108,7 @@ def test_tensorboard_server_serves_every_histogram(mlp_run):
         assert tags, "TensorBoard did not answer"
         (run_tags,) = tags.values()
         for name in MLP_PARAMS:
-            assert f"weights/{name}" in run_tags and f"grads/{name}" in run_tags
+            assert f"1_weights/{name}" in run_tags and f"2_grads/{name}" in run_tags  # monitor.tags
     finally:
         server.terminate()
         server.wait(timeout=30)

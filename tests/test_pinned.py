@@ -31,5 +31,10 @@ def test_loss_curve_of_the_first_20_steps_is_pinned(tmp_path, model):
 
 @pytest.mark.parametrize("model", ["linear", "mlp"])
 def test_weights_after_20_default_steps_are_bitwise_pinned(tmp_path, model):
+    """Bitwise per CPU kernel family: AVX512 kernels round the same step differently from the
+    machine the first pins were recorded on (CI's of 2 December, whose capability went
+    unrecorded), so "weights_by_cpu" holds pins recorded with the code of before the change
+    under test, by torch.backends.cpu.get_cpu_capability()."""
     result = train(make_cfg(f"model={model}", "trainer.max_steps=20"), tmp_path)
-    assert _hex(result.module.model) == PINNED[model]["weights"]
+    pins = PINNED[model].get("weights_by_cpu", {}).get(torch.backends.cpu.get_cpu_capability(), PINNED[model]["weights"])
+    assert _hex(result.module.model) == pins

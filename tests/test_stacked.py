@@ -128,7 +128,8 @@ def test_stacked_jobs_write_the_tensorboard_runs_of_their_solo_twins(tmp_path):
 
     start = plugin_data_pb2.HParamsPluginData.FromString(stacked.PluginTagToContent("hparams")["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["seed"].number_value == 1
-    assert stacked.Scalars("hparams/val_loss")[-1].value == pytest.approx(solo.Scalars("hparams/val_loss")[-1].value, rel=1e-4)
+    assert stacked.Scalars("final/val_loss")[-1].value == pytest.approx(solo.Scalars("final/val_loss")[-1].value, rel=1e-4)
+    assert stacked.Scalars("dead_units/fc1")[0].value == pytest.approx(solo.Scalars("dead_units/fc1")[0].value)
 
 def test_classification_jobs_report_the_accuracy_torchmetrics_gives(tmp_path):
     jobs = [["data=iris", "loss=cross_entropy", "model=mlp", "trainer.max_epochs=4", f"optimizer.lr={lr}", "data.test_fraction=0.2"]

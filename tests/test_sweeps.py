@@ -80,7 +80,7 @@ def test_ddp_on_two_cpu_processes_writes_one_metrics_file(tmp_path):
     assert done.stdout.count("run folder:") == 1
     # 800 training rows shared by 2 ranks, batch 32 each: 13 steps per epoch
     assert metrics["steps"] == 26
-    assert len(list(run_dir.glob("events.out.tfevents.*"))) >= 1
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) >= 1
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
 
 

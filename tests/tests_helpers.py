@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from microtrain.monitor.tags import Events
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -18,11 +18,10 @@ def make_cfg(*overrides: str, config: str = "train") -> DictConfig:
         return compose(config, overrides=["device=cpu", "trainer.enable_progress_bar=false", *overrides])
 
 
-def read_events(logdir: Path) -> EventAccumulator:
-    """TensorBoard's own reader, keeping every scalar and histogram."""
-    events = EventAccumulator(str(logdir), size_guidance={"histograms": 0, "scalars": 0, "tensors": 0})
-    events.Reload()
-    return events
+def read_events(logdir: Path) -> Events:
+    """TensorBoard's own reader, keeping every scalar and histogram, by microtrain's names
+    (``monitor.tags``): read_events(run).Scalars("val_loss") reads the tag 1_loss/val."""
+    return Events(logdir)
 
 
 def run_script(script: str, *args: str, cwd: Path, timeout: int = 180) -> subprocess.CompletedProcess:

@@ -1,7 +1,8 @@
 """report.png for a run or a sweep, drawn from its TensorBoard logs with TensorBoard's own reader.
 
-A run: loss curves, per-parameter weight and gradient norms and update ratios, and the final
-weight and gradient histograms of every parameter. A sweep: every job's loss curves, the final
+A run: loss curves, per-parameter weight and gradient norms and update ratios, the final
+weight and gradient histograms of every parameter, and the loss landscape around its path
+(``landscape``). A sweep: every job's loss curves, the final
 metric against the swept number (the learning-rate curve, one line per seed) and a bar chart
 of the best jobs' final metric. No TensorBoard server is needed.
 """
@@ -17,21 +18,19 @@ matplotlib.use("Agg")  # headless: no display needed
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
+from microtrain.monitor.tags import Events, events_folder  # noqa: E402
 from microtrain.run import folder as run_folder  # noqa: E402
 from microtrain.errors import ConfigError  # noqa: E402
 from microtrain.sweep_summary import objective  # noqa: E402
 
 
-def read_run(folder: Path) -> EventAccumulator:
-    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "histograms": 0})
-    events.Reload()
-    return events
+def read_run(folder: Path) -> Events:
+    return Events(folder)
 
 
 def is_run(folder: Path) -> bool:
-    return any(folder.glob("events.out.tfevents.*"))
+    return any(events_folder(folder).glob("events.out.tfevents.*"))
 
 
 def write_report(folder: Path) -> Path:
@@ -52,7 +51,7 @@ def write_report(folder: Path) -> Path:
     return out
 
 
-def _curve(ax: Any, events: EventAccumulator, tag: str, label: str, **style: Any) -> bool:
+def _curve(ax: Any, events: Events, tag: str, label: str, **style: Any) -> bool:
     if tag not in events.Tags()["scalars"]:
         return False
     points = events.Scalars(tag)
@@ -60,13 +59,13 @@ def _curve(ax: Any, events: EventAccumulator, tag: str, label: str, **style: Any
     return True
 
 
-def _parameters(events: EventAccumulator) -> list[str]:
+def _parameters(events: Events) -> list[str]:
     return [t.split("/", 1)[1] for t in events.Tags()["histograms"] if t.startswith("weights/")]
 
 
-def run_figure(folder: Path, events: EventAccumulator) -> Figure:
+def run_figure(folder: Path, events: Events) -> Figure:
     params = _parameters(events)
-    rows = 1 + math.ceil(len(params) / 2)
+    rows = 2 + math.ceil(len(params) / 2)
     figure, axes = plt.subplots(rows, 4, figsize=(18, 3.6 * rows), squeeze=False)
     figure.suptitle(f"microtrain run {folder}", fontsize=11)
     loss = axes[0][0]
@@ -85,13 +84,46 @@ def run_figure(folder: Path, events: EventAccumulator) -> Figure:
     for i, name in enumerate(params):
         for j, kind in enumerate(("weights", "grads")):
             _histogram(axes[1 + i // 2][(i % 2) * 2 + j], events, f"{kind}/{name}")
-    for ax in axes.flat[4 + 2 * len(params) :]:
+    for ax in axes.flat[4 + 2 * len(params) : -4]:
         ax.set_visible(False)
+    _landscape(figure, axes[-1], folder)
     figure.tight_layout()
     return figure
 
 
-def _histogram(ax: Any, events: EventAccumulator, tag: str) -> None:
+def _landscape(figure: Figure, row: Any, folder: Path) -> None:
+    """The last row: the loss landscape with the path drawn on it (two panels wide)."""
+    from microtrain.errors import MicrotrainError
+    from microtrain.landscape import landscape
+
+    for ax in row[2:]:
+        ax.set_visible(False)
+    gs = row[0].get_gridspec()
+    row[0].remove()
+    row[1].remove()
+    ax = figure.add_subplot(gs[-1, :2])
+    try:
+        view = landscape(folder)
+    except (MicrotrainError, OSError) as err:
+        ax.set_axis_off()
+        ax.set_title("loss landscape")
+        ax.text(0.02, 0.5, f"not drawn: {err}", transform=ax.transAxes, fontsize=8, wrap=True)
+        return
+    import numpy as np
+
+    loss = view.loss.double().clamp_min(1e-12).numpy()
+    levels = np.geomspace(loss.min(), loss.max(), 25) if loss.max() > loss.min() else 10
+    contours = ax.contourf(view.a.numpy(), view.b.numpy(), loss, levels=levels, cmap="viridis", norm=matplotlib.colors.LogNorm())
+    figure.colorbar(contours, ax=ax, label="training loss")
+    path = view.path.numpy()
+    ax.plot(path[:, 0], path[:, 1], color="white", linewidth=1.2, marker=".", markersize=3)
+    ax.plot(*path[0], marker="o", color="red", label="start")
+    ax.plot(*path[-1], marker="*", color="orange", markersize=12, label="end")
+    ax.set(title=view.title, xlabel=view.labels[0], ylabel=view.labels[1])
+    ax.legend(fontsize=7)
+
+
+def _histogram(ax: Any, events: Events, tag: str) -> None:
     last = events.Histograms(tag)[-1]
     limits, counts = list(last.histogram_value.bucket_limit), last.histogram_value.bucket
     lefts = [last.histogram_value.min] + limits[:-1]

@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from microtrain.monitor import tags
-from microtrain.monitor.parameters import hidden_layers
+from microtrain.monitor.activations import hidden_layers
 
 
 class RunLogger(TensorBoardLogger):

@@ -27,6 +27,7 @@ histograms; the grid is widened (doubled) whenever inspection has taken more tha
 
 import math
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import lightning as L
@@ -35,9 +36,11 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 import microtrain
-from microtrain.monitor import curvature, tags
+from microtrain.monitor import curvature
+from microtrain.monitor.activations import capture, hidden_layers
 from microtrain.monitor.progress import planned_steps
 from microtrain.monitor.scalars import ScalarBuffer
+from microtrain.run import folder as run_folder
 from microtrain.monitor.statistics import add_histogram_row, foreach_norms, histograms, nonfinite_counts, unit_fractions
 
 if TYPE_CHECKING:  # the callbacks read the module's model, loss and loss window
@@ -45,6 +48,10 @@ if TYPE_CHECKING:  # the callbacks read the module's model, loss and loss window
 
 INSPECT_POINTS = 200  # auto: at least this many inspected steps over a run (250 for 500 steps)
 HISTOGRAM_SLICES = 25  # auto: of which about this many also draw histograms
+COMPILED_INTERVAL = 50  # auto under loop.compile: inspected steps run eager, so at most one in 50 is
+TRAJECTORY = "trajectory.pt"  # the weights at inspected steps, for report.png's loss landscape
+TRAJECTORY_EVERY_POINT = 10_000  # parameters: up to this many, the weights of every inspected step are kept
+TRAJECTORY_LIMIT = 1_000_000  # up to this many, those of the histogram steps; above it, none
 
 
 def tensorboard_writer(trainer: "L.Trainer") -> Optional[SummaryWriter]:
@@ -62,18 +69,6 @@ def grid(planned: Optional[float]) -> tuple[int, int]:
         return 1, 1
     every = max(1, int(planned) // INSPECT_POINTS)
     return every, every * max(1, round(planned / every / HISTOGRAM_SLICES))
-
-
-def hidden_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(layer name, activation module) of each hidden layer: the activation module and the name of
-    the linear layer that feeds it (``fc1`` for the MLP). A linear model has none."""
-    layers, feeding = [], None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            feeding = name
-        elif isinstance(module, (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity)) and feeding is not None and name:
-            layers.append((feeding, module))
-    return layers
 
 
 class ParameterInspector(L.Callback):
@@ -96,16 +91,17 @@ class ParameterInspector(L.Callback):
         self._step: Optional[int] = None  # the last step inspected
         self._cost = 0.0  # seconds all inspections took
         self._names: list[str] = []
-        self._model: Optional[nn.Module] = None
+        self._inspected: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self._layers: list[tuple[str, nn.Module]] = []
         self.first_nonfinite: Optional[str] = None  # for the divergence message
+        self.trajectory: list[tuple[int, torch.Tensor]] = []  # (step, all weights flat, on the host)
+        self._trajectory_file: Optional[Path] = None
 
     def on_train_start(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
         self.enabled = self.enabled and trainer.is_global_zero  # only rank 0 writes, so only rank 0 needs the hooks
         if self.auto:
             self.every_n_steps, self.histogram_every = grid(planned_steps(trainer))
         self._names = [name for name, _ in pl_module.model.named_parameters()]
-        self._model = pl_module.model
         self._layers = hidden_layers(pl_module.model) if self.activations else []
         writer = tensorboard_writer(trainer)
         if writer is None:
@@ -113,14 +109,22 @@ class ParameterInspector(L.Callback):
             return
         if self.train is not None:
             self.train = pl_module.to_model(*self.train)
+        self._trajectory_file = Path(trainer.logger.save_dir) / TRAJECTORY
+        if trainer.global_step and self._trajectory_file.is_file():  # resumed: the path so far, up to the resume step
+            saved = torch.load(self._trajectory_file, weights_only=True)
+            self.trajectory = [(int(s), w) for s, w in zip(saved["steps"], saved["weights"]) if s < trainer.global_step]
         if self.optimum is not None:
             self.scalars.add("train_loss_optimum", self.optimum, trainer.global_step)
 
     def fixed_grid(self) -> None:
         """Under ``loop.compile`` inspected steps run eager, which rounds differently from the
         compiled graph: which steps are eager must not depend on timing, or two runs, or a run
-        and its resume, would not be bitwise equal. So the grid is not widened by the clock."""
+        and its resume, would not be bitwise equal. So the grid is not widened by the clock;
+        and under auto it is at least COMPILED_INTERVAL steps, so nearly every step is compiled."""
         self.widen = False
+        if self.auto and self.every_n_steps < COMPILED_INTERVAL:
+            self.every_n_steps = COMPILED_INTERVAL
+            self.histogram_every = COMPILED_INTERVAL * max(1, math.ceil(self.histogram_every / COMPILED_INTERVAL))
 
     def due(self, step: int) -> bool:
         return step % self.every_n_steps == 0
@@ -145,8 +149,8 @@ class ParameterInspector(L.Callback):
         after = [p.detach() for p in pl_module.model.parameters()]
         change = foreach_norms(torch._foreach_sub(after, self._before))
         ratios = change / foreach_norms(self._before).clamp_min(1e-12)
-        self._before = []
         self._copy_to_host(extra=[ratios])
+        self._before = []
         self._cost += time.perf_counter() - started
         self._maybe_widen()
 
@@ -159,6 +163,10 @@ class ParameterInspector(L.Callback):
             self._inspect(pl_module, pl_module.optimizers(), trainer.global_step, with_grads=False, final=True)
             self._copy_to_host()
         self.scalars.flush(writer, force=True)
+        if self.trajectory and self._trajectory_file is not None:
+            saved = {"names": self._names, "steps": torch.tensor([s for s, _ in self.trajectory]),
+                     "weights": torch.stack([w for _, w in self.trajectory])}
+            run_folder.write_atomic(self._trajectory_file, lambda partial: torch.save(saved, partial))
 
     def on_exception(self, trainer: "L.Trainer", pl_module: "Trainee", exception: BaseException) -> None:
         self._before = []
@@ -183,6 +191,7 @@ class ParameterInspector(L.Callback):
         if drawing:
             rows += [histograms(t.reshape(1, -1))[0] for t in params + (grads if have_grads else [])]
         self._pending = (step, rows, have_grads, drawing)
+        self._inspected = (params, grads if have_grads else [])  # what the NaN counts read
         self.scalars.add("lr", optimizer.param_groups[0]["lr"], step)
         if self.activations and not final:  # the final state has no batch of its own
             self._activations(pl_module, step, drawing)
@@ -195,6 +204,10 @@ class ParameterInspector(L.Callback):
             self._curvature(pl_module, optimizer, step)
         if have_grads and not final:
             self._before = [p.clone() for p in params]  # the update ratio follows in stepped()
+            self._inspected = (self._before, grads)  # the weights as inspected, not as updated
+        size = sum(p.numel() for p in params)
+        if size <= TRAJECTORY_EVERY_POINT or (size <= TRAJECTORY_LIMIT and drawing):
+            self.trajectory.append((step, torch.cat([p.reshape(-1) for p in params]).float().cpu()))
 
     def _copy_to_host(self, extra: Optional[list[torch.Tensor]] = None) -> None:
         """One copy of every statistic of the pending inspection to the host, into the buffer."""
@@ -225,12 +238,10 @@ class ParameterInspector(L.Callback):
             self._count_nonfinite(step)
 
     def _count_nonfinite(self, step: int) -> None:
-        """NaN and Inf counts of every parameter and gradient that has any (a norm went non-finite)."""
-        for kind, get in (("weights", lambda p: p.detach()), ("grads", lambda p: p.grad)):
-            for name, param in self._model.named_parameters():
-                tensor = get(param)
-                if tensor is None:
-                    continue
+        """NaN and Inf counts of every inspected weight and gradient that has any (a norm went
+        non-finite); weights first, as a non-finite weight is what makes its gradients so."""
+        for kind, tensors in zip(("weights", "grads"), self._inspected):
+            for name, tensor in zip(self._names, tensors):
                 nan, inf = nonfinite_counts(tensor)
                 if nan or inf:
                     self.scalars.add(f"nonfinite/{kind}/{name}/nan", nan, step)
@@ -240,29 +251,16 @@ class ParameterInspector(L.Callback):
                         self.first_nonfinite = f"first non-finite {what}: {name} at step {step} ({nan} NaN, {inf} Inf)"
 
     def _activations(self, pl_module: "Trainee", step: int, drawing: bool) -> None:
-        """The inspected batch through the model again under forward hooks, removed right after."""
-        layers = self._layers
+        """The inspected batch through the model again, under forward hooks removed right after."""
         batch = pl_module.loop.batch
-        if not layers or not batch:
+        if not self._layers or not batch:
             return
-        seen: dict[str, tuple[str, torch.Tensor, torch.Tensor]] = {}
-        handles = [
-            module.register_forward_hook(lambda m, inputs, output, name=name: seen.__setitem__(name, (type(m).__name__, inputs[0], output)))
-            for name, module in layers
-        ]
-        try:
-            with torch.no_grad():
-                pl_module.model(batch[0][0])
-        finally:
-            for handle in handles:
-                handle.remove()
-        for name, (kind, pre, out) in seen.items():
-            fractions = unit_fractions(kind, out)
+        for name, (kind, pre, out) in capture(pl_module.model, self._layers, batch[0][0]).items():
             if drawing:
                 rows = histograms(torch.stack([pre.reshape(-1), out.reshape(-1)])).tolist()
                 add_histogram_row(self.scalars, f"preactivations/{name}", rows[0], step)
                 add_histogram_row(self.scalars, f"activations/{name}", rows[1], step)
-            for what, value in fractions.items():
+            for what, value in unit_fractions(kind, out).items():
                 self.scalars.add(f"{what}_units/{name}", float(value), step)
 
     def _curvature(self, pl_module: "Trainee", optimizer: Any, step: int) -> None:

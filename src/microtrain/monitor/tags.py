@@ -147,6 +147,9 @@ class Events:
     def accumulator(self) -> Any:
         return self._events
 
+    def __getattr__(self, name: str) -> Any:  # the rest of EventAccumulator, with TensorBoard's tags
+        return getattr(self._events, name)
+
 
 EVENTS = "tensorboard"  # the subfolder of a run folder that holds its event files
 

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 import microtrain
-from microtrain.monitor.parameters import grid, hidden_layers
+from microtrain.monitor.activations import hidden_layers
+from microtrain.monitor.parameters import grid
 from microtrain.monitor.statistics import add_histogram_row, histograms, unit_fractions
 from microtrain.stack.validate import evaluate
 

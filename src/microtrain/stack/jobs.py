@@ -101,7 +101,7 @@ class StackedJob:
         """What a checkpoint holds, in torch.optim's and Lightning's formats: of now, or of the
         ``moment`` recorded when the job had these weights (its best epoch)."""
         optimizer_state = self.optimizer.state_dict()
-        optimizer_state["state"] = dict(enumerate(state))  # torch.optim keeps a slot per stepped parameter, empty ones too
+        optimizer_state["state"] = {i: slot for i, slot in enumerate(state) if slot}  # torch.optim keeps no empty slots
         moment = moment or self.moment(epochs, step, batches_done)
         optimizer_state["param_groups"] = moment["param_groups"]
         return {"state_dict": {f"model.{name}": value for name, value in params.items()}, "optimizer": optimizer_state,

@@ -168,8 +168,14 @@ class StepLoop:
         if self._rule is None:
             optimizer.step()
         else:
+            # torch.optim makes a parameter's state slot only when its rule keeps something (not for
+            # SGD without momentum), and so does this, so a checkpoint holds what torch.optim's would
             state = optimizer.state
-            self._rule(self._params, [p.grad for p in self._params], [state[p] for p in self._params], optimizer.param_groups[0])
+            slots = [state[p] if p in state else {} for p in self._params]
+            self._rule(self._params, [p.grad for p in self._params], slots, optimizer.param_groups[0])
+            for param, slot in zip(self._params, slots):
+                if slot and param not in state:
+                    state[param] = slot
 
 
 _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")

@@ -1,0 +1,213 @@
+"""Seeing by default: dense inspection, activations, curvature, NaN counts, tags that sort the
+loss first, the Custom Scalars layout, HParams domains and the loss landscape, checked against
+closed forms and read back with TensorBoard's own reader and server."""
+
+import json
+import math
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+
+from microtrain.landscape import landscape
+from microtrain.monitor import curvature
+from microtrain.monitor.parameters import grid
+from microtrain.monitor.tags import name_of, tensorboard_tag
+from microtrain.train.build import prepare
+from microtrain.train.fit import train
+from tests_helpers import make_cfg, read_events, run_in_process
+
+MLP_PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+
+
+@pytest.fixture(scope="module")
+def default_mlp(tmp_path_factory):
+    """The default model=mlp run: 20 epochs of 25 steps."""
+    folder = tmp_path_factory.mktemp("default_mlp")
+    train(make_cfg("model=mlp"), folder)
+    return folder
+
+
+def test_default_mlp_run_is_dense(default_mlp):
+    events = read_events(default_mlp)
+    for name in MLP_PARAMS:
+        assert len(events.Scalars(f"update_ratio/{name}")) >= 100
+        assert len(events.Scalars(f"grad_norm/{name}")) >= 100
+        assert len(events.Histograms(f"weights/{name}")) >= 20
+        assert len(events.Histograms(f"grads/{name}")) >= 20
+    steps = [s.step for s in events.Scalars("update_ratio/fc1.weight")]
+    assert steps[0] == 0 and steps[-1] >= 490  # spread over the whole run
+    dead = events.Scalars("dead_units/fc1")
+    assert len(dead) >= 100 and all(0 <= d.value <= 1 for d in dead)
+    assert len(events.Histograms("activations/fc1")) >= 20 and len(events.Histograms("preactivations/fc1")) >= 20
+    assert "custom_scalars__config__" in events.Tags()["tensors"]
+
+
+def test_auto_grid_keeps_200_points_over_long_runs():
+    assert grid(500) == (2, 20)
+    every, histograms = grid(1_000_000)
+    assert 1_000_000 // every >= 200 and histograms % every == 0 and 20 <= 1_000_000 // histograms <= 30
+
+
+def test_update_ratio_is_lr_times_gradient_over_weight_norm(tmp_path):
+    """Plain SGD: ‖Δw‖ = lr‖g‖, so the update ratio must equal lr·grad_norm/weight_norm."""
+    train(make_cfg("trainer.max_epochs=2", "log.inspect_every_n_steps=3", "optimizer.lr=0.05"), tmp_path)
+    events = read_events(tmp_path)
+    ratios = events.Scalars("update_ratio/weight")
+    grads = {s.step: s.value for s in events.Scalars("grad_norm/weight")}
+    weights = {s.step: s.value for s in events.Scalars("weight_norm/weight")}
+    assert len(ratios) > 10 and [r.step for r in ratios][:3] == [0, 3, 6]
+    for r in ratios:
+        assert r.value == pytest.approx(0.05 * grads[r.step] / weights[r.step], rel=1e-4)
+
+
+def test_dead_unit_fraction_matches_the_model_at_step_zero(tmp_path):
+    """Full-batch training: step 0's dead fraction is that of the initial model on the training split."""
+    cfg = make_cfg("model=mlp", "model.hidden=16", "model.init=normal", "model.init_std=1.0", "data.batch_size=null",
+                   "trainer.max_epochs=3", "log.inspect_every_n_steps=1")
+    prepared = prepare(cfg)
+    x, _ = prepared.splits.train
+    with torch.no_grad():
+        expected = 1 - (torch.relu(prepared.module.model.fc1(x)) > 0).any(0).float().mean().item()
+    train(cfg, tmp_path)
+    first = read_events(tmp_path).Scalars("dead_units/fc1")[0]
+    assert first.step == 0 and first.value == pytest.approx(expected)
+
+
+def test_saturated_units_for_tanh(tmp_path):
+    train(make_cfg("model=mlp", "model.activation=tanh", "model.init=normal", "model.init_std=10", "trainer.max_epochs=1"), tmp_path)
+    values = [s.value for s in read_events(tmp_path).Scalars("saturated_units/fc1")]
+    assert values and values[0] > 0.5  # weights of std 10 push most tanh units into their flat tails
+
+
+def test_curvature_of_least_squares_is_its_closed_form(tmp_path):
+    """A linear model's MSE has the constant Hessian 2/N·[X 1]ᵀ[X 1]: its top eigenvalue is known."""
+    cfg = make_cfg("trainer.max_epochs=2", "log.curvature=true", "log.inspect_every_n_steps=5", "optimizer.lr=0.02")
+    x, _ = prepare(cfg).splits.train
+    design = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+    expected = torch.linalg.eigvalsh(2 / len(x) * design.T @ design)[-1].item()
+    train(cfg, tmp_path)
+    events = read_events(tmp_path)
+    tops = events.Scalars("hessian_top_eigenvalue")
+    assert len(tops) >= 2 and all(t.value == pytest.approx(expected, rel=1e-4) for t in tops)
+    assert all(e.value == pytest.approx(2 / 0.02) for e in events.Scalars("edge_of_stability"))
+    noise = events.Scalars("gradient_noise_scale")
+    assert noise and all(n.value > 0 and math.isfinite(n.value) for n in noise)
+
+
+def test_power_iteration_finds_the_exact_top_eigenvalue_above_the_exact_limit():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1100, 1)  # 1101 parameters: above EXACT_LIMIT, so power iteration
+    x, y = torch.randn(256, 1100) + 1.0, torch.randn(256, 1)
+    design = torch.cat([x.double(), torch.ones(256, 1, dtype=torch.float64)], dim=1)
+    exact = torch.linalg.eigvalsh(2 / 256 * design.T @ design)[-1].item()
+    assert curvature.top_hessian_eigenvalue(model, torch.nn.MSELoss(), x, y) == pytest.approx(exact, rel=1e-3)
+
+
+def test_gradient_noise_scale_against_per_sample_gradients_by_hand():
+    torch.manual_seed(0)
+    model, loss_fn = torch.nn.Linear(3, 1), torch.nn.MSELoss()
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    rows = []
+    for i in range(16):
+        model.zero_grad()
+        loss_fn(model(x[i : i + 1]), y[i : i + 1]).backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double())
+    g = torch.stack(rows)
+    expected = (g.var(0).sum() / (g.mean(0) @ g.mean(0))).item()
+    assert curvature.gradient_noise_scale(model, loss_fn, x, y) == pytest.approx(expected, rel=1e-6)
+
+
+def test_non_finite_weights_are_counted_and_named(capsys, tmp_path):
+    code, out, err = run_in_process(capsys, "train.py", "model=mlp", "optimizer.lr=1e6", "log.inspect_every_n_steps=1",
+                                    f"hydra.run.dir={tmp_path}")
+    assert code == 3 and "Traceback" not in err
+    assert "first non-finite" in err and "NaN" in err
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+    counted = [t for t in read_events(tmp_path).Tags()["scalars"] if t.startswith("nonfinite/")]
+    assert counted and any(t.endswith("/nan") for t in counted)
+
+
+def test_tags_sort_the_loss_first(default_mlp):
+    tags = sorted(read_events(default_mlp).accumulator.Tags()["scalars"])
+    assert tags[0].startswith("1_loss/") and tags[1].startswith("1_loss/")
+    assert [name_of(tensorboard_tag(n)) for n in ("val_loss", "val_r2", "weight_norm/fc1.weight", "lr", "anything")] == \
+        ["val_loss", "val_r2", "weight_norm/fc1.weight", "lr", "anything"]
+
+
+def test_inspect_false_turns_inspection_off(tmp_path):
+    train(make_cfg("model=mlp", "trainer.max_epochs=2", "log.inspect=false"), tmp_path)
+    events = read_events(tmp_path)
+    assert not events.Tags()["histograms"]
+    assert not [t for t in events.Tags()["scalars"] if "/" in t and t.split("/")[0] in ("update_ratio", "grad_norm", "dead_units")]
+    assert "val_loss" in events.Tags()["scalars"]
+
+
+def test_landscape_of_a_two_parameter_model_is_its_loss_surface(tmp_path):
+    train(make_cfg("+experiment=linear_1x1_sgd", "trainer.max_epochs=30", "log.inspect_every_n_steps=1"), tmp_path)
+    view = landscape(tmp_path)
+    assert view.labels == ("weight", "bias") and len(view.path) >= 30
+    assert view.path[0].tolist() == pytest.approx([0.8693, -0.2126])
+    x, y = torch.tensor([1.0, 2, 3, 4]), torch.tensor([2.0, 4, 6, 8])
+    for i, j in ((0, 0), (20, 7), (40, 40)):  # MSE of (w, b) by hand
+        w, b = view.a[i].item(), view.b[j].item()
+        assert view.loss[j, i].item() == pytest.approx(((w * x + b - y) ** 2).mean().item(), rel=1e-5)
+
+
+def test_landscape_of_an_mlp_passes_through_its_final_loss(default_mlp):
+    view = landscape(default_mlp)
+    assert view.path[-1].abs().max().item() < 1e-6  # the plane is centred on the final weights
+    i, j = view.a.abs().argmin(), view.b.abs().argmin()
+    assert view.a[i].abs().item() < 1e-6 and view.b[j].abs().item() < 1e-6  # the final weights are a grid point
+    final = json.loads((default_mlp / "metrics.json").read_text())["train_loss"]
+    assert view.loss[j, i].item() == pytest.approx(final, rel=1e-4)
+    assert view.loss.min().item() > 0 and view.loss.max().item() > 2 * final  # a valley, not a flat plane
+
+
+def _get(port: int, path: str, body: dict = None) -> object:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)
+
+
+@pytest.mark.slow
+def test_tensorboard_server_shows_layout_runs_and_hparams(capsys, tmp_path):
+    from test_looking import free_port
+
+    code, out, err = run_in_process(capsys, "train.py", "-m", "model=linear,mlp", "optimizer.lr=0.01,0.1", "trainer.max_epochs=2",
+                                    f"hydra.sweep.dir={tmp_path}")
+    assert code == 0, err
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        runs, deadline = [], time.time() + 90
+        while time.time() < deadline and len(runs) < 4:
+            try:
+                runs = _get(port, "/data/runs")
+            except OSError:
+                time.sleep(0.5)
+        assert len(runs) == 4 and all(r.endswith("/tensorboard") and not r.startswith(".") for r in runs)
+        layout = _get(port, "/data/plugin/custom_scalars/layout")
+        first = layout["category"][0]
+        assert first["title"] == "loss" and first["chart"][0]["title"] == "train and validation loss"
+        experiment = _get(port, "/data/plugin/hparams/experiment", {"experimentName": ""})
+        columns = [(h["name"], h.get("differs", False)) for h in experiment["hparamInfos"]]
+        assert columns[:2] == [("lr", True), ("model", True)]  # the swept ones first
+        assert dict(columns)["hidden"] is False  # only the MLP has one: not swept
+        lr = next(h for h in experiment["hparamInfos"] if h["name"] == "lr")
+        assert lr["domainDiscrete"] == [0.01, 0.1]
+        assert [m["name"]["tag"] for m in experiment["metricInfos"]][:2] == ["final/val_loss", "final/train_loss"]
+        groups = _get(port, "/data/plugin/hparams/session_groups", {
+            "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+            "colParams": [], "startIndex": 0, "sliceSize": 10})["sessionGroups"]
+        linear = [g for g in groups if g["hparams"]["model"] == "linear"]
+        assert len(groups) == 4 and len(linear) == 2 and all("hidden" not in g["hparams"] for g in linear)
+        assert all(any(m["name"]["tag"] == "final/val_loss" for m in g["metricValues"]) for g in groups)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
