@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--stacked-repeats", type=int, default=1,
                         help="repeats of the 64-job stacked sweep case against Hydra's basic and joblib launchers (0 = skip; ~5 min each)")
     parser.add_argument("--inspection-repeats", type=int, default=3,
-                        help="repeats of the default model=mlp run and a 20 000-step run with inspection on and off (0 = skip)")
+                        help="repeats of the default model=mlp run and a 100 000-step run with inspection on and off (0 = skip)")
     parser.add_argument("--no-compile", action="store_true", help="skip the loop.compile=true side (seconds of compiling per case)")
     args = parser.parse_args()
     import lightning  # noqa: F401 -- imported first: importing it resets its loggers' level

@@ -9,7 +9,7 @@ from typing import Any, Optional
 SCRIPTS = Path(__file__).resolve().parent
 
 
-def inspection_check(repeats: int, device: str = "cpu", long_steps: int = 20_000) -> dict[str, Any]:
+def inspection_check(repeats: int, device: str = "cpu", long_steps: int = 100_000) -> dict[str, Any]:
     """What default inspection costs (issue: at most 10 % of the default run's wall clock, at most
     2 % of a long run's training time): ``scripts/train.py model=mlp`` as a subprocess with
     inspection on and off (``log.inspect=false``), sides alternating; the default run by its

@@ -41,7 +41,7 @@ from microtrain.monitor.activations import capture, hidden_layers
 from microtrain.monitor.progress import planned_steps
 from microtrain.monitor.scalars import ScalarBuffer
 from microtrain.run import folder as run_folder
-from microtrain.monitor.statistics import add_histogram_row, foreach_norms, histograms, nonfinite_counts, unit_fractions
+from microtrain.monitor.statistics import add_histogram_row, foreach_norms, histograms, histograms_of, nonfinite_counts, unit_fractions
 
 if TYPE_CHECKING:  # the callbacks read the module's model, loss and loss window
     from microtrain.train.module import Trainee
@@ -87,7 +87,7 @@ class ParameterInspector(L.Callback):
         self.enabled = enabled
         self.scalars = ScalarBuffer(max_items=1024, max_seconds=2.0)
         self._before: list[torch.Tensor] = []
-        self._pending: Optional[tuple[int, list[torch.Tensor], bool, bool]] = None  # (step, rows on the device, grads?, histograms?)
+        self._pending: Optional[tuple[int, list, list]] = None  # (step, scalars, histograms) on the device, not yet copied
         self._step: Optional[int] = None  # the last step inspected
         self._cost = 0.0  # seconds all inspections took
         self._names: list[str] = []
@@ -149,7 +149,7 @@ class ParameterInspector(L.Callback):
         after = [p.detach() for p in pl_module.model.parameters()]
         change = foreach_norms(torch._foreach_sub(after, self._before))
         ratios = change / foreach_norms(self._before).clamp_min(1e-12)
-        self._copy_to_host(extra=[ratios])
+        self._copy_to_host(extra=[([f"update_ratio/{n}" for n in self._names], ratios)])
         self._before = []
         self._cost += time.perf_counter() - started
         self._maybe_widen()
@@ -186,11 +186,17 @@ class ParameterInspector(L.Callback):
         params = [p.detach() for p in pl_module.model.parameters()]
         grads = [p.grad.detach() for p in pl_module.model.parameters()] if with_grads else []
         have_grads = with_grads and all(g is not None for g in grads)
-        rows = [foreach_norms(params)] + ([foreach_norms(grads)] if have_grads else [])
+        names = self._names
+        scalars = [([f"weight_norm/{n}" for n in names], foreach_norms(params))]
+        if have_grads:
+            scalars.append(([f"grad_norm/{n}" for n in names], foreach_norms(grads)))
         drawing = self.histograms and (final or step % self.histogram_every == 0)
+        hists = []
         if drawing:
-            rows += [histograms(t.reshape(1, -1))[0] for t in params + (grads if have_grads else [])]
-        self._pending = (step, rows, have_grads, drawing)
+            hists.append(([f"weights/{n}" for n in names], histograms_of(params)))
+            if have_grads:
+                hists.append(([f"grads/{n}" for n in names], histograms_of(grads)))
+        self._pending = (step, scalars, hists)
         self._inspected = (params, grads if have_grads else [])  # what the NaN counts read
         self.scalars.add("lr", optimizer.param_groups[0]["lr"], step)
         if self.activations and not final:  # the final state has no batch of its own
@@ -209,32 +215,27 @@ class ParameterInspector(L.Callback):
         if size <= TRAJECTORY_EVERY_POINT or (size <= TRAJECTORY_LIMIT and drawing):
             self.trajectory.append((step, torch.cat([p.reshape(-1) for p in params]).float().cpu()))
 
-    def _copy_to_host(self, extra: Optional[list[torch.Tensor]] = None) -> None:
-        """One copy of every statistic of the pending inspection to the host, into the buffer."""
-        step, rows, have_grads, drawing = self._pending
+    def _copy_to_host(self, extra: Optional[list[tuple[list[str], torch.Tensor]]] = None) -> None:
+        """One copy of every statistic of the pending inspection to the host, into the buffer:
+        ``scalars`` and ``extra`` are (names, [len(names)] values), ``hists`` (names, [len(names), 35])."""
+        step, scalars, hists = self._pending
         self._pending = None
-        n = len(self._names)
-        flat = torch.cat([r.reshape(-1).float() for r in rows + (extra or [])]).tolist()
-        weight_norms, at = flat[:n], n
-        grad_norms = flat[at:at + n] if have_grads else []
-        at += n if have_grads else 0
-        hist_rows = []
-        if drawing:
-            for _ in range(n * (2 if have_grads else 1)):
-                hist_rows.append(flat[at:at + 35])
+        scalars = scalars + (extra or [])
+        sizes = [len(names) for names, _ in scalars]
+        flat = torch.cat([values.reshape(-1).float() for _, values in scalars + hists]).tolist() if scalars else []
+        at = 0
+        norms = []
+        for (names, _), size in zip(scalars, sizes):
+            for name, value in zip(names, flat[at:at + size]):
+                self.scalars.add(name, value, step)
+                if name.startswith(("weight_norm/", "grad_norm/")):
+                    norms.append(value)
+            at += size
+        for names, _ in hists:
+            for name in names:
+                add_histogram_row(self.scalars, name, flat[at:at + 35], step)
                 at += 35
-        ratios = flat[at:at + n] if extra else []
-        for i, name in enumerate(self._names):
-            self.scalars.add(f"weight_norm/{name}", weight_norms[i], step)
-            if grad_norms:
-                self.scalars.add(f"grad_norm/{name}", grad_norms[i], step)
-            if ratios:
-                self.scalars.add(f"update_ratio/{name}", ratios[i], step)
-            if hist_rows:
-                add_histogram_row(self.scalars, f"weights/{name}", hist_rows[i], step)
-                if have_grads:
-                    add_histogram_row(self.scalars, f"grads/{name}", hist_rows[n + i], step)
-        if not all(map(math.isfinite, weight_norms + grad_norms)):
+        if not all(map(math.isfinite, norms)):
             self._count_nonfinite(step)
 
     def _count_nonfinite(self, step: int) -> None:
@@ -255,13 +256,12 @@ class ParameterInspector(L.Callback):
         batch = pl_module.loop.batch
         if not self._layers or not batch:
             return
+        _, scalars, hists = self._pending
         for name, (kind, pre, out) in capture(pl_module.model, self._layers, batch[0][0]).items():
             if drawing:
-                rows = histograms(torch.stack([pre.reshape(-1), out.reshape(-1)])).tolist()
-                add_histogram_row(self.scalars, f"preactivations/{name}", rows[0], step)
-                add_histogram_row(self.scalars, f"activations/{name}", rows[1], step)
+                hists.append(([f"preactivations/{name}", f"activations/{name}"], histograms(torch.stack([pre.reshape(-1), out.reshape(-1)]))))
             for what, value in unit_fractions(kind, out).items():
-                self.scalars.add(f"{what}_units/{name}", float(value), step)
+                scalars.append(([f"{what}_units/{name}"], value.reshape(1)))
 
     def _curvature(self, pl_module: "Trainee", optimizer: Any, step: int) -> None:
         model, loss_fn = pl_module.model, pl_module.loss_fn

@@ -40,6 +40,17 @@ def histograms(stacked: Tensor) -> Tensor:
     return torch.cat([summary, counts], dim=1)
 
 
+def histograms_of(tensors: list[Tensor]) -> Tensor:
+    """``histograms`` of tensors of different sizes: [len(tensors), 35]. Padded with NaN (which
+    ``histograms`` leaves out) into one batch when that costs little (at most 4x the elements, or
+    64k in all): one set of kernels for all parameters instead of one per parameter."""
+    flat = [t.detach().reshape(-1).float() for t in tensors]
+    longest = max(len(t) for t in flat)
+    if longest * len(flat) <= max(4 * sum(len(t) for t in flat), 65536):
+        return histograms(torch.nn.utils.rnn.pad_sequence(flat, batch_first=True, padding_value=float("nan")))
+    return torch.cat([histograms(t[None]) for t in flat])
+
+
 def add_histogram_row(buffer: Any, name: str, row: list[float], step: int) -> None:
     """One row of ``histograms`` into a ``ScalarBuffer``, as TensorBoard's histogram proto."""
     low, high, count, total, squares = row[:5]
