@@ -4,23 +4,26 @@ from the configs shipped in the package (``pkg://microtrain.conf``; your own wit
 ``--config-dir``), runs, and turns bad input into one line."""
 
 import gc
+import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from rich.console import Console
 
 from microtrain import usage
 from microtrain.run import folder as run_folder
-from microtrain.errors import ConfigError, MicrotrainError, TrainingDiverged
+from microtrain.errors import ConfigError, Interrupted, MicrotrainError, TrainingDiverged
 from microtrain.sweep_summary import objective
 
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -63,24 +66,49 @@ def train_command(cfg: DictConfig) -> float:
 
     quiet_libraries()  # after the import, which sets Lightning's log level
 
+    from microtrain.run import interrupt, lock
+
+    interrupt.install()  # from here a signal ends the run with a status, never a traceback
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    if multirun and cfg.trainer.strategy == "ddp" and not SLURMEnvironment.detect():
-        # Outside SLURM (which starts one task per rank itself), strategy=ddp re-runs this
-        # command in each child rank, and each would start a sweep of its own.
-        console.print("note: trainer.strategy=ddp inside a sweep runs as ddp_spawn")
-        cfg.trainer.strategy = "ddp_spawn"
+    overrides = list(HydraConfig.get().overrides.task)
+    changes: list[str] = []
     try:
+        if multirun and interrupt.received is not None:
+            return _interrupted(Interrupted("not started: the sweep was interrupted", interrupt.received), run_dir, fresh=True)
+        if cfg.resume:
+            cfg, changes, finished = _resumed(cfg, run_dir, overrides, multirun)
+            if finished is not None:
+                return finished
+        if multirun and cfg.trainer.strategy == "ddp" and not SLURMEnvironment.detect():
+            # Outside SLURM (which starts one task per rank itself), strategy=ddp re-runs this
+            # command in each child rank, and each would start a sweep of its own.
+            console.print("note: trainer.strategy=ddp inside a sweep runs as ddp_spawn")
+            cfg.trainer.strategy = "ddp_spawn"
         schema.check(cfg)
         trainer_arguments(cfg.trainer)  # a Trainer argument Lightning does not have: one line, before the tree
+        lock.acquire(run_dir)  # every check above ran before this folder's first byte is written
+        if not cfg.resume:
+            run_folder.write_hydra_record(run_dir, HydraConfig.get(), cfg)
+        log = logging.getLogger("microtrain")
+        log.info("%s %s", "resumed" if cfg.resume else "started", " ".join(overrides) or "(no overrides)")
+        for change in changes:
+            console.print(f"resume: {change}")
+            log.info("resume: %s", change)
         print_start(cfg)
-        result = train(cfg, run_dir)
+        interrupt.check()
+        result = train(cfg, run_dir, resume_changes=changes)
+    except Interrupted as err:
+        return _interrupted(err, run_dir)
+    except KeyboardInterrupt:
+        return _interrupted(Interrupted("interrupted by SIGINT", signal.SIGINT), run_dir)
     except MicrotrainError as err:
-        return _fail(err, run_dir)
-    except Exception as err:  # noqa: BLE001 -- in a sweep one broken job must not stop the others
-        if not multirun:
-            raise
-        return _fail(err, run_dir)
+        return _fail(err, run_dir, overrides_record=not cfg.resume)
+    except Exception as err:  # noqa: BLE001 -- anything unexpected: one line here, the traceback in train.log
+        logging.getLogger("microtrain").exception("unexpected error")
+        return _fail(err, run_dir, overrides_record=not cfg.resume)
+    finally:
+        lock.release(run_dir)
     metrics = result.metrics
     if not result.is_global_zero:
         return objective(metrics, cfg.optimize.metric)[1]
@@ -101,6 +129,48 @@ def train_command(cfg: DictConfig) -> float:
         console.print(f"best checkpoint: {result.best_checkpoint}")
     console.print(f"open TensorBoard: {run_folder.tensorboard_command(run_dir)}")
     return objective(metrics, cfg.optimize.metric)[1]
+
+
+def _resumed(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) -> tuple[DictConfig, list[str], Optional[float]]:
+    """(the config to go on with, what the command line changed, the objective of a sweep job that
+    already finished). In a sweep, resume=true also starts jobs that never started (or left
+    no checkpoint) and reruns failed ones; a finished job is not run again."""
+    from microtrain.run.resume import last_checkpoint, resumed_config
+
+    metrics_file = run_dir / run_folder.METRICS
+    status = json.loads(metrics_file.read_text()).get("status") if metrics_file.is_file() else None
+    if multirun:
+        if status == "ok":
+            console.print(f"resume: {run_dir.name} finished already; not run again")
+            return cfg, [], objective(json.loads(metrics_file.read_text()), cfg.optimize.metric)[1]
+        has_checkpoint = (run_dir / run_folder.CHECKPOINTS / "last.ckpt").is_file()
+        if status in ("failed", "diverged") or not has_checkpoint or not (run_dir / run_folder.CONFIG).is_file():
+            console.print(f"resume: {run_dir.name} {'failed' if status else 'never started'}; starting it afresh")
+            with open_dict(cfg):
+                cfg.resume = False
+            return cfg, [], None
+    resumed, changes = resumed_config(cfg, run_dir, overrides)
+    last_checkpoint(run_dir)  # loads, and matches its checksum: checked before anything is written
+    return resumed, changes, None
+
+
+def _interrupted(err: "Interrupted", run_dir: Path, fresh: bool = False) -> float:
+    """A signal: one line, "status": "interrupted" in metrics.json, exit 128 + the signal (143, 130)."""
+    if run_dir.is_dir():
+        if fresh:
+            run_folder.write_hydra_record(run_dir, HydraConfig.get(), None)
+        last = run_dir / run_folder.CHECKPOINTS / "last.ckpt"
+        payload = {"status": "interrupted", "signal": signal.Signals(err.signum).name, "error": str(err)}
+        if last.is_file():
+            payload["resume"] = f"python scripts/train.py resume=true hydra.run.dir={run_folder.shlex.quote(str(run_dir))}"
+        run_folder.write_json_atomic(run_dir / run_folder.METRICS, payload)
+        if not fresh and last.is_file():
+            error_console.print(f"error: {err}; resume with: {payload['resume']}", markup=False, soft_wrap=True)
+        else:
+            error_console.print(f"error: {err}", markup=False, soft_wrap=True)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return float("inf")  # the sweep stops launching (interrupt.received), its summary says so
+    sys.exit(128 + err.signum)
 
 
 def print_start(cfg: DictConfig) -> None:
@@ -125,14 +195,18 @@ def _short(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _fail(err: Exception, run_dir: Path) -> float:
+def _fail(err: Exception, run_dir: Path, overrides_record: bool = True) -> float:
     """One line on stderr; a record in metrics.json; exit non-zero, or carry on inside a sweep."""
     status = "diverged" if isinstance(err, TrainingDiverged) else "failed"
-    message = str(err) if isinstance(err, MicrotrainError) else _one_line(err)
+    message = str(err) if isinstance(err, MicrotrainError) else f"{_one_line(err)} (unexpected: the traceback is in {run_dir / 'train.log'})"
     metrics = run_dir / run_folder.METRICS
-    # A job that trained in this folder owns it; bad input must not touch an earlier run's results.
-    owns_folder = status == "diverged" or not isinstance(err, MicrotrainError) or not metrics.exists()
+    # A job that trained in this folder owns it; bad input must not touch an earlier run's
+    # results, nor the files of a run still going in it (the lock).
+    holds_a_run = metrics.exists() or (run_dir / run_folder.CONFIG).exists()
+    owns_folder = status == "diverged" or not isinstance(err, MicrotrainError) or not holds_a_run
     if run_dir.is_dir() and owns_folder:
+        if overrides_record and not (run_dir / ".hydra").is_dir():
+            run_folder.write_hydra_record(run_dir, HydraConfig.get(), None)  # so a sweep's summary lists the job
         run_folder.write_json_atomic(metrics, {"status": status, "error": message})
     error_console.print(f"error: {message}", markup=False, soft_wrap=True)
     if HydraConfig.get().mode == RunMode.MULTIRUN:

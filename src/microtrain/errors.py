@@ -19,3 +19,11 @@ class DeviceError(MicrotrainError):
 
 class TrainingDiverged(MicrotrainError):
     """The loss or a gradient became NaN or infinite."""
+
+
+class Interrupted(MicrotrainError):
+    """SIGTERM, SIGINT or SLURM's pre-emption signal stopped the run; ``signum`` says which."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

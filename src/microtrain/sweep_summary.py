@@ -96,6 +96,9 @@ def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, console: Optional
 
 
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        print(f"sweep folder: {config.hydra.sweep.dir}", flush=True)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         optimize = config.optimize
@@ -106,3 +109,8 @@ class SweepSummary(Callback):
 
         write_sweep_experiment([Path(row["folder"]) for row in rows])
         print_summary(rows, sweep_dir)
+        from microtrain.run import interrupt
+
+        if interrupt.received is not None:  # the summary is written; the sweep still ends as interrupted
+            print(f"the sweep was interrupted; finish it with the same command and resume=true hydra.sweep.dir={sweep_dir}", flush=True)
+            sys.exit(128 + interrupt.received)

@@ -53,7 +53,7 @@ class StackedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        console.print(f"sweep folder: {sweep_dir} ({len(job_overrides)} jobs, hydra/launcher=stacked)")
+        console.print(f"hydra/launcher=stacked: {len(job_overrides)} jobs")
         configs = []
         for offset, overrides in enumerate(job_overrides):
             config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -98,6 +98,9 @@ def _reported(result: dict[str, Any]) -> TaskFunction:
     job's objective to Hydra (infinity for a diverged or failed job, as a solo job in a sweep)."""
 
     def task(cfg: DictConfig) -> float:
+        from microtrain.run import folder as run_folder
+
+        run_folder.write_hydra_record(Path(HydraConfig.get().runtime.output_dir), HydraConfig.get(), cfg)  # hydra.output_subdir: null
         return result["objective"] if result["status"] == "ok" else math.inf
 
     return task

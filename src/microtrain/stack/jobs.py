@@ -19,6 +19,7 @@ from microtrain.run import folder as run_folder
 from microtrain.run.checkpoints import checkpoint_callbacks
 from microtrain.train.build import Prepared, prepare
 from microtrain.run.checkpoint_format import epoch_end_checkpoint
+from microtrain.run.checkpoint_io import sealed
 
 Snapshot = dict[str, Any]  # what a checkpoint needs of one moment of one job
 
@@ -147,7 +148,7 @@ class StackedJob:
     def _saver(self, snap: Snapshot, shape: dict[str, int]) -> Callable[[Path], None]:
         checkpoint = epoch_end_checkpoint(snap["state_dict"], snap["optimizer"], snap["schedulers"], snap["epochs"], snap["step"],
                                           checkpointers=self.checkpointers, batches_done=snap["batches_done"], **shape)
-        return lambda partial: torch.save(checkpoint, partial)
+        return lambda partial: torch.save(sealed(checkpoint), partial)
 
     def finish(self, metrics: dict[str, Any]) -> None:
         """metrics.json, the HParams entry, and every event on disk."""

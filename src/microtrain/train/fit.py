@@ -1,23 +1,26 @@
 """``train(cfg, run_dir)``: build data, model, loss and optimizer from a config and fit them with Lightning."""
 
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from microtrain import device
 from microtrain.config import schema
-from microtrain.errors import ConfigError
+from microtrain.errors import ConfigError, Interrupted
 from microtrain.monitor.hparams import log_hparams
 from microtrain.monitor.logger import RunLogger, tensorboard_layout
 from microtrain.monitor.loss import LossWatch
 from microtrain.monitor.parameters import ParameterInspector
 from microtrain.run import folder as run_folder
+from microtrain.run import interrupt, resume
 from microtrain.run.checkpoint_io import AtomicCheckpointIO
 from microtrain.run.checkpoints import checkpoint_callbacks
 from microtrain.data.prepare import describe as describe_data
@@ -37,7 +40,9 @@ class RunResult:
     is_global_zero: bool = True  # False in the other ranks of a DDP run, which stay quiet
 
 
-def train(cfg: DictConfig, run_dir: Path) -> RunResult:
+def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = None) -> RunResult:
+    """``resume_changes``: what ``run.resume`` applied to a resumed run's config (recorded in its
+    history; a new lr or weight decay is set on the restored optimizer)."""
     schema.check(cfg)  # every key's type and range, before anything is built or written
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -50,7 +55,13 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResult:
     threads_before = torch.get_num_threads()
     threads = device.use_threads(cfg.device.threads, loop.multiply_adds)
     ckpt_path = _resume_checkpoint(cfg, run_dir)
+    if ckpt_path:
+        changes = resume_changes or []
+        prepared.module.optimizer_overrides = {k: cfg.optimizer[k] for k in resume.APPLIED_TO_OPTIMIZER
+                                               if any(c.startswith(f"optimizer.{k}:") for c in changes)}
     trainer = _build_trainer(cfg, trainer_args, plan, run_dir, prepared, resumed=ckpt_path)
+    if ckpt_path and trainer.is_global_zero:
+        resume.record(run_dir, resume_changes or [], torch.load(ckpt_path, weights_only=True)["global_step"])
     if trainer.is_global_zero:
         run_folder.write_text_atomic(run_dir / run_folder.CONFIG, OmegaConf.to_yaml(cfg))
         run_folder.write_json_atomic(run_dir / run_folder.DATA_INFO, prepared.data_info)
@@ -59,6 +70,8 @@ def train(cfg: DictConfig, run_dir: Path) -> RunResult:
     started = time.perf_counter()
     try:
         trainer.fit(prepared.module, datamodule=prepared.datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:  # several processes: Lightning stopped every rank on SIGTERM
+        raise Interrupted(f"interrupted by SIGTERM at step {trainer.global_step}", signal.SIGTERM) from None
     finally:
         loop.release()  # dynamo's guards back on, whatever happened
         torch.set_num_threads(threads_before)
@@ -84,6 +97,7 @@ def _build_trainer(
         ParameterInspector(cfg.log.inspect_every_n_steps, cfg.log.histograms, cfg.log.inspect_budget, prepared.optimum, prepared.splits.train,
                            activations=cfg.log.activations, curvature=cfg.log.curvature, enabled=cfg.log.inspect),
         *checkpoint_callbacks(run_dir / run_folder.CHECKPOINTS, has_val, every, cfg.checkpoint.budget),
+        interrupt.InterruptCheckpoint(run_dir / run_folder.CHECKPOINTS / "last.ckpt"),
         *build_callbacks(cfg.callbacks, _logged(prepared) if has_val else []),
     ]
     if cfg.trainer.enable_progress_bar:
@@ -108,10 +122,7 @@ def _logged(prepared: Prepared) -> list[str]:
 def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Optional[str]:
     if not cfg.resume:
         return None
-    last = run_dir / run_folder.CHECKPOINTS / "last.ckpt"
-    if not last.is_file():
-        raise ConfigError(f"resume=true but {last} does not exist; point hydra.run.dir at a run folder that has checkpoints")
-    return str(last)
+    return str(resume.last_checkpoint(run_dir))
 
 
 @torch.no_grad()

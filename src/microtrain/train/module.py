@@ -42,6 +42,8 @@ class Trainee(L.LightningModule):
         self.test_metrics = test_metrics
         # (mean, std) of standardized regression targets: test metrics are reported in the units
         self.target_scale: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        # a resumed run's new optimizer.lr or weight_decay, set once the checkpoint's optimizer is restored
+        self.optimizer_overrides: dict[str, float] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -80,6 +82,13 @@ class Trainee(L.LightningModule):
         self.loop.clip()
 
     def on_train_start(self) -> None:
+        if self.optimizer_overrides:
+            optimizer = self.optimizers().optimizer
+            for group in optimizer.param_groups:
+                group.update(self.optimizer_overrides)
+            scheduler = self.lr_schedulers()
+            if scheduler is not None and "lr" in self.optimizer_overrides:
+                scheduler.base_lrs = [self.optimizer_overrides["lr"]] * len(optimizer.param_groups)
         self.loop.start(self)
 
     def to_model(self, x: torch.Tensor, y: torch.Tensor) -> Batch:

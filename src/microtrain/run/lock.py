@@ -1,0 +1,40 @@
+"""A run folder holds one run at a time: the run holds ``<run>/.lock`` (``fcntl.flock``, released
+by the kernel when the process ends, even by SIGKILL), and a second run into it is refused."""
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO, Optional
+
+from microtrain.errors import ConfigError
+
+_held: dict[Path, IO] = {}
+
+
+def acquire(run_dir: Path) -> None:
+    """Take the folder's lock for the rest of this process's run (or ConfigError if another run holds it)."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _held or int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
+        return  # held already, or a DDP child rank of the run that holds it
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"{run_dir} is in use by a run still going (pid {owner}); wait for it to end or choose another hydra.run.dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _held[run_dir] = handle
+
+
+def release(run_dir: Optional[Path] = None) -> None:
+    for path in [Path(run_dir).resolve()] if run_dir else list(_held):
+        handle = _held.pop(path, None)
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()

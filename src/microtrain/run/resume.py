@@ -1,0 +1,92 @@
+"""``resume=true``: continue a run from its own folder, whatever the command line repeats.
+
+The run's ``config.yaml`` is the config. An override on the command line either may change in
+mid-run (MUTABLE: a longer run, a new learning rate or weight decay, how it logs and where it
+runs), and is applied and recorded in the run's ``history.jsonl``, or it would make one run
+trained under two configs (the model, data, loss, seed, batch size, optimizer class, ...)
+and is refused before anything is written. ``last.ckpt`` is checked (it loads, and its
+checksum matches) before anything is written too.
+"""
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from microtrain.errors import ConfigError
+from microtrain.run import folder as run_folder
+from microtrain.run.checkpoint_io import check_checkpoint
+
+HISTORY = "history.jsonl"
+MUTABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.enable_progress_bar", "optimizer.lr", "optimizer.weight_decay",
+           "log.", "checkpoint.", "device.threads", "hydra.")
+APPLIED_TO_OPTIMIZER = ("lr", "weight_decay")  # set on the restored optimizer's param groups (train.module)
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _mutable(key: str) -> bool:
+    return any(key == m or (m.endswith(".") and key.startswith(m)) for m in MUTABLE)
+
+
+def _shown(value: Any) -> str:
+    """A value for the message: a config group by its option (sgd, mlp), not its whole dict."""
+    if isinstance(value, dict):
+        name = value.get("name") or str(value.get("_target_", "")).rsplit(".", 1)[-1]
+        return name or "its settings"
+    return repr(value)
+
+
+def resumed_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> tuple[DictConfig, list[str]]:
+    """(the run's own config with the allowed overrides applied, what changed) — or ConfigError."""
+    saved_file = run_dir / run_folder.CONFIG
+    if not saved_file.is_file():
+        raise ConfigError(f"resume=true but {run_dir} holds no run (no {run_folder.CONFIG}); point hydra.run.dir at a run folder")
+    saved = OmegaConf.load(saved_file)
+    changes, refused = [], []
+    for override in overrides:
+        key = _key(override)
+        if key == "resume":
+            continue
+        new, old = OmegaConf.select(cfg, key, default=None), OmegaConf.select(saved, key, default=None)
+        plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
+        if plain(new) == plain(old):
+            continue
+        if not _mutable(key):
+            refused.append(f"{key} ({_shown(plain(old))} in the run, {_shown(plain(new))} given)")
+            continue
+        OmegaConf.update(saved, key, plain(new), force_add=True)
+        changes.append(f"{key}: {plain(old)!r} -> {plain(new)!r}")
+    if refused:
+        raise ConfigError(
+            f"resume=true cannot change {', '.join(refused)} in mid-run; drop it to resume, or start a new run in another "
+            f"hydra.run.dir (what may change: trainer.max_epochs, trainer.max_steps, optimizer.lr, optimizer.weight_decay, log.*, checkpoint.*)")
+    with open_dict(saved):
+        saved.resume = True
+    return saved, changes
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    """The run's last.ckpt, checked; ConfigError naming the newest good checkpoint if it is damaged."""
+    folder = run_dir / run_folder.CHECKPOINTS
+    last = folder / "last.ckpt"
+    if not last.is_file():
+        raise ConfigError(f"resume=true but {last} does not exist; point hydra.run.dir at a run folder that has checkpoints")
+    problem = check_checkpoint(last)
+    if problem:
+        good = [p for p in sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True) if p != last and not check_checkpoint(p)]
+        hint = f"the newest good one is {good[0]}: copy it over last.ckpt to resume from it" if good else "no other checkpoint there is good"
+        raise ConfigError(f"{last} is damaged ({problem}); {hint}")
+    return last
+
+
+def record(run_dir: Path, changes: list[str], step: Optional[int]) -> None:
+    """One line of the run's history: when it resumed, from which step, with what changed."""
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed_at_step": step, "changed": changes}
+    with open(run_dir / HISTORY, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
