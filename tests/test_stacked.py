@@ -17,6 +17,7 @@ import torch
 from microtrain.stack.groups import group_jobs
 from microtrain.stack.train import train_group
 from microtrain.train.fit import train
+from microtrain.run.checkpoint_io import CHECKSUM, check_checkpoint
 from tests_helpers import ROOT, make_cfg, read_events, run_in_process
 
 MLP = ["model=mlp", "model.hidden=16", "trainer.max_epochs=3"]
@@ -102,6 +103,9 @@ def test_checkpoints_are_the_ones_lightning_writes(tmp_path, extra):
             continue
         stacked = torch.load(folders[0] / "checkpoints" / f"{name}.ckpt", weights_only=True)
         solo = torch.load(solo_file, weights_only=True)
+        for checkpoint, file in ((stacked, folders[0] / "checkpoints" / f"{name}.ckpt"), (solo, solo_file)):
+            assert check_checkpoint(file) is None  # both sealed with the checksum of their own weights
+            checkpoint.pop(CHECKSUM)
         if name == "best":  # Lightning writes best.ckpt during validation, before the epoch's end
             for checkpoint in (stacked, solo):
                 checkpoint.pop("loops"), checkpoint.pop("callbacks")

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from microtrain import usage
 from microtrain.run import folder as run_folder
-from microtrain.errors import ConfigError, Interrupted, MicrotrainError, TrainingDiverged
+from microtrain.errors import ConfigError, FolderBusy, Interrupted, MicrotrainError, TrainingDiverged
 from microtrain.sweep_summary import objective
 
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -109,6 +109,8 @@ def train_command(cfg: DictConfig) -> float:
         return _fail(err, run_dir, overrides_record=not cfg.resume)
     finally:
         lock.release(run_dir)
+        if not multirun:
+            interrupt.restore()  # a sweep keeps noting signals between its jobs
     metrics = result.metrics
     if not result.is_global_zero:
         return objective(metrics, cfg.optimize.metric)[1]
@@ -203,7 +205,7 @@ def _fail(err: Exception, run_dir: Path, overrides_record: bool = True) -> float
     # A job that trained in this folder owns it; bad input must not touch an earlier run's
     # results, nor the files of a run still going in it (the lock).
     holds_a_run = metrics.exists() or (run_dir / run_folder.CONFIG).exists()
-    owns_folder = status == "diverged" or not isinstance(err, MicrotrainError) or not holds_a_run
+    owns_folder = not isinstance(err, FolderBusy) and (status == "diverged" or not isinstance(err, MicrotrainError) or not holds_a_run)
     if run_dir.is_dir() and owns_folder:
         if overrides_record and not (run_dir / ".hydra").is_dir():
             run_folder.write_hydra_record(run_dir, HydraConfig.get(), None)  # so a sweep's summary lists the job
@@ -247,7 +249,11 @@ def predict_command(cfg: DictConfig) -> None:
     try:
         if not isinstance(cfg.probabilities, bool):
             raise ConfigError(f"probabilities={cfg.probabilities!r} must be true or false")
-        out, notes = predict_file(Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint, cfg.probabilities)
+        allowed = cfg.allow_status
+        allowed = [allowed] if isinstance(allowed, str) else list(allowed)
+        if not all(isinstance(a, str) for a in allowed):
+            raise ConfigError(f"allow_status={allowed!r} must be a list of statuses, e.g. '[ok,interrupted]'")
+        out, notes = predict_file(Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint, cfg.probabilities, allowed)
     except MicrotrainError as err:
         error_console.print(f"error: {err}", markup=False, soft_wrap=True)
         sys.exit(2)

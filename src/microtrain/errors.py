@@ -9,6 +9,10 @@ class ConfigError(MicrotrainError):
     """A config value is missing, of the wrong type or out of range."""
 
 
+class FolderBusy(ConfigError):
+    """Another run holds the run folder's lock: nothing of this run may be written there."""
+
+
 class DataError(MicrotrainError):
     """The data cannot be read or does not fit the model."""
 

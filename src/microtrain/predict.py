@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -34,11 +36,21 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best") -> tuple[torch.n
 
 
 def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpoint: str = "best",
-                 probabilities: bool = False) -> tuple[Path, list[str]]:
+                 probabilities: bool = False, allow_status: Sequence[str] = ("ok",)) -> tuple[Path, list[str]]:
     """Write one prediction per input row, in the input's row order; returns (the CSV, notes).
 
     A CSV's columns are matched by name, in any order, and encoded as in training (categories,
-    missing cells); other columns are copied through. Targets need not be there."""
+    missing cells); other columns are copied through. Targets need not be there. A run whose
+    status is not in ``allow_status`` (a diverged, failed or interrupted one) is refused."""
+    metrics_file = Path(run_dir) / "metrics.json"
+    status = json.loads(metrics_file.read_text()).get("status") if metrics_file.is_file() else "unfinished"
+    if status not in allow_status:
+        raise ConfigError(f"{run_dir} is a {status} run (metrics.json); predict from a finished one, or allow it with "
+                          f"'allow_status=[ok,{status}]'")
+    out = Path(output) if output else Path(run_dir) / "predictions.csv"
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        why = "its folder does not exist" if not out.parent.is_dir() else "it or its folder is not writable"
+        raise ConfigError(f"cannot write {out}: {why}; give output=<a writable path>")
     model, info = load_trained_model(run_dir, checkpoint)
     source = files.existing_file(path)
     notes: list[str] = []
@@ -51,7 +63,6 @@ def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpo
         x, header, rows, notes = _table_inputs(source, info)
     holes = np.isnan(x).any(axis=1)
     outputs = predict(model, info, np.nan_to_num(x))
-    out = Path(output) if output else Path(run_dir) / "predictions.csv"
     classes = info.get("classes")
     if info["task"] == "classification":
         names = [f"predicted_{info['targets'][0]}"]

@@ -25,11 +25,22 @@ def _note(signum: int, frame: Optional[FrameType]) -> None:
     received = signum
 
 
+_previous: dict[int, Any] = {}
+
+
 def install() -> None:
     """From the start of a run: a signal is noted, and acted on at the next safe point."""
-    if signal.getsignal(signal.SIGTERM) is not _note:
-        signal.signal(signal.SIGTERM, _note)
-        signal.signal(signal.SIGINT, _note)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(signum) is not _note:
+            _previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, _note)
+
+
+def restore() -> None:
+    """The handlers of before ``install`` (a sweep's later jobs install them again)."""
+    for signum, handler in list(_previous.items()):
+        signal.signal(signum, handler)
+        del _previous[signum]
 
 
 def check(step: Optional[int] = None) -> None:

@@ -6,13 +6,13 @@ import os
 from pathlib import Path
 from typing import IO, Optional
 
-from microtrain.errors import ConfigError
+from microtrain.errors import FolderBusy
 
 _held: dict[Path, IO] = {}
 
 
 def acquire(run_dir: Path) -> None:
-    """Take the folder's lock for the rest of this process's run (or ConfigError if another run holds it)."""
+    """Take the folder's lock for the rest of this process's run (or FolderBusy if another run holds it)."""
     run_dir = Path(run_dir).resolve()
     if run_dir in _held or int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
         return  # held already, or a DDP child rank of the run that holds it
@@ -24,7 +24,7 @@ def acquire(run_dir: Path) -> None:
         handle.seek(0)
         owner = handle.read().strip() or "another process"
         handle.close()
-        raise ConfigError(f"{run_dir} is in use by a run still going (pid {owner}); wait for it to end or choose another hydra.run.dir") from None
+        raise FolderBusy(f"{run_dir} is in use by a run still going (pid {owner}); wait for it to end or choose another hydra.run.dir") from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))

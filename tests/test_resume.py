@@ -1,0 +1,201 @@
+"""Reliability: resume from the run folder alone, nothing written by a rejected run, one run
+per folder, damaged checkpoints, signals that end runs and sweeps with a status, sweeps that
+resume, and predict.py that refuses unfinished runs."""
+
+import fcntl
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests_helpers import ROOT, run_in_process
+
+QUICK = ["model=mlp", "model.hidden=8", "trainer.enable_progress_bar=false"]
+
+
+def files_of(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def bitwise(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("finished") / "run"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *QUICK, "trainer.max_epochs=3", f"hydra.run.dir={folder}"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return folder
+
+
+@pytest.mark.parametrize("override, named", [
+    ("seed=3", "seed (0 in the run, 3 given)"),
+    ("optimizer=adam", "optimizer (SGD in the run, Adam given)"),
+    ("data.batch_size=8", "data.batch_size (32 in the run, 8 given)"),
+    ("model.activation=tanh", "model.activation ('relu' in the run, 'tanh' given)"),
+    ("loss=l1", "loss (mse in the run, l1 given)"),
+])
+def test_a_conflicting_override_on_resume_is_refused_and_writes_nothing(capsys, finished, override, named):
+    before = files_of(finished)
+    code, out, err = run_in_process(capsys, "train.py", "model=mlp", "resume=true", f"hydra.run.dir={finished}", override)
+    assert code == 2 and named in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert files_of(finished) == before
+
+
+def test_a_rejected_rerun_into_a_finished_folder_writes_nothing(capsys, finished):
+    before = files_of(finished)
+    code, _, err = run_in_process(capsys, "train.py", "optimizer=adam", "optimizer.betas=[2,0.9]", f"hydra.run.dir={finished}")
+    assert code == 2 and "optimizer.betas[0]=2" in err
+    assert files_of(finished) == before
+
+
+def test_resume_needs_no_other_override_and_applies_a_new_lr(capsys, tmp_path):
+    run = tmp_path / "run"
+    assert run_in_process(capsys, "train.py", *QUICK, "trainer.max_epochs=2", f"hydra.run.dir={run}")[0] == 0
+    code, out, _ = run_in_process(capsys, "train.py", "resume=true", f"hydra.run.dir={run}", "trainer.max_epochs=4", "optimizer.lr=0.01")
+    assert code == 0 and "resume: optimizer.lr: 0.05 -> 0.01" in out
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["epoch"] == 3 and saved["optimizer_states"][0]["param_groups"][0]["lr"] == 0.01
+    (entry,) = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert entry["resumed_at_step"] == 50 and entry["changed"] == ["trainer.max_epochs: 2 -> 4", "optimizer.lr: 0.05 -> 0.01"]
+    assert "model" in (run / "config.yaml").read_text() and "hidden: 8" in (run / "config.yaml").read_text()
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(capsys, tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    with open(tmp_path / ".lock", "a+") as held:  # what a run still going holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _, err = run_in_process(capsys, "train.py", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}")
+    assert code == 2 and "is in use by a run still going" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_checkpoint_is_one_line_naming_the_good_one(capsys, tmp_path, damage):
+    run = tmp_path / "run"
+    assert run_in_process(capsys, "train.py", *QUICK, "trainer.max_epochs=2", f"hydra.run.dir={run}")[0] == 0
+    last = run / "checkpoints" / "last.ckpt"
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    else:  # the file loads, but a weight changed: only the checksum sees it
+        saved = torch.load(last, weights_only=True)
+        saved["state_dict"]["model.fc1.weight"][0, 0] += 1
+        torch.save(saved, last)
+    before = files_of(run)
+    code, _, err = run_in_process(capsys, "train.py", "resume=true", f"hydra.run.dir={run}")
+    assert code == 2 and f"{last} is damaged" in err and "best.ckpt" in err and "Traceback" not in err
+    assert ("does not load" if damage == "truncated" else "checksum") in err
+    assert files_of(run) == before
+
+
+def _train(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+LONG = [*QUICK, "trainer.max_epochs=300"]
+
+
+def job(sweep: Path, lr: str) -> Path:
+    """The sweep's job folder of this learning rate (Hydra names it by all its overrides)."""
+    deadline = time.time() + 120
+    while not (found := [p for p in sweep.glob(f"*optimizer.lr={lr},*")]):
+        assert time.time() < deadline, f"no job folder for lr {lr} in {sweep}"
+        time.sleep(0.05)
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert _train(*LONG, f"hydra.run.dir={folder}").wait() == 0
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["SIGKILL", "SIGTERM", "SIGINT"])
+def test_a_run_stopped_by_a_signal_resumes_bitwise_from_its_folder_alone(tmp_path, uninterrupted, how):
+    run = tmp_path / "run"
+    process = _train(*LONG, f"hydra.run.dir={run}")
+    _wait_for(run / "checkpoints" / "last.ckpt")
+    time.sleep(0.5)
+    process.send_signal(how)
+    _, err = process.communicate(timeout=60)
+    if how == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL
+    else:
+        assert process.returncode == 128 + how and "Traceback" not in err
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["status"] == "interrupted" and metrics["signal"] == signal.Signals(how).name
+        assert f"resume with: python scripts/train.py resume=true hydra.run.dir={run}" in err
+    resumed = _train("resume=true", f"hydra.run.dir={run}")
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert json.loads((run / "metrics.json").read_text())["status"] == "ok"
+    assert bitwise(run, uninterrupted)
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_finishes_with_resume_without_rerunning_a_finished_job(tmp_path):
+    sweep = ["-m", *QUICK, "trainer.max_epochs=150", "optimizer.lr=0.01,0.02,0.03", f"hydra.sweep.dir={tmp_path}"]
+    process = _train(*sweep)
+    _wait_for(job(tmp_path, "0.02") / "checkpoints" / "last.ckpt")
+    process.kill()
+    process.wait()
+    first = job(tmp_path, "0.01")
+    finished_at = (first / "metrics.json").stat().st_mtime_ns
+    resumed = _train(*sweep, "resume=true")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"sweep folder: {tmp_path}" in out and "finished already; not run again" in out and "never started; starting it afresh" in out
+    assert (first / "metrics.json").stat().st_mtime_ns == finished_at
+    statuses = [json.loads((job(tmp_path, lr) / "metrics.json").read_text())["status"] for lr in ("0.01", "0.02", "0.03")]
+    assert statuses == ["ok"] * 3
+    assert len((tmp_path / "summary.csv").read_text().strip().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_by_sigterm_stops_launching_and_writes_its_summary(tmp_path):
+    process = _train("-m", *QUICK, "trainer.max_epochs=150", "optimizer.lr=0.01,0.02,0.03", f"hydra.sweep.dir={tmp_path}")
+    _wait_for(job(tmp_path, "0.01") / "checkpoints" / "last.ckpt")
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in err
+    rows = (tmp_path / "summary.csv").read_text().strip().splitlines()
+    assert len(rows) == 4 and all(",interrupted," in row for row in rows[1:])
+    assert "not started: the sweep was interrupted" in (tmp_path / "summary.csv").read_text()
+
+
+def test_predict_refuses_a_run_that_did_not_finish(capsys, tmp_path, finished):
+    metrics = json.loads((finished / "metrics.json").read_text())
+    data = tmp_path / "x.csv"
+    data.write_text("x0,x1,x2\n0.1,0.2,0.3\n")
+    try:
+        (finished / "metrics.json").write_text(json.dumps(metrics | {"status": "diverged"}))
+        code, _, err = run_in_process(capsys, "predict.py", f"run={finished}", f"data.path={data}", f"output={tmp_path / 'p.csv'}")
+        assert code == 2 and "is a diverged run" in err and "allow_status=[ok,diverged]" in err
+        code, _, err = run_in_process(capsys, "predict.py", f"run={finished}", f"data.path={data}", f"output={tmp_path / 'p.csv'}",
+                                      "allow_status=[ok,diverged]")
+        assert code == 0 and (tmp_path / "p.csv").is_file()
+    finally:
+        (finished / "metrics.json").write_text(json.dumps(metrics))
+    code, _, err = run_in_process(capsys, "predict.py", f"run={finished}", f"data.path={data}", "output=/proc/none/p.csv")
+    assert code == 2 and "cannot write /proc/none/p.csv" in err
