@@ -4,7 +4,6 @@ from the configs shipped in the package (``pkg://microtrain.conf``; your own wit
 ``--config-dir``), runs, and turns bad input into one line."""
 
 import gc
-import json
 import logging
 import os
 import signal
@@ -67,6 +66,7 @@ def train_command(cfg: DictConfig) -> float:
     quiet_libraries()  # after the import, which sets Lightning's log level
 
     from microtrain.run import interrupt, lock
+    from microtrain.run.resume import plan_resume
 
     interrupt.install()  # from here a signal ends the run with a status, never a traceback
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -77,7 +77,7 @@ def train_command(cfg: DictConfig) -> float:
         if multirun and interrupt.received is not None:
             return _interrupted(Interrupted("not started: the sweep was interrupted", interrupt.received), run_dir, fresh=True)
         if cfg.resume:
-            cfg, changes, finished = _resumed(cfg, run_dir, overrides, multirun)
+            cfg, changes, finished = plan_resume(cfg, run_dir, overrides, multirun, console.print)
             if finished is not None:
                 return finished
         if multirun and cfg.trainer.strategy == "ddp" and not SLURMEnvironment.detect():
@@ -131,29 +131,6 @@ def train_command(cfg: DictConfig) -> float:
         console.print(f"best checkpoint: {result.best_checkpoint}")
     console.print(f"open TensorBoard: {run_folder.tensorboard_command(run_dir)}")
     return objective(metrics, cfg.optimize.metric)[1]
-
-
-def _resumed(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool) -> tuple[DictConfig, list[str], Optional[float]]:
-    """(the config to go on with, what the command line changed, the objective of a sweep job that
-    already finished). In a sweep, resume=true also starts jobs that never started (or left
-    no checkpoint) and reruns failed ones; a finished job is not run again."""
-    from microtrain.run.resume import last_checkpoint, resumed_config
-
-    metrics_file = run_dir / run_folder.METRICS
-    status = json.loads(metrics_file.read_text()).get("status") if metrics_file.is_file() else None
-    if multirun:
-        if status == "ok":
-            console.print(f"resume: {run_dir.name} finished already; not run again")
-            return cfg, [], objective(json.loads(metrics_file.read_text()), cfg.optimize.metric)[1]
-        has_checkpoint = (run_dir / run_folder.CHECKPOINTS / "last.ckpt").is_file()
-        if status in ("failed", "diverged") or not has_checkpoint or not (run_dir / run_folder.CONFIG).is_file():
-            console.print(f"resume: {run_dir.name} {'failed' if status else 'never started'}; starting it afresh")
-            with open_dict(cfg):
-                cfg.resume = False
-            return cfg, [], None
-    resumed, changes = resumed_config(cfg, run_dir, overrides)
-    last_checkpoint(run_dir)  # loads, and matches its checksum: checked before anything is written
-    return resumed, changes, None
 
 
 def _interrupted(err: "Interrupted", run_dir: Path, fresh: bool = False) -> float:

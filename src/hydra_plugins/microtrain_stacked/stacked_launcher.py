@@ -101,6 +101,7 @@ def _reported(result: dict[str, Any]) -> TaskFunction:
         from microtrain.run import folder as run_folder
 
         run_folder.write_hydra_record(Path(HydraConfig.get().runtime.output_dir), HydraConfig.get(), cfg)  # hydra.output_subdir: null
+        logging.getLogger("microtrain").info("trained stacked: %s", result["status"])  # train.log, as a solo job's
         return result["objective"] if result["status"] == "ok" else math.inf
 
     return task

@@ -11,7 +11,7 @@ checksum matches) before anything is written too.
 import json
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -90,3 +90,28 @@ def record(run_dir: Path, changes: list[str], step: Optional[int]) -> None:
     with open(run_dir / HISTORY, "a") as handle:
         handle.write(json.dumps(entry) + "\n")
 
+
+
+def plan_resume(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], multirun: bool,
+                say: Callable[[str], None]) -> tuple[DictConfig, list[str], Optional[float]]:
+    """(the config to go on with, what the command line changed, the objective of a sweep job that
+    already finished). In a sweep, resume=true also starts jobs that never started (or left
+    no checkpoint) and reruns failed ones; a finished job is not run again."""
+    from microtrain.sweep_summary import objective
+
+    metrics_file = run_dir / run_folder.METRICS
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    status = metrics.get("status")
+    if multirun:
+        if status == "ok":
+            say(f"resume: {run_dir.name} finished already; not run again")
+            return cfg, [], objective(metrics, cfg.optimize.metric)[1]
+        has_checkpoint = (run_dir / run_folder.CHECKPOINTS / "last.ckpt").is_file()
+        if status in ("failed", "diverged") or not has_checkpoint or not (run_dir / run_folder.CONFIG).is_file():
+            say(f"resume: {run_dir.name} {status if status in ('failed', 'diverged') else 'never started'}; starting it afresh")
+            with open_dict(cfg):
+                cfg.resume = False
+            return cfg, [], None
+    resumed, changes = resumed_config(cfg, run_dir, overrides)
+    last_checkpoint(run_dir)  # loads, and matches its checksum: checked before anything is written
+    return resumed, changes, None
