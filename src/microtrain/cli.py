@@ -105,7 +105,8 @@ def train_command(cfg: DictConfig) -> float:
     except MicrotrainError as err:
         return _fail(err, run_dir, overrides_record=not cfg.resume)
     except Exception as err:  # noqa: BLE001 -- anything unexpected: one line here, the traceback in train.log
-        logging.getLogger("microtrain").exception("unexpected error")
+        # at INFO: the job log's file takes INFO, its console only warnings (hydra/job_logging=quiet)
+        logging.getLogger("microtrain").info("unexpected error", exc_info=True)
         return _fail(err, run_dir, overrides_record=not cfg.resume)
     finally:
         lock.release(run_dir)

@@ -21,6 +21,9 @@ def prepare_data(cfg: DictConfig) -> tuple[Dataset, Splits, dict[str, Any]]:
     dataset = load(cfg.data, classify)
     if classify:
         dataset.y = as_class_labels(dataset.y, dataset.source)
+        if len(set(dataset.y.reshape(-1).tolist())) < 2:
+            raise DataError(f"{dataset.source}: every row has the same class, so there is nothing to classify; "
+                            "give rows of at least two classes, or a regression loss")
     splits = split(
         dataset,
         cfg.data.val_fraction,
