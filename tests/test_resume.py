@@ -230,3 +230,20 @@ def test_something_unexpected_is_one_line_with_the_traceback_in_the_log(capsys, 
     assert code == 2 and "KeyError: 'a bug' (unexpected: the traceback is in" in err and "Traceback" not in err
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
     assert "Traceback" in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_curves_of_a_resumed_run_have_no_gap_or_duplicate(tmp_path, uninterrupted):
+    from tests_helpers import read_events
+
+    run = tmp_path / "run"
+    process = _train(*LONG, f"hydra.run.dir={run}")
+    _wait_for(run / "checkpoints" / "last.ckpt")
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert _train("resume=true", f"hydra.run.dir={run}").wait() == 0
+    ours, theirs = read_events(run), read_events(uninterrupted)
+    for name in ("train_loss_step", "val_loss", "update_ratio/fc1.weight", "weight_norm/fc1.weight", "dead_units/fc1"):
+        assert [e.step for e in ours.Scalars(name)] == [e.step for e in theirs.Scalars(name)], name
+    assert [e.value for e in ours.Scalars("val_loss")] == [e.value for e in theirs.Scalars("val_loss")]

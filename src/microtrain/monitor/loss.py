@@ -29,6 +29,7 @@ class LossWatch(L.Callback):
         self._epoch_losses: list[float] = []
         # losses read but not yet written: reads at an epoch's end do not cut a window short
         self._unwritten: list[float] = []
+        self._written_at = 0  # the step of the last train_loss_step point
         self._unwritten_rows = 0
         self._clock: float | None = None
         self._scalars = ScalarBuffer()
@@ -40,7 +41,9 @@ class LossWatch(L.Callback):
         last_of_run = 0 < trainer.max_steps <= trainer.global_step
         # steps_per_call divides checkpoint_every_n_steps, so checkpoints land on call boundaries
         before_checkpoint = bool(self.checkpoint_every_n_steps) and trainer.global_step % self.checkpoint_every_n_steps == 0
-        if window.count + len(self._unwritten) < self.every_n_steps and not (last_of_epoch or last_of_run or before_checkpoint):
+        # a point each time the step passes a multiple of N: the same grid for a resumed run
+        crossed = trainer.global_step // self.every_n_steps > self._written_at // self.every_n_steps
+        if not crossed and not (last_of_epoch or last_of_run or before_checkpoint):
             return
         first_step, losses = window.drain()
         if not losses:
@@ -51,13 +54,14 @@ class LossWatch(L.Callback):
         self._epoch_losses += losses
         self._unwritten += losses
         self._unwritten_rows += rows
-        if len(self._unwritten) >= self.every_n_steps or last_of_run:
+        if crossed or last_of_run:
             self._write_window(trainer, pl_module)
 
     def _write_window(self, trainer: "L.Trainer", pl_module: "Trainee", force: bool = False) -> None:
         """``train_loss_step``, the mean of the losses read since the last write, and the speed."""
         losses, rows = self._unwritten, self._unwritten_rows
         self._unwritten, self._unwritten_rows = [], 0
+        self._written_at = trainer.global_step
         if losses:
             self._scalars.add("train_loss_step", sum(losses) / len(losses), trainer.global_step)
             self._add_speed(trainer, pl_module, rows)
@@ -74,6 +78,7 @@ class LossWatch(L.Callback):
             self._scalars.add("gpu_memory_peak_mib", peak, trainer.global_step)
 
     def on_train_start(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
+        self._written_at = trainer.global_step  # a resumed run goes on with the grid of its first part
         self._clock = time.perf_counter()
 
     def on_train_end(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:

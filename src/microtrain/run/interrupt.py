@@ -64,7 +64,15 @@ class InterruptCheckpoint(L.Callback):
         if trainer.world_size == 1:
             signal.signal(signal.SIGTERM, _note)
 
-    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", *args: Any) -> None:
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx + 1 < trainer.num_training_batches:  # the epoch's last call: validation first, then on_train_epoch_end
+            self._stop_if_signalled(trainer)
+
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """After the epoch's validation (its val_loss point is logged) and its own last.ckpt."""
+        self._stop_if_signalled(trainer)
+
+    def _stop_if_signalled(self, trainer: "L.Trainer") -> None:
         if received is None and not getattr(trainer, "received_sigterm", False):
             return
         trainer.save_checkpoint(str(self.last))  # through the run's AtomicCheckpointIO: whole or not at all

@@ -89,8 +89,12 @@ def _build_trainer(
     cfg: DictConfig, args: dict[str, Any], plan: device.DevicePlan, run_dir: Path, prepared: Prepared, resumed: Optional[str]
 ) -> L.Trainer:
     has_val = prepared.splits.val is not None
-    purge_step = torch.load(resumed, weights_only=True)["global_step"] if resumed else None
-    logger = RunLogger(run_dir, purge_step=purge_step, layout=tensorboard_layout(cfg, prepared))  # purge_step hides steps a resumed run redoes
+    # A resumed run hides what the first run logged after its checkpoint at step S: points of
+    # steps > S. Points at S itself (the loss window and validation that ended there) came before
+    # the checkpoint and stay; the resumed run inspects step S again (identical values: a run
+    # killed by SIGKILL after it had inspected S shows that point twice).
+    purge_step = torch.load(resumed, weights_only=True)["global_step"] + 1 if resumed else None
+    logger = RunLogger(run_dir, purge_step=purge_step, layout=tensorboard_layout(cfg, prepared))
     every = cfg.checkpoint.every_n_steps
     callbacks = [
         LossWatch(cfg.log.every_n_steps, every),
