@@ -3,10 +3,12 @@
 import csv
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
-from tests_helpers import read_events, run_script
+from tests_helpers import ROOT, read_events, run_script
 
 pytestmark = pytest.mark.slow
 QUICK = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "device=cpu"]
@@ -91,3 +93,28 @@ def test_ddp_inside_a_sweep_runs_as_ddp_spawn(tmp_path):
     assert [r["status"] for r in rows] == ["ok"]
     folders = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(folders) == 1 and all(job_metrics(f)["steps"] == 26 for f in folders)
+
+
+def test_two_nodes_with_gloo_on_localhost_train_one_run(tmp_path):
+    """trainer.num_nodes=2: two processes, as two nodes' launchers start them (NODE_RANK,
+    MASTER_ADDR), one metrics.json, and the same final weights on both ranks."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["trainer.num_nodes=2", "trainer.strategy=ddp", "trainer.devices=1", *QUICK]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    nodes = [subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *args, f"hydra.run.dir={tmp_path / f'node{rank}'}"],
+                              env={**env, "NODE_RANK": str(rank)}, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (1, 0)]
+    for node in nodes:
+        out, err = node.communicate(timeout=180)
+        assert node.returncode == 0, err
+    metrics = job_metrics(tmp_path / "node0")
+    assert metrics["status"] == "ok" and metrics["steps"] == 26  # 800 rows shared by 2 ranks, batch 32: 13 steps an epoch
+    assert not (tmp_path / "node1" / "metrics.json").exists() and not (tmp_path / "node1" / ".hydra").exists()
+    digests = [line.split("sha256 ")[1].split()[0] for rank in (0, 1)
+               for line in (tmp_path / f"node{rank}" / "train.log").read_text().splitlines() if "final weights sha256" in line]
+    assert len(digests) == 2 and digests[0] == digests[1]

@@ -88,7 +88,8 @@ def train_command(cfg: DictConfig) -> float:
         schema.check(cfg)
         trainer_arguments(cfg.trainer)  # a Trainer argument Lightning does not have: one line, before the tree
         lock.acquire(run_dir)  # every check above ran before this folder's first byte is written
-        if not cfg.resume:
+        first_rank = not int(os.environ.get("LOCAL_RANK", 0)) and not int(os.environ.get("NODE_RANK", 0))
+        if not cfg.resume and first_rank:  # the other ranks of a DDP run write nothing of their own
             run_folder.write_hydra_record(run_dir, HydraConfig.get(), cfg)
         log = logging.getLogger("microtrain")
         log.info("%s %s", "resumed" if cfg.resume else "started", " ".join(overrides) or "(no overrides)")
@@ -113,6 +114,11 @@ def train_command(cfg: DictConfig) -> float:
         if not multirun:
             interrupt.restore()  # a sweep keeps noting signals between its jobs
     metrics = result.metrics
+    from microtrain.run.checkpoint_io import weights_digest
+
+    # every rank logs its final weights' checksum: ranks that disagree show in their logs
+    digest = weights_digest(result.module.model.state_dict()) if result.module is not None else "n/a"
+    logging.getLogger("microtrain").info("final weights sha256 %s (rank %s)", digest, os.environ.get("NODE_RANK", "0"))
     if not result.is_global_zero:
         return objective(metrics, cfg.optimize.metric)[1]
     console.print(f"run folder: {run_dir}")
