@@ -17,7 +17,7 @@ from typing import Optional
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 
 from microtrain import usage
@@ -234,7 +234,7 @@ def predict_command(cfg: DictConfig) -> None:
         if not isinstance(cfg.probabilities, bool):
             raise ConfigError(f"probabilities={cfg.probabilities!r} must be true or false")
         allowed = cfg.allow_status
-        allowed = [allowed] if isinstance(allowed, str) else list(allowed)
+        allowed = [allowed] if isinstance(allowed, str) else list(allowed) if OmegaConf.is_list(allowed) else [allowed]
         if not all(isinstance(a, str) for a in allowed):
             raise ConfigError(f"allow_status={allowed!r} must be a list of statuses, e.g. '[ok,interrupted]'")
         out, notes = predict_file(Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint, cfg.probabilities, allowed)

@@ -30,7 +30,7 @@ speaks microtrain's names, so the table above is the only place that knows the t
 """
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 NAMES = {
     "train_loss_step": "1_loss/train",
@@ -162,8 +162,3 @@ def events_folder(run_dir: Path) -> Path:
     inside = Path(run_dir) / EVENTS
     return inside if inside.is_dir() or not any(Path(run_dir).glob("events.out.tfevents.*")) else Path(run_dir)
 
-
-def first_present(events: Events, names: list[str]) -> Optional[str]:
-    """The first of ``names`` the run has a scalar for."""
-    have = set(events.Tags()["scalars"])
-    return next((n for n in names if n in have), None)

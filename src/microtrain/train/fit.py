@@ -59,9 +59,10 @@ def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = 
         changes = resume_changes or []
         prepared.module.optimizer_overrides = {k: cfg.optimizer[k] for k in resume.APPLIED_TO_OPTIMIZER
                                                if any(c.startswith(f"optimizer.{k}:") for c in changes)}
-    trainer = _build_trainer(cfg, trainer_args, plan, run_dir, prepared, resumed=ckpt_path)
+    resumed_step = torch.load(ckpt_path, weights_only=True)["global_step"] if ckpt_path else None
+    trainer = _build_trainer(cfg, trainer_args, plan, run_dir, prepared, resumed_step)
     if ckpt_path and trainer.is_global_zero:
-        resume.record(run_dir, resume_changes or [], torch.load(ckpt_path, weights_only=True)["global_step"])
+        resume.record(run_dir, resume_changes or [], resumed_step)
     if trainer.is_global_zero:
         run_folder.write_text_atomic(run_dir / run_folder.CONFIG, OmegaConf.to_yaml(cfg))
         run_folder.write_json_atomic(run_dir / run_folder.DATA_INFO, prepared.data_info)
@@ -86,14 +87,14 @@ def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = 
 
 
 def _build_trainer(
-    cfg: DictConfig, args: dict[str, Any], plan: device.DevicePlan, run_dir: Path, prepared: Prepared, resumed: Optional[str]
+    cfg: DictConfig, args: dict[str, Any], plan: device.DevicePlan, run_dir: Path, prepared: Prepared, resumed_step: Optional[int]
 ) -> L.Trainer:
     has_val = prepared.splits.val is not None
     # A resumed run hides what the first run logged after its checkpoint at step S: points of
     # steps > S. Points at S itself (the loss window and validation that ended there) came before
     # the checkpoint and stay; the resumed run inspects step S again (identical values: a run
     # killed by SIGKILL after it had inspected S shows that point twice).
-    purge_step = torch.load(resumed, weights_only=True)["global_step"] + 1 if resumed else None
+    purge_step = resumed_step + 1 if resumed_step is not None else None
     logger = RunLogger(run_dir, purge_step=purge_step, layout=tensorboard_layout(cfg, prepared))
     every = cfg.checkpoint.every_n_steps
     callbacks = [
