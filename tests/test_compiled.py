@@ -53,16 +53,18 @@ def test_an_optimizer_without_a_compiled_rule_trains_eager_and_says_so(tmp_path,
     assert all(torch.equal(eager[k], v) for k, v in _weights(compiled).items())
 
 
-def test_a_compiler_failure_falls_back_to_eager_with_one_line(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("clip", [[], ["+trainer.gradient_clip_val=0.05"]], ids=["plain", "clipped"])
+def test_a_compiler_failure_falls_back_to_eager_with_one_line(tmp_path, capsys, monkeypatch, clip):
+    """The fallback step is the eager step: bitwise, gradient clipping included."""
     def broken_compile(fn, **kwargs):
         def call(*args):
             raise RuntimeError("no C++ compiler here")
         return call
 
     monkeypatch.setattr(compiled_module.torch, "compile", broken_compile)
-    eager = _weights(train(make_cfg("trainer.max_steps=60"), tmp_path / "eager"))
+    eager = _weights(train(make_cfg("trainer.max_steps=60", *clip), tmp_path / "eager"))
     capsys.readouterr()
-    result = train(make_cfg("trainer.max_steps=60", "loop.compile=true"), tmp_path / "broken")
+    result = train(make_cfg("trainer.max_steps=60", "loop.compile=true", *clip), tmp_path / "broken")
     out = capsys.readouterr().out
     assert out.count("note: loop.compile failed (RuntimeError: no C++ compiler here); training eager") == 1
     assert result.metrics["status"] == "ok" and result.metrics["steps"] == 60

@@ -116,6 +116,7 @@ class StepLoop:
             self.compiled = None
             loss = self._module.loss_fn(self._module.model(x), y)
             loss.backward()
+            self.clip()  # as every other path: the compiled graph clips inside, this step must too
             self._plain_update()
         optimizer._on_after_step()  # counts the step: trainer.global_step
         self.step_count += 1

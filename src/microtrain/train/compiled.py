@@ -22,6 +22,7 @@ from torch import Tensor
 
 from microtrain.train.step import functional_forward, train_step, update_rule
 
+
 class CompiledStep:
     """``train.step.train_step`` compiled, on the model's own parameters and the optimizer's own state.
 
@@ -40,6 +41,7 @@ class CompiledStep:
         self._lr_value = 0.0
         self._constants = self._other_values()  # compiled into the graph as constants
         self._clone_loss = mode == "reduce-overhead"  # a CUDA graph's output is overwritten by the next replay
+        self._marked = False  # see _static_addresses
         forward, update = functional_forward(model), update_rule(optimizer)
 
         def step(params: list[Tensor], state: list[dict], x: Tensor, y: Tensor, hp: dict[str, Any]) -> Tensor:
@@ -71,7 +73,18 @@ class CompiledStep:
         if self.compile_seconds is not None:
             torch.compiler.set_stance("default", skip_guard_eval_unsafe=on)
 
+    def _static_addresses(self, state: list[dict]) -> None:
+        """Under CUDA graphs, the weights and optimizer state the graph updates in place are marked
+        as living at fixed addresses, as parameters are: inductor skips CUDA graphs for a graph
+        that mutates any other input ("skipping cudagraphs due to mutated inputs")."""
+        # (Adam's step count stays on the CPU, as torch.optim keeps it: its graphs run without CUDA graphs)
+        for tensor in [*self.params, *(t for slot in state for t in slot.values() if isinstance(t, Tensor) and t.is_cuda)]:
+            torch._dynamo.mark_static_address(tensor, guard=False)
+        self._marked = True
+
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        if self._clone_loss and not self._marked:
+            self._static_addresses([self.optimizer.state[p] for p in self._owners])
         if self._lr_value != self.group["lr"]:  # kept as a float too: reading the tensor could sync a GPU
             self._lr.fill_(self.group["lr"])
             self._lr_value = self.group["lr"]
