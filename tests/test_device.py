@@ -56,3 +56,14 @@ def test_data_placement(monkeypatch):
     fake_gpu(monkeypatch, free_bytes=4 * 2**30)
     assert device.data_placement(2**30, torch.device("cuda", 0)) == "device"
     assert device.data_placement(2 * 2**30, torch.device("cuda", 0)) == "pinned"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the check runs for real")
+def test_the_gpu_check_on_a_cpu_machine_says_so_in_one_line_and_runs_nothing(tmp_path):
+    import subprocess
+
+    from tests_helpers import ROOT
+
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "gpu_check: no CUDA GPU is visible; nothing run" and not done.stderr
+    assert not (tmp_path / "out").exists()
