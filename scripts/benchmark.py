@@ -6,7 +6,7 @@ import platform
 
 import torch
 
-from microtrain.cli import quiet_libraries
+from microtrain.console import quiet_libraries
 from benchmark_inspection import inspection_check, inspection_line
 from benchmark_stacked import stacked_check, stacked_table
 from benchmark_harness import CASES, command_check, command_line, compiled_table, markdown_table, measure, startup, startup_line, summarize

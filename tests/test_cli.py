@@ -1,12 +1,20 @@
 """scripts/train.py as a user runs it: a subprocess, with Hydra's command line."""
 
+import hashlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from tests_helpers import read_events, run_script
+from tests_helpers import read_events, run_in_process, run_script
 
 pytestmark = pytest.mark.slow
+
+
+def files_of(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("model, n_params", [("linear", 2), ("mlp", 4)])
@@ -51,7 +59,82 @@ def test_bad_input_exits_with_one_line(tmp_path, args, message):
     assert line.startswith(f"error: {message}")
 
 
-def test_unknown_option_lists_the_choices(tmp_path):
-    done = run_script("train.py", "model=cnn", cwd=tmp_path)
-    assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert "Could not find 'model/cnn'" in done.stderr and "mlp" in done.stderr
+@pytest.mark.parametrize("args, message", [
+    (["optimizer.lrr=0.1"], "error: optimizer.lrr is not a key of the config (did you mean optimizer.lr?); to add a new key write +optimizer.lrr=0.1"),
+    (["model=cnn"], "error: model=cnn is not an option of model; choose one of: linear, mlp"),
+    (["optimizer=rmsprop"], "error: optimizer=rmsprop is not an option of optimizer (for torch.optim.RMSprop: optimizer=torch "
+                            "optimizer.name=RMSprop); choose one of: adam, adamw, sgd, torch"),
+    (["data.batchsize=3"], "error: data.batchsize is not a key of the config (did you mean data.batch_size?)"),
+    (["modell=mlp"], "error: modell is not a key of the config (did you mean model?)"),
+    (["~optimizer.lrr"], "error: ~optimizer.lrr: optimizer.lrr is not a key of the config (did you mean optimizer.lr?)"),
+    (["+model=mlp"], "error: model is a config group: choose its option with model=mlp, without +"),
+    (["optimizer.lr=0.1,0.2"], "error: optimizer.lr=0.1,0.2 lists several values: that is a sweep, so add -m"),
+    (["optimizer.lr=[1,2"], "error: an override cannot be read (no viable alternative at input '[1,2')"),
+    (["+optimizer.lrr=0.1"], "error: optimizer torch.optim.SGD refused its settings: SGD.__init__() got an unexpected keyword "
+                             "argument 'lrr'; did you mean optimizer.lr?"),
+    (["optimizer.lr=-1"], "error: optimizer.lr=-1 must be greater than 0"),
+    (["device=cuda"], "error: device=cuda but no CUDA GPU is visible"),
+    (["-m", "model=cnn,mlp"], "error: model=cnn is not an option of model"),
+])
+def test_a_typo_or_refused_run_is_one_line_with_a_way_out_and_leaves_no_folder(tmp_path, monkeypatch, capsys, args, message):
+    """In the default run folder (outputs/<date>/<time>, or multirun/ for a sweep): nothing stays."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_in_process(capsys, "train.py", *args, "trainer.max_steps=5")
+    assert code == 2, err
+    assert err.strip().splitlines() == [err.strip()] and err.startswith(message) and "Traceback" not in out + err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_rerun_into_a_finished_folder_is_refused_unless_overwrite(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = run_in_process(capsys, "train.py", "trainer.max_steps=20", f"hydra.run.dir={run}")
+    assert code == 0, err
+    assert not (run / ".lock").exists()  # a finished folder keeps no lock file
+    before = files_of(run)
+    code, _, err = run_in_process(capsys, "train.py", "trainer.max_steps=30", f"hydra.run.dir={run}")
+    assert code == 2 and err.strip() == (f"error: {run} holds a run with status ok, 20 steps; resume=true continues it, "
+                                         "overwrite=true replaces it, or choose another hydra.run.dir")
+    assert files_of(run) == before
+    code, _, err = run_in_process(capsys, "train.py", "trainer.max_steps=30", f"hydra.run.dir={run}", "overwrite=true")
+    assert code == 0, err
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 30
+    steps = [s.step for s in read_events(run).Scalars("train_loss_step")]
+    assert steps == sorted(set(steps)) and steps[-1] == 30  # one run's curve: the old events went
+
+
+def test_resume_of_a_finished_run_says_there_is_nothing_to_do_and_touches_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_in_process(capsys, "train.py", "trainer.max_epochs=1", f"hydra.run.dir={run}")[0] == 0
+    before = files_of(run)
+    code, out, err = run_in_process(capsys, "train.py", "resume=true", f"hydra.run.dir={run}")
+    assert code == 0, err
+    assert f"resume: {run} already finished (status ok, 25 steps): nothing to do" in out
+    assert files_of(run) == before
+
+
+def test_help_cut_short_by_head_prints_no_traceback(tmp_path):
+    done = subprocess.run(f"{sys.executable} -m microtrain --help | head -1", shell=True, capture_output=True, text=True, cwd=tmp_path)
+    assert done.stdout.startswith("microtrain-train [group=option ...]") and "Error" not in done.stderr
+
+
+def test_predict_help_is_its_own(tmp_path):
+    done = run_script("predict.py", "--help", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("microtrain-predict run=<run folder> data.path=")
+    assert "data.missing=drop" in done.stdout and "model:" not in done.stdout and "Configuration groups" not in done.stdout
+
+
+def test_text_labels_without_a_classification_loss_get_the_hint(tmp_path, capsys):
+    table = tmp_path / "labels.csv"
+    table.write_text("a,b,label\n1,2,M\n2,3,B\n3,4,M\n4,5,B\n")
+    code, _, err = run_in_process(capsys, "train.py", "data=csv", f"data.path={table}", "data.target=label", f"hydra.run.dir={tmp_path / 'r'}")
+    assert code == 2 and err.strip().endswith("'M' is not a number; a text label is a class: train a classifier with loss=cross_entropy")
+
+
+def test_training_from_python_is_as_quiet_as_the_command_line(tmp_path):
+    code = ("from tests_helpers import make_cfg; from microtrain.train.fit import train; "
+            f"print(train(make_cfg('trainer.max_steps=5'), {str(tmp_path)!r}).metrics['status'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent)
+    assert done.returncode == 0, done.stderr
+    chatter = ("GPU available", "TPU available", "litlogger", "LeafSpec", "exists and is not empty", "Warning")
+    assert not [c for c in chatter if c in done.stdout + done.stderr], done.stdout + done.stderr
+    assert done.stdout.strip().endswith("ok")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from microtrain.data.bundled import BUNDLED
-from microtrain.errors import DataError
+from microtrain.errors import ConfigError, DataError
 from microtrain.predict import load_trained_model, predict_file
 from microtrain.data.prepare import prepare_data
 from microtrain.train.fit import train
@@ -301,3 +301,22 @@ def test_categories_sep_and_npz_inputs_for_predictions(tmp_path):
     np.savez(tmp_path / "x_only.npz", x=np.array([[1.0, 1.0, 0.0, 1.0], [-1.0, -1.0, 1.0, 0.0]]))
     path, _ = predict_file(run, str(tmp_path / "x_only.npz"))
     assert [r["predicted_diagnosis"] for r in csv.DictReader(open(path))][0] in ("B", "M")
+
+
+def test_predict_takes_data_missing_and_never_writes_over_its_input_or_the_run(tmp_path):
+    table = house_table(tmp_path / "houses.csv")
+    run = tmp_path / "run"
+    train(make_cfg("data=csv", f"data.path={table}", "data.target=price", "trainer.max_epochs=2"), run)
+    holes = write_csv(tmp_path / "holes.csv", ["city", "rooms", "age"], [["Oslo", "", "10"], ["Bergen", "3", "20"]])
+    with pytest.raises(DataError, match="is empty; fill it"):  # the run trained with data.missing=error
+        predict_file(run, str(holes))
+    path, notes = predict_file(run, str(holes), missing="drop")
+    predicted = [r["predicted_price"] for r in csv.DictReader(open(path))]
+    assert predicted[0] == "" and predicted[1] != "" and "1 rows with a missing input get no prediction" in notes[0]
+    with pytest.raises(ConfigError, match="needs|keeps only when it trained with data.missing=mean"):
+        predict_file(run, str(holes), missing="mean")
+    before = {p: p.read_bytes() for p in [holes, run / "config.yaml", run / "checkpoints" / "best.ckpt"]}
+    for output in (holes, run / "config.yaml", run / "checkpoints" / "best.ckpt", run / "checkpoints" / ".." / "metrics.json"):
+        with pytest.raises(ConfigError, match="is the input table itself|is a file of the run"):
+            predict_file(run, str(holes), output=str(output), missing="drop")
+    assert {p: p.read_bytes() for p in before} == before

@@ -3,55 +3,24 @@
 from the configs shipped in the package (``pkg://microtrain.conf``; your own with
 ``--config-dir``), runs, and turns bad input into one line."""
 
-import gc
 import logging
 import os
 import signal
 import sys
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
-from rich.console import Console
+from omegaconf import DictConfig, OmegaConf
 
 from microtrain import usage
+from microtrain.console import console, error_console, print_start, quiet_libraries, start_up_collection_paused
 from microtrain.run import folder as run_folder
 from microtrain.errors import ConfigError, FolderBusy, Interrupted, MicrotrainError, TrainingDiverged
 from microtrain.sweep_summary import objective
-
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-error_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def quiet_libraries() -> None:
-    """Lightning's banner lines ("GPU available: ...") and tips say nothing the run summary does not."""
-    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-
-
-@contextmanager
-def start_up_collection_paused() -> Iterator[None]:
-    """No garbage collection while torch and Lightning import (~1M objects, nearly all kept for
-    good): measured here, 7 full collections took 0.56 s of a 3.5 s start-up. The survivors are
-    then frozen, so the collections during training no longer walk them either."""
-    if gc.get_freeze_count():  # a later job of a sweep: everything is imported already
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.enable()
 
 
 def train_command(cfg: DictConfig) -> float:
@@ -73,6 +42,8 @@ def train_command(cfg: DictConfig) -> float:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     overrides = list(HydraConfig.get().overrides.task)
     changes: list[str] = []
+    # Hydra made the folder just now (or it was empty): a run refused before training removes it again
+    fresh = not multirun and run_dir.is_dir() and not any(run_dir.iterdir())
     try:
         if multirun and interrupt.received is not None:
             return _interrupted(Interrupted("not started: the sweep was interrupted", interrupt.received), run_dir, fresh=True)
@@ -87,8 +58,15 @@ def train_command(cfg: DictConfig) -> float:
             cfg.trainer.strategy = "ddp_spawn"
         schema.check(cfg)
         trainer_arguments(cfg.trainer)  # a Trainer argument Lightning does not have: one line, before the tree
-        lock.acquire(run_dir)  # every check above ran before this folder's first byte is written
         first_rank = not int(os.environ.get("LOCAL_RANK", 0)) and not int(os.environ.get("NODE_RANK", 0))
+        # (a DDP child rank joins its first rank's run, which has written into the folder already)
+        earlier = None if cfg.resume or not first_rank else run_folder.earlier_run(run_dir)
+        if earlier and not cfg.get("overwrite"):
+            raise ConfigError(f"{run_dir} holds {earlier}; resume=true continues it, overwrite=true replaces it, "
+                              "or choose another hydra.run.dir")
+        lock.acquire(run_dir)  # every check above ran before this folder's first byte is written
+        if earlier:
+            run_folder.clear_run(run_dir)  # overwrite=true: no stale checkpoint or event file stays
         if not cfg.resume and first_rank:  # the other ranks of a DDP run write nothing of their own
             run_folder.write_hydra_record(run_dir, HydraConfig.get(), cfg)
         log = logging.getLogger("microtrain")
@@ -104,7 +82,7 @@ def train_command(cfg: DictConfig) -> float:
     except KeyboardInterrupt:
         return _interrupted(Interrupted("interrupted by SIGINT", signal.SIGINT), run_dir)
     except MicrotrainError as err:
-        return _fail(err, run_dir, overrides_record=not cfg.resume)
+        return _fail(err, run_dir, overrides_record=not cfg.resume, fresh=fresh)
     except Exception as err:  # noqa: BLE001 -- anything unexpected: one line here, the traceback in train.log
         # at INFO: the job log's file takes INFO, its console only warnings (hydra/job_logging=quiet)
         logging.getLogger("microtrain").info("unexpected error", exc_info=True)
@@ -159,32 +137,18 @@ def _interrupted(err: "Interrupted", run_dir: Path, fresh: bool = False) -> floa
     sys.exit(128 + err.signum)
 
 
-def print_start(cfg: DictConfig) -> None:
-    """A compact tree of what this run uses: one line per config group, and the device."""
-    from rich.tree import Tree
-
-    from microtrain.device import resolve
-
-    plan = resolve(cfg.device)  # raises the one-line device error before anything starts
-    if int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
-        return  # the other ranks of a DDP run stay quiet
-    tree = Tree(f"[bold]microtrain[/bold] on {plan.description}, precision {plan.precision}")
-    for group in ("model", "loss", "optimizer", "scheduler", "data", "trainer", "loop", "checkpoint", "log", "callbacks"):
-        section = cfg[group]
-        if section:
-            tree.add(f"[bold]{group}[/bold] " + "  ".join(f"{k}={_short(v)}" for k, v in section.items() if k != "_partial_"))
-    console.print(tree)
-
-
-def _short(value: object) -> str:
-    text = str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _fail(err: Exception, run_dir: Path, overrides_record: bool = True) -> float:
-    """One line on stderr; a record in metrics.json; exit non-zero, or carry on inside a sweep."""
+def _fail(err: Exception, run_dir: Path, overrides_record: bool = True, fresh: bool = False) -> float:
+    """One line on stderr; a record in metrics.json; exit non-zero, or carry on inside a sweep.
+    A single run refused before it trained (``fresh``: in a folder Hydra just made) leaves no folder."""
     status = "diverged" if isinstance(err, TrainingDiverged) else "failed"
     message = str(err) if isinstance(err, MicrotrainError) else f"{_one_line(err)} (unexpected: the traceback is in {run_dir / 'train.log'})"
+    if fresh and status == "failed" and isinstance(err, MicrotrainError) and not (run_dir / run_folder.CONFIG).exists():
+        from microtrain.run import lock
+
+        lock.release(run_dir)
+        run_folder.remove_unused(run_dir)
+        error_console.print(f"error: {message}", markup=False, soft_wrap=True)
+        sys.exit(2)
     metrics = run_dir / run_folder.METRICS
     # A job that trained in this folder owns it; bad input must not touch an earlier run's
     # results, nor the files of a run still going in it (the lock).
@@ -237,7 +201,8 @@ def predict_command(cfg: DictConfig) -> None:
         allowed = [allowed] if isinstance(allowed, str) else list(allowed) if OmegaConf.is_list(allowed) else [allowed]
         if not all(isinstance(a, str) for a in allowed):
             raise ConfigError(f"allow_status={allowed!r} must be a list of statuses, e.g. '[ok,interrupted]'")
-        out, notes = predict_file(Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint, cfg.probabilities, allowed)
+        out, notes = predict_file(Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint, cfg.probabilities, allowed,
+                                  cfg.data.get("missing"))
     except MicrotrainError as err:
         error_console.print(f"error: {err}", markup=False, soft_wrap=True)
         sys.exit(2)
@@ -262,17 +227,45 @@ def register_stacked_launcher() -> None:
 def train_main() -> None:
     """``microtrain-train [group=option ...] [key=value ...]``: train one run, or a sweep with ``-m``."""
     register_stacked_launcher()
-    hydra.main(config_path=CONFIGS, config_name="train", version_base="1.3")(train_command)()
+    run_hydra("train", train_command)
 
 
 def explain_main() -> None:
     """``microtrain-explain [the same overrides as microtrain-train]``: explain one step."""
-    hydra.main(config_path=CONFIGS, config_name="explain", version_base="1.3")(explain_command)()
+    run_hydra("explain", explain_command)
 
 
 def predict_main() -> None:
     """``microtrain-predict run=<run folder> data.path=<csv or npz>``: predict with a finished run."""
-    hydra.main(config_path=CONFIGS, config_name="predict", version_base="1.3")(predict_command)()
+    run_hydra("predict", predict_command)
+
+
+def run_hydra(config_name: str, task: Callable[[DictConfig], Any]) -> None:
+    """``hydra.main`` over the shipped configs, with Hydra's errors as one line and exit 2
+    (a typo names the closest key or option), and quiet when its output is cut (``| head``).
+
+    Hydra prints its own 5-10 line messages unless HYDRA_FULL_ERROR is set; with it set here,
+    it raises them instead, and they are turned into one line below. A user who sets it gets
+    Hydra's full traceback, as Hydra documents."""
+    ours = "HYDRA_FULL_ERROR" not in os.environ
+    if ours:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra.main(config_path=CONFIGS, config_name=config_name, version_base="1.3")(task)()
+    except BrokenPipeError:  # the reader went away (| head): no traceback, and none at exit's flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except Exception as err:  # noqa: BLE001 -- every error Hydra raises outside a job: one line
+        if not ours:
+            raise
+        from microtrain.config.overrides import outside_a_job
+
+        message, code = outside_a_job(err, config_name)
+        error_console.print(f"error: {message}", markup=False, soft_wrap=True)
+        sys.exit(code)
+    finally:
+        if ours:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 def report_main() -> None:

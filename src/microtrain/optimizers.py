@@ -29,7 +29,25 @@ class OptimizerFactory:
         try:
             return self.partial(argument)
         except (ValueError, TypeError) as err:
-            raise ConfigError(f"{self.key} {self.target} refused its settings: {err}") from None
+            raise ConfigError(f"{self.key} {self.target} refused its settings: {err}{self._suggestion(err)}") from None
+
+    def _suggestion(self, err: Exception) -> str:
+        """A mistyped argument (+optimizer.lrr=0.1): the closest one the class takes."""
+        import inspect
+        import re
+
+        from microtrain.config.overrides import did_you_mean
+
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        target = getattr(self.partial, "func", None)
+        if not unexpected or target is None:
+            return ""
+        try:
+            names = [n for n in inspect.signature(target).parameters if n not in ("self", "params", "optimizer")]
+        except (TypeError, ValueError):
+            return ""
+        hint = did_you_mean(unexpected.group(1), names).strip()
+        return f"; did you mean {self.key}.{hint[len('(did you mean '):-1]}" if hint else ""
 
 
 def scheduler_factory(cfg: Optional[Mapping[str, Any]]) -> Optional[Callable[..., Any]]:

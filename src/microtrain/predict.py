@@ -36,7 +36,8 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best") -> tuple[torch.n
 
 
 def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpoint: str = "best",
-                 probabilities: bool = False, allow_status: Sequence[str] = ("ok",)) -> tuple[Path, list[str]]:
+                 probabilities: bool = False, allow_status: Sequence[str] = ("ok",),
+                 missing: Optional[str] = None) -> tuple[Path, list[str]]:
     """Write one prediction per input row, in the input's row order; returns (the CSV, notes).
 
     A CSV's columns are matched by name, in any order, and encoded as in training (categories,
@@ -47,7 +48,10 @@ def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpo
     if status not in allow_status:
         raise ConfigError(f"{run_dir} is a {status} run (metrics.json); predict from a finished one, or allow it with "
                           f"'allow_status=[ok,{status}]'")
+    if missing not in (None, "error", "drop", "mean"):
+        raise ConfigError(f"data.missing={missing!r} must be error, drop or mean (or left out: as the run trained)")
     out = Path(output) if output else Path(run_dir) / "predictions.csv"
+    _refuse_overwriting(out, Path(path), Path(run_dir))
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         why = "its folder does not exist" if not out.parent.is_dir() else "it or its folder is not writable"
         raise ConfigError(f"cannot write {out}: {why}; give output=<a writable path>")
@@ -60,7 +64,7 @@ def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpo
         if x.shape[1] != len(info["features"]):
             raise DataError(f"{source}: x has {x.shape[1]} columns but the model was trained on {len(info['features'])} features")
     else:
-        x, header, rows, notes = _table_inputs(source, info)
+        x, header, rows, notes = _table_inputs(source, info, missing)
     holes = np.isnan(x).any(axis=1)
     outputs = predict(model, info, np.nan_to_num(x))
     classes = info.get("classes")
@@ -80,7 +84,19 @@ def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpo
     return out, notes
 
 
-def _table_inputs(source: Path, info: dict) -> tuple[np.ndarray, list[str], list[list[str]], list[str]]:
+def _refuse_overwriting(out: Path, source: Path, run_dir: Path) -> None:
+    """The predictions never replace the input table, nor a file of the run (its checkpoints,
+    config, metrics) other than its predictions.csv."""
+    target = out.resolve()
+    if source.exists() and target == source.resolve():
+        raise ConfigError(f"output={out} is the input table itself; give another output=<file.csv>")
+    run = run_dir.resolve()
+    if target.is_relative_to(run) and target != run / "predictions.csv":
+        raise ConfigError(f"output={out} is a file of the run {run_dir}; leave output out (it writes predictions.csv there) "
+                          "or give a path outside the run folder")
+
+
+def _table_inputs(source: Path, info: dict, missing: Optional[str] = None) -> tuple[np.ndarray, list[str], list[list[str]], list[str]]:
     """The model's inputs from a CSV, encoded as the run encoded its training table."""
     spec = info.get("columns") or {"numeric": info["features"]}  # runs on built-in data: x0, x1, ...
     columns = tables.Columns(**spec)
@@ -95,11 +111,15 @@ def _table_inputs(source: Path, info: dict) -> tuple[np.ndarray, list[str], list
         notes.append(f"not model inputs, copied through: {', '.join(extra)}")
     x = tables.encode(table, columns, source)
     holes = np.isnan(x).any(axis=1)
+    columns.missing = missing or columns.missing  # data.missing on the command line, else as the run trained
     if holes.any():
+        if columns.missing == "mean" and columns.means is None:
+            raise ConfigError("data.missing=mean fills cells with the training means, which a run keeps only when it trained "
+                              "with data.missing=mean; use data.missing=drop (those rows get no prediction)")
         if columns.missing == "mean":
             x = tables.fill(x, columns.means)
         elif columns.missing == "drop":  # as in training: a row with a missing input gets no prediction
-            notes.append(f"{int(holes.sum())} rows with a missing input get no prediction (the run used data.missing=drop)")
+            notes.append(f"{int(holes.sum())} rows with a missing input get no prediction (data.missing=drop)")
         else:
             tables.handle_missing(x, np.zeros((len(x), 1)), table, source, columns, [])  # raises, naming the cell
     rows = table.astype(object).where(table.notna(), "").values.tolist()

@@ -95,11 +95,18 @@ def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, console: Optional
     console.print(f"open TensorBoard: {run_folder.tensorboard_command(sweep_dir)}")
 
 
+started: Optional[Path] = None  # the sweep folder of this process's sweep: a sweep refused at its start removes it
+
+
 class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global started
+        started = Path(config.hydra.sweep.dir)
         print(f"sweep folder: {config.hydra.sweep.dir}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        global started
+        started = None
         sweep_dir = Path(config.hydra.sweep.dir)
         optimize = config.optimize
         hidden = tuple(config.hydra.job.config.override_dirname.exclude_keys)

@@ -6,13 +6,22 @@ from importlib.resources import files
 
 from omegaconf import OmegaConf
 
-HEADER = """microtrain-train [group=option ...] [key=value ...]   (also python -m microtrain, scripts/train.py)
+HEADERS = {
+    "train": """microtrain-train [group=option ...] [key=value ...]   (also python -m microtrain, scripts/train.py)
 Train a linear model or a two-layer MLP and see what its weights and gradients do.
 Examples:
   microtrain-train model=mlp optimizer.lr=0.1
   microtrain-train -m optimizer.lr=0.01,0.1 model=linear,mlp      (a sweep)
   microtrain-train --config-dir=my_configs model=wide             (your own configs)
-"""
+""",
+    "predict": """microtrain-predict run=<run folder> data.path=<table.csv or arrays.npz> [key=value ...]   (also scripts/predict.py)
+Predict with a finished run: one prediction per input row, in the input's row order, written as CSV.
+Examples:
+  microtrain-predict run=outputs/2026-12-05/09-30-00 data.path=new_rows.csv
+  microtrain-predict run=<run folder> data.path=new_rows.csv output=predictions.csv probabilities=true
+  microtrain-predict run=<run folder> data.path=new_rows.csv data.missing=drop   (rows with an empty cell get none)
+""",
+}
 SKIP = ("hydra", "experiment", "hparams_search")  # Hydra's own groups; recipes are listed by name only
 
 
@@ -20,7 +29,10 @@ def help_text(command: str = "train") -> str:
     """The help page; ``$`` is doubled because Hydra fills the page as a ``string.Template``."""
     conf = files("microtrain.conf")
     top = (conf / f"{command}.yaml").read_text()
-    sections = [HEADER, "Config groups (group=option):", "$APP_CONFIG_GROUPS",
+    if command == "predict":  # no config groups: the run folder says what was trained
+        text = "\n".join([HEADERS[command], "Keys (conf/predict.yaml), with their comments:", _without_hydra(top).split("\ndefaults:")[0]])
+        return text.replace("$", "$$")
+    sections = [HEADERS["train"], "Config groups (group=option):", "$APP_CONFIG_GROUPS",
                 f"Keys of conf/{command}.yaml, with their comments:", _without_hydra(top)]
     defaults = OmegaConf.to_container(OmegaConf.create(top))["defaults"]
     for entry in defaults:

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class StackedLauncher(Launcher):
     def __init__(self, max_jobs: Optional[int] = None) -> None:
         if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1):
-            from microtrain.cli import error_console
+            from microtrain.console import error_console
 
             # checked when Hydra builds the launcher, before any folder or file is written
             error_console.print(f"error: hydra.launcher.max_jobs={max_jobs!r} must be a whole number of at least 1, or null "
@@ -44,7 +44,7 @@ class StackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from microtrain.cli import console, start_up_collection_paused
+        from microtrain.console import console, start_up_collection_paused
 
         with start_up_collection_paused():
             from microtrain.stack import plan

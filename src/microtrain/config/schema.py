@@ -192,6 +192,7 @@ SECTIONS: dict[str, dict[str, Rule]] = {
 EARLY_STOPPING = "lightning.pytorch.callbacks.EarlyStopping"
 EARLY_STOPPING_KEYS = {"monitor": text(), "mode": choice("min", "max"), "patience": integer(0), "min_delta": number(0), "verbose": boolean()}
 TOP = {"seed": integer(0, 2**32 - 1), "resume": boolean()}
+OPTIONAL_TOP = {"overwrite": boolean()}  # absent from the config.yaml of runs made before it existed
 # Sections of the composed config that Hydra or another check owns.
 OTHERS = ("model", "loss", "optimizer", "scheduler", "data", "trainer", "callbacks", "hydra", "hparams_search", "experiment")
 MOVED = {
@@ -205,10 +206,15 @@ MOVED = {
 def check(cfg: Mapping[str, Any]) -> None:
     """Every key of a training config, in the order a reader meets them in ``conf/train.yaml``."""
     for key in cfg:
-        if key not in TOP and key not in SECTIONS and key not in OTHERS:
-            raise ConfigError(f"{key} is not a microtrain setting; the top-level keys are: {', '.join([*TOP, *SECTIONS, *OTHERS[:-3]])}")
+        if key not in TOP and key not in OPTIONAL_TOP and key not in SECTIONS and key not in OTHERS:
+            raise ConfigError(f"{key} is not a microtrain setting; the top-level keys are: {', '.join([*TOP, *OPTIONAL_TOP, *SECTIONS, *OTHERS[:-3]])}")
     for key, rule in TOP.items():
         _value(cfg, key, rule)
+    for key, rule in OPTIONAL_TOP.items():
+        if key in cfg:
+            _value(cfg, key, rule)
+    if cfg.get("overwrite") and cfg["resume"]:
+        raise ConfigError("resume=true continues the run in the folder and overwrite=true replaces it: choose one")
     _section(cfg, "model", MODEL[_name(cfg, "model", MODEL)])
     _section(cfg, "loss", LOSS[_name(cfg, "loss", LOSS)])
     _section(cfg, "data", {**DATA[_name(cfg, "data", DATA)], **SPLITS})

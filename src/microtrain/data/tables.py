@@ -127,7 +127,8 @@ def labels(table: Any, targets: list[str], path: Path, classify: bool, columns: 
             columns.classes = sorted(cells.dropna().unique().tolist())
         index = {name: i for i, name in enumerate(columns.classes)}
         return cells.map(index).to_numpy(dtype=np.float64)[:, None]
-    return np.stack([_as_numbers(table[t], path, t) for t in targets], axis=1)
+    hint = "" if classify else "; a text label is a class: train a classifier with loss=cross_entropy"
+    return np.stack([_as_numbers(table[t], path, t, hint) for t in targets], axis=1)
 
 
 def handle_missing(x: np.ndarray, y: np.ndarray, table: Any, path: Path, columns: Columns, targets: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -156,14 +157,14 @@ def fill(x: Any, means: list[float]) -> Any:
     return x.where(~holes, values.expand_as(x)) if isinstance(x, torch.Tensor) else np.where(holes, values, x)
 
 
-def _as_numbers(cells: Any, path: Path, name: str) -> np.ndarray:
+def _as_numbers(cells: Any, path: Path, name: str, hint: str = "") -> np.ndarray:
     import pandas as pd
 
     numbers = pd.to_numeric(cells, errors="coerce")
     bad = numbers.isna() & cells.notna()
     if bad.any():
         row = int(bad.to_numpy().argmax())
-        raise DataError(f"{path}: row {row + 2}, column {name!r}: {cells.iloc[row]!r} is not a number")
+        raise DataError(f"{path}: row {row + 2}, column {name!r}: {cells.iloc[row]!r} is not a number{hint}")
     values = numbers.to_numpy(dtype=np.float64)
     if np.isinf(values).any():
         row = int(np.isinf(values).argmax())

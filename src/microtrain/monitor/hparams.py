@@ -79,7 +79,7 @@ def log_hparams(logger: Any, cfg: DictConfig, metrics: dict[str, Any], overrides
         in_sweep, overrides = _hydra_job()
         experiment = not in_sweep if experiment is None else experiment
     params = hparams_of(cfg, overrides)
-    logger.hparams.update(params)  # hparams.yaml, which Lightning's logger writes at finalize
+    logger.hparams.update(params)  # tensorboard/hparams.yaml (monitor.logger.RunLogger.save)
     writer = logger.experiment
     step = int(metrics.get("steps", 0))
     final = final_metrics(metrics)
@@ -91,7 +91,7 @@ def log_hparams(logger: Any, cfg: DictConfig, metrics: dict[str, Any], overrides
         file_writer.add_summary(experiment_pb([params], [final]))
     file_writer.add_summary(hp.hparams_pb(params, trial_id=str(Path(logger.save_dir).name), start_time_secs=time.time()))
     writer.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```")
-    writer.flush()
+    logger.save()  # the events flushed, and hparams.yaml
 
 
 def experiment_pb(runs: list[dict[str, Any]], finals: list[dict[str, float]]) -> Any:

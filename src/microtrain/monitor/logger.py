@@ -28,6 +28,20 @@ class RunLogger(TensorBoardLogger):
         return writer
 
     @rank_zero_only
+    def save(self) -> None:
+        """Lightning writes ``hparams.yaml`` once, at the first checkpoint, before the run's
+        hyper-parameters are known (it stayed ``{}``): here it is rewritten once they are
+        (``monitor.hparams.log_hparams``), and left out before."""
+        if self._experiment is not None:
+            self._experiment.flush()
+        if self.hparams and Path(self.log_dir).is_dir():
+            from omegaconf import OmegaConf
+
+            from microtrain.run.folder import write_text_atomic
+
+            write_text_atomic(Path(self.log_dir) / self.NAME_HPARAMS_FILE, OmegaConf.to_yaml(OmegaConf.create(dict(self.hparams))))
+
+    @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
         """Lightning's metrics (val_loss, val_r2, epoch, ...) under their TensorBoard tags."""
         super().log_metrics({tags.tensorboard_tag(k): v for k, v in metrics.items()}, step)

@@ -2,9 +2,11 @@
 
 import json
 import os
+import re
 import shlex
+import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.json"
@@ -64,3 +66,43 @@ def write_hydra_record(run_dir: Path, hydra: Any, task_cfg: Any) -> None:
     write_text_atomic(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})))
     if task_cfg is not None:
         write_text_atomic(record / "config.yaml", OmegaConf.to_yaml(task_cfg))
+
+
+# What a run writes into its folder: overwrite=true removes these and nothing else of the folder.
+RUN_FILES = (CONFIG, METRICS, DATA_INFO, DATA_TRUTH, "history.jsonl", "trajectory.pt", "report.png", "train.log", "predictions.csv")
+RUN_FOLDERS = (CHECKPOINTS, "tensorboard", ".hydra")
+
+
+def earlier_run(run_dir: Path) -> Optional[str]:
+    """What the folder holds of a run that trained ("a run with status ok, 500 steps"), or None.
+    A run refused before it trained left at most .hydra/ and a failed metrics.json: not a run."""
+    trained = (run_dir / CONFIG).is_file() or any((run_dir / CHECKPOINTS).glob("*.ckpt")) or (run_dir / "tensorboard").is_dir()
+    if not trained:
+        return None
+    try:
+        metrics = json.loads((run_dir / METRICS).read_text())
+    except (OSError, ValueError):
+        return "a run that never finished"
+    steps = f", {metrics['steps']} steps" if "steps" in metrics else ""
+    return f"a run with status {metrics.get('status', 'unknown')}{steps}"
+
+
+def clear_run(run_dir: Path) -> None:
+    """overwrite=true: the earlier run's files go, so no stale checkpoint or event file is mixed in."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in RUN_FOLDERS:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+_MADE_BY_HYDRA = re.compile(r"(\d{4}-\d{2}-\d{2}|\d{2}-\d{2}-\d{2}|outputs|multirun)")
+
+
+def remove_unused(folder: Path) -> None:
+    """Remove a folder made for a run or sweep that was refused before it started, and the dated
+    folders above it that Hydra made for it (outputs/<date>/<time>) once they are empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    parent = folder.resolve().parent
+    while _MADE_BY_HYDRA.fullmatch(parent.name) and parent != Path.cwd() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent

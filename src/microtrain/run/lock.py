@@ -36,5 +36,6 @@ def release(run_dir: Optional[Path] = None) -> None:
     for path in [Path(run_dir).resolve()] if run_dir else list(_held):
         handle = _held.pop(path, None)
         if handle is not None:
+            (path / ".lock").unlink(missing_ok=True)  # a finished folder keeps no lock file; unlinked while still held
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()

@@ -114,4 +114,10 @@ def plan_resume(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], multir
             return cfg, [], None
     resumed, changes = resumed_config(cfg, run_dir, overrides)
     last_checkpoint(run_dir)  # loads, and matches its checksum: checked before anything is written
+    longer = any(c.startswith(("trainer.max_epochs:", "trainer.max_steps:")) for c in changes)
+    if status == "ok" and not longer:  # nothing left to train: every file stays as it is
+        ignored = f" (the changes take effect only with more steps: {', '.join(changes)})" if changes else ""
+        say(f"resume: {run_dir} already finished (status ok, {metrics.get('steps', '?')} steps): nothing to do; "
+            f"raise trainer.max_epochs or trainer.max_steps to train on{ignored}")
+        return resumed, changes, objective(metrics, resumed.optimize.metric)[1]
     return resumed, changes, None

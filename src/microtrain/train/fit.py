@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from microtrain import device
 from microtrain.config import schema
+from microtrain.console import quiet_libraries
 from microtrain.errors import ConfigError, Interrupted
 from microtrain.monitor.hparams import log_hparams
 from microtrain.monitor.logger import RunLogger, tensorboard_layout
@@ -44,6 +45,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = 
     """``resume_changes``: what ``run.resume`` applied to a resumed run's config (recorded in its
     history; a new lr or weight decay is set on the restored optimizer)."""
     schema.check(cfg)  # every key's type and range, before anything is built or written
+    quiet_libraries()  # called from Python too: no "GPU available" lines, tips or known warnings
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plan = device.resolve(cfg.device)
@@ -168,7 +170,8 @@ def _test_best_checkpoint(trainer: L.Trainer, prepared: Prepared) -> dict[str, A
     best = trainer.checkpoint_callback.best_model_path or None
     (results,) = trainer.test(prepared.module, datamodule=prepared.datamodule, ckpt_path=best, verbose=False)
     prepared.module.load_state_dict(final_state)
-    return {key: float(value) for key, value in sorted(results.items())} | {"test_checkpoint": best}
+    # "step" is the x-axis value the evaluation logs for TensorBoard (Trainee._evaluate), not a metric
+    return {key: float(value) for key, value in sorted(results.items()) if key != "step"} | {"test_checkpoint": best}
 
 
 def _progress(trainer: L.Trainer) -> dict[str, int]:

@@ -1,0 +1,95 @@
+"""Hydra's composition errors as one line with a way out: a typo in a key (``optimizer.lrr=0.1``)
+or an option (``model=cnn``), an override Hydra cannot read, a sweep's list given without ``-m``.
+Hydra's own messages take 5-10 lines with its search path; these name the closest key or option."""
+
+import difflib
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+COMPOSITION_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException)
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
+    """The message for ``err``; ``keys()`` lists the config's dotted keys, for suggestions (it
+    composes the config again, so it is only called when a key was mistyped)."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    if isinstance(err, OverrideParseException):
+        return (f"an override cannot be read ({first}); close every bracket and quote what bash would expand, "
+                "e.g. 'data.x=[[1.0],[2.0]]'")
+    if found := re.search(r"Could not find '(.+)/([^/']+)'", text):
+        group, option = found.groups()
+        listed = text.split("Available options in", 1)[1] if "Available options in" in text else ""
+        options = re.findall(r"^\t(\S+)\s*$", listed.split("Config search path")[0], flags=re.M)
+        hint = did_you_mean(option, options)
+        if group == "optimizer" and not hint:  # any torch.optim class through optimizer=torch
+            import torch
+
+            names = [n for n in dir(torch.optim) if n.lower() == option.lower()]
+            hint = f" (for torch.optim.{names[0]}: optimizer=torch optimizer.name={names[0]})" if names else ""
+        return f"{group}={option} is not an option of {group}{hint}; choose one of: {', '.join(options) or '(none)'}"
+    if found := re.match(r"Could not override '([^']+)'", first):
+        key = found.group(1)
+        if "No match in the defaults list" in text:  # a group that does not exist
+            groups = sorted({k.split(".")[0] for k in keys()})
+            return f"{key} is neither a config group nor a key{did_you_mean(key, groups)}; see --help for the groups and keys"
+        append = re.search(r"use (\+\S+)", text)
+        add = f"; to add a new key write {append.group(1)}" if append else ""
+        return f"{key} is not a key of the config{did_you_mean(key, keys())}{add}"
+    if found := re.match(r"Could not delete from config\. '([^']+)' does not exist", first):
+        key = found.group(1)
+        return f"~{key}: {key} is not a key of the config{did_you_mean(key, keys())}"
+    if found := re.match(r"Ambiguous value for argument '([^']+)'", first):
+        return f"{found.group(1)} lists several values: that is a sweep, so add -m (or give one value)"
+    if found := re.match(r"Multiple values for (\S+)\. To override a value use 'override \S+ (\S+)'", first):
+        group, option = found.groups()
+        return f"{group} is a config group: choose its option with {group}={option}, without +"
+    return first
+
+
+def outside_a_job(err: Exception, config_name: str) -> tuple[str, int]:
+    """(the one line, the exit code) for an error Hydra raised before any job ran: exit 2 for
+    Hydra's own (a config it cannot compose), 1 for anything else. A sweep refused before its
+    first job leaves no folder (Hydra wrote multirun.yaml into it already)."""
+    from hydra.errors import HydraException
+
+    from microtrain import sweep_summary
+    from microtrain.run import folder as run_folder
+
+    if not isinstance(err, COMPOSITION_ERRORS):
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else "no message"
+        return f"{type(err).__name__}: {first} (HYDRA_FULL_ERROR=1 shows the traceback)", 2 if isinstance(err, HydraException) else 1
+    folder = sweep_summary.started
+    if folder is not None and folder.is_dir() and {p.name for p in folder.iterdir()} <= {"multirun.yaml"}:
+        run_folder.remove_unused(folder)
+    return one_line(err, lambda: config_keys(config_name)), 2
+
+
+def config_keys(config_name: str) -> list[str]:
+    """The dotted keys of the command's default config, for "did you mean" (composed again: only on a typo)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("microtrain.conf", version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(config_name), resolve=False)
+    keys: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            keys.append(prefix + str(key))
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+
+    walk(cfg, "")
+    return keys

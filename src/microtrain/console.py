@@ -1,0 +1,65 @@
+"""What every command prints through, and what it quiets: the consoles, Lightning's chatter, and
+the garbage-collector pause while torch and Lightning import. Here, below both ``microtrain.cli``
+and the stacked launcher, so neither imports the other."""
+
+import gc
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+error_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def quiet_libraries() -> None:
+    """Lightning's banner lines ("GPU available: ...") and tips say nothing the run summary does not."""
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+
+@contextmanager
+def start_up_collection_paused() -> Iterator[None]:
+    """No garbage collection while torch and Lightning import (~1M objects, nearly all kept for
+    good): measured here, 7 full collections took 0.56 s of a 3.5 s start-up. The survivors are
+    then frozen, so the collections during training no longer walk them either."""
+    if gc.get_freeze_count():  # a later job of a sweep: everything is imported already
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+def print_start(cfg: Any) -> None:
+    """A compact tree of what this run uses: one line per config group, and the device."""
+    from rich.tree import Tree
+
+    from microtrain.device import resolve
+
+    plan = resolve(cfg.device)  # raises the one-line device error before anything starts
+    if int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
+        return  # the other ranks of a DDP run stay quiet
+    tree = Tree(f"[bold]microtrain[/bold] on {plan.description}, precision {plan.precision}")
+    for group in ("model", "loss", "optimizer", "scheduler", "data", "trainer", "loop", "checkpoint", "log", "callbacks"):
+        section = cfg[group]
+        if section:
+            tree.add(f"[bold]{group}[/bold] " + "  ".join(f"{k}={_short(v)}" for k, v in section.items() if k != "_partial_"))
+    console.print(tree)
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
