@@ -26,7 +26,18 @@ def mlp_run(tmp_path_factory):
 
 
 def titles(figure):
-    return [ax.get_title() for ax in figure.axes if ax.get_visible()]
+    return [ax.get_title() for ax in figure.axes if ax.get_visible() and ax.get_title()]
+
+
+def panel(figure, title):
+    return next(ax for ax in figure.axes if ax.get_title() == title)
+
+
+def title_clear_of_the_panels(figure) -> bool:
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    bottom_of_title = figure._suptitle.get_window_extent(renderer).y0
+    return all(ax.title.get_window_extent(renderer).y1 <= bottom_of_title for ax in figure.axes if ax.get_visible())
 
 
 def test_run_report_has_every_panel(mlp_run):
@@ -39,6 +50,17 @@ def test_run_report_has_every_panel(mlp_run):
     loss_axis = figure.axes[0]
     assert {line.get_label() for line in loss_axis.get_lines()} >= {"train (window mean)", "validation (epoch)"}
     assert len(figure.axes[1].get_lines()) == 4  # one weight-norm curve per parameter
+    # one number (fc2.bias): a stem at its value, titled with it, not a bar as wide as the panel
+    (bias,) = [t for t in names if t.startswith("weights/fc2.bias at step ")]
+    value = float(bias.rsplit(": ", 1)[1])
+    assert panel(figure, bias).get_xlim()[0] < value < panel(figure, bias).get_xlim()[1] and not panel(figure, bias).patches
+    # no empty panel: beside the landscape, the hidden layer's histograms
+    assert any(t.startswith("preactivations/fc1 at step") for t in names) and any(t.startswith("activations/fc1 at step") for t in names)
+    assert all(ax.lines or ax.patches or ax.collections for ax in figure.axes if ax.get_visible() and ax.get_title())
+    assert title_clear_of_the_panels(figure)
+    (colour_bar,) = [ax for ax in figure.axes if ax.get_ylabel() == "training loss"]
+    ticks = [t.get_text() for t in colour_bar.get_yticklabels()]
+    assert len(ticks) == 5 and all(float(t) > 0 for t in ticks)  # plain numbers such as 0.0109, not 1.17309×10¹
     out = write_report(mlp_run)
     assert out == mlp_run / "report.png" and out.stat().st_size > 20_000
 
@@ -58,8 +80,14 @@ def test_sweep_report(capsys, tmp_path):
     figure = sweep_figure(tmp_path, jobs)
     assert titles(figure) == ["training loss, every job (2)", "validation loss, every job (2)",
                               "final val_loss against optimizer.lr", "final val_loss per job (best first)"]
-    curves, _, swept, bars = figure.axes
+    curves, val, swept, bars = (panel(figure, t) for t in titles(figure))
     assert len(curves.get_lines()) == 2
+    # each job's line coloured by its learning rate, and a colour bar naming it beside each loss panel
+    bars_of_colour = [ax for ax in figure.axes if ax.get_ylabel() == "optimizer.lr"]
+    assert len(bars_of_colour) == 2
+    colours = {tuple(line.get_color()) for line in curves.get_lines()}
+    assert len(colours) == 2 and colours == {tuple(line.get_color()) for line in val.get_lines()}
+    assert title_clear_of_the_panels(figure)
     (lr_curve,) = swept.get_lines()  # one line: nothing but the learning rate is swept
     assert list(lr_curve.get_xdata()) == [0.01, 0.1] and swept.get_xscale() == "log"
     labels = [t.get_text() for t in bars.get_yticklabels()]

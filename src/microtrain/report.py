@@ -87,8 +87,30 @@ def run_figure(folder: Path, events: Events) -> Figure:
     for ax in axes.flat[4 + 2 * len(params) : -4]:
         ax.set_visible(False)
     _landscape(figure, axes[-1], folder)
-    figure.tight_layout()
+    _extras(axes[-1][2:], events)
+    _tight(figure)
     return figure
+
+
+def _tight(figure: Figure) -> None:
+    """tight_layout leaves the figure's title out of its sums: a strip at the top is kept for it."""
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.4 / figure.get_figheight()))
+
+
+def _extras(row: Any, events: Events) -> None:
+    """The two panels beside the landscape: the MLP's hidden layer (pre-activations and
+    activations at the last histogram step), else the optimality gap and the learning rate."""
+    histograms = events.Tags()["histograms"]
+    layers = [t.split("/", 1)[1] for t in histograms if t.startswith("activations/")]
+    if layers:
+        for ax, kind in zip(row, ("preactivations", "activations")):
+            ax.set_visible(True)
+            _histogram(ax, events, f"{kind}/{layers[0]}")
+        return
+    for ax, (tag, title) in zip(row, (("optimality_gap", "optimality gap (loss − least-squares optimum)"), ("lr", "learning rate"))):
+        if _curve(ax, events, tag, tag):
+            ax.set_visible(True)
+            ax.set(title=title, xlabel="step", yscale="log" if tag == "optimality_gap" else "linear")
 
 
 def _landscape(figure: Figure, row: Any, folder: Path) -> None:
@@ -97,7 +119,7 @@ def _landscape(figure: Figure, row: Any, folder: Path) -> None:
     from microtrain.landscape import landscape
 
     for ax in row[2:]:
-        ax.set_visible(False)
+        ax.set_visible(False)  # _extras may fill them
     gs = row[0].get_gridspec()
     row[0].remove()
     row[1].remove()
@@ -114,7 +136,10 @@ def _landscape(figure: Figure, row: Any, folder: Path) -> None:
     loss = view.loss.double().clamp_min(1e-12).numpy()
     levels = np.geomspace(loss.min(), loss.max(), 25) if loss.max() > loss.min() else 10
     contours = ax.contourf(view.a.numpy(), view.b.numpy(), loss, levels=levels, cmap="viridis", norm=matplotlib.colors.LogNorm())
-    figure.colorbar(contours, ax=ax, label="training loss")
+    bar = figure.colorbar(contours, ax=ax, label="training loss")
+    bar.set_ticks(np.geomspace(loss.min(), loss.max(), 5))  # a few plain numbers, not 1.17309×10¹
+    bar.set_ticklabels([f"{v:.3g}" for v in np.geomspace(loss.min(), loss.max(), 5)])
+    bar.minorticks_off()
     path = view.path.numpy()
     ax.plot(path[:, 0], path[:, 1], color="white", linewidth=1.2, marker=".", markersize=3)
     ax.plot(*path[0], marker="o", color="red", label="start")
@@ -126,8 +151,16 @@ def _landscape(figure: Figure, row: Any, folder: Path) -> None:
 def _histogram(ax: Any, events: Events, tag: str) -> None:
     last = events.Histograms(tag)[-1]
     limits, counts = list(last.histogram_value.bucket_limit), last.histogram_value.bucket
+    if last.histogram_value.num <= 1 or last.histogram_value.min == last.histogram_value.max:
+        # one number (fc2.bias of a one-output MLP): a stem at its value, not a bar as wide as the panel
+        value = last.histogram_value.min
+        ax.stem([value], [last.histogram_value.num], linefmt="tab:blue" if tag.startswith("weights") else "tab:orange")
+        ax.set_xlim(value - max(abs(value), 1e-3) * 0.5, value + max(abs(value), 1e-3) * 0.5)
+        ax.set(title=f"{tag} at step {last.step}: {value:.4g}", xlabel="value", ylabel="count")
+        return
     lefts = [last.histogram_value.min] + limits[:-1]
-    ax.bar(lefts, counts, width=[r - l for l, r in zip(lefts, limits)], align="edge", color="tab:blue" if tag.startswith("weights") else "tab:orange")
+    color = {"weights": "tab:blue", "grads": "tab:orange"}.get(tag.split("/")[0], "tab:purple")
+    ax.bar(lefts, counts, width=[r - l for l, r in zip(lefts, limits)], align="edge", color=color)
     ax.set(title=f"{tag} at step {last.step}", xlabel="value", ylabel="count")
 
 
@@ -136,10 +169,11 @@ def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
     curves, val, bars = axes["curves"], axes["val"], axes["bars"]
     figure.suptitle(f"microtrain sweep {folder} ({len(jobs)} jobs)", fontsize=11)
     finals = []
+    colors = _job_colors(figure, [curves, val], jobs)
     for job in jobs:
         events = read_run(job)
-        _curve(curves, events, "train_loss_step", job.name, linewidth=0.8)
-        _curve(val, events, "val_loss", job.name, marker="." if len(jobs) <= 12 else None, linewidth=0.8)
+        _curve(curves, events, "train_loss_step", job.name, linewidth=0.8, color=colors.get(job.name))
+        _curve(val, events, "val_loss", job.name, marker="." if len(jobs) <= 12 else None, linewidth=0.8, color=colors.get(job.name))
         metrics_file = job / run_folder.METRICS
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         name, value = objective(metrics, "auto")
@@ -148,7 +182,7 @@ def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
     curves.set(title=f"training loss, every job ({len(jobs)})", xlabel="step", yscale="log")
     val.set(title=f"validation loss, every job ({len(jobs)})", xlabel="step", yscale="log")
     for ax in (curves, val):
-        if ax.get_legend_handles_labels()[0] and len(jobs) <= 12:  # more lines than a legend can name
+        if ax.get_legend_handles_labels()[0] and len(jobs) <= 12 and not colors:  # more lines than a legend can name
             ax.legend(fontsize=7)
     finals.sort()
     _swept_curve(axes["swept"], jobs, {job: (value, name) for value, job, name in finals})
@@ -162,8 +196,26 @@ def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
     more = f", the best {len(shown)} of {len(finals)}" if len(finals) > len(shown) else ""
     bars.set(title=f"final {finals[0][2] if finals else 'metric'} per job (best first{more})")
     bars.tick_params(axis="y", labelsize=7)
-    figure.tight_layout()
+    _tight(figure)
     return figure
+
+
+def _job_colors(figure: Figure, axes: list[Any], jobs: list[Path]) -> dict[str, Any]:
+    """Each job's line coloured by its swept number (the learning rate when it is swept), with a
+    colour bar naming it, so 20 lines read as one sweep; {} when nothing numeric is swept."""
+    swept = swept_values(jobs)
+    numeric = sorted({k for values in swept.values() for k, v in values.items() if not math.isnan(_number(v))})
+    if not numeric:
+        return {}
+    key = "optimizer.lr" if "optimizer.lr" in numeric else numeric[0]
+    values = {job: _number(v.get(key)) for job, v in swept.items() if not math.isnan(_number(v.get(key)))}
+    low, high = min(values.values()), max(values.values())
+    log = low > 0 and high / low > 10
+    norm = matplotlib.colors.LogNorm(low, high) if log else matplotlib.colors.Normalize(low, high if high > low else low + 1)
+    mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis")
+    for ax in axes:
+        figure.colorbar(mappable, ax=ax, label=key)
+    return {job: mappable.to_rgba(value) for job, value in values.items()}
 
 
 def swept_values(jobs: list[Path]) -> dict[str, dict[str, str]]:
