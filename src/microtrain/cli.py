@@ -64,6 +64,7 @@ def train_command(cfg: DictConfig) -> float:
         if earlier and not cfg.get("overwrite"):
             raise ConfigError(f"{run_dir} holds {earlier}; resume=true continues it, overwrite=true replaces it, "
                               "or choose another hydra.run.dir")
+        run_folder.refuse_links(run_dir)
         lock.acquire(run_dir)  # every check above ran before this folder's first byte is written
         if earlier:
             run_folder.clear_run(run_dir)  # overwrite=true: no stale checkpoint or event file stays
@@ -92,7 +93,7 @@ def train_command(cfg: DictConfig) -> float:
         if not multirun:
             interrupt.restore()  # a sweep keeps noting signals between its jobs
     metrics = result.metrics
-    from microtrain.run.checkpoint_io import weights_digest
+    from microtrain.run.checksums import weights_digest
 
     # every rank logs its final weights' checksum: ranks that disagree show in their logs
     digest = weights_digest(result.module.model.state_dict()) if result.module is not None else "n/a"
@@ -106,7 +107,9 @@ def train_command(cfg: DictConfig) -> float:
     console.print(f"final: {losses}  ({metrics['steps']} steps, {metrics['seconds']:.1f} s{compiled}{threads})")
     tested = "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float))
     if tested:
-        console.print(f"test (checkpoint {Path(metrics['test_checkpoint']).name}): {tested}")
+        # no best.ckpt when the run ended before its first validation: the final weights are tested
+        checkpoint = Path(metrics["test_checkpoint"]).name if metrics.get("test_checkpoint") else "none, the final weights"
+        console.print(f"test (checkpoint {checkpoint}): {tested}")
     if "train_loss_optimum" in metrics:
         console.print(
             f"least-squares optimum of the training loss: {_fmt(metrics['train_loss_optimum'])} "
@@ -126,7 +129,7 @@ def _interrupted(err: "Interrupted", run_dir: Path, fresh: bool = False) -> floa
         last = run_dir / run_folder.CHECKPOINTS / "last.ckpt"
         payload = {"status": "interrupted", "signal": signal.Signals(err.signum).name, "error": str(err)}
         if last.is_file():
-            payload["resume"] = f"python scripts/train.py resume=true hydra.run.dir={run_folder.shlex.quote(str(run_dir))}"
+            payload["resume"] = f"python scripts/train.py resume=true {run_folder.hydra_override('hydra.run.dir', run_dir)}"
         run_folder.write_json_atomic(run_dir / run_folder.METRICS, payload)
         if not fresh and last.is_file():
             error_console.print(f"error: {err}; resume with: {payload['resume']}", markup=False, soft_wrap=True)
@@ -185,6 +188,11 @@ def explain_command(cfg: DictConfig) -> None:
     except MicrotrainError as err:
         _fail(err, run_dir)
         return
+    except Exception as err:  # noqa: BLE001 -- e.g. optimizer.lr=1e300: one line here, the traceback in the job's log
+        logging.getLogger("microtrain").info("unexpected error", exc_info=True)
+        log = run_dir / f"{HydraConfig.get().job.name}.log"
+        error_console.print(f"error: {_one_line(err)} (unexpected: the traceback is in {log})", markup=False, soft_wrap=True)
+        sys.exit(2)
     print_report(report, console)
     console.print(f"\nstep.json: {run_dir / 'step.json'}")
     if not all(r.holds for r in report.rules.values() if r) or not all(c.passed for c in report.gradcheck):
@@ -201,8 +209,10 @@ def predict_command(cfg: DictConfig) -> None:
         allowed = [allowed] if isinstance(allowed, str) else list(allowed) if OmegaConf.is_list(allowed) else [allowed]
         if not all(isinstance(a, str) for a in allowed):
             raise ConfigError(f"allow_status={allowed!r} must be a list of statuses, e.g. '[ok,interrupted]'")
+        if not isinstance(cfg.trust_run_config, bool):
+            raise ConfigError(f"trust_run_config={cfg.trust_run_config!r} must be true or false")
         out, notes = predict_file(Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint, cfg.probabilities, allowed,
-                                  cfg.data.get("missing"))
+                                  cfg.data.get("missing"), cfg.trust_run_config)
     except MicrotrainError as err:
         error_console.print(f"error: {err}", markup=False, soft_wrap=True)
         sys.exit(2)

@@ -4,6 +4,7 @@ Everything here asks ``torch.cuda`` at call time, so tests can monkeypatch it to
 CUDA branches on a CPU-only machine.
 """
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,13 @@ def describe(accelerator: str, threads: Any = "auto") -> str:
     index = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
     return f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
+
+
+def available_bytes(accelerator: str) -> int:
+    """Free memory where training runs: the GPU's, or the host's available pages."""
+    if accelerator == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def data_placement(n_bytes: int, device: torch.device) -> str:

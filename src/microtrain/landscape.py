@@ -49,16 +49,21 @@ def landscape(run_dir: Path) -> Landscape:
     """The landscape of a finished run (raises MicrotrainError when its data cannot be rebuilt)."""
     from omegaconf import OmegaConf
 
+    from microtrain import losses, models
+    from microtrain.config.targets import check_run_config
+    from microtrain.data.prepare import prepare_data
     from microtrain.errors import ConfigError
-    from microtrain.train.build import prepare
 
     trajectory = load_trajectory(run_dir)
     if trajectory is None or len(trajectory["steps"]) < 2:
         raise ConfigError("the run kept no weight trajectory (log.inspect=false, a stacked job, or a model over 1M parameters)")
     cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
-    prepared = prepare(cfg)
-    model, loss_fn = prepared.module.model.cpu().float(), prepared.module.loss_fn
-    x, y = prepared.splits.train
+    check_run_config(cfg, Path(run_dir) / "config.yaml")
+    # the model, loss and data only: drawing a report builds no optimizer, scheduler or callback
+    dataset, splits, info = prepare_data(cfg)
+    model = models.build_model(cfg.model, dataset.x.shape[1], info["n_outputs"]).float()
+    loss_fn = losses.build_loss(cfg.loss)
+    x, y = splits.train
     x, y = x[:MAX_ROWS].float(), y[:MAX_ROWS]
     y = y.float() if y.is_floating_point() else y
     names = list(trajectory["names"])

@@ -29,6 +29,21 @@ class MLP(nn.Module):
         return self.fc2(self.activation(self.fc1(x)))
 
 
+def parameter_count(cfg: Mapping[str, Any], in_features: int, out_features: int) -> int:
+    """The model's parameters, counted from its config before anything is built."""
+    bias = 1 if cfg["bias"] else 0
+    if cfg["name"] == "linear":
+        return (in_features + bias) * out_features
+    return (in_features + bias) * cfg["hidden"] + (cfg["hidden"] + bias) * out_features
+
+
+def training_bytes(cfg: Mapping[str, Any], in_features: int, out_features: int, rows: int, width: int = 4) -> int:
+    """About what training the model takes: weights, gradients, two optimizer-state tensors
+    (Adam's) and inspection's copy of the weights, plus a batch's activations kept for backward."""
+    hidden = cfg["hidden"] if cfg["name"] == "mlp" else 0
+    return width * (5 * parameter_count(cfg, in_features, out_features) + 3 * rows * (in_features + hidden + out_features))
+
+
 def build_model(cfg: Mapping[str, Any], in_features: int, out_features: int) -> nn.Module:
     """Build ``model.name`` (linear | mlp) for data with the given sizes, then initialise it."""
     in_features = _size(cfg, "in_features", in_features, "features")

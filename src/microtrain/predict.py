@@ -12,12 +12,14 @@ import torch
 from omegaconf import OmegaConf
 
 from microtrain import models
+from microtrain.config.targets import check_run_config
 from microtrain.data import files, tables
 from microtrain.run import folder as run_folder
+from microtrain.run.checksums import check_checkpoint
 from microtrain.errors import ConfigError, DataError
 
 
-def load_trained_model(run_dir: Path, checkpoint: str = "best") -> tuple[torch.nn.Module, dict]:
+def load_trained_model(run_dir: Path, checkpoint: str = "best", trusted: bool = False) -> tuple[torch.nn.Module, dict]:
     """The run's model with the weights of ``checkpoints/<checkpoint>.ckpt``, and its data_info."""
     run_dir = Path(run_dir)
     weights = run_dir / run_folder.CHECKPOINTS / f"{checkpoint}.ckpt"
@@ -27,17 +29,27 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best") -> tuple[torch.n
     for path in needed:
         if not path.is_file():
             raise ConfigError(f"run={run_dir} has no {path.relative_to(run_dir)}; point run= at a finished run folder")
+    problem = check_checkpoint(weights)  # loads without running code, and matches its checksum
+    if problem:
+        others = [p for p in sorted(weights.parent.glob("*.ckpt")) if p != weights and not check_checkpoint(p)]
+        hint = (f"{others[0].relative_to(run_dir)} is good: predict from it with checkpoint={others[0].stem}" if others
+                else "no other checkpoint there is good")
+        raise ConfigError(f"{weights} is damaged ({problem}); {hint}")
     cfg = OmegaConf.load(needed[0])
+    check_run_config(cfg, needed[0], trusted)
     info = json.loads(needed[1].read_text())
     model = models.build_model(cfg.model, len(info["features"]), info["n_outputs"])
     state = torch.load(needed[2], map_location="cpu", weights_only=True)["state_dict"]
-    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    try:
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    except RuntimeError as err:
+        raise ConfigError(f"{weights} holds another model than {needed[0]} describes ({str(err).splitlines()[-1].strip()[:160]})") from None
     return model.eval(), info
 
 
 def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpoint: str = "best",
                  probabilities: bool = False, allow_status: Sequence[str] = ("ok",),
-                 missing: Optional[str] = None) -> tuple[Path, list[str]]:
+                 missing: Optional[str] = None, trusted: bool = False) -> tuple[Path, list[str]]:
     """Write one prediction per input row, in the input's row order; returns (the CSV, notes).
 
     A CSV's columns are matched by name, in any order, and encoded as in training (categories,
@@ -55,7 +67,7 @@ def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpo
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         why = "its folder does not exist" if not out.parent.is_dir() else "it or its folder is not writable"
         raise ConfigError(f"cannot write {out}: {why}; give output=<a writable path>")
-    model, info = load_trained_model(run_dir, checkpoint)
+    model, info = load_trained_model(run_dir, checkpoint, trusted)
     source = files.existing_file(path)
     notes: list[str] = []
     if source.suffix == ".npz":

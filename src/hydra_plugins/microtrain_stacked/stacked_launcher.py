@@ -53,6 +53,22 @@ class StackedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        from microtrain.console import error_console
+        from microtrain.errors import FolderBusy
+        from microtrain.run import lock
+
+        try:  # one stacked sweep at a time in a sweep folder: a second would train every job again beside it
+            lock.acquire(sweep_dir)
+        except FolderBusy as err:
+            error_console.print(f"error: {str(err).replace('hydra.run.dir', 'hydra.sweep.dir')}", markup=False, soft_wrap=True)
+            sys.exit(2)
+        try:
+            return self._launch(sweep_dir, job_overrides, initial_job_idx, plan, console)
+        finally:
+            lock.release(sweep_dir)
+
+    def _launch(self, sweep_dir: Path, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, plan: Any,
+                console: Any) -> Sequence[JobReturn]:
         console.print(f"hydra/launcher=stacked: {len(job_overrides)} jobs")
         configs = []
         for offset, overrides in enumerate(job_overrides):

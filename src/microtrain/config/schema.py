@@ -192,7 +192,7 @@ SECTIONS: dict[str, dict[str, Rule]] = {
 EARLY_STOPPING = "lightning.pytorch.callbacks.EarlyStopping"
 EARLY_STOPPING_KEYS = {"monitor": text(), "mode": choice("min", "max"), "patience": integer(0), "min_delta": number(0), "verbose": boolean()}
 TOP = {"seed": integer(0, 2**32 - 1), "resume": boolean()}
-OPTIONAL_TOP = {"overwrite": boolean()}  # absent from the config.yaml of runs made before it existed
+OPTIONAL_TOP = {"overwrite": boolean(), "trust_run_config": boolean()}  # absent from the config.yaml of runs made before it existed
 # Sections of the composed config that Hydra or another check owns.
 OTHERS = ("model", "loss", "optimizer", "scheduler", "data", "trainer", "callbacks", "hydra", "hparams_search", "experiment")
 MOVED = {

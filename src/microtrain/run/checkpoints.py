@@ -1,8 +1,9 @@
 """Which checkpoints a run writes, and when: last.ckpt to resume from, best.ckpt by validation loss."""
 
+import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -10,7 +11,27 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from microtrain.train.bypass import CheckpointBudget, saved_step
 
 
-class LastCheckpoint(ModelCheckpoint):
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, whose saved state names its files by absolute path: restored
+    in a copied or moved run folder, it would test the other folder's best.ckpt (test_r2 0.22 ->
+    -2.10 measured) or fail on a path that is gone, and it drops the best score, so a worse epoch
+    would replace best.ckpt. Here every path is taken as the file of that name in this run's
+    checkpoints/, and the rest of the state is restored."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        def here(path: Any) -> Any:
+            return os.path.join(self.dirpath, os.path.basename(path)) if path and self.dirpath else path
+
+        moved = dict(state_dict, dirpath=self.dirpath)
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in moved:
+                moved[key] = here(moved[key])
+        if moved.get("best_k_models"):
+            moved["best_k_models"] = {here(path): score for path, score in moved["best_k_models"].items()}
+        super().load_state_dict(moved)
+
+
+class LastCheckpoint(RunCheckpoint):
     """``last.ckpt`` at the end of every epoch, within a budget of the training time
     (``checkpoint.budget``, see ``train.bypass.CheckpointBudget``)."""
 
@@ -35,11 +56,11 @@ def checkpoint_callbacks(folder: Path, has_val: bool, every_n_steps: Optional[in
     validation loss. Without validation the best is the last: one file."""
     callbacks: list[ModelCheckpoint] = []
     if has_val:
-        callbacks.append(ModelCheckpoint(dirpath=folder, filename="best", monitor="val_loss", enable_version_counter=False))
+        callbacks.append(RunCheckpoint(dirpath=folder, filename="best", monitor="val_loss", enable_version_counter=False))
     callbacks.append(LastCheckpoint(folder, budget))
     if every_n_steps:
         # a second checkpointer: Lightning's step and epoch triggers are mutually exclusive
         callbacks.append(
-            ModelCheckpoint(dirpath=folder, filename="last", monitor=None, every_n_train_steps=every_n_steps, enable_version_counter=False)
+            RunCheckpoint(dirpath=folder, filename="last", monitor=None, every_n_train_steps=every_n_steps, enable_version_counter=False)
         )
     return callbacks

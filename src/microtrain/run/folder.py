@@ -20,6 +20,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     on POSIX, so a crash or kill mid-write leaves the old file whole. No fsync: it cost ~1 ms a
     write, and a tiny model checkpoints every epoch of a few ms. Every file of a run goes here."""
     partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)  # a stale one, or a link planted there: never written through
     try:
         write(partial)
         os.replace(partial, path)
@@ -32,6 +33,8 @@ def write_all_atomic(files: list[tuple[Path, Callable[[Path], None]]]) -> None:
     ``.partial`` first, then the renames, so a kill leaves them all of one moment but for the
     microseconds of the renames."""
     partials = [(path, path.with_name(path.name + ".partial")) for path, _ in files]
+    for _, partial in partials:
+        partial.unlink(missing_ok=True)
     try:
         for (_, partial), (_, write) in zip(partials, files):
             write(partial)
@@ -48,6 +51,17 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+def hydra_override(key: str, value: Any) -> str:
+    """``key=value`` as bash and then Hydra read it: a sweep job's folder name holds ``=`` and ``,``
+    (``optimizer.lr=0.01,trainer.max_epochs=3``), which Hydra's grammar reads as a sweep unless the
+    value is quoted, and bash strips one level of quotes first."""
+    if re.fullmatch(r"[\w/.+:@%-]+", str(value)):  # nothing Hydra or bash would read otherwise
+        return f"{key}={value}"
+    text = re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', str(value))  # Hydra: backslashes escape only before a quote
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
+    return shlex.quote(f'{key}="{text}"')
 
 
 def tensorboard_command(logdir: Path) -> str:
@@ -106,3 +120,17 @@ def remove_unused(folder: Path) -> None:
     while _MADE_BY_HYDRA.fullmatch(parent.name) and parent != Path.cwd() and not any(parent.iterdir()):
         parent.rmdir()
         parent = parent.parent
+
+
+def refuse_links(run_dir: Path) -> None:
+    """A run folder is written without following a link: one that holds a symbolic link (its
+    ``.lock``, ``train.log``, a ``.partial`` file, ...) would have microtrain write wherever the
+    link points, so it is refused before anything is written."""
+    from microtrain.errors import ConfigError
+
+    if not run_dir.is_dir():
+        return
+    for path in [run_dir, *run_dir.rglob("*")]:
+        if path != run_dir and path.is_symlink():
+            raise ConfigError(f"{path} is a symbolic link; microtrain writes a run folder only without links: "
+                              "remove it, or copy the run into a folder of plain files")

@@ -17,7 +17,8 @@ def acquire(run_dir: Path) -> None:
     if run_dir in _held or int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)):
         return  # held already, or a DDP child rank of the run that holds it
     run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / ".lock", "a+")
+    # O_NOFOLLOW: a .lock that is a link to a file elsewhere is never opened (nor truncated) through
+    handle = os.fdopen(os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

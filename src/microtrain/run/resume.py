@@ -15,9 +15,10 @@ from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from microtrain.config.targets import check_run_config
 from microtrain.errors import ConfigError
 from microtrain.run import folder as run_folder
-from microtrain.run.checkpoint_io import check_checkpoint
+from microtrain.run.checksums import check_checkpoint
 
 HISTORY = "history.jsonl"
 MUTABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.enable_progress_bar", "optimizer.lr", "optimizer.weight_decay",
@@ -47,10 +48,11 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> 
     if not saved_file.is_file():
         raise ConfigError(f"resume=true but {run_dir} holds no run (no {run_folder.CONFIG}); point hydra.run.dir at a run folder")
     saved = OmegaConf.load(saved_file)
+    check_run_config(saved, saved_file, bool(cfg.get("trust_run_config")))  # before any of its targets is built
     changes, refused = [], []
     for override in overrides:
         key = _key(override)
-        if key == "resume":
+        if key in ("resume", "trust_run_config"):
             continue
         new, old = OmegaConf.select(cfg, key, default=None), OmegaConf.select(saved, key, default=None)
         plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
@@ -113,7 +115,8 @@ def plan_resume(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], multir
                 cfg.resume = False
             return cfg, [], None
     resumed, changes = resumed_config(cfg, run_dir, overrides)
-    last_checkpoint(run_dir)  # loads, and matches its checksum: checked before anything is written
+    last = last_checkpoint(run_dir)  # loads, and matches its checksum: checked before anything is written
+    _check_shapes(resumed, run_dir, last)
     longer = any(c.startswith(("trainer.max_epochs:", "trainer.max_steps:")) for c in changes)
     if status == "ok" and not longer:  # nothing left to train: every file stays as it is
         ignored = f" (the changes take effect only with more steps: {', '.join(changes)})" if changes else ""
@@ -121,3 +124,25 @@ def plan_resume(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], multir
             f"raise trainer.max_epochs or trainer.max_steps to train on{ignored}")
         return resumed, changes, objective(metrics, resumed.optimize.metric)[1]
     return resumed, changes, None
+
+
+def _check_shapes(cfg: DictConfig, run_dir: Path, last: Path) -> None:
+    """The checkpoint holds the model that config.yaml describes (a checkpoint copied from another
+    run, or a config.yaml edited to another shape, would fail only once training starts, after
+    the folder's files were rewritten): checked before anything is written."""
+    import torch
+
+    from microtrain import models
+
+    info_file = run_dir / run_folder.DATA_INFO
+    if not info_file.is_file():
+        return
+    info = json.loads(info_file.read_text())
+    model = models.build_model(cfg.model, len(info["features"]), info["n_outputs"])
+    state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:200]
+        raise ConfigError(f"{last} holds another model than {run_dir / run_folder.CONFIG} describes ({detail}); "
+                          "nothing was written: resume with the run's own checkpoint and config") from None

@@ -19,7 +19,7 @@ from microtrain.run import folder as run_folder
 from microtrain.run.checkpoints import checkpoint_callbacks
 from microtrain.train.build import Prepared, prepare
 from microtrain.run.checkpoint_format import epoch_end_checkpoint
-from microtrain.run.checkpoint_io import sealed
+from microtrain.run.checksums import sealed
 
 Snapshot = dict[str, Any]  # what a checkpoint needs of one moment of one job
 
@@ -46,7 +46,7 @@ class StackedJob:
         self.scalars = ScalarBuffer()
         self.epoch_losses: list[float] = []
         self.window: list[float] = []
-        self.logger: Optional[TensorBoardLogger] = None
+        self.logger: Optional[RunLogger] = None
 
     @property
     def last_path(self) -> Path:

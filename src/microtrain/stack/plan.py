@@ -3,7 +3,6 @@ a resumed sweep, group the rest, and train each group stacked (``stack.train``).
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -35,9 +34,14 @@ def run_stacked(cfgs: list[DictConfig], folders: list[Path], max_jobs: Optional[
         try:
             schema.check(cfg)
             trainer_arguments(cfg.trainer)
+            run_folder.refuse_links(folder)
+            if not cfg.resume and run_folder.earlier_run(folder) and not cfg.get("overwrite"):
+                raise MicrotrainError("holds a run")  # refused as a solo run refuses it, with its message
         except MicrotrainError:
             refused[index] = "its config is refused (its error follows)"
             continue
+        if not cfg.resume and cfg.get("overwrite") and run_folder.earlier_run(folder):
+            run_folder.clear_run(folder)  # overwrite=true, as a solo run does it
         step = 0
         if cfg.resume:
             done = _finished(folder, cfg)
@@ -114,18 +118,13 @@ def _failed(folder: Path, message: str) -> Result:
 
 
 def _jobs_that_fit(cfg: DictConfig, wanted: int) -> int:
-    """How many jobs fit in MEMORY_SHARE of the free memory of the group's device: each holds
-    its parameters, gradients, two state tensors and a copy for inspection, plus activations."""
-    model = cfg.model
+    """How many jobs fit in MEMORY_SHARE of the free memory of the group's device
+    (``models.training_bytes`` a job, as a solo run is checked)."""
+    from microtrain import device, models
+
     features = cfg.data.get("n_features") or 64
-    hidden = model.get("hidden", 0) if model.name == "mlp" else 0
     outputs = cfg.data.get("n_outputs") or 16
-    params = (features + 1) * (hidden or outputs) + ((hidden + 1) * outputs if hidden else 0)
-    rows = cfg.data.batch_size or 4096
     width = 8 if str(cfg.device.precision) in ("64", "64-true") else 4
-    job_bytes = width * (5 * params + 3 * rows * (features + hidden + outputs))
-    if torch.cuda.is_available() and cfg.device.type != "cpu":
-        free, _ = torch.cuda.mem_get_info()
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    job_bytes = models.training_bytes(cfg.model, features, outputs, cfg.data.batch_size or 4096, width)
+    free = device.available_bytes("cuda" if torch.cuda.is_available() and cfg.device.type != "cpu" else "cpu")
     return max(1, min(wanted, int(MEMORY_SHARE * free // job_bytes)))

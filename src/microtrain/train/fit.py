@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from microtrain import device
 from microtrain.config import schema
 from microtrain.console import quiet_libraries
-from microtrain.errors import ConfigError, Interrupted
+from microtrain.errors import Interrupted
 from microtrain.monitor.hparams import log_hparams
 from microtrain.monitor.logger import RunLogger, tensorboard_layout
 from microtrain.monitor.loss import LossWatch

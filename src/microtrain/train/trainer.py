@@ -83,12 +83,32 @@ def build_callbacks(cfg: Any, logged: list[str]) -> list[L.Callback]:
             if monitor.startswith("val_") and not any(m.startswith("val_") for m in logged):
                 raise ConfigError(f"callbacks.{name} monitors {monitor} but the run has no validation split; set data.val_fraction above 0")
             raise ConfigError(f"callbacks.{name}.monitor={monitor} is not logged by this run; pick one of: {', '.join(logged)}")
+        target = spec.get("_target_") if isinstance(spec, Mapping) else None
+        if not _is_callback_class(target):  # checked before anything is called: a target may be any callable
+            raise ConfigError(f"callbacks.{name}._target_={target} is not a Lightning callback class; nothing was built")
         try:
             callback = instantiate(spec)
         except InstantiationException as err:
-            reason = str(err).strip().splitlines()[-1]
-            raise ConfigError(f"callbacks.{name} cannot be built: {reason}") from None
-        if not isinstance(callback, L.Callback):
-            raise ConfigError(f"callbacks.{name}._target_={spec['_target_']} is not a Lightning callback")
+            raise ConfigError(f"callbacks.{name} cannot be built: {_reason(err)}") from None
         built.append(callback)
     return built
+
+
+def _is_callback_class(target: Any) -> bool:
+    from hydra.utils import get_class
+
+    try:
+        found = get_class(str(target))
+    except Exception:  # noqa: BLE001 -- not importable, or not a class
+        return False
+    return isinstance(found, type) and issubclass(found, L.Callback)
+
+
+def _reason(err: Exception) -> str:
+    """The underlying reason of Hydra's InstantiationException (a policy, a TypeError, ...), not
+    its last line, which is often only ``full_key: callbacks.x``."""
+    cause = err.__cause__ or err.__context__
+    if cause is not None and str(cause).strip():
+        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[0]}"
+    lines = [line for line in str(err).strip().splitlines() if line.strip() and not line.strip().startswith("full_key")]
+    return lines[0] if lines else type(err).__name__
