@@ -16,7 +16,7 @@ from omegaconf import open_dict
 
 from microtrain import device
 from microtrain.train.fit import train
-from tests_helpers import ROOT, make_cfg, read_events, run_in_process, run_script
+from tests_helpers import make_cfg, read_events, run_in_process, run_script
 
 pytestmark = pytest.mark.cuda
 SMALL = ["model=mlp", "model.hidden=16", "trainer.max_epochs=3"]

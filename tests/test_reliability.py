@@ -130,9 +130,10 @@ def test_divergence_names_the_first_non_finite_gradient(tmp_path):
     from microtrain.train.fit import train
     from tests_helpers import make_cfg
 
-    # inspection saw the NaN bias of the initial weights at step 0, before any gradient
-    with pytest.raises(TrainingDiverged, match=r"step 1: loss=nan \(first non-finite weight: fc1.bias at step 0 \(1 NaN, 0 Inf\)\)"):
-        train(make_cfg("model=mlp", "model.init_values={fc1.bias:[nan,0,0,0]}", "model.hidden=4", "log.every_n_steps=1"), tmp_path)
+    # finite initial weights (NaN ones are refused before training) whose first forward overflows:
+    # inspection counts the non-finite gradients of step 0, first in parameter order
+    with pytest.raises(TrainingDiverged, match=r"step 1: loss=inf \(first non-finite gradient: fc1.weight at step 0 \(8 NaN, 4 Inf\)\)"):
+        train(make_cfg("model=mlp", "model.init_values={fc2.weight:[[3e38,3e38,3e38,3e38]]}", "model.hidden=4", "log.every_n_steps=1"), tmp_path)
 
 
 def test_finished_run_records_ok(capsys, tmp_path):

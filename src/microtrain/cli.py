@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from microtrain import usage
-from microtrain.console import console, error_console, print_start, quiet_libraries, start_up_collection_paused
+from microtrain.console import console, error_console, fmt, one_line, print_start, quiet_libraries, start_up_collection_paused
 from microtrain.run import folder as run_folder
-from microtrain.errors import ConfigError, FolderBusy, Interrupted, MicrotrainError, TrainingDiverged
+from microtrain.errors import ConfigError, FolderBusy, Interrupted, MicrotrainError, TrainingDiverged, WriteFailed
 from microtrain.sweep_summary import objective
 
 
@@ -33,6 +34,11 @@ def train_command(cfg: DictConfig) -> float:
         from microtrain.train.trainer import trainer_arguments
 
     quiet_libraries()  # after the import, which sets Lightning's log level
+    logging.raiseExceptions = False  # train.log on a full disk: the run's one line says so, not "--- Logging error ---"
+    # TensorBoard's writer thread re-raises a failed write (a full disk) in the training thread,
+    # which ends the run with one line; its own copy goes to train.log, not to the terminal.
+    threading.excepthook = lambda args: logging.getLogger("microtrain").info(
+        "in thread %s", args.thread.name if args.thread else "?", exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
     from microtrain.run import interrupt, lock
     from microtrain.run.resume import plan_resume
@@ -101,19 +107,19 @@ def train_command(cfg: DictConfig) -> float:
     if not result.is_global_zero:
         return objective(metrics, cfg.optimize.metric)[1]
     console.print(f"run folder: {run_dir}")
-    losses = "  ".join(f"{k}={_fmt(metrics[k])}" for k in ("train_loss", "val_loss") if k in metrics)
+    losses = "  ".join(f"{k}={fmt(metrics[k])}" for k in ("train_loss", "val_loss") if k in metrics)
     compiled = f", {metrics['compile_seconds']:.1f} s of it compiling" if "compile_seconds" in metrics else ""
     threads = f", {metrics['threads']} thread{'s' if metrics['threads'] > 1 else ''}" if "threads" in metrics else ""
     console.print(f"final: {losses}  ({metrics['steps']} steps, {metrics['seconds']:.1f} s{compiled}{threads})")
-    tested = "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float))
+    tested = "  ".join(f"{k}={fmt(v)}" for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float))
     if tested:
         # no best.ckpt when the run ended before its first validation: the final weights are tested
         checkpoint = Path(metrics["test_checkpoint"]).name if metrics.get("test_checkpoint") else "none, the final weights"
         console.print(f"test (checkpoint {checkpoint}): {tested}")
     if "train_loss_optimum" in metrics:
         console.print(
-            f"least-squares optimum of the training loss: {_fmt(metrics['train_loss_optimum'])} "
-            f"(gap {_fmt(metrics['optimality_gap'])})"
+            f"least-squares optimum of the training loss: {fmt(metrics['train_loss_optimum'])} "
+            f"(gap {fmt(metrics['optimality_gap'])})"
         )
     if result.best_checkpoint:
         console.print(f"best checkpoint: {result.best_checkpoint}")
@@ -143,8 +149,10 @@ def _interrupted(err: "Interrupted", run_dir: Path, fresh: bool = False) -> floa
 def _fail(err: Exception, run_dir: Path, overrides_record: bool = True, fresh: bool = False) -> float:
     """One line on stderr; a record in metrics.json; exit non-zero, or carry on inside a sweep.
     A single run refused before it trained (``fresh``: in a folder Hydra just made) leaves no folder."""
+    if isinstance(err, OSError) and err.errno in run_folder.DISK_ERRORS:  # a full or read-only disk: no traceback to keep
+        err = run_folder.write_failed(Path(err.filename) if err.filename else run_dir, err)
     status = "diverged" if isinstance(err, TrainingDiverged) else "failed"
-    message = str(err) if isinstance(err, MicrotrainError) else f"{_one_line(err)} (unexpected: the traceback is in {run_dir / 'train.log'})"
+    message = str(err) if isinstance(err, MicrotrainError) else f"{one_line(err)} (unexpected: the traceback is in {run_dir / 'train.log'})"
     if fresh and status == "failed" and isinstance(err, MicrotrainError) and not (run_dir / run_folder.CONFIG).exists():
         from microtrain.run import lock
 
@@ -157,23 +165,17 @@ def _fail(err: Exception, run_dir: Path, overrides_record: bool = True, fresh: b
     # results, nor the files of a run still going in it (the lock).
     holds_a_run = metrics.exists() or (run_dir / run_folder.CONFIG).exists()
     owns_folder = not isinstance(err, FolderBusy) and (status == "diverged" or not isinstance(err, MicrotrainError) or not holds_a_run)
-    if run_dir.is_dir() and owns_folder:
-        if overrides_record and not (run_dir / ".hydra").is_dir():
-            run_folder.write_hydra_record(run_dir, HydraConfig.get(), None)  # so a sweep's summary lists the job
-        run_folder.write_json_atomic(metrics, {"status": status, "error": message})
+    if run_dir.is_dir() and owns_folder and not isinstance(err, WriteFailed):  # a full disk takes no more writes
+        try:
+            if overrides_record and not (run_dir / ".hydra").is_dir():
+                run_folder.write_hydra_record(run_dir, HydraConfig.get(), None)  # so a sweep's summary lists the job
+            run_folder.write_json_atomic(metrics, {"status": status, "error": message})
+        except (OSError, MicrotrainError):
+            pass  # the one line below still says what went wrong
     error_console.print(f"error: {message}", markup=False, soft_wrap=True)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return float("inf")  # the sweep goes on; its summary marks this job
     sys.exit(2 if status == "failed" else 3)
-
-
-def _one_line(err: Exception) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else 'no message'}"
-
-
-def _fmt(value: object) -> str:
-    return "n/a" if value is None else f"{value:.6g}"
 
 
 def explain_command(cfg: DictConfig) -> None:
@@ -191,7 +193,7 @@ def explain_command(cfg: DictConfig) -> None:
     except Exception as err:  # noqa: BLE001 -- e.g. optimizer.lr=1e300: one line here, the traceback in the job's log
         logging.getLogger("microtrain").info("unexpected error", exc_info=True)
         log = run_dir / f"{HydraConfig.get().job.name}.log"
-        error_console.print(f"error: {_one_line(err)} (unexpected: the traceback is in {log})", markup=False, soft_wrap=True)
+        error_console.print(f"error: {one_line(err)} (unexpected: the traceback is in {log})", markup=False, soft_wrap=True)
         sys.exit(2)
     print_report(report, console)
     console.print(f"\nstep.json: {run_dir / 'step.json'}")

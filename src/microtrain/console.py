@@ -65,3 +65,12 @@ def print_start(cfg: Any) -> None:
 def _short(value: object) -> str:
     text = str(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def one_line(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else 'no message'}"
+
+
+def fmt(value: object) -> str:
+    return "n/a" if value is None else f"{value:.6g}"

@@ -21,6 +21,10 @@ class DeviceError(MicrotrainError):
     """The requested device or precision is not available here."""
 
 
+class WriteFailed(MicrotrainError):
+    """A file could not be written: a full disk, a read-only folder, no permission."""
+
+
 class TrainingDiverged(MicrotrainError):
     """The loss or a gradient became NaN or infinite."""
 

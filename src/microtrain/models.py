@@ -107,6 +107,10 @@ def set_values(model: nn.Module, values: Mapping[str, Any]) -> None:
             tensor = torch.as_tensor(_plain(value), dtype=params[name].dtype)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"model.init_values.{name} is not a (nested) list of numbers: {err}") from None
+        if not torch.isfinite(tensor).all():
+            where = [int(i) for i in (~torch.isfinite(tensor)).nonzero()[0]]
+            raise ConfigError(f"model.init_values.{name} at index {where} (counting from 0) is {tensor[tuple(where)].item()}: "
+                              "initial weights must be finite numbers")
         if tensor.shape != params[name].shape:
             raise ConfigError(
                 f"model.init_values.{name} has shape {list(tensor.shape)} but the parameter has shape "

@@ -96,6 +96,13 @@ def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpo
     return out, notes
 
 
+def _cell(value: object) -> str:
+    """A model input copied to the output as it reads: 3.0 as 3, other numbers by repr."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _refuse_overwriting(out: Path, source: Path, run_dir: Path) -> None:
     """The predictions never replace the input table, nor a file of the run (its checkpoints,
     config, metrics) other than its predictions.csv."""
@@ -112,8 +119,9 @@ def _table_inputs(source: Path, info: dict, missing: Optional[str] = None) -> tu
     """The model's inputs from a CSV, encoded as the run encoded its training table."""
     spec = info.get("columns") or {"numeric": info["features"]}  # runs on built-in data: x0, x1, ...
     columns = tables.Columns(**spec)
-    table = tables.read(source, None)
     used = [*columns.numeric, *columns.categorical]
+    # the columns it only copies through stay text as written ("007" stays 007, not 7)
+    table = tables.read(source, None, text_columns=[c for c in tables.header(source) if c not in used])
     absent = [c for c in used if c not in table.columns]
     if absent:
         raise DataError(f"{source}: no column {absent[0]!r}, which the model was trained on; the file has: {', '.join(table.columns)}")
@@ -135,6 +143,7 @@ def _table_inputs(source: Path, info: dict, missing: Optional[str] = None) -> tu
         else:
             tables.handle_missing(x, np.zeros((len(x), 1)), table, source, columns, [])  # raises, naming the cell
     rows = table.astype(object).where(table.notna(), "").values.tolist()
+    rows = [[_cell(v) for v in row] for row in rows]
     return x, list(table.columns), rows, notes
 
 

@@ -5,6 +5,7 @@ Hydra's own messages take 5-10 lines with its search path; these name the closes
 import difflib
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -64,6 +65,9 @@ def outside_a_job(err: Exception, config_name: str) -> tuple[str, int]:
     from microtrain import sweep_summary
     from microtrain.run import folder as run_folder
 
+    if isinstance(err, OSError) and err.filename:  # Hydra making the run or sweep folder: read-only, full, not allowed
+        return str(run_folder.write_failed(Path(err.filename), err)).split(", then resume")[0] + \
+            " (or another hydra.run.dir / hydra.sweep.dir)", 2
     if not isinstance(err, COMPOSITION_ERRORS):
         text = str(err).strip()
         first = text.splitlines()[0] if text else "no message"

@@ -61,6 +61,12 @@ def inline(cfg: Mapping[str, Any]) -> Dataset:
     """Rows written in the config, as the notebooks write them: ``data.x=[[1.0],[2.0]] data.y=[[2.0],[4.0]]``."""
     x = _matrix(cfg["x"], "data.x")
     y = _matrix(cfg["y"], "data.y")
+    for key, values in (("data.x", x), ("data.y", y)):
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):  # refused before training: the divergence guard would blame the learning rate
+            row, column = (int(i) for i in bad[0])
+            raise DataError(f"{key} row {row + 1}, column {column + 1} (counting from 1) is {values[row, column].item()}: "
+                            "training needs finite numbers; remove or fill it")
     if len(x) != len(y):
         raise DataError(f"data.x has {len(x)} rows but data.y has {len(y)}; give one target row per input row")
     return Dataset(x, y, "data=inline")

@@ -20,10 +20,20 @@ def _design(x: torch.Tensor, bias: bool) -> torch.Tensor:
     return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1) if bias else x
 
 
+NORMAL_EQUATIONS_FROM = 5_000_000  # design matrix cells: above this, solve the small (features+1)² system instead
+
+
 def least_squares_loss(x: torch.Tensor, y: torch.Tensor, bias: bool, loss_name: str) -> float:
-    """The smallest training loss any linear map can reach on (x, y), solved in float64."""
+    """The smallest training loss any linear map can reach on (x, y), solved in float64.
+
+    A tall table is solved through the normal equations XᵀX w = Xᵀy (a (features+1)² system, in
+    float64): LAPACK's gelsd on the whole 200 000 x 51 design failed here with "Argument 4 has
+    illegal value", and it would need the design's SVD workspace besides."""
     design, y = _design(x.cpu(), bias), y.cpu().double()
-    solution = torch.linalg.lstsq(design, y, driver="gelsd").solution
+    if design.numel() > NORMAL_EQUATIONS_FROM:
+        solution = torch.linalg.lstsq(design.T @ design, design.T @ y, driver="gelsd").solution
+    else:
+        solution = torch.linalg.lstsq(design, y, driver="gelsd").solution
     squared = ((design @ solution - y) ** 2).sum()
     return float(squared / y.numel() if loss_name == "mse" else squared)
 

@@ -20,12 +20,37 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     on POSIX, so a crash or kill mid-write leaves the old file whole. No fsync: it cost ~1 ms a
     write, and a tiny model checkpoints every epoch of a few ms. Every file of a run goes here."""
     partial = path.with_name(path.name + ".partial")
-    partial.unlink(missing_ok=True)  # a stale one, or a link planted there: never written through
     try:
+        partial.unlink(missing_ok=True)  # a stale one, or a link planted there: never written through
         write(partial)
         os.replace(partial, path)
+    except (OSError, RuntimeError) as err:  # torch.save on a full disk: "[enforce fail ...] unexpected pos"
+        raise write_failed(path, err) from None
     finally:
-        partial.unlink(missing_ok=True)  # a failed write (a full disk) leaves no .partial behind
+        try:
+            partial.unlink(missing_ok=True)  # a failed write (a full disk) leaves no .partial behind
+        except OSError:
+            pass
+
+
+DISK_ERRORS = (28, 30, 13, 122)  # ENOSPC, EROFS, EACCES, EDQUOT
+
+
+def write_failed(path: Path, err: BaseException) -> Exception:
+    """One line naming the file and why: the OS's reason, or a full disk behind torch.save's."""
+    import errno
+
+    from microtrain.errors import WriteFailed
+
+    if isinstance(err, OSError) and err.errno is not None:
+        reason = os.strerror(err.errno)
+        hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EROFS: "choose a writable folder",
+                errno.EACCES: "choose a folder you may write to"}.get(err.errno, "check the folder")
+    elif isinstance(err, RuntimeError) and "unexpected pos" in str(err):
+        reason, hint = "the disk filled up while it was written (torch.save stopped short)", "free some space"
+    else:
+        return err if isinstance(err, Exception) else RuntimeError(str(err))
+    return WriteFailed(f"cannot write {path}: {reason}; {hint}, then resume=true goes on from the last checkpoint written")
 
 
 def write_all_atomic(files: list[tuple[Path, Callable[[Path], None]]]) -> None:
@@ -36,13 +61,19 @@ def write_all_atomic(files: list[tuple[Path, Callable[[Path], None]]]) -> None:
     for _, partial in partials:
         partial.unlink(missing_ok=True)
     try:
-        for (_, partial), (_, write) in zip(partials, files):
-            write(partial)
+        for (path, partial), (_, write) in zip(partials, files):
+            try:
+                write(partial)
+            except (OSError, RuntimeError) as err:
+                raise write_failed(path, err) from None
         for path, partial in partials:
             os.replace(partial, path)
     finally:
         for _, partial in partials:
-            partial.unlink(missing_ok=True)
+            try:
+                partial.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -61,7 +61,11 @@ def prepare(cfg: DictConfig, loop: Optional[StepLoop] = None) -> Prepared:
     datamodule = TensorDataModule(splits.train, splits.val, cfg.data.batch_size, cfg.seed, test=splits.test, steps_per_call=batches_per_call)
     optimum = None
     if closed_form.applies(cfg.model.name, cfg.loss.name):
-        optimum = closed_form.least_squares_loss(*splits.train, bias=cfg.model.bias, loss_name=cfg.loss.name)
+        try:  # a diagnostic: when it cannot be computed, the run goes on without it
+            optimum = closed_form.least_squares_loss(*splits.train, bias=cfg.model.bias, loss_name=cfg.loss.name)
+        except (RuntimeError, MemoryError) as err:
+            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            print(f"note: the least-squares optimum is not computed ({reason}); training goes on without it", flush=True)
     return Prepared(module, datamodule, splits, dataset, info, optimum)
 
 
