@@ -79,6 +79,69 @@ BAD_INPUTS = [
     (["optimizer=torch", "optimizer.name=Nope"], "cannot be built"),
     (["data=csv", "data.missing=guess"], "data.missing='guess' is not one of: error, drop, mean"),
     (["data=csv", "data.categorical=some"], "data.categorical='some' must be auto or none or a list of columns"),
+    # typos and what Hydra cannot compose: one line naming the closest key or option
+    (["optimizer.lrr=0.1"], "optimizer.lrr is not a key of the config (did you mean optimizer.lr?); to add a new key write +optimizer.lrr=0.1"),
+    (["optimizer=rmsprop"], "optimizer=rmsprop is not an option of optimizer (for torch.optim.RMSprop: optimizer=torch optimizer.name=RMSprop)"),
+    (["data.batchsize=3"], "data.batchsize is not a key of the config (did you mean data.batch_size?)"),
+    (["trainer.max_epoch=3"], "trainer.max_epoch is not a key of the config (did you mean trainer.max_epochs?)"),
+    (["model.hiden=3"], "model.hiden is not a key of the config (did you mean model.hidden, a key of model=mlp?)"),
+    (["model.activation=tanh"], "model.activation is a key of model=mlp, not of this run's model: add model=mlp"),
+    (["optimizer.betas=[0.9,0.99]"], "optimizer.betas is a key of optimizer=adam and optimizer=adamw, not of this run's optimizer"),
+    (["modell=mlp"], "modell is not a key of the config (did you mean model?)"),
+    (["~optimizer.lrr"], "~optimizer.lrr: optimizer.lrr is not a key of the config (did you mean optimizer.lr?)"),
+    (["+model=mlp"], "model is a config group: choose its option with model=mlp, without +"),
+    (["optimizer.lr=0.1,0.2"], "optimizer.lr=0.1,0.2 lists several values: that is a sweep, so add -m"),
+    (["optimizer.lr=[1,2"], "an override cannot be read (no viable alternative at input '[1,2')"),
+    (["+optimizer.lrr=0.1"], "optimizer torch.optim.SGD refused its settings: SGD.__init__() got an unexpected keyword argument 'lrr'; "
+                             "did you mean optimizer.lr?"),
+    (["hydra/launcher=nope"], "hydra/launcher=nope is not an option of hydra/launcher; choose one of: basic, joblib, stacked"),
+    # non-finite numbers and sizes that cannot train, refused before training
+    (["data=inline", "data.y=[[1.0],[inf],[3.0],[4.0]]"], "data.y row 2, column 1 (counting from 1) is inf: training needs finite numbers"),
+    (["data=inline", "data.x=[[1.0],[nan],[3.0],[4.0]]"], "data.x row 2, column 1 (counting from 1) is nan"),
+    (["model.init_values={weight:[[1.0,nan,2.0]]}"], "model.init_values.weight at index [0, 1] (counting from 0) is nan"),
+    (["model=mlp", "model.hidden=1000000000"], "this model has 5,000,000,001 parameters and training it needs about"),
+    # keys that decide what else is checked, and callbacks checked before they are built
+    (["overwrite=maybe"], "overwrite='maybe' must be true or false"),
+    (["resume=maybe"], "resume='maybe' must be true or false"),
+    (["trust_run_config=maybe"], "trust_run_config='maybe' must be true or false"),
+    (["overwrite=true", "resume=true", "hydra.run.dir={tmp}/earlier"], "resume=true continues the run in the folder and overwrite=true"),
+    (["+callbacks.pwn._target_=shutil.rmtree", "+callbacks.pwn.path={tmp}/earlier"], "callbacks.pwn._target_=shutil.rmtree is not a Lightning callback class"),
+    (["callbacks=early_stopping", "+callbacks.early_stopping.bogus=1"],
+     "callbacks.early_stopping cannot be built: TypeError: EarlyStopping.__init__() got an unexpected keyword argument 'bogus'"),
+    (["optimize.metric=val_nonsense"], "optimize.metric=val_nonsense is not reported by this run; pick one of: auto, train_loss, val_loss"),
+    # run folders that cannot be written or resumed
+    (["hydra.run.dir={tmp}/earlier/metrics.json"], "metrics.json: File exists; it is a file, not a folder"),
+    (["hydra.run.dir={tmp}/earlier/metrics.json/run"], "Not a directory; a file stands where a folder is needed"),
+    (["resume=true", "hydra.run.dir={tmp}/nothing"], "resume=true but"),
+    (["data=csv", "data.path={tmp}/missing.csv", "data.target=y"], "missing.csv: no such file; check data.path"),
+    (["data=npz", "data.path={tmp}/nope.npz"], "nope.npz: no such file; check data.path"),
+    # values out of range
+    (["+trainer.max_time=abc"], "Lightning refused the trainer settings: `Timer(duration='abc')` is not a valid duration"),
+    (["log.every_n_steps=0"], "log.every_n_steps=0 must be at least 1"),
+    (["log.inspect_every_n_steps=0"], "log.inspect_every_n_steps=0 must be at least 1"),
+    (["log.inspect_budget=-1"], "log.inspect_budget=-1 must be greater than 0"),
+    (["log.histograms=maybe"], "log.histograms='maybe' must be true or false"),
+    (["data.val_fraction=-0.1"], "data.val_fraction=-0.1 must be in [0, 1); use 0 for none"),
+    (["data.test_fraction=1"], "data.test_fraction=1 must be in [0, 1); use 0 for none"),
+    (["data.split_seed=-1"], "data.split_seed=-1 must be at least 0"),
+    (["data.n_samples=0"], "data.n_samples=0 must be at least 2"),
+    (["data.n_features=0"], "data.n_features=0 must be at least 1"),
+    (["data.noise=-1"], "data.noise=-1 must be at least 0.0"),
+    (["model.init_gain=-1"], "model.init_gain=-1 must be greater than 0"),
+    (["loss=huber", "loss.delta=-1"], "loss.delta=-1 must be greater than 0"),
+    (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0 must be at least 1"),
+    (["trainer.devices=0"], "Lightning refused the trainer settings: `Trainer(devices=0)`"),
+    (["trainer.num_nodes=0"], "trainer.num_nodes=0 must be at least 1"),
+    (["trainer.strategy=bogus"], "Lightning refused the trainer settings: You selected an invalid strategy name"),
+    (["trainer.max_steps=-5"], "trainer.max_steps=-5 must be at least -1"),
+    (["checkpoint.every_n_steps=0"], "checkpoint.every_n_steps=0 must be at least 1"),
+    (["seed=abc"], "seed='abc' is not a whole number"),
+    (["device.threads=abc"], "device.threads='abc' is not a whole number or auto"),
+    (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1 must be at least 0.0"),
+    (["optimizer.nesterov=true"], "optimizer torch.optim.SGD refused its settings: Nesterov momentum requires a momentum and zero dampening"),
+    (["optimizer=adam", "optimizer.eps=-1"], "optimizer.eps=-1 must be greater than 0"),
+    (["optimizer=adam", "optimizer.betas=[0.9]"], "optimizer.betas=[0.9] must be a list of two values"),
+    (["loss=cross_entropy"], "loss=cross_entropy needs integer class labels 0, 1, 2, ... but row 0 holds"),
 ]
 
 
@@ -97,9 +160,13 @@ def digest(folder):
 
 @pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_and_touches_nothing(capsys, tmp_path, earlier_run, args, message):
+    """The fault table: one error line, a non-zero exit, no traceback, every file of an earlier
+    run byte-identical, and no folder made for the refused run."""
     before = digest(earlier_run)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     short = [] if any(a.startswith("trainer.max_epochs") for a in args) else ["trainer.max_epochs=1"]
-    code, out, err = run_in_process(capsys, "train.py", *args, f"hydra.run.dir={tmp_path / 'new'}", *short)
+    folder = [] if any(a.startswith("hydra.run.dir=") for a in args) else [f"hydra.run.dir={tmp_path / 'new'}"]
+    code, out, err = run_in_process(capsys, "train.py", *args, *folder, *short)
     assert code != 0
     assert "Traceback" not in err + out
     assert message in err

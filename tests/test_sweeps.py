@@ -118,3 +118,28 @@ def test_two_nodes_with_gloo_on_localhost_train_one_run(tmp_path):
     digests = [line.split("sha256 ")[1].split()[0] for rank in (0, 1)
                for line in (tmp_path / f"node{rank}" / "train.log").read_text().splitlines() if "final weights sha256" in line]
     assert len(digests) == 2 and digests[0] == digests[1]
+
+
+def test_sigterm_to_a_joblib_sweep_reaches_its_workers_and_resume_finishes_it(tmp_path):
+    """kill <pid> of the sweep's main process: the workers end their jobs as single runs do
+    (last.ckpt, "interrupted"), jobs not started are marked so, the summary is written, exit 143;
+    the same command with resume=true then ends every job ok."""
+    import signal
+    import time
+
+    args = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp",
+            "model.hidden=8", "trainer.max_epochs=150", "optimizer.lr=0.01,0.02,0.03,0.04", "trainer.enable_progress_bar=false",
+            "device=cpu", f"hydra.sweep.dir={tmp_path}"]
+    sweep_run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("*/checkpoints/last.ckpt")) and time.time() < deadline:
+        time.sleep(0.2)
+    sweep_run.send_signal(signal.SIGTERM)
+    out, err = sweep_run.communicate(timeout=120)
+    assert sweep_run.returncode == 143, err
+    statuses = sorted(job_metrics(folder)["status"] for folder in tmp_path.iterdir() if folder.is_dir())
+    assert statuses == ["interrupted"] * 4 and "the sweep was interrupted" in out and "Traceback" not in err
+    assert list(tmp_path.glob("*/checkpoints/last.ckpt"))  # the running jobs saved where they stopped
+    again = subprocess.run([*args, "resume=true"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert sorted(job_metrics(folder)["status"] for folder in tmp_path.iterdir() if folder.is_dir()) == ["ok"] * 4

@@ -51,6 +51,11 @@ def train_command(cfg: DictConfig) -> float:
     # Hydra made the folder just now (or it was empty): a run refused before training removes it again
     fresh = not multirun and run_dir.is_dir() and not any(run_dir.iterdir())
     try:
+        for key in ("resume", "overwrite"):  # read before the schema's check: they decide what it checks
+            if not isinstance(cfg.get(key, False), bool):
+                raise ConfigError(f"{key}={cfg[key]!r} must be true or false")
+        if cfg.resume and cfg.get("overwrite"):
+            raise ConfigError("resume=true continues the run in the folder and overwrite=true replaces it: choose one")
         if multirun and interrupt.received is not None:
             return _interrupted(Interrupted("not started: the sweep was interrupted", interrupt.received), run_dir, fresh=True)
         if cfg.resume:

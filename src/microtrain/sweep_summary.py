@@ -102,6 +102,9 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         global started
         started = Path(config.hydra.sweep.dir)
+        from microtrain.run import interrupt
+
+        interrupt.install(forward=True)  # SIGTERM to this process reaches the launcher's worker processes too
         print(f"sweep folder: {config.hydra.sweep.dir}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

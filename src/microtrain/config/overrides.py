@@ -44,7 +44,18 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
             return f"{key} is neither a config group nor a key{did_you_mean(key, groups)}; see --help for the groups and keys"
         append = re.search(r"use (\+\S+)", text)
         add = f"; to add a new key write {append.group(1)}" if append else ""
-        return f"{key} is not a key of the config{did_you_mean(key, keys())}{add}"
+        group, _, rest = key.partition(".")
+        owners = _options_with(group, rest) if rest else []
+        if owners:  # model.activation with model=linear: the key of another option of the group
+            return f"{key} is a key of {' and '.join(f'{group}={o}' for o in owners)}, not of this run's {group}: add {group}={owners[0]}"
+        known = keys()
+        same_group = [k for k in known if k.startswith(f"{group}.")] or known  # a suggestion from the same section first
+        # the keys of the group's other options too: model.hiden with model=linear means model.hidden of model=mlp
+        others = {f"{group}.{k}": o for o in _options_with(group, "") for k in _option_keys(group, o)}
+        close = difflib.get_close_matches(key, list({*same_group, *others}), n=1, cutoff=0.7)
+        hint = "" if not close else f" (did you mean {close[0]}?)" if close[0] in same_group else \
+            f" (did you mean {close[0]}, a key of {group}={others[close[0]]}?)"
+        return f"{key} is not a key of the config{hint}{add}"
     if found := re.match(r"Could not delete from config\. '([^']+)' does not exist", first):
         key = found.group(1)
         return f"~{key}: {key} is not a key of the config{did_you_mean(key, keys())}"
@@ -97,3 +108,29 @@ def config_keys(config_name: str) -> list[str]:
 
     walk(cfg, "")
     return keys
+
+
+def _options_with(group: str, key: str) -> list[str]:
+    """The options of a config group (conf/<group>/*.yaml) that have ``key``."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    folder = files("microtrain.conf") / group
+    if not folder.is_dir():
+        return []
+    found = []
+    for option in sorted(folder.iterdir(), key=lambda f: f.name):
+        if option.name.endswith(".yaml"):
+            values = OmegaConf.create(option.read_text())
+            if not key or OmegaConf.select(values, key, default=None, throw_on_missing=False) is not None or key in values:
+                found.append(option.name.removesuffix(".yaml"))
+    return found
+
+
+def _option_keys(group: str, option: str) -> list[str]:
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    return [str(k) for k in OmegaConf.create((files("microtrain.conf") / group / f"{option}.yaml").read_text()).keys()]

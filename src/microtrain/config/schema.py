@@ -213,8 +213,6 @@ def check(cfg: Mapping[str, Any]) -> None:
     for key, rule in OPTIONAL_TOP.items():
         if key in cfg:
             _value(cfg, key, rule)
-    if cfg.get("overwrite") and cfg["resume"]:
-        raise ConfigError("resume=true continues the run in the folder and overwrite=true replaces it: choose one")
     _section(cfg, "model", MODEL[_name(cfg, "model", MODEL)])
     _section(cfg, "loss", LOSS[_name(cfg, "loss", LOSS)])
     _section(cfg, "data", {**DATA[_name(cfg, "data", DATA)], **SPLITS})

@@ -55,6 +55,12 @@ def check_run_config(cfg: DictConfig, source: Path, trusted: bool = False) -> No
 def _allowed_class(target: str) -> bool:
     """The dotted path names a class that lives in an allowed module: no attribute chain such as
     ``torch.optim.optimizer.torch.load`` leads out of it. Only allowed packages are imported."""
+    found = locate_class(target)
+    return found is not None and f"{found.__module__}.".startswith(ALLOWED)
+
+
+def locate_class(target: str) -> Any:
+    """The class a dotted path names (Hydra's own lookup), or None: not importable, or not a class."""
     import logging
 
     from hydra.utils import get_class
@@ -63,8 +69,8 @@ def _allowed_class(target: str) -> bool:
     was, quiet.disabled = quiet.disabled, True  # get_class logs its own error before raising it
     try:
         found = get_class(target)
-    except Exception:  # noqa: BLE001 -- not importable, or not a class: refused either way
-        return False
+    except Exception:  # noqa: BLE001 -- not importable, or not a class: None either way
+        return None
     finally:
         quiet.disabled = was
-    return isinstance(found, type) and f"{found.__module__}.".startswith(ALLOWED)
+    return found if isinstance(found, type) else None

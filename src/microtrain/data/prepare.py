@@ -48,6 +48,7 @@ def prepare_data(cfg: DictConfig) -> tuple[Dataset, Splits, dict[str, Any]]:
     }
     if cfg.data.standardize:
         scaler = Standardizer.fit(splits.train[0])
+        info["constant_features"] = [info["features"][i] for i in scaler.constant(splits.train[0])]
         splits = scaler.apply(splits)
         info["standardize"] = {"mean": scaler.mean.tolist(), "std": scaler.std.tolist()}
     info["standardize_targets"] = None
@@ -79,4 +80,7 @@ def describe(info: dict[str, Any]) -> str:
     dropped = (info.get("columns") or {}).get("dropped") or {}
     if dropped:
         line += "; dropped " + "; ".join(f"{name} ({why})" for name, why in dropped.items())
+    if info.get("constant_features"):
+        line += (f"; constant in the training split, so all zeros once standardized: {', '.join(info['constant_features'])}"
+                 " (nothing to learn from them)")
     return line

@@ -70,11 +70,25 @@ class Standardizer:
 
     @classmethod
     def fit(cls, x: torch.Tensor) -> "Standardizer":
-        std = x.std(dim=0, unbiased=False)
-        return cls(x.mean(dim=0), torch.where(std > 0, std, torch.ones_like(std)))
+        """Statistics in float64: squares of values near float32's limit (1e38) would overflow to
+        inf and turn the column into NaN. A constant column (std 0) keeps std 1: it becomes all
+        zeros, which ``constant`` names so the run can say so."""
+        wide = x.double()
+        std = wide.std(dim=0, unbiased=False)
+        std = torch.where(std > 0, std, torch.ones_like(std))
+        return cls(wide.mean(dim=0).to(x.dtype), std.to(x.dtype))
+
+    def constant(self, x: torch.Tensor) -> list[int]:
+        """The columns with one value in the training split: they carry nothing to learn from."""
+        return [i for i, same in enumerate((x == x[:1]).all(dim=0).tolist()) if same] if len(x) > 1 else []
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        scaled = (x.double() - self.mean.double()) / self.std.double()
+        if not torch.isfinite(scaled).all():
+            row, column = (int(i) for i in (~torch.isfinite(scaled)).nonzero()[0])
+            raise DataError(f"standardizing gives a non-finite value at row {row + 1}, column {column + 1} (counting from 1); "
+                            "rescale that column, or set data.standardize=false")
+        return scaled.to(x.dtype)
 
     def apply(self, splits: Splits, targets: bool = False) -> Splits:
         """Scale the inputs of every split, or with ``targets`` the targets."""

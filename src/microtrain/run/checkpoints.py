@@ -1,12 +1,16 @@
 """Which checkpoints a run writes, and when: last.ckpt to resume from, best.ckpt by validation loss."""
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from microtrain.errors import Interrupted
+from microtrain.run import interrupt
 
 from microtrain.train.bypass import CheckpointBudget, saved_step
 
@@ -64,3 +68,32 @@ def checkpoint_callbacks(folder: Path, has_val: bool, every_n_steps: Optional[in
             RunCheckpoint(dirpath=folder, filename="last", monitor=None, every_n_train_steps=every_n_steps, enable_version_counter=False)
         )
     return callbacks
+
+
+class InterruptCheckpoint(L.Callback):
+    """At the end of each Lightning call after a signal: last.ckpt of that moment, then Interrupted."""
+
+    def __init__(self, last: Path):
+        self.last = last
+
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """One process: SIGTERM is noted here only, where Lightning's own handler would raise its
+        SIGTERMException mid-validation, without a checkpoint. Several processes keep Lightning's,
+        which agrees across ranks on when to stop (``train.fit`` turns it into Interrupted)."""
+        if trainer.world_size == 1:
+            signal.signal(signal.SIGTERM, interrupt._note)
+
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx + 1 < trainer.num_training_batches:  # the epoch's last call: validation first, then on_train_epoch_end
+            self._stop_if_signalled(trainer)
+
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """After the epoch's validation (its val_loss point is logged) and its own last.ckpt."""
+        self._stop_if_signalled(trainer)
+
+    def _stop_if_signalled(self, trainer: "L.Trainer") -> None:
+        if interrupt.received is None and not getattr(trainer, "received_sigterm", False):
+            return
+        trainer.save_checkpoint(str(self.last))  # through the run's AtomicCheckpointIO: whole or not at all
+        signum = interrupt.received if interrupt.received is not None else signal.SIGTERM
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name} at step {trainer.global_step}; {self.last} saved", signum)

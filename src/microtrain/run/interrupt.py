@@ -4,18 +4,25 @@ call: at most ``loop.steps_per_call`` steps), records ``"status": "interrupted"`
 128 + the signal (143 for SIGTERM, 130 for SIGINT). A second Ctrl-C stops at once.
 
 Under SLURM with auto-requeue, Lightning's own SLURM environment handles USR1 (it saves and
-requeues the job); these handlers are added to Lightning's, not put in their place."""
+requeues the job); these handlers are added to Lightning's, not put in their place.
 
+A sweep's main process forwards SIGTERM to its worker processes (joblib's, submitit_local's):
+``kill <pid>`` reaches only the process it names, and each worker then ends its job as a
+single run does, with ``last.ckpt`` and ``interrupted``. (Ctrl-C reaches the whole process
+group from the terminal already.) No Lightning here: the sweep's main process imports this."""
+
+import os
 import signal
 from pathlib import Path
 from types import FrameType
 from typing import Any, Optional
 
-import lightning as L
-
 from microtrain.errors import Interrupted
 
 received: Optional[int] = None  # the signal received, process-wide (a sweep stops launching after it)
+
+
+_forward = False  # this process runs a sweep's workers: SIGTERM goes on to them
 
 
 def _note(signum: int, frame: Optional[FrameType]) -> None:
@@ -23,13 +30,34 @@ def _note(signum: int, frame: Optional[FrameType]) -> None:
     if signum == signal.SIGINT and received == signal.SIGINT:
         raise KeyboardInterrupt  # the second Ctrl-C
     received = signum
+    if _forward and signum == signal.SIGTERM:
+        for child in _children():
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+
+
+def _children() -> list[int]:
+    """This process's child processes, from /proc (Linux): a sweep's workers."""
+    me, found = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(name)": state, ppid, ...
+        except (OSError, IndexError):
+            continue
+        if fields[1] == me:
+            found.append(int(stat.parent.name))
+    return found
 
 
 _previous: dict[int, Any] = {}
 
 
-def install() -> None:
-    """From the start of a run: a signal is noted, and acted on at the next safe point."""
+def install(forward: bool = False) -> None:
+    """From the start of a run (or of a sweep, ``forward``): a signal is noted, and acted on at the next safe point."""
+    global _forward
+    _forward = _forward or forward
     for signum in (signal.SIGTERM, signal.SIGINT):
         if signal.getsignal(signum) is not _note:
             _previous[signum] = signal.getsignal(signum)
@@ -49,32 +77,3 @@ def check(step: Optional[int] = None) -> None:
         name = signal.Signals(received).name
         where = f" at step {step}" if step is not None else " during start-up"
         raise Interrupted(f"interrupted by {name}{where}", received)
-
-
-class InterruptCheckpoint(L.Callback):
-    """At the end of each Lightning call after a signal: last.ckpt of that moment, then Interrupted."""
-
-    def __init__(self, last: Path):
-        self.last = last
-
-    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        """One process: SIGTERM is noted here only, where Lightning's own handler would raise its
-        SIGTERMException mid-validation, without a checkpoint. Several processes keep Lightning's,
-        which agrees across ranks on when to stop (``train.fit`` turns it into Interrupted)."""
-        if trainer.world_size == 1:
-            signal.signal(signal.SIGTERM, _note)
-
-    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
-        if batch_idx + 1 < trainer.num_training_batches:  # the epoch's last call: validation first, then on_train_epoch_end
-            self._stop_if_signalled(trainer)
-
-    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        """After the epoch's validation (its val_loss point is logged) and its own last.ckpt."""
-        self._stop_if_signalled(trainer)
-
-    def _stop_if_signalled(self, trainer: "L.Trainer") -> None:
-        if received is None and not getattr(trainer, "received_sigterm", False):
-            return
-        trainer.save_checkpoint(str(self.last))  # through the run's AtomicCheckpointIO: whole or not at all
-        signum = received if received is not None else signal.SIGTERM
-        raise Interrupted(f"interrupted by {signal.Signals(signum).name} at step {trainer.global_step}; {self.last} saved", signum)

@@ -15,15 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 from microtrain import device
 from microtrain.config import schema
 from microtrain.console import quiet_libraries
-from microtrain.errors import Interrupted
+from microtrain.errors import ConfigError, Interrupted
 from microtrain.monitor.hparams import log_hparams
 from microtrain.monitor.logger import RunLogger, tensorboard_layout
 from microtrain.monitor.loss import LossWatch
 from microtrain.monitor.parameters import ParameterInspector
 from microtrain.run import folder as run_folder
-from microtrain.run import interrupt, resume
+from microtrain.run import resume
 from microtrain.run.checkpoint_io import AtomicCheckpointIO
-from microtrain.run.checkpoints import checkpoint_callbacks
+from microtrain.run.checkpoints import InterruptCheckpoint, checkpoint_callbacks
 from microtrain.data.prepare import describe as describe_data
 from microtrain.train.build import Prepared, multiply_adds_per_step, prepare
 from microtrain.monitor.progress import StepProgressBar
@@ -51,6 +51,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = 
     plan = device.resolve(cfg.device)
     trainer_args, loop = trainer_arguments(cfg.trainer, cfg.loop.compile)
     prepared = prepare(cfg, loop)
+    _check_optimize_metric(cfg, prepared)
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
         print(describe_data(prepared.data_info), flush=True)
     loop.multiply_adds = multiply_adds_per_step(cfg, prepared.module.model, prepared.splits)
@@ -104,7 +105,7 @@ def _build_trainer(
         ParameterInspector(cfg.log.inspect_every_n_steps, cfg.log.histograms, cfg.log.inspect_budget, prepared.optimum, prepared.splits.train,
                            activations=cfg.log.activations, curvature=cfg.log.curvature, enabled=cfg.log.inspect),
         *checkpoint_callbacks(run_dir / run_folder.CHECKPOINTS, has_val, every, cfg.checkpoint.budget),
-        interrupt.InterruptCheckpoint(run_dir / run_folder.CHECKPOINTS / "last.ckpt"),
+        InterruptCheckpoint(run_dir / run_folder.CHECKPOINTS / "last.ckpt"),
         *build_callbacks(cfg.callbacks, _logged(prepared) if has_val else []),
     ]
     if cfg.trainer.enable_progress_bar:
@@ -124,6 +125,18 @@ def _build_trainer(
 def _logged(prepared: Prepared) -> list[str]:
     """The epoch metrics a callback can monitor: val_loss and the task's validation metrics."""
     return ["val_loss", *(prepared.module.val_metrics.keys() if prepared.module.val_metrics is not None else [])]
+
+
+def _check_optimize_metric(cfg: DictConfig, prepared: Prepared) -> None:
+    """optimize.metric must be one the run reports: a name it does not would sort sweeps by nothing."""
+    wanted = cfg.optimize.metric
+    if wanted == "auto":
+        return
+    reported = ["train_loss", *(_logged(prepared) if prepared.splits.val is not None else [])]
+    if prepared.splits.test is not None and prepared.module.test_metrics is not None:
+        reported += ["test_loss", *prepared.module.test_metrics.keys()]
+    if wanted not in reported:
+        raise ConfigError(f"optimize.metric={wanted} is not reported by this run; pick one of: auto, {', '.join(reported)}")
 
 
 def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Optional[str]:

@@ -95,13 +95,10 @@ def build_callbacks(cfg: Any, logged: list[str]) -> list[L.Callback]:
 
 
 def _is_callback_class(target: Any) -> bool:
-    from hydra.utils import get_class
+    from microtrain.config.targets import locate_class
 
-    try:
-        found = get_class(str(target))
-    except Exception:  # noqa: BLE001 -- not importable, or not a class
-        return False
-    return isinstance(found, type) and issubclass(found, L.Callback)
+    found = locate_class(str(target))
+    return found is not None and issubclass(found, L.Callback)
 
 
 def _reason(err: Exception) -> str:
