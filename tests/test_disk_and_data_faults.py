@@ -45,7 +45,7 @@ def tmpfs(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size", ["40k", "200k", "600k"])
+@pytest.mark.parametrize("size", ["40k", "200k"])  # full at the first files, or mid-training at a checkpoint
 def test_a_full_disk_is_one_line_naming_the_path_and_a_later_resume_works(tmpfs, size):
     disk = tmpfs(size)
     run = disk / "run"

@@ -17,7 +17,7 @@ from tests_helpers import ROOT, read_events, run_in_process
 BAD_INPUTS = [
     (["model=cnn"], "model=cnn is not an option of model; choose one of: linear, mlp"),
     (["loss=hinge"], "loss=hinge is not an option of loss; choose one of:"),
-    (["optimizer=lbfgs2"], "optimizer=lbfgs2 is not an option of optimizer; choose one of: adam, adamw, sgd, torch"),
+    (["optimizer=lbfgs2"], "optimizer=lbfgs2 is not an option of optimizer; choose one of: adagrad, adam, adamw, rmsprop, sgd, torch"),
     (["data=imagenet"], "data=imagenet is not an option of data; choose one of:"),
     (["device=tpu"], "device=tpu is not an option of device; choose one of: auto, cpu, cuda"),
     (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be greater than 0"),
@@ -81,7 +81,7 @@ BAD_INPUTS = [
     (["data=csv", "data.categorical=some"], "data.categorical='some' must be auto or none or a list of columns"),
     # typos and what Hydra cannot compose: one line naming the closest key or option
     (["optimizer.lrr=0.1"], "optimizer.lrr is not a key of the config (did you mean optimizer.lr?); to add a new key write +optimizer.lrr=0.1"),
-    (["optimizer=rmsprop"], "optimizer=rmsprop is not an option of optimizer (for torch.optim.RMSprop: optimizer=torch optimizer.name=RMSprop)"),
+    (["optimizer=adamax"], "optimizer=adamax is not an option of optimizer (for torch.optim.Adamax: optimizer=torch optimizer.name=Adamax)"),
     (["data.batchsize=3"], "data.batchsize is not a key of the config (did you mean data.batch_size?)"),
     (["trainer.max_epoch=3"], "trainer.max_epoch is not a key of the config (did you mean trainer.max_epochs?)"),
     (["model.hiden=3"], "model.hiden is not a key of the config (did you mean model.hidden, a key of model=mlp?)"),

@@ -43,6 +43,12 @@ def stacked_and_solo(tmp_path: Path, jobs: list[list[str]], solo: list[int]) -> 
 
 
 OPTIMIZERS = {
+    "rmsprop": [["optimizer=rmsprop", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.weight_decay={wd}", f"optimizer.alpha={alpha}"]
+                for lr, seed, wd, alpha in ((0.001, 0, 0.0, 0.99), (0.003, 1, 0.01, 0.9), (0.0005, 2, 0.0, 0.95))],
+    "rmsprop_momentum_centered": [["optimizer=rmsprop", "optimizer.momentum=0.5", "optimizer.centered=true", f"optimizer.lr={lr}",
+                                   f"seed={seed}"] for lr, seed in ((0.001, 0), (0.002, 1), (0.0005, 2))],
+    "adagrad": [["optimizer=adagrad", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.lr_decay={decay}",
+                 f"optimizer.initial_accumulator_value={start}"] for lr, seed, decay, start in ((0.05, 0, 0.0, 0.0), (0.1, 1, 0.01, 0.1), (0.02, 2, 0.0, 0.0))],
     "sgd_momentum": [["optimizer.momentum=0.9", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.weight_decay={wd}", f"optimizer.nesterov={nest}"]
                      for lr, seed, wd, nest in ((0.01, 0, 0.0, False), (0.03, 1, 0.001, True), (0.003, 2, 0.0, False), (0.02, 0, 0.01, True))],
     "adamw": [["optimizer=adamw", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.weight_decay={wd}", f"optimizer.betas=[0.9,{b2}]"]
@@ -164,12 +170,12 @@ def test_jobs_group_by_what_must_match_and_say_why_the_rest_run_alone():
         ["model=mlp", "optimizer.lr=0.1"], ["model=mlp", "optimizer.lr=0.01", "seed=3"],  # one group
         ["model=mlp", "model.hidden=8"], ["model=mlp", "model.hidden=8", "optimizer.momentum=0.5"],  # another
         ["model=mlp", "callbacks=early_stopping"],  # alone: stops at its own time
-        ["optimizer=torch", "optimizer.name=RMSprop", "optimizer.lr=0.01"],  # alone: no stacked update
+        ["optimizer=torch", "optimizer.name=Adamax", "optimizer.lr=0.01"],  # alone: no stacked update
         ["model=linear"],  # alone: no other linear job
     )]
     groups, alone = group_jobs(cfgs, [0] * len(cfgs))
     assert [g.jobs for g in groups] == [[0, 1], [2, 3]]
-    assert "callbacks" in alone[4] and "RMSprop" in alone[5] and "model.name" in alone[6]
+    assert "callbacks" in alone[4] and "Adamax has no stacked update" in alone[5] and "model.name" in alone[6]
     from microtrain.stack.groups import describe
 
     from microtrain.stack.groups import Group

@@ -15,6 +15,10 @@ OPTIMIZERS = [
     (torch.optim.Adam, {"lr": 0.01}),
     (torch.optim.Adam, {"lr": 0.01, "weight_decay": 0.01, "betas": (0.8, 0.99)}),
     (torch.optim.AdamW, {"lr": 0.01, "weight_decay": 0.1}),
+    (torch.optim.RMSprop, {"lr": 0.01}),
+    (torch.optim.RMSprop, {"lr": 0.01, "alpha": 0.9, "weight_decay": 0.01, "momentum": 0.9, "centered": True}),
+    (torch.optim.Adagrad, {"lr": 0.05}),
+    (torch.optim.Adagrad, {"lr": 0.05, "lr_decay": 0.01, "weight_decay": 0.01, "initial_accumulator_value": 0.1}),
 ]
 
 
@@ -69,8 +73,9 @@ def test_pure_step_matches_eager_autograd(cls, kwargs):
 
 def test_unsupported_settings_fall_back_to_torch_optim():
     p = [nn.Parameter(torch.ones(2))]
-    assert steps.update_rule(torch.optim.RMSprop(p)) is None
+    assert steps.update_rule(torch.optim.Adamax(p)) is None  # a class with no rule
     assert steps.update_rule(torch.optim.Adam(p, amsgrad=True)) is None
+    assert steps.update_rule(torch.optim.RMSprop(p, foreach=True)) is None
     assert steps.update_rule(torch.optim.SGD(p, lr=0.1, maximize=True)) is None
 
 

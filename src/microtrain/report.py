@@ -129,7 +129,9 @@ def _landscape(figure: Figure, row: Any, folder: Path) -> None:
     except (MicrotrainError, OSError) as err:
         ax.set_axis_off()
         ax.set_title("loss landscape")
-        ax.text(0.02, 0.5, f"not drawn: {err}", transform=ax.transAxes, fontsize=8, wrap=True)
+        import textwrap
+
+        ax.text(0.02, 0.5, textwrap.fill(f"not drawn: {err}", 90), transform=ax.transAxes, fontsize=8, va="center")
         return
     import numpy as np
 

@@ -31,11 +31,11 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
         listed = text.split("Available options in", 1)[1] if "Available options in" in text else ""
         options = re.findall(r"^\t(\S+)\s*$", listed.split("Config search path")[0], flags=re.M)
         hint = did_you_mean(option, options)
-        if group == "optimizer" and not hint:  # any torch.optim class through optimizer=torch
+        if group == "optimizer":  # a torch.optim class by its name: optimizer=torch takes any
             import torch
 
             names = [n for n in dir(torch.optim) if n.lower() == option.lower()]
-            hint = f" (for torch.optim.{names[0]}: optimizer=torch optimizer.name={names[0]})" if names else ""
+            hint = f" (for torch.optim.{names[0]}: optimizer=torch optimizer.name={names[0]})" if names else hint
         return f"{group}={option} is not an option of {group}{hint}; choose one of: {', '.join(options) or '(none)'}"
     if found := re.match(r"Could not override '([^']+)'", first):
         key = found.group(1)

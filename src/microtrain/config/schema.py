@@ -165,6 +165,10 @@ OPTIMIZER = {
     "betas": pair_of(number(0, below=1)),
     "eps": number(positive=True),
     "amsgrad": boolean(),
+    "alpha": number(0, 1),
+    "centered": boolean(),
+    "lr_decay": number(0),
+    "initial_accumulator_value": number(0),
 }
 SCHEDULER = {"_target_": text(), "_partial_": boolean(), "step_size": integer(1), "gamma": number(positive=True), "T_max": integer(1), "eta_min": number(0)}
 # The Trainer arguments the YAML sets (their types; other arguments are Lightning's to check), and

@@ -1,4 +1,4 @@
-"""The first-step update rules of SGD, Adam and AdamW, checked against what the optimizer did.
+"""The first-step update rules of SGD, Adam, AdamW, RMSprop and Adagrad, checked against what the optimizer did.
 
 Each rule is computed from the parameter before the step and its gradient, independently of
 ``torch.optim``, then compared with the parameter after the step and with the optimizer's state
@@ -30,6 +30,10 @@ def check_first_step(
         rule, expected, expected_state = _sgd(group, before, grad)
     elif kind in ("Adam", "AdamW"):
         rule, expected, expected_state = _adam(group, before, grad, decoupled=kind == "AdamW")
+    elif kind == "RMSprop":
+        rule, expected, expected_state = _rmsprop(group, before, grad)
+    elif kind == "Adagrad":
+        rule, expected, expected_state = _adagrad(group, before, grad)
     else:
         return None
     diffs = [(expected - param.detach()).abs().max().item()]
@@ -67,3 +71,27 @@ def _adam(group: dict, p: torch.Tensor, g: torch.Tensor, decoupled: bool) -> tup
     decay = "before·(1 − lr·weight_decay)" if decoupled else "before"
     rule = f"m = (1−β1)·g, v = (1−β2)·g², m̂ = m/(1−β1), v̂ = v/(1−β2); after = {decay} − lr·m̂/(√v̂ + eps)"
     return rule, after, {"exp_avg": m, "exp_avg_sq": v}
+
+
+def _rmsprop(group: dict, p: torch.Tensor, g: torch.Tensor) -> tuple[str, torch.Tensor, dict]:
+    lr, alpha, eps, wd, momentum = group["lr"], group["alpha"], group["eps"], group["weight_decay"], group["momentum"]
+    g = g + wd * p
+    v = (1 - alpha) * g * g
+    if group["centered"]:
+        mean = (1 - alpha) * g
+        avg = (v - mean * mean).sqrt() + eps
+        state = {"square_avg": v, "grad_avg": mean}
+    else:
+        avg, state = v.sqrt() + eps, {"square_avg": v}
+    step = g / avg  # with momentum the buffer starts at 0, so the first step is the same
+    if momentum:
+        state["momentum_buffer"] = step
+    centered = "√(v − ḡ²)" if group["centered"] else "√v"
+    return f"v = (1−α)·g² (first step); after = before − lr·g/({centered} + eps)", p - lr * step, state
+
+
+def _adagrad(group: dict, p: torch.Tensor, g: torch.Tensor) -> tuple[str, torch.Tensor, dict]:
+    lr, eps, wd, start = group["lr"], group["eps"], group["weight_decay"], group["initial_accumulator_value"]
+    g = g + wd * p
+    total = start + g * g
+    return "s = initial + g² (first step); after = before − lr·g/(√s + eps)", p - lr * g / (total.sqrt() + eps), {"sum": total}

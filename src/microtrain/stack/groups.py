@@ -6,18 +6,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-# What each stacked job may hold for itself: its update's hyper-parameters, its scheduler's
-# parameters, its seed (initial weights and batch order) and its initial weights.
-PER_JOB = ("seed", "optimizer.lr", "optimizer.momentum", "optimizer.dampening", "optimizer.weight_decay",
-           "optimizer.nesterov", "optimizer.betas", "optimizer.eps", "model.init", "model.init_gain",
-           "model.init_std", "model.init_values", "optimize.", "trainer.enable_progress_bar", "resume")
-STACKED_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW")
+from microtrain.train.step import RULES, Rule
+
+# What each stacked job may hold for itself: its seed (initial weights and batch order), its
+# initial weights, its scheduler's parameters, and the hyper-parameters its optimizer's rule
+# lets each job hold (train.step.RULES: per_job).
+PER_JOB = ("seed", "model.init", "model.init_gain", "model.init_std", "model.init_values", "optimize.",
+           "trainer.enable_progress_bar", "resume")
 # Trainer arguments the stacked loop carries out itself; any other one runs its job alone.
 STACKED_TRAINER = {"max_epochs", "max_steps", "devices", "num_nodes", "strategy", "enable_progress_bar", "deterministic",
                    "check_val_every_n_epoch", "gradient_clip_val", "gradient_clip_algorithm"}
-OFF_BY_DEFAULT = {"maximize": False, "amsgrad": False, "foreach": None, "fused": None, "capturable": False, "differentiable": False}
 
 
 @dataclass
@@ -43,19 +44,28 @@ def flat(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-def per_job(key: str) -> bool:
+def rule(cfg: DictConfig) -> Optional[Rule]:
+    """The update rule of the job's optimizer class (``train.step.RULES``), or None."""
+    target = str(cfg.optimizer.get("_target_"))
+    module, _, name = target.rpartition(".")
+    return RULES.get(getattr(torch.optim, name, None)) if module == "torch.optim" else None
+
+
+def per_job(key: str, optimizer_keys: tuple[str, ...] = ()) -> bool:
     return key.startswith("scheduler.") and key != "scheduler._target_" or any(
-        key == k or (k.endswith(".") and key.startswith(k)) or key.startswith(k + ".") for k in PER_JOB
+        key == k or (k.endswith(".") and key.startswith(k)) or key.startswith(k + ".")
+        for k in (*PER_JOB, *(f"optimizer.{o}" for o in optimizer_keys))
     )
 
 
 def why_alone(cfg: DictConfig) -> Optional[str]:
     """Why this job cannot train stacked at all, or None."""
-    target = str(cfg.optimizer.get("_target_"))
-    if target not in STACKED_OPTIMIZERS:
-        return f"optimizer {target} has no stacked update (SGD, Adam and AdamW have)"
-    for key, off in OFF_BY_DEFAULT.items():
-        if cfg.optimizer.get(key, off) != off:
+    found = rule(cfg)
+    if found is None:
+        names = ", ".join(c.__name__ for c in RULES)
+        return f"optimizer {cfg.optimizer.get('_target_')} has no stacked update ({names} have)"
+    for key in found.off:
+        if cfg.optimizer.get(key):
             return f"optimizer.{key}={cfg.optimizer[key]} has no stacked update"
     if cfg.scheduler and "ReduceLROnPlateau" in str(cfg.scheduler.get("_target_", "")):
         return "ReduceLROnPlateau steps on a metric, which the stacked loop does not hand it"
@@ -85,7 +95,8 @@ def group_jobs(cfgs: Sequence[DictConfig], resumed_at: Sequence[int]) -> tuple[l
         if reason:
             alone[index] = reason
             continue
-        keys = {k: v for k, v in flat(cfg).items() if not per_job(k)} | {"(resumed at step)": resumed_at[index]}
+        own = rule(cfg).per_job  # type: ignore[union-attr] -- why_alone found it
+        keys = {k: v for k, v in flat(cfg).items() if not per_job(k, own)} | {"(resumed at step)": resumed_at[index]}
         for group in groups:
             if group.shared == keys:
                 group.jobs.append(index)

@@ -15,11 +15,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from microtrain.train.step import adam, functional_forward, sgd, train_step
+from microtrain.train.step import RULES, functional_forward, train_step
 
-RULES = {torch.optim.SGD: (sgd, ("lr", "momentum", "dampening", "weight_decay", "nesterov")),
-         torch.optim.Adam: (adam, ("lr", "betas", "eps", "weight_decay")),
-         torch.optim.AdamW: (partial(adam, decoupled=True), ("lr", "betas", "eps", "weight_decay"))}
 
 
 def stack_tensors(tensors: Sequence[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -37,7 +34,8 @@ class StackedStep:
         self.names = [name for name, _ in models[0].named_parameters()]
         self.device, self.dtype = device, dtype
         self.params = [stack_tensors([dict(m.named_parameters())[n] for m in models], device, dtype) for n in self.names]
-        rule, keys = RULES[type(optimizers[0])]
+        entry = RULES[type(optimizers[0])]  # stack.groups stacks only optimizers that have a rule
+        rule, keys = entry.update, entry.hyper
         owned = [list(m.parameters()) for m in models]
         slots = [[opt.state.get(p, {}) for p in params] for opt, params in zip(optimizers, owned)]
         self.state = [
@@ -62,7 +60,7 @@ class StackedStep:
     def _hyper(self, groups: list[dict[str, Any]], keys: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(hyper-parameters all jobs share, as Python values; the others as tensors of K)."""
         values = {key: [g[key] for g in groups] for key in keys}
-        if "momentum" in values:  # torch.optim ignores dampening without momentum
+        if "dampening" in values:  # torch.optim's SGD ignores dampening without momentum
             values["dampening"] = [d if m else 0.0 for d, m in zip(values["dampening"], values["momentum"])]
         constants, varying = {}, {}
         for key, per_job in values.items():

@@ -6,7 +6,7 @@ with ``loss.backward()`` and ``optimizer.step()`` is slower than eager, because 
 splits the graph (../shared/MEASURED.md: 666-785 against 390-435 us a step; ``torch.func.grad``
 and the update compiled as one function: 148-239 us).
 
-The step is ``train.step.train_step`` with its SGD / Adam / AdamW update, and the learning rate
+The step is ``train.step.train_step`` with the update of ``train.step.RULES``, and the learning rate
 as a 0-d tensor, so a scheduler's new value is not a recompile. The state is torch.optim's own
 (``optimizer.state[p]``), updated in place, so checkpoints, resume, inspection and
 ``explain_step`` see what they see today. Its numbers match the eager step to rounding (the
@@ -20,7 +20,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from microtrain.train.step import functional_forward, train_step, update_rule
+from microtrain.train.step import functional_forward, rule_of, train_step, update_rule
 
 
 class CompiledStep:
@@ -43,6 +43,7 @@ class CompiledStep:
         self._clone_loss = mode == "reduce-overhead"  # a CUDA graph's output is overwritten by the next replay
         self._marked = False  # see _static_addresses
         forward, update = functional_forward(model), update_rule(optimizer)
+        self._rule = rule_of(type(optimizer))
 
         def step(params: list[Tensor], state: list[dict], x: Tensor, y: Tensor, hp: dict[str, Any]) -> Tensor:
             loss, _ = train_step(params, state, (x, y), hp, forward=forward, loss_fn=loss_fn, update=update,
@@ -62,7 +63,7 @@ class CompiledStep:
         scheduler that cycles momentum: those steps run eager)."""
         if len(x) != self.batch_rows or self._other_values() != self._constants:
             return False
-        needs_state = "betas" in self.group or self.group["momentum"]
+        needs_state = self._rule.keeps_state(self.group)
         return not needs_state or all(self.optimizer.state[p] for p in self._owners)
 
     def skip_guards(self, on: bool) -> None:

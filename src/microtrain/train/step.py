@@ -13,13 +13,15 @@ hyper-parameters): forward, loss, backward, gradient clipping, optimizer update.
   0, which changes no finite number.
 
 The updates do the same operations in the same order as torch.optim's single-tensor SGD,
-Adam and AdamW (the CPU default), so their weights are bitwise equal (``tests/test_step.py``).
+Adam, AdamW, RMSprop and Adagrad (the CPU default), so their weights are bitwise equal
+(``tests/test_step.py``). ``RULES`` says, once, what each supports.
 Eager training applies them to ``.grad`` filled by ``loss.backward()``; ``train_step`` is the
 pure form, with ``torch.func`` gradients, that ``explain_step`` runs and that ``torch.compile``
 and ``torch.func.vmap`` can trace as one graph.
 """
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional
 
@@ -115,22 +117,118 @@ def adam(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper, decou
             _descend(param, slot["exp_avg"] / denom, step_size)
 
 
-# torch.optim settings these rules do not implement; with any of them on, training calls the
-# optimizer's own step() instead (see ``update_rule``).
-_UNSUPPORTED = ("maximize", "amsgrad", "foreach", "fused", "capturable", "differentiable")
+@torch.no_grad()
+def rmsprop(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper) -> None:
+    """v = α·v + (1 − α)·g²; avg = √v + eps (centered: √(v − ḡ²) + eps, ḡ = α·ḡ + (1 − α)·g);
+    w = w − lr·g/avg, or with momentum buf = momentum·buf + g/avg and w = w − lr·buf."""
+    lr, alpha, eps, decay, momentum, centered = (hp[k] for k in ("lr", "alpha", "eps", "weight_decay", "momentum", "centered"))
+    exact = not isinstance(lr, Tensor)
+    for param, grad, slot in zip(params, grads, state):
+        if not slot:  # torch.optim makes the slots at the first step
+            slot["step"] = torch.tensor(0.0, dtype=torch.get_default_dtype())
+            slot["square_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            if _on(momentum):
+                slot["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            if centered:
+                slot["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        slot["step"] += 1
+        if _on(decay):
+            grad = _plus(grad, param, decay, exact)
+        square_avg = slot["square_avg"]
+        if exact:
+            square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+        else:
+            square_avg.mul_(alpha).add_((1 - alpha) * grad * grad)
+        if centered:
+            grad_avg = slot["grad_avg"]
+            if exact:
+                grad_avg.lerp_(grad, 1 - alpha)
+            else:
+                grad_avg.add_((grad - grad_avg) * (1 - alpha))
+            avg = (square_avg.addcmul(grad_avg, grad_avg, value=-1) if exact else square_avg - grad_avg * grad_avg).sqrt_()
+        else:
+            avg = square_avg.sqrt()
+        avg = avg.add_(eps) if exact else avg + eps
+        if _on(momentum):
+            buf = slot["momentum_buffer"]
+            buf.mul_(momentum).addcdiv_(grad, avg) if exact else buf.mul_(momentum).add_(grad / avg)
+            _descend(param, buf, lr)
+        elif exact:
+            param.addcdiv_(grad, avg, value=-lr)
+        else:
+            _descend(param, grad / avg, lr)
+
+
+@torch.no_grad()
+def adagrad(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper) -> None:
+    """s = s + g²; w = w − lr/(1 + (t − 1)·lr_decay) · g/(√s + eps). The sums start at
+    ``initial_accumulator_value`` when the optimizer is built, as torch.optim makes them."""
+    lr, lr_decay, decay, eps = hp["lr"], hp["lr_decay"], hp["weight_decay"], hp["eps"]
+    exact = not isinstance(lr, Tensor)
+    for param, grad, slot in zip(params, grads, state):
+        slot["step"] += 1
+        step = slot["step"].item() if exact else slot["step"].double()  # a Python float, as torch.optim's
+        if _on(decay):
+            grad = _plus(grad, param, decay, exact)
+        clr = lr / (1 + (step - 1) * lr_decay)
+        total = slot["sum"]
+        if exact:
+            total.addcmul_(grad, grad, value=1)
+            param.addcdiv_(grad, total.sqrt().add_(eps), value=-clr)
+        else:
+            total.add_(grad * grad)
+            _descend(param, grad / (total.sqrt() + eps), clr)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An optimizer's update, written once, with what it takes; eager, compiled, stacked and
+    explained steps all read this table. Adding an optimizer is one rule here and one YAML file
+    in conf/optimizer/."""
+
+    update: Update
+    hyper: tuple[str, ...]  # the param-group values the update reads
+    per_job: tuple[str, ...]  # those a job of a stacked group may hold for itself (the others: one per group)
+    keeps_state: Callable[[Hyper], bool]  # whether it keeps per-parameter state with these settings
+    off: tuple[str, ...] = ("maximize", "foreach", "fused", "capturable", "differentiable")  # torch.optim settings it
+    # does not implement: with one of them on (true), torch.optim's own step() runs instead
+
+
+def _always(group: Hyper) -> bool:
+    return True
+
+
+_SGD = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+_ADAM = ("lr", "betas", "eps", "weight_decay")
+RULES: dict[type, Rule] = {
+    torch.optim.SGD: Rule(sgd, _SGD, _SGD, lambda group: bool(group["momentum"])),
+    torch.optim.Adam: Rule(adam, _ADAM, _ADAM, _always, (*Rule.off, "amsgrad")),
+    # AdamW by its class: the param group's "decoupled_weight_decay" key is recent in torch
+    torch.optim.AdamW: Rule(partial(adam, decoupled=True), _ADAM, _ADAM, _always, (*Rule.off, "amsgrad")),
+    # momentum and centered decide which state exists: one value per stacked group
+    torch.optim.RMSprop: Rule(rmsprop, ("lr", "alpha", "eps", "weight_decay", "momentum", "centered"),
+                              ("lr", "alpha", "eps", "weight_decay"), _always),
+    # the sums start at initial_accumulator_value, built into each job's state before the stack forms
+    torch.optim.Adagrad: Rule(adagrad, ("lr", "lr_decay", "weight_decay", "eps"),
+                              ("lr", "lr_decay", "weight_decay", "eps", "initial_accumulator_value"), _always),
+}
+
+
+def rule_of(optimizer_class: type, settings: Optional[Hyper] = None) -> Optional[Rule]:
+    """The rule for this class, or None: another class, or a setting it does not implement on."""
+    rule = RULES.get(optimizer_class)
+    if rule is None or settings is None:
+        return rule
+    return None if any(settings.get(key) for key in rule.off) else rule
 
 
 def update_rule(optimizer: torch.optim.Optimizer) -> Optional[Update]:
     """The rule above for this optimizer, or None when it has none (another class, several param
     groups, a tensor lr, or a setting such as amsgrad): then torch.optim's own step() runs."""
-    # AdamW by its class: the param group's "decoupled_weight_decay" key is recent in torch
-    rule = {torch.optim.SGD: sgd, torch.optim.Adam: adam, torch.optim.AdamW: partial(adam, decoupled=True)}.get(type(optimizer))
-    if rule is None or len(optimizer.param_groups) != 1:
+    if len(optimizer.param_groups) != 1 or isinstance(optimizer.param_groups[0]["lr"], Tensor):
         return None
-    group = optimizer.param_groups[0]
-    if any(group.get(key) for key in _UNSUPPORTED) or isinstance(group["lr"], Tensor):
-        return None
-    return rule
+    rule = rule_of(type(optimizer), optimizer.param_groups[0])
+    return None if rule is None else rule.update
 
 
 def optimizer_update(optimizer: torch.optim.Optimizer) -> Update:
