@@ -66,3 +66,13 @@ def test_users_add_their_own_configs_with_config_dir(capsys, tmp_path):
                                     "device=cpu", f"hydra.run.dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false")
     assert code == 0, err
     assert "hidden=8" in out and "activation=tanh" in out
+
+
+def test_no_tracked_file_over_1_mb_outside_the_readme_pictures():
+    """No wheels, downloads or binaries committed by mistake (two wheels, 53 MB, once were)."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
+    large = [name for name in tracked if name and not name.startswith("docs/images/")
+             and (ROOT / name).is_file() and (ROOT / name).stat().st_size > 2**20]
+    assert not large and not [name for name in tracked if name.endswith(".whl")], large

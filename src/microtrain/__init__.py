@@ -2,5 +2,5 @@
 
 import time
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 STARTED = time.perf_counter()  # when the command started (its first import of microtrain): inspection's budget counts from here
