@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from microtrain.explain import closed_form
+from microtrain import closed_form
 from microtrain.train.fit import train
 from tests_helpers import ROOT, make_cfg, run_in_process
 

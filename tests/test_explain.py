@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from microtrain.explain.closed_form import least_squares_loss, linear_gradient
+from microtrain.closed_form import least_squares_loss, linear_gradient
 from microtrain.explain.step import explain_step
 from microtrain.explain.gradcheck import check_gradients
 from microtrain.train.fit import train

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from microtrain.config import schema
 from microtrain.errors import ConfigError
-from microtrain.explain import closed_form
+from microtrain import closed_form
 from microtrain.run import folder as run_folder
 from microtrain.explain.gradcheck import ParameterCheck, check_gradients, n_parameters
 from microtrain.train.build import prepare

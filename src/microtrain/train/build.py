@@ -10,8 +10,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from microtrain import device, losses, models, optimizers
-from microtrain.explain import closed_form
+from microtrain import closed_form, device, losses, models, optimizers
 from microtrain.errors import ConfigError
 from microtrain.data.prepare import prepare_data
 from microtrain.data.splits import Splits
