@@ -320,3 +320,20 @@ def test_predict_takes_data_missing_and_never_writes_over_its_input_or_the_run(t
         with pytest.raises(ConfigError, match="is the input table itself|is a file of the run"):
             predict_file(run, str(holes), output=str(output), missing="drop")
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_table_keeps_text_as_written_and_refuses_rows_longer_than_its_header(tmp_path):
+    """True/False stays text (one-hot categories), listed codes "01" and "1" stay two categories,
+    spaces around text are stripped, and a row with an extra field is one line, not a shift."""
+    from pathlib import Path
+
+    from microtrain.data import tables
+
+    table = write_csv(tmp_path / "t.csv", ["a", "flag", "code", "y"],
+                      [["1", " True ", "01", "1"], ["2", "False", "1", "2"], ["3", "", "01", "3"], ["4", " ? ", "1", "4"]])
+    read = tables.read(Path(table), None, text_columns=["code"])
+    assert read["flag"].tolist()[:2] == ["True", "False"] and read["flag"].isna().tolist()[2:] == [True, True]
+    assert read["code"].tolist() == ["01", "1", "01", "1"] and read["a"].tolist() == [1, 2, 3, 4]
+    (tmp_path / "extra.csv").write_text("a,b\n1,2,3\n4,5\n")
+    with pytest.raises(DataError, match="a row has more fields than the header names columns"):
+        tables.read(tmp_path / "extra.csv", None)

@@ -160,9 +160,12 @@ def test_the_printed_resume_command_of_a_sweep_job_runs_as_printed(tmp_path):
     again = subprocess.run(command, shell=True, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert json.loads((job / "metrics.json").read_text())["epochs"] == 2
+    rows = job / "rows=1,2.csv"  # a path Hydra would read as a sweep too
+    rows.write_text("x0,x1,x2\n0.1,0.2,0.3\n")
     predicted = subprocess.run(f"{shlex.quote(sys.executable)} {ROOT / 'scripts' / 'predict.py'} {hydra_override('run', job)} "
-                               f"{hydra_override('data.path', job / 'data_info.json')}", shell=True, capture_output=True, text=True)
-    assert "mismatched input" not in predicted.stderr and "no viable alternative" not in predicted.stderr
+                               f"{hydra_override('data.path', rows)}", shell=True, capture_output=True, text=True)
+    assert predicted.returncode == 0, predicted.stderr
+    assert (job / "predictions.csv").read_text().startswith("x0,x1,x2,predicted_y0")
 
 
 def test_a_model_too_large_for_the_machine_is_refused_before_it_is_built(tmp_path, capsys):
@@ -179,15 +182,17 @@ def test_explain_turns_an_unexpected_error_into_one_line(tmp_path, capsys):
 
 def test_two_stacked_sweeps_into_one_folder_the_second_is_refused(tmp_path):
     args = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "hydra/launcher=stacked", "optimizer.lr=0.01,0.02",
-            "trainer.max_epochs=400", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}"]
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            "trainer.max_epochs=100000", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # runs until killed
     try:
         import time
 
         deadline = time.time() + 60
         while not (tmp_path / ".lock").exists() and time.time() < deadline:
             time.sleep(0.2)
+        assert (tmp_path / ".lock").exists() and first.poll() is None
         second = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert first.poll() is None  # the first still held the folder while the second was refused
         assert second.returncode == 2 and "is in use by a run still going" in second.stderr and "hydra.sweep.dir" in second.stderr
     finally:
         first.kill()

@@ -75,6 +75,8 @@ def test_unsupported_settings_fall_back_to_torch_optim():
     p = [nn.Parameter(torch.ones(2))]
     assert steps.update_rule(torch.optim.Adamax(p)) is None  # a class with no rule
     assert steps.update_rule(torch.optim.Adam(p, amsgrad=True)) is None
+    assert steps.update_rule(torch.optim.Adam(p, decoupled_weight_decay=True)) is None  # AdamW's update, not Adam's
+    assert steps.update_rule(torch.optim.AdamW(p)) is not None  # whose groups say decoupled_weight_decay=True
     assert steps.update_rule(torch.optim.RMSprop(p, foreach=True)) is None
     assert steps.update_rule(torch.optim.SGD(p, lr=0.1, maximize=True)) is None
 

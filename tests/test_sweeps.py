@@ -134,6 +134,7 @@ def test_sigterm_to_a_joblib_sweep_reaches_its_workers_and_resume_finishes_it(tm
     deadline = time.time() + 120
     while not list(tmp_path.glob("*/checkpoints/last.ckpt")) and time.time() < deadline:
         time.sleep(0.2)
+    assert sweep_run.poll() is None, "the sweep ended before it could be interrupted"
     sweep_run.send_signal(signal.SIGTERM)
     out, err = sweep_run.communicate(timeout=120)
     assert sweep_run.returncode == 143, err

@@ -2,4 +2,5 @@
 
 from microtrain.cli import train_main
 
-train_main()
+if __name__ == "__main__":  # importing this module (a _target_ naming it, say) must not start a run
+    train_main()

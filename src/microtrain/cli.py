@@ -51,13 +51,9 @@ def train_command(cfg: DictConfig) -> float:
     # Hydra made the folder just now (or it was empty): a run refused before training removes it again
     fresh = not multirun and run_dir.is_dir() and not any(run_dir.iterdir())
     try:
-        for key in ("resume", "overwrite"):  # read before the schema's check: they decide what it checks
-            if not isinstance(cfg.get(key, False), bool):
-                raise ConfigError(f"{key}={cfg[key]!r} must be true or false")
-        if cfg.resume and cfg.get("overwrite"):
-            raise ConfigError("resume=true continues the run in the folder and overwrite=true replaces it: choose one")
-        if multirun and interrupt.received is not None:
-            return _interrupted(Interrupted("not started: the sweep was interrupted", interrupt.received), run_dir, fresh=True)
+        schema.check_run_mode(cfg)  # resume and overwrite decide what is read: checked first
+        if multirun and interrupt.stop_signal() is not None:
+            return _interrupted(Interrupted("not started: the sweep was interrupted", interrupt.stop_signal()), run_dir, fresh=True)
         if cfg.resume:
             cfg, changes, finished = plan_resume(cfg, run_dir, overrides, multirun, console.print)
             if finished is not None:
@@ -158,11 +154,14 @@ def _fail(err: Exception, run_dir: Path, overrides_record: bool = True, fresh: b
         err = run_folder.write_failed(Path(err.filename) if err.filename else run_dir, err)
     status = "diverged" if isinstance(err, TrainingDiverged) else "failed"
     message = str(err) if isinstance(err, MicrotrainError) else f"{one_line(err)} (unexpected: the traceback is in {run_dir / 'train.log'})"
-    if fresh and status == "failed" and isinstance(err, MicrotrainError) and not (run_dir / run_folder.CONFIG).exists():
+    refused_before_training = fresh and status == "failed" and isinstance(err, MicrotrainError) and not isinstance(err, FolderBusy)
+    if refused_before_training and not (run_dir / run_folder.CONFIG).exists():
         from microtrain.run import lock
 
-        lock.release(run_dir)
-        run_folder.remove_unused(run_dir)
+        # what is in the folder is this run's own only if it holds the lock (a run it raced keeps its files)
+        if lock.holds(run_dir) or not any(run_dir.iterdir()):
+            lock.release(run_dir)
+            run_folder.remove_unused(run_dir, (".lock", ".hydra", "train.log"))
         error_console.print(f"error: {message}", markup=False, soft_wrap=True)
         sys.exit(2)
     metrics = run_dir / run_folder.METRICS

@@ -121,7 +121,7 @@ def _table_inputs(source: Path, info: dict, missing: Optional[str] = None) -> tu
     columns = tables.Columns(**spec)
     used = [*columns.numeric, *columns.categorical]
     # the columns it only copies through stay text as written ("007" stays 007, not 7)
-    table = tables.read(source, None, text_columns=[c for c in tables.header(source) if c not in used])
+    table = tables.read(source, None, text_columns=[*columns.categorical, *(c for c in tables.header(source) if c not in used)])
     absent = [c for c in used if c not in table.columns]
     if absent:
         raise DataError(f"{source}: no column {absent[0]!r}, which the model was trained on; the file has: {', '.join(table.columns)}")

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -104,7 +105,7 @@ class SweepSummary(Callback):
         started = Path(config.hydra.sweep.dir)
         from microtrain.run import interrupt
 
-        interrupt.install(forward=True)  # SIGTERM to this process reaches the launcher's worker processes too
+        interrupt.start_sweep(started)  # SIGTERM to this process reaches the launcher's worker processes too
         print(f"sweep folder: {config.hydra.sweep.dir}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -121,6 +122,9 @@ class SweepSummary(Callback):
         print_summary(rows, sweep_dir)
         from microtrain.run import interrupt
 
+        stop = os.environ.pop(interrupt.STOP_FILE, None)
+        if stop:
+            Path(stop).unlink(missing_ok=True)
         if interrupt.received is not None:  # the summary is written; the sweep still ends as interrupted
             print(f"the sweep was interrupted; finish it with the same command and resume=true hydra.sweep.dir={sweep_dir}", flush=True)
             sys.exit(128 + interrupt.received)

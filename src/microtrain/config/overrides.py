@@ -34,7 +34,8 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
         if group == "optimizer":  # a torch.optim class by its name: optimizer=torch takes any
             import torch
 
-            names = [n for n in dir(torch.optim) if n.lower() == option.lower()]
+            names = [n for n in dir(torch.optim) if n.lower() == option.lower()
+                     and isinstance(getattr(torch.optim, n), type) and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)]
             hint = f" (for torch.optim.{names[0]}: optimizer=torch optimizer.name={names[0]})" if names else hint
         return f"{group}={option} is not an option of {group}{hint}; choose one of: {', '.join(options) or '(none)'}"
     if found := re.match(r"Could not override '([^']+)'", first):
@@ -85,7 +86,7 @@ def outside_a_job(err: Exception, config_name: str) -> tuple[str, int]:
         return f"{type(err).__name__}: {first} (HYDRA_FULL_ERROR=1 shows the traceback)", 2 if isinstance(err, HydraException) else 1
     folder = sweep_summary.started
     if folder is not None and folder.is_dir() and {p.name for p in folder.iterdir()} <= {"multirun.yaml"}:
-        run_folder.remove_unused(folder)
+        run_folder.remove_unused(folder, ("multirun.yaml",))
     return one_line(err, lambda: config_keys(config_name)), 2
 
 

@@ -207,6 +207,15 @@ MOVED = {
 }
 
 
+def check_run_mode(cfg: Mapping[str, Any]) -> None:
+    """``resume`` and ``overwrite``, before anything reads the run folder they decide about."""
+    for key in ("resume", "overwrite"):
+        if not isinstance(cfg.get(key, False), bool):
+            raise ConfigError(f"{key}={cfg[key]!r} must be true or false")
+    if cfg["resume"] and cfg.get("overwrite"):
+        raise ConfigError("resume=true continues the run in the folder and overwrite=true replaces it: choose one")
+
+
 def check(cfg: Mapping[str, Any]) -> None:
     """Every key of a training config, in the order a reader meets them in ``conf/train.yaml``."""
     for key in cfg:

@@ -2,7 +2,8 @@
 ``config.yaml``, and a ``_target_`` there names a callable that Hydra would import and call:
 handed a folder by a stranger, that is their code (a pickled ``.npy`` loaded through
 ``numpy.load``, ``pathlib.Path.unlink``, ...). So every ``_target_`` of a run's config must be a
-class of the allow-list, at the top of its entry, checked before anything is imported or built;
+class of the allow-list (a ``torch.optim`` optimizer or scheduler, one of the Lightning
+callbacks that write no file), at the top of its entry, checked before anything is imported or built;
 ``trust_run_config=true`` lifts the check for a folder you trust."""
 
 from pathlib import Path
@@ -14,6 +15,10 @@ from microtrain.errors import ConfigError
 
 ALLOWED = ("torch.optim.", "lightning.pytorch.callbacks.", "pytorch_lightning.callbacks.", "microtrain.")
 SECTIONS = ("optimizer", "scheduler", "callbacks")
+# Callbacks a run folder may name: those that write no file. ModelCheckpoint and its kin take
+# paths (dirpath, and the paths of the checkpoints they remove), which a stranger's folder
+# would choose; microtrain makes its own checkpoint callbacks.
+CALLBACKS = ("EarlyStopping", "LearningRateMonitor", "Timer")
 TRUST = "if you trust this folder, add trust_run_config=true"
 
 
@@ -47,16 +52,22 @@ def check_run_config(cfg: DictConfig, source: Path, trusted: bool = False) -> No
             if depth != top:
                 raise ConfigError(f"{source}: {key}._target_={target} is nested in another entry's arguments, which a run "
                                   f"folder may not do; nothing was run ({TRUST})")
-            if not isinstance(target, str) or not target.startswith(ALLOWED) or not _allowed_class(target):
-                raise ConfigError(f"{source}: {key}._target_={target} is not a class of torch.optim, "
-                                  f"lightning.pytorch.callbacks or microtrain; nothing was run ({TRUST})")
+            if not isinstance(target, str) or not _allowed_class(target, section):
+                named = "one of Lightning's " + ", ".join(CALLBACKS) if section == "callbacks" else "a class of torch.optim"
+                raise ConfigError(f"{source}: {key}._target_={target} is not {named}; nothing was run ({TRUST})")
 
 
-def _allowed_class(target: str) -> bool:
-    """The dotted path names a class that lives in an allowed module: no attribute chain such as
-    ``torch.optim.optimizer.torch.load`` leads out of it. Only allowed packages are imported."""
+def _allowed_class(target: str, section: str) -> bool:
+    """The dotted path names a public class of an allowed package: no private module (importing
+    ``microtrain.__main__`` would start a run) and no attribute chain such as
+    ``torch.optim.optimizer.torch.load`` that leads out of it. Only allowed packages are imported."""
+    allowed = ALLOWED[1:3] if section == "callbacks" else ALLOWED[:1]
+    if not target.startswith(allowed) or any(part.startswith("_") for part in target.split(".")):
+        return False
+    if section == "callbacks" and target.rsplit(".", 1)[-1] not in CALLBACKS:
+        return False
     found = locate_class(target)
-    return found is not None and f"{found.__module__}.".startswith(ALLOWED)
+    return found is not None and f"{found.__module__}.".startswith(allowed)
 
 
 def locate_class(target: str) -> Any:

@@ -79,7 +79,8 @@ def csv_file(cfg: Mapping[str, Any], classify: bool) -> Dataset:
     targets = [target] if isinstance(target, str) else list(target or [])
     if not targets:
         raise DataError(f"{path}: data.target is not set; name the target column(s), e.g. data.target=price")
-    table = tables.read(path, cfg["sep"])
+    listed = cfg["categorical"]  # listed categories are read as written: "01" and "1" stay two
+    table = tables.read(path, cfg["sep"], text_columns=[] if listed in ("auto", "none") else list(listed))
     features = None if cfg["features"] is None else list(cfg["features"])
     categorical = cfg["categorical"] if isinstance(cfg["categorical"], str) else list(cfg["categorical"])
     columns = tables.choose(table, path, targets, features, list(cfg["exclude"] or []), categorical, cfg["missing"])

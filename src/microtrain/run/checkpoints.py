@@ -92,8 +92,9 @@ class InterruptCheckpoint(L.Callback):
         self._stop_if_signalled(trainer)
 
     def _stop_if_signalled(self, trainer: "L.Trainer") -> None:
-        if interrupt.received is None and not getattr(trainer, "received_sigterm", False):
+        signum = interrupt.stop_signal()
+        if signum is None and not getattr(trainer, "received_sigterm", False):
             return
         trainer.save_checkpoint(str(self.last))  # through the run's AtomicCheckpointIO: whole or not at all
-        signum = interrupt.received if interrupt.received is not None else signal.SIGTERM
+        signum = signum if signum is not None else signal.SIGTERM
         raise Interrupted(f"interrupted by {signal.Signals(signum).name} at step {trainer.global_step}; {self.last} saved", signum)

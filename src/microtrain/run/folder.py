@@ -59,16 +59,18 @@ def write_all_atomic(files: list[tuple[Path, Callable[[Path], None]]]) -> None:
     ``.partial`` first, then the renames, so a kill leaves them all of one moment but for the
     microseconds of the renames."""
     partials = [(path, path.with_name(path.name + ".partial")) for path, _ in files]
-    for _, partial in partials:
-        partial.unlink(missing_ok=True)
     try:
         for (path, partial), (_, write) in zip(partials, files):
             try:
+                partial.unlink(missing_ok=True)  # a stale one, or a planted link: never written through
                 write(partial)
             except (OSError, RuntimeError) as err:
                 raise write_failed(path, err) from None
         for path, partial in partials:
-            os.replace(partial, path)
+            try:
+                os.replace(partial, path)
+            except OSError as err:
+                raise write_failed(path, err) from None
     finally:
         for _, partial in partials:
             try:
@@ -144,13 +146,30 @@ def clear_run(run_dir: Path) -> None:
 _MADE_BY_HYDRA = re.compile(r"(\d{4}-\d{2}-\d{2}|\d{2}-\d{2}-\d{2}|outputs|multirun)")
 
 
-def remove_unused(folder: Path) -> None:
-    """Remove a folder made for a run or sweep that was refused before it started, and the dated
-    folders above it that Hydra made for it (outputs/<date>/<time>) once they are empty."""
-    shutil.rmtree(folder, ignore_errors=True)
-    parent = folder.resolve().parent
-    while _MADE_BY_HYDRA.fullmatch(parent.name) and parent != Path.cwd() and not any(parent.iterdir()):
-        parent.rmdir()
+def remove_unused(folder: Path, ours: tuple[str, ...]) -> None:
+    """Remove what a run or sweep refused before it started wrote (``ours``: its ``.lock``,
+    ``.hydra/``, ``train.log``; a sweep's ``multirun.yaml``), then the folder if nothing else is
+    in it, and the dated folders above it that Hydra made for it (``outputs/<date>``) once they
+    are empty. Nothing else is deleted: not another run's file, not the working directory."""
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:
+        return
+    folder = folder.resolve()
+    if folder == cwd or folder in cwd.parents:
+        return
+    for name in ours:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    parent = folder
+    while parent == folder or (_MADE_BY_HYDRA.fullmatch(parent.name) and parent != cwd and parent not in cwd.parents):
+        try:
+            parent.rmdir()  # only when empty: anything left is someone else's
+        except OSError:
+            return
         parent = parent.parent
 
 

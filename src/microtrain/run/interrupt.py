@@ -6,10 +6,13 @@ call: at most ``loop.steps_per_call`` steps), records ``"status": "interrupted"`
 Under SLURM with auto-requeue, Lightning's own SLURM environment handles USR1 (it saves and
 requeues the job); these handlers are added to Lightning's, not put in their place.
 
-A sweep's main process forwards SIGTERM to its worker processes (joblib's, submitit_local's):
-``kill <pid>`` reaches only the process it names, and each worker then ends its job as a
-single run does, with ``last.ckpt`` and ``interrupted``. (Ctrl-C reaches the whole process
-group from the terminal already.) No Lightning here: the sweep's main process imports this."""
+A sweep's worker processes (joblib's, submitit_local's) learn of a SIGTERM to the sweep's
+process through a stop file: ``kill <pid>`` reaches only the process it names, so that process
+writes ``<sweep>/.stop``, and each worker ends its job at its next step boundary as a single run
+does, with ``last.ckpt`` and ``interrupted``; jobs not started yet are marked so. A file, not a
+forwarded signal: a worker still importing has no handler yet, and a signal would kill it.
+(Ctrl-C reaches the whole process group from the terminal already.) No Lightning here: the
+sweep's process imports this."""
 
 import os
 import signal
@@ -20,9 +23,7 @@ from typing import Any, Optional
 from microtrain.errors import Interrupted
 
 received: Optional[int] = None  # the signal received, process-wide (a sweep stops launching after it)
-
-
-_forward = False  # this process runs a sweep's workers: SIGTERM goes on to them
+STOP_FILE = "MICROTRAIN_SWEEP_STOP"  # the environment variable naming a sweep's stop file, inherited by its workers
 
 
 def _note(signum: int, frame: Optional[FrameType]) -> None:
@@ -30,34 +31,36 @@ def _note(signum: int, frame: Optional[FrameType]) -> None:
     if signum == signal.SIGINT and received == signal.SIGINT:
         raise KeyboardInterrupt  # the second Ctrl-C
     received = signum
-    if _forward and signum == signal.SIGTERM:
-        for child in _children():
-            try:
-                os.kill(child, signum)
-            except ProcessLookupError:
-                pass
-
-
-def _children() -> list[int]:
-    """This process's child processes, from /proc (Linux): a sweep's workers."""
-    me, found = str(os.getpid()), []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    stop = os.environ.get(STOP_FILE)
+    if stop and signum == signal.SIGTERM:
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(name)": state, ppid, ...
-        except (OSError, IndexError):
-            continue
-        if fields[1] == me:
-            found.append(int(stat.parent.name))
-    return found
+            Path(stop).touch()
+        except OSError:
+            pass
+
+
+def stop_signal() -> Optional[int]:
+    """The signal this process received, or SIGTERM when its sweep's process received one (the
+    stop file exists); None otherwise. A stat every Lightning call: microseconds."""
+    if received is not None:
+        return received
+    stop = os.environ.get(STOP_FILE)
+    return signal.SIGTERM if stop and os.path.exists(stop) else None
+
+
+def start_sweep(folder: Path) -> None:
+    """In a sweep's own process, before its workers start: they inherit where its stop file is."""
+    stop = Path(folder).resolve() / ".stop"
+    stop.unlink(missing_ok=True)  # one left by an interrupted sweep that is now resumed
+    os.environ[STOP_FILE] = str(stop)
+    install()
 
 
 _previous: dict[int, Any] = {}
 
 
-def install(forward: bool = False) -> None:
-    """From the start of a run (or of a sweep, ``forward``): a signal is noted, and acted on at the next safe point."""
-    global _forward
-    _forward = _forward or forward
+def install() -> None:
+    """From the start of a run or a sweep: a signal is noted, and acted on at the next safe point."""
     for signum in (signal.SIGTERM, signal.SIGINT):
         if signal.getsignal(signum) is not _note:
             _previous[signum] = signal.getsignal(signum)
@@ -73,7 +76,7 @@ def restore() -> None:
 
 def check(step: Optional[int] = None) -> None:
     """Raise Interrupted if a signal came (called between start-up phases and at step boundaries)."""
-    if received is not None:
-        name = signal.Signals(received).name
+    signum = stop_signal()
+    if signum is not None:
         where = f" at step {step}" if step is not None else " during start-up"
-        raise Interrupted(f"interrupted by {name}{where}", received)
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name}{where}", signum)

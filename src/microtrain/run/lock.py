@@ -33,6 +33,11 @@ def acquire(run_dir: Path) -> None:
     _held[run_dir] = handle
 
 
+def holds(run_dir: Path) -> bool:
+    """Whether this process holds the folder's lock."""
+    return Path(run_dir).resolve() in _held
+
+
 def release(run_dir: Optional[Path] = None) -> None:
     for path in [Path(run_dir).resolve()] if run_dir else list(_held):
         handle = _held.pop(path, None)

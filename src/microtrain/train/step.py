@@ -202,7 +202,8 @@ _SGD = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 _ADAM = ("lr", "betas", "eps", "weight_decay")
 RULES: dict[type, Rule] = {
     torch.optim.SGD: Rule(sgd, _SGD, _SGD, lambda group: bool(group["momentum"])),
-    torch.optim.Adam: Rule(adam, _ADAM, _ADAM, _always, (*Rule.off, "amsgrad")),
+    # Adam(decoupled_weight_decay=True) is AdamW's update under Adam's name: torch.optim's own step
+    torch.optim.Adam: Rule(adam, _ADAM, _ADAM, _always, (*Rule.off, "amsgrad", "decoupled_weight_decay")),
     # AdamW by its class: the param group's "decoupled_weight_decay" key is recent in torch
     torch.optim.AdamW: Rule(partial(adam, decoupled=True), _ADAM, _ADAM, _always, (*Rule.off, "amsgrad")),
     # momentum and centered decide which state exists: one value per stacked group
