@@ -118,6 +118,6 @@ def test_help_lists_every_group_and_the_commented_keys(capsys):
 
     code, out, _ = run_in_process(capsys, "train.py", "--help")
     assert code == 0
-    assert "optimizer: adam, adamw, sgd, torch" in out and "callbacks: early_stopping, none" in out
+    assert "optimizer: adagrad, adam, adamw, rmsprop, sgd, torch" in out and "callbacks: early_stopping, none" in out
     assert "curvature: false   # true: top Hessian eigenvalue against 2/lr" in out
     assert "model=linear (conf/model/linear.yaml):" in out and "# null = inferred from the data" in out

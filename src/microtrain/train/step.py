@@ -182,9 +182,8 @@ def adagrad(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper) ->
 
 @dataclass(frozen=True)
 class Rule:
-    """An optimizer's update, written once, with what it takes; eager, compiled, stacked and
-    explained steps all read this table. Adding an optimizer is one rule here and one YAML file
-    in conf/optimizer/."""
+    """An optimizer's update and what it takes, read by the eager, compiled, stacked and explained
+    steps. Adding an optimizer is one rule here and one YAML file in conf/optimizer/."""
 
     update: Update
     hyper: tuple[str, ...]  # the param-group values the update reads
@@ -195,7 +194,7 @@ class Rule:
 
 
 def _always(group: Hyper) -> bool:
-    return True
+    return True  # a rule whose state exists from its first step, whatever the settings
 
 
 _SGD = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
@@ -210,17 +209,15 @@ RULES: dict[type, Rule] = {
     torch.optim.RMSprop: Rule(rmsprop, ("lr", "alpha", "eps", "weight_decay", "momentum", "centered"),
                               ("lr", "alpha", "eps", "weight_decay"), _always),
     # the sums start at initial_accumulator_value, built into each job's state before the stack forms
-    torch.optim.Adagrad: Rule(adagrad, ("lr", "lr_decay", "weight_decay", "eps"),
-                              ("lr", "lr_decay", "weight_decay", "eps", "initial_accumulator_value"), _always),
+    torch.optim.Adagrad: Rule(adagrad, ("lr", "lr_decay", "weight_decay", "eps"), ("lr", "lr_decay", "weight_decay", "eps",
+                                                                                  "initial_accumulator_value"), _always),
 }
 
 
 def rule_of(optimizer_class: type, settings: Optional[Hyper] = None) -> Optional[Rule]:
     """The rule for this class, or None: another class, or a setting it does not implement on."""
     rule = RULES.get(optimizer_class)
-    if rule is None or settings is None:
-        return rule
-    return None if any(settings.get(key) for key in rule.off) else rule
+    return None if rule is None or settings is not None and any(settings.get(key) for key in rule.off) else rule
 
 
 def update_rule(optimizer: torch.optim.Optimizer) -> Optional[Update]:
