@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from microtrain.train.compiled import own_code
 from microtrain.train.step import RULES, functional_forward, train_step
 
 
@@ -51,7 +52,7 @@ class StackedStep:
         self._eager = torch.func.vmap(one)
         # dynamic=False: a graph for the full batch; an epoch's shorter last batch runs eager
         # rather than compiling a second graph (seconds) for one step an epoch.
-        self._compiled = torch.compile(self._eager, dynamic=False) if compile else None
+        self._compiled = torch.compile(own_code(self._eager), dynamic=False) if compile else None
         self.compile_seconds: Optional[float] = None
         # The run's very first step creates the optimizer state, eager; every later one (a resumed
         # run's first step included, so a resume is bitwise) is the one compiled graph.

@@ -50,7 +50,7 @@ class CompiledStep:
                                  clip_val=clip_val, clip_algorithm=clip_algorithm)
             return loss
 
-        self._compiled = torch.compile(step, fullgraph=True, dynamic=False, mode=mode)
+        self._compiled = torch.compile(own_code(step), fullgraph=True, dynamic=False, mode=mode)
         self.compile_seconds: Optional[float] = None
 
     def _other_values(self) -> tuple:
@@ -98,6 +98,21 @@ class CompiledStep:
         if self.compile_seconds is None:
             self.compile_seconds = time.perf_counter() - started
         return loss.clone() if self._clone_loss else loss
+
+
+def own_code(fn: Callable) -> Callable:
+    """``fn`` with a code object of its own. Dynamo keeps compiled graphs per code object, at most
+    8 (its recompile_limit), and every step made from the same source shares one: the ninth run
+    compiled in one process (a sweep's jobs, a notebook, the test suite) failed with
+    FailOnRecompileLimitHit. A copy of the code gives each step its own cache, freed with it."""
+    import types
+
+    if not isinstance(fn, types.FunctionType):
+        return fn
+    fresh = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    fresh.__kwdefaults__ = fn.__kwdefaults__
+    fresh.__dict__.update(fn.__dict__)  # functools.wraps' __wrapped__ (torch.func.vmap's wrapper) included
+    return fresh
 
 
 def compiled_step(module: Any, optimizer: torch.optim.Optimizer, loop: Any, batch_rows: int) -> tuple[Optional[CompiledStep], str]:
