@@ -226,33 +226,51 @@ def test_compiled_stacked_step_matches_the_eager_one(tmp_path):
         assert largest_difference(weights(tmp_path / f"eager{i}"), weights(tmp_path / f"compiled{i}")) < 1e-5
 
 
-@pytest.mark.slow
-def test_a_killed_stacked_sweep_resumes_bitwise_and_keeps_finished_jobs(tmp_path):
-    """SIGKILL while the second group trains; resume=true skips the finished first group, resumes
-    the second from its checkpoints, and ends bitwise equal to an uninterrupted sweep."""
-    grid = ["-m", "hydra/launcher=stacked", "model=mlp", "model.hidden=8,16", "optimizer.lr=0.01,0.03", "trainer.max_epochs=20",
-            "checkpoint.budget=0", "device=cpu", "trainer.enable_progress_bar=false"]
-    command = [sys.executable, str(ROOT / "scripts" / "train.py"), *grid]
-    whole = subprocess.run([*command, f"hydra.sweep.dir={tmp_path / 'whole'}"], capture_output=True, text=True, timeout=300)
+STACKED_GRID = ["-m", "hydra/launcher=stacked", "model=mlp", "model.hidden=8,16", "optimizer.lr=0.01,0.03", "trainer.max_epochs=20",
+                "checkpoint.budget=0", "device=cpu", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_stacked_sweep(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("stacked") / "whole"
+    whole = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *STACKED_GRID, f"hydra.sweep.dir={folder}"],
+                           capture_output=True, text=True, timeout=300)
     assert whole.returncode == 0, whole.stderr
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_stopped_stacked_sweep_resumes_bitwise_and_keeps_finished_jobs(tmp_path, uninterrupted_stacked_sweep, how):
+    """A signal while the second group trains. SIGTERM: every job of the group ends interrupted
+    with its last.ckpt, the sweep writes its summary and exits 143. Then resume=true skips the
+    finished first group, resumes the second from its checkpoints, and ends bitwise equal to an
+    uninterrupted sweep."""
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), *STACKED_GRID]
     killed = tmp_path / "killed"
-    process = subprocess.Popen([*command, f"hydra.sweep.dir={killed}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([*command, f"hydra.sweep.dir={killed}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     second: list[Path] = []
     while time.monotonic() < deadline and not (len(second) == 2 and all((f / "checkpoints" / "last.ckpt").exists() for f in second)):
         second = sorted(killed.glob("*model.hidden=16*"))
         time.sleep(0.05)
     time.sleep(0.2)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert len(second) == 2 and not any((f / "metrics.json").exists() for f in second), "the sweep ended before the kill"
+    os.kill(process.pid, how)
+    out, err = process.communicate(timeout=120)
+    if how == signal.SIGKILL:
+        assert len(second) == 2 and not any((f / "metrics.json").exists() for f in second), "the sweep ended before the kill"
+    else:
+        assert process.returncode == 143 and "Traceback" not in err, err
+        statuses = [json.loads((f / "metrics.json").read_text()) for f in second]
+        assert [m["status"] for m in statuses] == ["interrupted"] * 2 and all("resume=true" in m["resume"] for m in statuses)
+        assert "the sweep was interrupted" in out and (killed / "summary.csv").is_file()
     (first,) = [f / "metrics.json" for f in killed.glob("*model.hidden=8*optimizer.lr=0.01*")]
     finished_before = first.stat().st_mtime_ns
     resumed = subprocess.run([*command, f"hydra.sweep.dir={killed}", "resume=true"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "2 job(s) already finished" in resumed.stdout
     assert first.stat().st_mtime_ns == finished_before
-    for folder in (tmp_path / "whole").iterdir():
+    for folder in uninterrupted_stacked_sweep.iterdir():
         if folder.is_dir():
             assert json.loads((killed / folder.name / "metrics.json").read_text())["status"] == "ok"
             ours, theirs = weights(killed / folder.name), weights(folder)

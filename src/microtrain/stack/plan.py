@@ -13,6 +13,7 @@ from omegaconf import DictConfig, open_dict
 from microtrain.config import schema
 from microtrain.errors import MicrotrainError
 from microtrain.run import folder as run_folder
+from microtrain.run import interrupt
 from microtrain.stack.groups import describe, group_jobs
 from microtrain.sweep_summary import objective
 from microtrain.train.trainer import trainer_arguments
@@ -72,6 +73,11 @@ def run_stacked(cfgs: list[DictConfig], folders: list[Path], max_jobs: Optional[
         limit = min(max_jobs or math.inf, _jobs_that_fit(cfgs[group.jobs[0]], len(group.jobs)))
         for start in range(0, len(group.jobs), int(limit)):
             chunk = group.jobs[start : start + int(limit)]
+            if interrupt.stop_signal() is not None:  # the sweep was interrupted: these jobs never start
+                for i in chunk:
+                    results[i] = {"status": "interrupted", "objective": math.inf}
+                    _failed(folders[i], "not started: the sweep was interrupted", status="interrupted")
+                continue
             started = time.perf_counter()
             try:
                 metrics = train_group([cfgs[i] for i in chunk], [folders[i] for i in chunk], [bool(cfgs[i].resume) for i in chunk],
@@ -110,8 +116,8 @@ def _saved_step(path: Path) -> int:
         return -1
 
 
-def _failed(folder: Path, message: str) -> Result:
-    metrics = {"status": "failed", "error": message}
+def _failed(folder: Path, message: str, status: str = "failed") -> Result:
+    metrics = {"status": status, "error": message}
     folder.mkdir(parents=True, exist_ok=True)
     run_folder.write_json_atomic(folder / run_folder.METRICS, metrics)
     return metrics

@@ -2,6 +2,7 @@
 stacked model, each ending with the files, curves and metrics of its solo run."""
 
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -12,6 +13,7 @@ from omegaconf import DictConfig
 from microtrain import device as devices
 from microtrain.data.batches import TensorBatches
 from microtrain.run import folder as run_folder
+from microtrain.run import interrupt
 from microtrain.stack.inspect import StackedInspector
 from microtrain.stack.jobs import StackedJob
 from microtrain.stack.step import StackedStep
@@ -96,6 +98,8 @@ class StackedRun:
         try:
             while not self._done():
                 self._epoch()
+                if interrupt.stop_signal() is not None:  # SIGTERM or Ctrl-C: last.ckpt of this epoch is written
+                    return [self._interrupted(job) for job in self.jobs]
             self.inspector.final(self.step_count)
             for job in self.jobs:  # the last steps' window (LossWatch.on_train_end)
                 if job.active and job.window:
@@ -201,7 +205,7 @@ class StackedRun:
                 self.jobs[k].scheduler.step()
         if any(job.scheduler is not None for job in self.jobs):
             self.step.set_lr([job.lr() if job.active else 0.0 for job in self.jobs])
-        if self.budget.due_now(self._done()):
+        if self.budget.due_now(self._done() or interrupt.stop_signal() is not None):
             written = time.perf_counter()
             files = []
             for k in active:
@@ -235,6 +239,18 @@ class StackedRun:
         for slot in self.step.state:
             state.append({key: next(rest)[k].cpu().clone() for key in slot})
         return params, state
+
+    def _interrupted(self, job: StackedJob) -> dict[str, Any]:
+        """A signal: each job that was training ends as a single run does (``interrupted``, its
+        last.ckpt of the epoch just ended, the command that resumes it); a diverged one keeps its status."""
+        if not job.active:
+            metrics = {"status": job.status, "error": job.error, **job.diverged}
+        else:
+            name = signal.Signals(interrupt.stop_signal()).name
+            metrics = {"status": "interrupted", "signal": name, "error": f"interrupted by {name} at step {self.step_count}",
+                       "resume": f"python scripts/train.py resume=true {run_folder.hydra_override('hydra.run.dir', job.run_dir)}"}
+        job.finish(metrics)
+        return metrics
 
     def _finish(self, k: int, job: StackedJob, seconds: float, threads: int) -> dict[str, Any]:
         if not job.active:
