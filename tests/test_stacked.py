@@ -275,6 +275,10 @@ def test_a_stopped_stacked_sweep_resumes_bitwise_and_keeps_finished_jobs(tmp_pat
             assert json.loads((killed / folder.name / "metrics.json").read_text())["status"] == "ok"
             ours, theirs = weights(killed / folder.name), weights(folder)
             assert all(torch.equal(ours[k], theirs[k]) for k in ours), folder.name
+            if how == signal.SIGTERM:  # the curves keep their grid: no missing validation point, no shifted window
+                mine, whole = read_events(killed / folder.name), read_events(folder)
+                for tag in ("train_loss_step", "val_loss"):
+                    assert [e.step for e in mine.Scalars(tag)] == [e.step for e in whole.Scalars(tag)], (folder.name, tag)
 
 
 def test_max_jobs_splits_a_group_and_memory_bounds_it(tmp_path, capsys, monkeypatch):

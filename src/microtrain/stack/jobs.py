@@ -78,7 +78,10 @@ class StackedJob:
     def open(self) -> None:
         """The job's TensorBoard run and its config files; a resumed run hides the steps it redoes."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.logger = RunLogger(self.run_dir, purge_step=self.start_step or None, layout=tensorboard_layout(self.cfg, self.prepared))
+        # a resumed job hides what its first part logged after its checkpoint at step S (points of
+        # steps > S); the points at S itself (that epoch's validation) came before it and stay, as in a solo run
+        purge = self.start_step + 1 if self.start_step else None
+        self.logger = RunLogger(self.run_dir, purge_step=purge, layout=tensorboard_layout(self.cfg, self.prepared))
         run_folder.write_text_atomic(self.run_dir / run_folder.CONFIG, OmegaConf.to_yaml(self.cfg))
         run_folder.write_json_atomic(self.run_dir / run_folder.DATA_INFO, self.prepared.data_info)
         if self.prepared.dataset.truth:

@@ -130,7 +130,7 @@ class StackedRun:
                 self.inspector.inspect(self.step_count, before, grads, x)
             self.step_count += 1
             done = b + 1
-            if len(self.pending) >= self.cfg.log.every_n_steps:
+            if self.step_count % self.cfg.log.every_n_steps == 0:  # on the grid of multiples, as a resumed solo run
                 self._drain(grads)
         self._drain(grads, epoch_end=True)
         self.epoch += 1
@@ -153,7 +153,7 @@ class StackedRun:
                 continue
             job.epoch_losses += column
             job.window += column
-            if len(job.window) >= every or epoch_end and 0 < self.max_steps <= self.step_count:
+            if self.step_count % every == 0 or epoch_end and 0 < self.max_steps <= self.step_count:
                 job.scalars.add("train_loss_step", sum(job.window) / len(job.window), self.step_count)
                 elapsed = time.perf_counter() - self.started
                 job.scalars.add("samples_per_s", self.step_count * self.batch_size / max(elapsed, 1e-9), self.step_count)
