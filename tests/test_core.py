@@ -3,7 +3,6 @@ Lightning's private attributes touched in one module only."""
 
 import json
 import re
-from pathlib import Path
 
 import lightning as L
 import pytest

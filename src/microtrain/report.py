@@ -162,7 +162,7 @@ def _histogram(ax: Any, events: Events, tag: str) -> None:
         return
     lefts = [last.histogram_value.min] + limits[:-1]
     color = {"weights": "tab:blue", "grads": "tab:orange"}.get(tag.split("/")[0], "tab:purple")
-    ax.bar(lefts, counts, width=[r - l for l, r in zip(lefts, limits)], align="edge", color=color)
+    ax.bar(lefts, counts, width=[right - left for left, right in zip(lefts, limits)], align="edge", color=color)
     ax.set(title=f"{tag} at step {last.step}", xlabel="value", ylabel="count")
 
 
