@@ -38,6 +38,12 @@ def print_report(report: StepReport, console: Console) -> None:
             verdict = "holds" if rule.holds else "[red]DOES NOT HOLD[/red]"
             console.print(f"  rule    {rule.rule}: {verdict} (max |diff| {rule.max_abs_diff:.2e})")
     console.print(f"\nloss after the step:  {report.loss_after:.6g}")
+    if report.chain:
+        console.print("\nthe chain rule, layer by layer (backward, from the forward values):")
+        for term in report.chain:
+            console.print(f"  {term.name:<28} {show(term.value)}", markup=False)
+            console.print(f"  {'':<28} = {term.formula}", markup=False)
+        console.print(f"  parameter gradients from the chain against autograd: max |diff| {report.chain_vs_autograd:.2e}")
     if report.gradcheck:
         console.print("\ngradient check: autograd vs central differences (float64, h=1e-6)")
         for check in report.gradcheck:

@@ -2,7 +2,8 @@
 
 For each parameter: the value before, its gradient, the update and the value after; the
 optimizer's rule checked against what it did; autograd checked against finite differences and,
-for the linear model with a squared loss, against the closed-form gradient.
+for the linear model with a squared loss, against the closed-form gradient; and the backward
+pass written out layer by layer with the chain rule (``explain.chain``), checked against autograd.
 """
 
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from microtrain.config import schema
 from microtrain.errors import ConfigError
 from microtrain import closed_form
 from microtrain.run import folder as run_folder
+from microtrain.explain.chain import Term, against_autograd, chain
 from microtrain.explain.gradcheck import ParameterCheck, check_gradients, n_parameters
 from microtrain.train.build import prepare
 from microtrain.train.step import functional_forward, optimizer_update, train_step
@@ -38,6 +40,8 @@ class StepReport:
     closed_form_grads: dict[str, torch.Tensor] = field(default_factory=dict)
     optimizer: str = ""
     batch_rows: int = 0
+    chain: list[Term] = field(default_factory=list)  # the backward pass, layer by layer (explain.chain)
+    chain_vs_autograd: Optional[float] = None  # the largest |chain − autograd| of the parameter gradients
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +55,8 @@ class StepReport:
             "update_rules": {k: None if r is None else vars(r) for k, r in self.rules.items()},
             "gradcheck": [vars(c) for c in self.gradcheck],
             "closed_form_grads": {k: v.tolist() for k, v in self.closed_form_grads.items()},
+            "chain": [term.to_json() for term in self.chain],
+            "chain_vs_autograd": self.chain_vs_autograd,
         }
 
 
@@ -84,6 +90,8 @@ def explain_step(cfg: DictConfig, run_dir: Optional[Path] = None) -> StepReport:
     report = StepReport(loss.item(), loss_after, prediction, before, grads, after, rules, optimizer=_describe(optimizer), batch_rows=len(x))
     if _wants_gradcheck(cfg, model):
         report.gradcheck = check_gradients(_model_at(model, before), loss_fn, x, y)
+    report.chain = chain(model, loss_fn, x, y, before)
+    report.chain_vs_autograd = against_autograd(model, loss_fn, x, y, before, report.chain)
     if closed_form.applies(cfg.model.name, cfg.loss.name):
         report.closed_form_grads = closed_form.linear_gradient(x, y, before["weight"], before.get("bias"), cfg.loss.name)
     if run_dir is not None:
