@@ -16,7 +16,9 @@ DEST="${1:-${OUT:-gpu_check}}"
 mkdir -p "$DEST"
 started=$(date +%s)
 # 1. the CUDA tests (200 s at most), with a JUnit report to count them
-timeout 200 "$PY" -m pytest -m cuda -q -p no:cacheprovider --junitxml="$DEST/cuda_tests.xml" 2>&1 | tail -25 | tee "$DEST/cuda_tests.txt"
+# (addopts reset: the CUDA tests are one module, and a Python without pytest-xdist must still run them)
+timeout 200 "$PY" -m pytest -o addopts="-ra --strict-markers" -m cuda -q -p no:cacheprovider --junitxml="$DEST/cuda_tests.xml" 2>&1 \
+    | tail -25 | tee "$DEST/cuda_tests.txt"
 # 2. the benchmark on the GPU (150 s at most), sides alternating: the plain loop, microtrain eager, with
 #    inspection off, and compiled (CUDA graphs), for the tiny MLP and the compute-bound 256->1024->256 one
 timeout 150 "$PY" scripts/benchmark.py --device cuda --cases 1,2 --repeats 2 --startup-repeats 0 --command-repeats 0 \

@@ -1,11 +1,13 @@
 """The backward pass written out layer by layer, as notebook 002 derives it by hand: from the
-loss's gradient with respect to the prediction back to every weight, each term computed from the
-forward values with the chain rule (not by autograd), and the parameter gradients it ends at
-checked against autograd's.
+loss's gradient with respect to the prediction back to every weight, each term after the first
+computed from the forward values with the chain rule, and the parameter gradients it ends at
+checked against autograd's (which differentiates the whole model at once). The first term, the
+loss's own derivative, is autograd's of the loss alone.
 
 For ``fc2(act(fc1(x)))`` (the MLP; the linear model is its last layer alone):
 
-* dL/dŷ: the loss's own derivative (``loss = output − 1`` gives 1; MSE gives 2(ŷ − y)/N);
+* dL/dŷ: the loss's own derivative (``loss = output − 1`` gives 1; MSE gives 2(ŷ − y)/N, N the
+  number of elements of ŷ);
 * fc2: dL/dW2 = (dL/dŷ)ᵀ·h (an outer product, summed over the batch), dL/db2 = Σ dL/dŷ,
   dL/dh = dL/dŷ·W2;
 * the activation: dL/dz = dL/dh ⊙ act′(z) (ReLU: 1 where z > 0; tanh: 1 − h²; sigmoid h(1 − h));

@@ -73,6 +73,7 @@ class StackedRun:
         self.pending: list[torch.Tensor] = []
         self.best: Optional[list[torch.Tensor]] = None  # see _keep_best
         self.pending_first = self.step_count
+        self.stopping = False  # a signal came: the group stops at this epoch's end (_epoch_end)
 
     def _on_device(self, pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = pair
@@ -98,7 +99,7 @@ class StackedRun:
         try:
             while not self._done():
                 self._epoch()
-                if interrupt.stop_signal() is not None:  # SIGTERM or Ctrl-C: last.ckpt of this epoch is written
+                if self.stopping:  # SIGTERM or Ctrl-C before the last epoch: this epoch's last.ckpt was written
                     return [self._interrupted(job) for job in self.jobs]
             self.inspector.final(self.step_count)
             for job in self.jobs:  # the last steps' window (LossWatch.on_train_end)
@@ -205,7 +206,9 @@ class StackedRun:
                 self.jobs[k].scheduler.step()
         if any(job.scheduler is not None for job in self.jobs):
             self.step.set_lr([job.lr() if job.active else 0.0 for job in self.jobs])
-        if self.budget.due_now(self._done() or interrupt.stop_signal() is not None):
+        # read once: the checkpoint written below and the stop after it agree on whether to stop
+        self.stopping = interrupt.stop_signal() is not None and not self._done()
+        if self.budget.due_now(self._done() or self.stopping):
             written = time.perf_counter()
             files = []
             for k in active:
@@ -242,7 +245,9 @@ class StackedRun:
 
     def _interrupted(self, job: StackedJob) -> dict[str, Any]:
         """A signal: each job that was training ends as a single run does (``interrupted``, its
-        last.ckpt of the epoch just ended, the command that resumes it); a diverged one keeps its status."""
+        last.ckpt of the epoch just ended, the command that resumes it); a diverged one keeps its status.
+        A stacked group stops at its epoch's end, not at the next step as a solo run does: its
+        resume starts from an epoch boundary (a tiny model's epoch takes milliseconds)."""
         if not job.active:
             metrics = {"status": job.status, "error": job.error, **job.diverged}
         else:
