@@ -1,6 +1,5 @@
 """scripts/train.py as a user runs it: a subprocess, with Hydra's command line."""
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -8,13 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests_helpers import read_events, run_in_process, run_script
+from tests_helpers import files_of, read_events, run_in_process, run_script
 
 pytestmark = pytest.mark.slow
 
-
-def files_of(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("model, n_params", [("linear", 2), ("mlp", 4)])

@@ -3,7 +3,6 @@ per folder, damaged checkpoints, signals that end runs and sweeps with a status,
 resume, and predict.py that refuses unfinished runs."""
 
 import fcntl
-import hashlib
 import json
 import signal
 import subprocess
@@ -14,13 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests_helpers import ROOT, run_in_process
+from tests_helpers import ROOT, files_of, run_in_process
 
 QUICK = ["model=mlp", "model.hidden=8", "trainer.enable_progress_bar=false"]
 
-
-def files_of(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

@@ -2,7 +2,6 @@
 nothing they name is run, nothing outside them is written, and no stale or foreign file is used."""
 
 import csv
-import hashlib
 import json
 import shlex
 import subprocess
@@ -14,15 +13,11 @@ import torch
 
 from microtrain.errors import ConfigError
 from microtrain.predict import predict_file
-from tests_helpers import ROOT, run_in_process
+from tests_helpers import ROOT, files_of, run_in_process
 
 pytestmark = pytest.mark.slow
 QUICK = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
 
-
-def files_of(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
 @pytest.fixture(scope="module")

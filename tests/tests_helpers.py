@@ -1,5 +1,6 @@
 """Helpers the tests share: compose a config, read TensorBoard events, run a script."""
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,9 @@ def run_in_process(capsys, script: str, *args: str) -> tuple[int, str, str]:
         sys.argv = saved
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def files_of(folder: Path) -> dict[str, str]:
+    """Every plain file under ``folder`` (links left out) by relative path: its SHA-256, to show a folder byte-identical."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
