@@ -3,6 +3,7 @@ Lightning's private attributes touched in one module only."""
 
 import json
 import re
+from typing import Any
 
 import lightning as L
 import pytest
@@ -73,20 +74,20 @@ def test_any_trainer_argument_passes_through(tmp_path):
     assert result.metrics["status"] == "ok"
 
 
-PRIVATE = re.compile(r"\._on_before_step|\._on_after_step|_last_global_step_saved|\.fit_loop\b")
+PRIVATE = re.compile(r"\._on_before_step|\._on_after_step|_last_global_step_saved|\.fit_loop\b|_evaluate_stopping_criteria")
 
 
 def test_lightning_internals_are_touched_in_one_module_only():
     users = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py") if PRIVATE.search(p.read_text())}
-    assert users == {"train/bypass.py"}
+    assert users == {"internals.py"}
 
 
 def test_the_private_lightning_attributes_microtrain_uses_still_exist(tmp_path):
-    """Fails loudly when a Lightning upgrade moves what train.bypass relies on."""
+    """Fails loudly when a Lightning upgrade moves what microtrain.internals relies on."""
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.core.optimizer import LightningOptimizer
 
-    from microtrain.train import bypass
+    from microtrain import internals as bypass
 
     optimizer = LightningOptimizer(torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1))
     assert callable(optimizer._on_before_step) and callable(optimizer._on_after_step)
@@ -120,3 +121,63 @@ def test_help_lists_every_group_and_the_commented_keys(capsys):
     assert "optimizer: adagrad, adam, adamw, rmsprop, sgd, torch" in out and "callbacks: early_stopping, none" in out
     assert "curvature: false   # true: top Hessian eigenvalue against 2/lr" in out
     assert "model=linear (conf/model/linear.yaml):" in out and "# null = inferred from the data" in out
+
+
+# microtrain's layers, lowest first: a module may import its own layer and the ones below
+LAYERS = [
+    {"microtrain", "errors", "console", "internals", "device", "models", "losses", "optimizers", "closed_form", "usage"},
+    {"data", "config"},
+    {"run"},
+    {"monitor"},
+    {"train"},
+    {"explain", "stack", "sweep_summary", "predict", "report", "landscape"},
+    {"cli", "__main__"},
+]
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Each module's imports of microtrain modules at module level (not inside functions, not under TYPE_CHECKING)."""
+    import ast
+
+    def name(path: Any) -> str:
+        parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    graph = {}
+    for path in SRC.rglob("*.py"):
+        found = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) or isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.ImportFrom) and inner.module and inner.module.startswith("microtrain"):
+                    found |= {inner.module, *(f"{inner.module}.{a.name}" for a in inner.names)}
+                elif isinstance(inner, ast.Import):
+                    found |= {a.name for a in inner.names if a.name.startswith("microtrain")}
+        graph[name(path)] = found
+    return {module: {d for d in found if d in graph and d != module} for module, found in graph.items()}
+
+
+def test_no_import_cycle_and_no_layer_imports_a_higher_one():
+    graph = _module_imports()
+    assert len(graph) > 50
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in graph[module]:
+            assert state.get(dep) != 1, "import cycle: " + " -> ".join([*path[path.index(dep):], dep])
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[module] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
+
+    def layer(module: str) -> int:
+        part = module.split(".")[1] if "." in module else module
+        return next(i for i, names in enumerate(LAYERS) if part in names)
+
+    upward = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps if layer(d) > layer(m))
+    assert not upward

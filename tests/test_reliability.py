@@ -203,6 +203,16 @@ def test_divergence_names_the_first_non_finite_gradient(tmp_path):
         train(make_cfg("model=mlp", "model.init_values={fc2.weight:[[3e38,3e38,3e38,3e38]]}", "model.hidden=4", "log.every_n_steps=1"), tmp_path)
 
 
+def test_histograms_of_weights_near_the_float32_limit_are_drawn():
+    """A diverging job's weights may be finite yet ±3e38: their span overflows float32, which made
+    every bin position NaN and failed a 64-job stacked sweep whose largest learning rates diverged."""
+    from microtrain.monitor.statistics import HISTOGRAM_BINS, histograms
+
+    rows = histograms(torch.tensor([[3e38, -3e38, 1.0, float("nan")], [1.0, 2.0, 3.0, 4.0]]))
+    assert rows[:, 5:].sum(dim=1).tolist() == [3.0, 4.0]  # every finite value in a bin, NaN left out
+    assert rows[0, 5].item() == 1 and rows[0, 5 + HISTOGRAM_BINS - 1].item() == 1  # the extremes at the ends
+
+
 def test_finished_run_records_ok(capsys, tmp_path):
     code, *_ = run_in_process(capsys, "train.py", f"hydra.run.dir={tmp_path}", "trainer.max_epochs=1")
     assert code == 0 and json.loads((tmp_path / "metrics.json").read_text())["status"] == "ok"

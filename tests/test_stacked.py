@@ -5,6 +5,7 @@ TensorBoard's reader."""
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,17 +166,85 @@ def test_a_diverging_job_is_frozen_and_the_others_finish(tmp_path):
     assert all(torch.isfinite(t).all() for t in weights(folders[2]).values())
 
 
+def test_early_stopping_stacks_and_each_job_stops_at_its_solo_twins_epoch(tmp_path):
+    """Each job's own EarlyStopping: a job it stops is frozen (its weights, checkpoints and
+    metrics those of its stop) while its neighbours go on, as its solo twin stops."""
+    jobs = [MLP + ["trainer.max_epochs=30", "callbacks=early_stopping", "callbacks.early_stopping.patience=2", "checkpoint.budget=0",
+                   f"optimizer.lr={lr}", f"seed={seed}"] for lr, seed in ((0.2, 3), (0.1, 0), (0.05, 1), (0.01, 2))]
+    groups, alone = group_jobs([make_cfg(*job) for job in jobs], [0] * 4)
+    assert [g.jobs for g in groups] == [[0, 1, 2, 3]] and not alone
+    metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[0, 1, 2, 3])
+    epochs = []
+    for i in range(4):
+        solo = json.loads((tmp_path / f"solo{i}" / "metrics.json").read_text())
+        assert (metrics[i]["status"], metrics[i]["epochs"], metrics[i]["steps"]) == ("ok", solo["epochs"], solo["steps"])
+        assert largest_difference(weights(folders[i]), weights(tmp_path / f"solo{i}")) < 1e-6
+        assert metrics[i]["val_loss"] == pytest.approx(solo["val_loss"], rel=1e-5)
+        saved = torch.load(folders[i] / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+        theirs = torch.load(tmp_path / f"solo{i}" / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+        stopper = next(k for k in theirs if k.startswith("EarlyStopping"))
+        assert saved[stopper]["wait_count"] == theirs[stopper]["wait_count"]
+        assert read_events(folders[i]).Scalars("val_loss")[-1].step == solo["steps"]  # nothing written after its stop
+        epochs.append(solo["epochs"])
+    assert len(set(epochs)) > 2  # the jobs stopped at different epochs
+
+
+def test_max_time_stops_a_stacked_group_as_it_stops_a_solo_run(tmp_path):
+    cfgs = [make_cfg(*MLP, "trainer.max_epochs=100000", "+trainer.max_time=00:00:00:01", f"optimizer.lr={lr}") for lr in (0.01, 0.02)]
+    assert group_jobs(cfgs, [0, 0])[0][0].jobs == [0, 1]
+    metrics = train_group(cfgs, [tmp_path / "a", tmp_path / "b"], [False, False])
+    for m in metrics:
+        assert m["status"] == "ok" and 1.0 <= m["seconds"] < 10 and 0 < m["epochs"] < 100000
+    saved = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["callbacks"]["Timer"]["time_elapsed"]["train"] >= 1.0  # a resume goes on with the time already spent
+
+
+def test_step_checkpoints_stack_and_a_group_that_crashed_mid_epoch_resumes_bitwise(tmp_path, monkeypatch):
+    """checkpoint.every_n_steps with any torch.optim class that has a rule (RMSprop by name): the
+    jobs stack, match their solo twins, and a group killed after the mid-epoch checkpoint of
+    step 30 resumes from it bitwise; a job's mid-epoch checkpoint also resumes as a solo run."""
+    from microtrain.stack import train as stack_train
+
+    jobs = [MLP + ["checkpoint.every_n_steps=10", "optimizer=torch", "optimizer.name=RMSprop", f"optimizer.lr={lr}", f"seed={seed}"]
+            for lr, seed in ((0.01, 0), (0.003, 1))]
+    assert [g.jobs for g in group_jobs([make_cfg(*job) for job in jobs], [0, 0])[0]] == [[0, 1]]
+    metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[0])
+    assert largest_difference(weights(folders[0]), weights(tmp_path / "solo0")) < 1e-6 and metrics[0]["steps"] == 75
+
+    written = stack_train.StackedRun._checkpoint_mid_epoch
+
+    def crash_after_step_30(run, batches_done):
+        written(run, batches_done)
+        if run.step_count == 30:  # in the second epoch (25 steps each)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(stack_train.StackedRun, "_checkpoint_mid_epoch", crash_after_step_30)
+    crashed = [tmp_path / f"crashed{i}" for i in range(2)]
+    with pytest.raises(KeyboardInterrupt):
+        train_group([make_cfg(*job) for job in jobs], crashed, [False, False])
+    monkeypatch.undo()
+    assert torch.load(crashed[0] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
+    shutil.copytree(crashed[1], tmp_path / "solo_resumed" / "run")
+    resumed = train_group([make_cfg(*job, "resume=true") for job in jobs], crashed, [True, True])
+    assert [m["steps"] for m in resumed] == [75, 75]
+    for folder, whole in zip(crashed, folders):
+        ours, theirs = weights(folder), weights(whole)
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    train(make_cfg(*jobs[1], "resume=true"), tmp_path / "solo_resumed" / "run")
+    assert largest_difference(weights(tmp_path / "solo_resumed" / "run"), weights(folders[1])) < 1e-6
+
+
 def test_jobs_group_by_what_must_match_and_say_why_the_rest_run_alone():
     cfgs = [make_cfg(*job) for job in (
         ["model=mlp", "optimizer.lr=0.1"], ["model=mlp", "optimizer.lr=0.01", "seed=3"],  # one group
         ["model=mlp", "model.hidden=8"], ["model=mlp", "model.hidden=8", "optimizer.momentum=0.5"],  # another
-        ["model=mlp", "callbacks=early_stopping"],  # alone: stops at its own time
+        ["model=mlp", "+callbacks.lrs._target_=lightning.pytorch.callbacks.LearningRateMonitor"],  # alone: a callback it does not run
         ["optimizer=torch", "optimizer.name=Adamax", "optimizer.lr=0.01"],  # alone: no stacked update
         ["model=linear"],  # alone: no other linear job
     )]
     groups, alone = group_jobs(cfgs, [0] * len(cfgs))
     assert [g.jobs for g in groups] == [[0, 1], [2, 3]]
-    assert "callbacks" in alone[4] and "Adamax has no stacked update" in alone[5] and "model.name" in alone[6]
+    assert "callbacks.lrs" in alone[4] and "Adamax has no stacked update" in alone[5] and "model.name" in alone[6]
     from microtrain.stack.groups import describe
 
     from microtrain.stack.groups import Group

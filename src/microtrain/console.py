@@ -27,6 +27,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*litlogger.*")
     # a run that ends before its first validation has no best.ckpt: its final weights are tested (cli says so)
     warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
+    # checkpoint.every_n_steps: microtrain's step checkpoints land between steps, after an update
+    # is whole, which is what the warning asks for (the note about pre-optimization state)
+    warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
 
 
 @contextmanager

@@ -31,9 +31,11 @@ def histograms(stacked: Tensor) -> Tensor:
     inf = torch.tensor(float("inf"), device=values.device, dtype=values.dtype)
     low = torch.where(finite, values, inf).amin(dim=1)
     high = torch.where(finite, values, -inf).amax(dim=1)
-    span = (high - low).clamp_min(1e-30)
-    position = ((values - low[:, None]) / span[:, None] * HISTOGRAM_BINS).floor().clamp(0, HISTOGRAM_BINS - 1)
-    position = torch.where(finite, position, torch.zeros_like(position)).long()
+    # in float64: the span of finite float32 values near ±3e38 overflows float32 (a diverging
+    # job's weights), which made bin positions NaN and the index op fail
+    span = (high.double() - low.double()).clamp_min(1e-30)
+    position = ((values.double() - low.double()[:, None]) / span[:, None] * HISTOGRAM_BINS).floor().clamp(0, HISTOGRAM_BINS - 1)
+    position = torch.where(finite, position, torch.zeros_like(position)).nan_to_num(0.0).long()
     counts = torch.zeros(len(values), HISTOGRAM_BINS, device=values.device, dtype=values.dtype).scatter_add_(1, position, finite.to(values.dtype))
     clean = torch.where(finite, values, torch.zeros_like(values))
     summary = torch.stack([low, high, finite.sum(1).float(), clean.sum(1), (clean * clean).sum(1)], dim=1)

@@ -12,13 +12,17 @@ from omegaconf import DictConfig, OmegaConf
 from microtrain.train.step import RULES, Rule
 
 # What each stacked job may hold for itself: its seed (initial weights and batch order), its
-# initial weights, its scheduler's parameters, and the hyper-parameters its optimizer's rule
+# initial weights, its scheduler's parameters, its early stopping, and the hyper-parameters its optimizer's rule
 # lets each job hold (train.step.RULES: per_job).
 PER_JOB = ("seed", "model.init", "model.init_gain", "model.init_std", "model.init_values", "optimize.",
-           "trainer.enable_progress_bar", "resume")
+           "trainer.enable_progress_bar", "resume", "callbacks.")
 # Trainer arguments the stacked loop carries out itself; any other one runs its job alone.
-STACKED_TRAINER = {"max_epochs", "max_steps", "devices", "num_nodes", "strategy", "enable_progress_bar", "deterministic",
+STACKED_TRAINER = {"max_epochs", "max_steps", "max_time", "devices", "num_nodes", "strategy", "enable_progress_bar", "deterministic",
                    "check_val_every_n_epoch", "gradient_clip_val", "gradient_clip_algorithm"}
+# Callbacks the stacked loop runs for each job (each job its own instance): EarlyStopping freezes
+# the job it stops while its neighbours go on. Any other callback runs its job alone.
+STACKED_CALLBACKS = ("lightning.pytorch.callbacks.EarlyStopping", "lightning.pytorch.callbacks.early_stopping.EarlyStopping",
+                     "pytorch_lightning.callbacks.EarlyStopping")
 
 
 @dataclass
@@ -69,8 +73,9 @@ def why_alone(cfg: DictConfig) -> Optional[str]:
             return f"optimizer.{key}={cfg.optimizer[key]} has no stacked update"
     if cfg.scheduler and "ReduceLROnPlateau" in str(cfg.scheduler.get("_target_", "")):
         return "ReduceLROnPlateau steps on a metric, which the stacked loop does not hand it"
-    if cfg.callbacks:
-        return "callbacks (such as early stopping) end jobs at different times"
+    for name, spec in (cfg.callbacks or {}).items():
+        if str(spec.get("_target_") if hasattr(spec, "get") else spec) not in STACKED_CALLBACKS:
+            return f"callbacks.{name} is a Lightning callback the stacked loop does not run (it runs EarlyStopping per job)"
     for key in cfg.trainer:
         if key not in STACKED_TRAINER:
             return f"trainer.{key} is carried out by Lightning, which runs one model"
@@ -78,8 +83,6 @@ def why_alone(cfg: DictConfig) -> Optional[str]:
         return "several devices or a strategy train one model per process"
     if str(cfg.device.precision) in ("16-mixed", "bf16-mixed"):
         return f"device.precision={cfg.device.precision} scales losses per model"
-    if cfg.checkpoint.every_n_steps:
-        return "checkpoint.every_n_steps writes mid-epoch checkpoints, which the stacked loop does not"
     if cfg.log.inspect and cfg.log.curvature:
         return "log.curvature builds each model's Hessian, which the stacked loop does not"
     return None

@@ -103,29 +103,29 @@ class StackedInspector:
                 out += [histograms(pre), histograms(post)]
         return out, names
 
-    def final(self, step: int) -> None:
-        """The final weights, so every run ends with its final state (``on_train_end``)."""
+    def final(self, step: int, jobs: list[int]) -> None:
+        """The final weights of these jobs, so every run ends with its final state (``on_train_end``)."""
         if not self.enabled or self.last == step:
             return
         values = torch.stack([norms(w) for w in self.step.params]).T.tolist()
         hists = torch.stack([histograms(w) for w in self.step.params], dim=1).tolist() if self.histograms else None
         for k, job in enumerate(self.jobs):
-            if not job.active:
+            if k not in jobs:
                 continue
             for i, name in enumerate(self.step.names):
                 job.scalars.add(f"weight_norm/{name}", values[k][i], step)
                 if hists is not None:
                     add_histogram_row(job.scalars, f"weights/{name}", hists[k][i], step)
             job.scalars.add("lr", job.lr(), step)
-        self._full_loss(step, self.step.params)
+        self._full_loss(step, self.step.params, jobs)
 
-    def _full_loss(self, step: int, weights: list[Tensor]) -> None:
-        """train_loss_full and optimality_gap of linear least-squares jobs."""
+    def _full_loss(self, step: int, weights: list[Tensor], jobs: Optional[list[int]] = None) -> None:
+        """train_loss_full and optimality_gap of linear least-squares jobs (of ``jobs``, or all active)."""
         if self.jobs[0].prepared.optimum is None:
             return
         full = evaluate(self.step, weights, self.train, self.jobs[0].prepared.module.loss_fn)
         for k, job in enumerate(self.jobs):
-            if job.active:
+            if k in jobs if jobs is not None else job.active:
                 job.scalars.add("train_loss_full", full[k], step)
                 job.scalars.add("optimality_gap", full[k] - job.prepared.optimum, step)
 

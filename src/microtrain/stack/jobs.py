@@ -18,6 +18,7 @@ from microtrain.monitor.scalars import ScalarBuffer
 from microtrain.run import folder as run_folder
 from microtrain.run.checkpoints import checkpoint_callbacks
 from microtrain.train.build import Prepared, prepare
+from microtrain.train.trainer import build_callbacks
 from microtrain.run.checkpoint_format import epoch_end_checkpoint
 from microtrain.run.checksums import sealed
 
@@ -36,9 +37,15 @@ class StackedJob:
         self.optimizer = module.make_optimizer(self.model.parameters())
         self.scheduler = module.make_scheduler(self.optimizer) if module.make_scheduler is not None else None
         self.has_val = self.prepared.splits.val is not None
-        self.checkpointers = checkpoint_callbacks(self.run_dir / run_folder.CHECKPOINTS, self.has_val, None, 0.0)
-        self.start_step, self.start_epoch = 0, 0
+        self.checkpointers = checkpoint_callbacks(self.run_dir / run_folder.CHECKPOINTS, self.has_val, cfg.checkpoint.every_n_steps, 0.0)
+        # callbacks=early_stopping: the job's own EarlyStopping, which stops it alone (stack.groups)
+        logged = ["val_loss", *(module.val_metrics.keys() if module.val_metrics is not None else [])] if self.has_val else []
+        self.stoppers = build_callbacks(cfg.callbacks, logged)
+        self.timer: Optional[Any] = None  # trainer.max_time: the group's Timer, whose state each checkpoint saves
+        self.stopped: Optional[tuple[int, int, float]] = None  # (step, epochs, seconds) when its early stopping ended it
+        self.start_step, self.start_epoch, self.start_batch = 0, 0, 0
         self.status, self.error = "ok", None
+        self.saved_callbacks: dict[str, Any] = {}
         self.diverged: dict[str, Any] = {}  # the step and the parameter, for metrics.json
         self.best_score: Optional[float] = None
         self.best: Optional[dict[str, Any]] = None  # the best epoch's moment (StackedRun keeps its weights)
@@ -67,13 +74,19 @@ class StackedJob:
         self.optimizer.load_state_dict(saved["optimizer_states"][0])
         if self.scheduler is not None and saved["lr_schedulers"]:
             self.scheduler.load_state_dict(saved["lr_schedulers"][0])
-        for checkpointer in self.checkpointers:
-            if checkpointer.state_key in saved["callbacks"]:
-                checkpointer.load_state_dict(saved["callbacks"][checkpointer.state_key])
+        for callback in [*self.checkpointers, *self.stoppers]:
+            if callback.state_key in saved["callbacks"]:
+                callback.load_state_dict(saved["callbacks"][callback.state_key])
+        self.saved_callbacks = saved["callbacks"]  # the Timer's elapsed time, read by the group
         best = self.checkpointers[0]
         if self.has_val and best.best_model_score is not None:
             self.best_score = float(best.best_model_score)
-        self.start_step, self.start_epoch = saved["global_step"], saved["epoch"] + 1
+        # a checkpoint.every_n_steps checkpoint ends mid-epoch: the group goes on from that batch of that epoch
+        loader = saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+        epochs = saved["loops"]["fit_loop"]["epoch_progress"]["current"]
+        mid = epochs["processed"] < epochs["ready"]
+        self.start_step, self.start_epoch = saved["global_step"], saved["epoch"] + (0 if mid else 1)
+        self.start_batch = loader["position"] if mid else 0
 
     def open(self) -> None:
         """The job's TensorBoard run and its config files; a resumed run hides the steps it redoes."""
@@ -95,13 +108,29 @@ class StackedJob:
 
     @property
     def active(self) -> bool:
-        return self.status == "ok"
+        """Still training: not diverged, failed or stopped early (those are frozen: learning rate 0, no more writes)."""
+        return self.status == "ok" and self.stopped is None
+
+    def diverge(self, step: int, loss: float, names: list[str], grads: list[torch.Tensor]) -> None:
+        """Marked diverged (``grads``: this job's own), with what a solo run's guard would say;
+        the group freezes it (learning rate 0, no more writes) and its neighbours go on."""
+        bad = [name for name, g in zip(names, grads) if not torch.isfinite(g).all()]
+        if bad:
+            name, where = bad[0], f"first non-finite gradient: {bad[0]}"
+        else:
+            norms = {name: float(g.double().norm()) for name, g in zip(names, grads)}
+            name = max(norms, key=norms.__getitem__)
+            where = f"gradients still finite, largest {name} with norm {norms[name]:.3g}"
+        self.status = "diverged"
+        self.error = f"training diverged at step {step}: loss={loss} ({where}); lower optimizer.lr or use a smaller init"
+        self.diverged = {"diverged_at_step": step, "parameter": name}
+        self.scalars.flush(self.writer, force=True)
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def snapshot(self, params: dict[str, torch.Tensor], state: list[dict[str, torch.Tensor]], epochs: int, step: int,
-                 batches_done: Optional[int] = None, moment: Optional[dict[str, Any]] = None) -> Snapshot:
+                 batches_done: Optional[int] = None, moment: Optional[dict[str, Any]] = None, mid_epoch: bool = False) -> Snapshot:
         """What a checkpoint holds, in torch.optim's and Lightning's formats: of now, or of the
         ``moment`` recorded when the job had these weights (its best epoch)."""
         optimizer_state = self.optimizer.state_dict()
@@ -110,7 +139,7 @@ class StackedJob:
         optimizer_state["param_groups"] = moment["param_groups"]
         return {"state_dict": {f"model.{name}": value for name, value in params.items()}, "optimizer": optimizer_state,
                 "schedulers": moment["schedulers"], "epochs": moment["epochs"], "step": moment["step"],
-                "batches_done": moment["batches_done"]}
+                "batches_done": moment["batches_done"], "mid_epoch": mid_epoch}
 
     def moment(self, epochs: int, step: int, batches_done: Optional[int] = None) -> dict[str, Any]:
         """Everything of now that a checkpoint holds besides weights and optimizer state."""
@@ -138,7 +167,9 @@ class StackedJob:
         """last.ckpt, and best.ckpt when a better epoch came since it was last written
         (``best_weights``: that epoch's parameters and optimizer state), as (path, writer) pairs
         for ``run.folder.write_all_atomic``."""
-        self.checkpointers[-1].best_model_path = str(self.last_path)
+        for checkpointer in self.checkpointers:  # the ones writing last.ckpt (all but best.ckpt's)
+            if checkpointer.monitor is None:
+                checkpointer.best_model_path = str(self.last_path)
         files = []
         if self.best is not None and not self.best_written:
             params, state = best_weights()
@@ -149,8 +180,9 @@ class StackedJob:
         return files
 
     def _saver(self, snap: Snapshot, shape: dict[str, int]) -> Callable[[Path], None]:
+        callbacks = [*self.checkpointers, *self.stoppers, *([self.timer] if self.timer is not None else [])]
         checkpoint = epoch_end_checkpoint(snap["state_dict"], snap["optimizer"], snap["schedulers"], snap["epochs"], snap["step"],
-                                          checkpointers=self.checkpointers, batches_done=snap["batches_done"], **shape)
+                                          callbacks=callbacks, batches_done=snap["batches_done"], mid_epoch=snap["mid_epoch"], **shape)
         return lambda partial: torch.save(sealed(checkpoint), partial)
 
     def finish(self, metrics: dict[str, Any]) -> None:

@@ -8,18 +8,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from lightning.pytorch.callbacks import Timer
 from omegaconf import DictConfig
 
 from microtrain import device as devices
 from microtrain.data.batches import TensorBatches
 from microtrain.run import folder as run_folder
 from microtrain.run import interrupt
+from microtrain.stack.best import BestEpochs
 from microtrain.stack.inspect import StackedInspector
 from microtrain.stack.jobs import StackedJob
 from microtrain.stack.step import StackedStep
 from microtrain.stack.validate import split_metrics, test_metrics
 from microtrain.train.build import multiply_adds_per_step, steps_per_call
-from microtrain.train.bypass import CheckpointBudget
+from microtrain.internals import early_stop
+from microtrain.run.checkpoints import CheckpointBudget
 
 # loop.compile=auto compiles the stacked step when it saves more than it costs: ~26 us a job-step
 # (33 eager against 7 compiled, 3->64->1 MLP, 64 jobs), against ~5 s of compiling with a warm cache.
@@ -58,7 +61,7 @@ class StackedRun:
         eval_rows = max(cfg.data.batch_size or val_rows, 4096)
         self.shape = {"calls_per_epoch": math.ceil(self.batches_per_epoch / per_call), "batches_per_epoch": self.batches_per_epoch,
                       "val_batches": math.ceil(val_rows / eval_rows) if val_rows else 0}
-        self.step_count, self.epoch = jobs[0].start_step, jobs[0].start_epoch
+        self.step_count, self.epoch, self.first_batch = jobs[0].start_step, jobs[0].start_epoch, jobs[0].start_batch
         self.max_steps, self.max_epochs = cfg.trainer.max_steps, cfg.trainer.max_epochs
         planned = self._planned_steps()
         wanted = cfg.loop.compile
@@ -71,9 +74,17 @@ class StackedRun:
         self.budget = CheckpointBudget(cfg.checkpoint.budget)
         self.inspector = StackedInspector(self.jobs, self.step, cfg.log, self.step_count, (self.train_x, self.train_y), planned)
         self.pending: list[torch.Tensor] = []
-        self.best: Optional[list[torch.Tensor]] = None  # see _keep_best
+        self.best = BestEpochs(self.step)
         self.pending_first = self.step_count
         self.stopping = False  # a signal came: the group stops at this epoch's end (_epoch_end)
+        # +trainer.max_time: Lightning's own Timer (its duration formats, its state in each checkpoint),
+        # checked at every step, where a solo run checks it after each Lightning call
+        self.timer = Timer(cfg.trainer.max_time) if cfg.trainer.get("max_time") else None
+        if self.timer is not None:
+            self.timer.load_state_dict(jobs[0].saved_callbacks.get(self.timer.state_key, {"time_elapsed": {}}))
+        for job in jobs:
+            job.timer = self.timer
+        self.timed_out = False
 
     def _on_device(self, pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = pair
@@ -87,7 +98,14 @@ class StackedRun:
         return int(planned) if planned != math.inf else 10**9
 
     def _done(self) -> bool:
-        return 0 < self.max_steps <= self.step_count or (self.max_epochs is not None and 0 <= self.max_epochs <= self.epoch)
+        """Run length reached, time up, or every job stopped (early stopping, divergence)."""
+        return (0 < self.max_steps <= self.step_count or (self.max_epochs is not None and 0 <= self.max_epochs <= self.epoch)
+                or self.timed_out or not any(job.active for job in self.jobs))
+
+    def _out_of_time(self) -> bool:
+        if self.timer is not None and not self.timed_out and self.timer.time_remaining() <= 0:
+            self.timed_out = True
+        return self.timed_out
 
     def run(self) -> list[dict[str, Any]]:
         threads_before = torch.get_num_threads()
@@ -96,31 +114,45 @@ class StackedRun:
             job.open()
         started = time.perf_counter()
         self.started = started
+        if self.timer is not None:
+            self.timer.on_train_start(None, None)  # its clock starts (a resumed group's elapsed time carries on)
         try:
             while not self._done():
                 self._epoch()
                 if self.stopping:  # SIGTERM or Ctrl-C before the last epoch: this epoch's last.ckpt was written
-                    return [self._interrupted(job) for job in self.jobs]
-            self.inspector.final(self.step_count)
-            for job in self.jobs:  # the last steps' window (LossWatch.on_train_end)
-                if job.active and job.window:
-                    job.scalars.add("train_loss_step", sum(job.window) / len(job.window), self.step_count)
+                    break
+            else:
+                self._end([k for k, job in enumerate(self.jobs) if job.active])
         finally:
             torch.set_num_threads(threads_before)
         seconds = time.perf_counter() - started
         # the final weights on the whole train and validation splits, all jobs in one pass each
+        # (a frozen job's weights are those it stopped with: its learning rate is 0 since)
         self.final = split_metrics(self.step, (self.train_x, self.train_y), self.loss_fn, self.jobs[0], "train_", only_loss=True)
         if self.val is not None:
             self.final |= split_metrics(self.step, self.val, self.loss_fn, self.jobs[0], "val_", only_loss=True)
+        if self.stopping:  # jobs early stopping had ended are done: they finish ok
+            return [self._finish(k, job, seconds, threads) if job.stopped and job.status == "ok" else self._interrupted(job)
+                    for k, job in enumerate(self.jobs)]
         return [self._finish(k, job, seconds, threads) for k, job in enumerate(self.jobs)]
+
+    def _end(self, jobs: list[int]) -> None:
+        """What a solo run writes as it ends (``on_train_end``): the final weights' inspection and the last steps' window."""
+        self.inspector.final(self.step_count, jobs)
+        for k in jobs:
+            job = self.jobs[k]
+            if job.window:
+                job.scalars.add("train_loss_step", sum(job.window) / len(job.window), self.step_count)
+                job.window = []
 
     def _epoch(self) -> None:
         for sampler in self.samplers:
             sampler.set_epoch(self.epoch)
         orders = torch.stack([s.order() for s in self.samplers]).to(self.device)
-        batch_size, done = self.batch_size, 0
-        for b in range(self.batches_per_epoch):
-            if 0 < self.max_steps <= self.step_count:
+        batch_size, done, grads = self.batch_size, 0, []
+        first, self.first_batch = self.first_batch, 0  # a group resumed from a mid-epoch checkpoint goes on from there
+        for b in range(first, self.batches_per_epoch):
+            if 0 < self.max_steps <= self.step_count or self._out_of_time():
                 break
             index = orders[:, b * batch_size : (b + 1) * batch_size]
             x, y = self.train_x[index], self.train_y[index]
@@ -133,9 +165,23 @@ class StackedRun:
             done = b + 1
             if self.step_count % self.cfg.log.every_n_steps == 0:  # on the grid of multiples, as a resumed solo run
                 self._drain(grads)
+            every = self.cfg.checkpoint.every_n_steps  # inside the epoch (its end writes its own), as a solo run
+            if every and self.step_count % every == 0 and done < self.batches_per_epoch and not 0 < self.max_steps <= self.step_count:
+                self._drain(grads)  # read first: no checkpoint holds a diverged job
+                self._checkpoint_mid_epoch(done)
         self._drain(grads, epoch_end=True)
         self.epoch += 1
         self._epoch_end(done)
+
+    def _checkpoint_mid_epoch(self, batches_done: int) -> None:
+        """checkpoint.every_n_steps: every training job's last.ckpt after this step, in one atomic batch."""
+        files = []
+        for k, job in enumerate(self.jobs):
+            if job.active:
+                params, state = self.step.job_state(k)
+                snap = job.snapshot(params, state, self.epoch, self.step_count, batches_done, mid_epoch=True)
+                files += job.checkpoint_files(snap, self.shape, lambda k=k: self.best.of(k))
+        run_folder.write_all_atomic(files)
 
     def _drain(self, grads: list[torch.Tensor], epoch_end: bool = False) -> None:
         """Read the held losses (one host copy): each job's loss windows, and its divergence guard."""
@@ -150,33 +196,19 @@ class StackedRun:
             column = losses[:, k].tolist()
             bad = next((i for i, value in enumerate(column) if not math.isfinite(value)), None)
             if bad is not None:
-                self._diverged(k, job, first + bad + 1, column[bad], grads)
+                job.diverge(first + bad + 1, column[bad], self.step.names, [g[k] for g in grads])
+                lrs = self.step.varying["lr"].clone()
+                lrs[k] = 0.0  # frozen: its neighbours go on
+                self.step.set_lr(lrs.tolist())
                 continue
             job.epoch_losses += column
             job.window += column
-            if self.step_count % every == 0 or epoch_end and 0 < self.max_steps <= self.step_count:
+            if self.step_count % every == 0 or epoch_end and (0 < self.max_steps <= self.step_count or self.timed_out):
                 job.scalars.add("train_loss_step", sum(job.window) / len(job.window), self.step_count)
                 elapsed = time.perf_counter() - self.started
                 job.scalars.add("samples_per_s", self.step_count * self.batch_size / max(elapsed, 1e-9), self.step_count)
                 job.window = []
             job.scalars.flush(job.writer)
-
-    def _diverged(self, k: int, job: StackedJob, step: int, loss: float, grads: list[torch.Tensor]) -> None:
-        """The job is frozen (its learning rate 0, no more writes) and marked; the others go on."""
-        bad = [name for name, g in zip(self.step.names, grads) if not torch.isfinite(g[k]).all()]
-        if bad:
-            where = f"first non-finite gradient: {bad[0]}"
-        else:
-            norms = {name: float(g[k].double().norm()) for name, g in zip(self.step.names, grads)}
-            name = max(norms, key=norms.get)
-            where = f"gradients still finite, largest {name} with norm {norms[name]:.3g}"
-        job.status = "diverged"
-        job.error = f"training diverged at step {step}: loss={loss} ({where}); lower optimizer.lr or use a smaller init"
-        job.diverged = {"diverged_at_step": step, "parameter": bad[0] if bad else name}
-        lrs = self.step.varying["lr"].clone()
-        lrs[k] = 0.0
-        self.step.set_lr(lrs.tolist())
-        job.scalars.flush(job.writer, force=True)
 
     def _epoch_end(self, batches_done: int) -> None:
         active = [k for k, job in enumerate(self.jobs) if job.active]
@@ -195,7 +227,7 @@ class StackedRun:
         last_epoch_done = batches_done if batches_done < self.batches_per_epoch else None
         if validate:
             improved = [k for k in active if self.jobs[k].improves(values["val_loss"][k])]
-            self._keep_best(improved)
+            self.best.keep(improved)
             for k in active:
                 moment = self.jobs[k].moment(self.epoch, self.step_count, last_epoch_done) if k in improved else None
                 self.jobs[k].record_val(values["val_loss"][k], moment)
@@ -204,44 +236,28 @@ class StackedRun:
         for k in active:
             if self.jobs[k].scheduler is not None:
                 self.jobs[k].scheduler.step()
-        if any(job.scheduler is not None for job in self.jobs):
+        # callbacks=early_stopping, after the scheduler as under Lightning (a monitoring callback):
+        # each job's own EarlyStopping; a job it stops is frozen and its neighbours go on
+        stopped = [k for k in active if validate and any([early_stop(s, values[s.monitor][k], self.epoch - 1) for s in self.jobs[k].stoppers])]
+        for k in stopped:
+            self.jobs[k].stopped = (self.step_count, self.epoch, time.perf_counter() - self.started)
+        if stopped or any(job.scheduler is not None for job in self.jobs):
             self.step.set_lr([job.lr() if job.active else 0.0 for job in self.jobs])
         # read once: the checkpoint written below and the stop after it agree on whether to stop
         self.stopping = interrupt.stop_signal() is not None and not self._done()
-        if self.budget.due_now(self._done() or self.stopping):
+        if self.budget.due_now(self._done() or self.stopping or bool(stopped)):
             written = time.perf_counter()
             files = []
             for k in active:
                 params, state = self.step.job_state(k)
                 snap = self.jobs[k].snapshot(params, state, self.epoch, self.step_count, last_epoch_done)
-                files += self.jobs[k].checkpoint_files(snap, self.shape, lambda k=k: self._best_of(k))
+                files += self.jobs[k].checkpoint_files(snap, self.shape, lambda k=k: self.best.of(k))
             run_folder.write_all_atomic(files)  # the group's checkpoints all of one epoch, for a stacked resume
             self.budget.record(written)
+        if stopped:
+            self._end(stopped)
         for k in active:
             self.jobs[k].scalars.flush(self.jobs[k].writer)
-
-    def _keep_best(self, improved: list[int]) -> None:
-        """The weights and optimizer state of each job's best epoch, kept stacked on the device:
-        one select per tensor for all jobs, instead of a copy per job and epoch."""
-        if not improved:
-            return
-        mask = torch.zeros(len(self.jobs), dtype=torch.bool)
-        mask[improved] = True
-        mask = mask.to(self.device)
-        tensors = [*self.step.params, *(t for slot in self.step.state for t in slot.values())]
-        if self.best is None or len(self.best) != len(tensors):
-            self.best = [t.clone() for t in tensors]
-            return
-        self.best = [torch.where(mask.view(-1, *[1] * (t.dim() - 1)), t, b) for t, b in zip(tensors, self.best)]
-
-    def _best_of(self, k: int) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
-        """Job k's weights and optimizer state at its best epoch, on the CPU."""
-        n = len(self.step.names)
-        params = {name: t[k].cpu().clone() for name, t in zip(self.step.names, self.best[:n])}
-        rest, state = iter(self.best[n:]), []
-        for slot in self.step.state:
-            state.append({key: next(rest)[k].cpu().clone() for key in slot})
-        return params, state
 
     def _interrupted(self, job: StackedJob) -> dict[str, Any]:
         """A signal: each job that was training ends as a single run does (``interrupted``, its
@@ -258,20 +274,16 @@ class StackedRun:
         return metrics
 
     def _finish(self, k: int, job: StackedJob, seconds: float, threads: int) -> dict[str, Any]:
-        if not job.active:
+        if job.status != "ok":
             metrics = {"status": job.status, "error": job.error, **job.diverged}
             job.finish(metrics)
             return metrics
         params, _ = self.step.job_state(k)
         job.model.load_state_dict(params)
-        metrics: dict[str, Any] = {
-            "status": "ok",
-            "train_loss": self.final["train_loss"][k],
-            "val_loss": self.final["val_loss"][k] if "val_loss" in self.final else None,
-            "steps": self.step_count,
-            "epochs": self.epoch,
-            "seconds": round(seconds, 3),
-        }
+        steps, epochs, seconds = job.stopped or (self.step_count, self.epoch, seconds)  # early stopping: where it stopped
+        metrics: dict[str, Any] = {"status": "ok", "train_loss": self.final["train_loss"][k],
+                                   "val_loss": self.final["val_loss"][k] if "val_loss" in self.final else None,
+                                   "steps": steps, "epochs": epochs, "seconds": round(seconds, 3)}
         if self.step.compile_seconds is not None:
             metrics["compile_seconds"] = round(self.step.compile_seconds, 3)
         if job.prepared.optimum is not None:

@@ -1,5 +1,5 @@
-"""Every place microtrain goes around Lightning's per-step machinery, and the private Lightning
-attributes it touches (here only; ``tests/test_core.py`` fails loudly if an upgrade moves them).
+"""Every place microtrain goes around Lightning's per-step machinery (the private Lightning
+attributes it needs for that are read through ``microtrain.internals``).
 
 A tiny model's optimizer step takes ~150 us here, and Lightning's per-call and per-hook costs
 are of the same size, so each bypass below saves a measured share of a tiny model's step:
@@ -7,17 +7,17 @@ are of the same size, so each bypass below saves a measured share of a tiny mode
 * ``StepLoop``: several optimizer steps per Lightning call, and between inspections a plain
   ``loss.backward()`` plus the update of ``train.step``, counted as Lightning counts a step.
 * ``LossWindow``: losses kept on the device instead of ``self.log`` (~0.27 ms a call).
-* ``CheckpointBudget``: ``last.ckpt`` (~1 ms a write) within a share of the training time.
+(``run.checkpoints.CheckpointBudget`` keeps ``last.ckpt``, ~1 ms a write, within a share of the training time.)
 (The progress bar, ``monitor.progress``, redraws at most 10 times a second for the same reason.)
 """
 
-import time
 from typing import TYPE_CHECKING, Any, Optional, Protocol, runtime_checkable
 
 import lightning as L
 import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
+from microtrain import internals
 from microtrain.monitor.progress import planned_steps
 from microtrain.train.compiled import CompiledStep, compile_pays, compiled_step
 from microtrain.train.step import Update, clip_gradients, update_rule
@@ -106,7 +106,7 @@ class StepLoop:
     def compiled_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward, loss, backward and step as one graph; counted as any plain step is."""
         optimizer = self._module.optimizers()
-        optimizer._on_before_step()  # private: what LightningOptimizer.step does around the step
+        internals.before_step(optimizer)  # what LightningOptimizer.step does around the step
         try:
             loss = self.compiled(x, y)
         except Exception as err:  # noqa: BLE001 -- a compiler failure must not end the run
@@ -118,7 +118,7 @@ class StepLoop:
             loss.backward()
             self.clip()  # as every other path: the compiled graph clips inside, this step must too
             self._plain_update()
-        optimizer._on_after_step()  # counts the step: trainer.global_step
+        internals.after_step(optimizer)  # counts the step: trainer.global_step
         self.step_count += 1
         return loss.detach()
 
@@ -147,9 +147,9 @@ class StepLoop:
         optimizer = self._module.optimizers()
         if self._plain():
             self.clip()
-            optimizer._on_before_step()
+            internals.before_step(optimizer)
             self._plain_update()
-            optimizer._on_after_step()  # counts the step: trainer.global_step
+            internals.after_step(optimizer)  # counts the step: trainer.global_step
         else:
             # Lightning first unscales 16-mixed gradients, then calls on_before_optimizer_step:
             # the callbacks' (ParameterInspector reads this step's weights and gradients, before
@@ -221,42 +221,3 @@ class LossWindow:
         if values:
             self.last_mean = sum(values) / len(values)
         return self.first_step, values
-
-
-class CheckpointBudget:
-    """Whether this epoch's ``last.ckpt`` is written: a write takes ~1 ms here and a tiny model's
-    32-step epoch ~5 ms, so a write every epoch would cost a fifth of the run. A write is skipped
-    while the last one cost more than ``budget`` of the time trained since (2 %: at most one
-    write per ~50 ms); the first and the final epoch are always written, and with several
-    processes every epoch is (every rank must decide alike without a sync)."""
-
-    def __init__(self, budget: float):
-        self.budget = budget
-        self._written: Optional[tuple[float, float]] = None  # (when the last write ended, what it cost)
-
-    def due(self, trainer: "L.Trainer") -> bool:
-        return self.due_now(trainer.world_size > 1 or final_epoch(trainer))
-
-    def due_now(self, always: bool = False) -> bool:
-        if self.budget <= 0 or self._written is None or always:
-            return True
-        ended, cost = self._written
-        return (time.perf_counter() - ended) * self.budget >= cost
-
-    def record(self, started: float) -> None:
-        ended = time.perf_counter()
-        self._written = (ended, ended - started)
-
-
-def saved_step(checkpoint: "L.pytorch.callbacks.ModelCheckpoint") -> int:
-    """The global step of the checkpoint's last write (private in ModelCheckpoint)."""
-    return checkpoint._last_global_step_saved
-
-
-def final_epoch(trainer: "L.Trainer") -> bool:
-    """Whether training stops after this epoch (Lightning's own ``fit_loop.done`` logs as it checks)."""
-    if trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step:
-        return True
-    epochs_done = trainer.fit_loop.epoch_progress.current.processed  # counts this epoch already
-    return trainer.max_epochs is not None and 0 <= trainer.max_epochs <= epochs_done
-
