@@ -232,12 +232,17 @@ usage.register()  # the --help page's resolver (conf/train.yaml: hydra.help.temp
 
 
 def register_stacked_launcher() -> None:
-    """``hydra/launcher=stacked``. Hydra finds plugins by scanning the ``hydra_plugins`` namespace,
-    which misses an editable install (``pip install -e``); registering it by hand always works."""
+    """``hydra/launcher=stacked`` and ``hydra/sweeper=microtrain``. Hydra finds plugins by scanning
+    the ``hydra_plugins`` namespace, which misses an editable install (``pip install -e``);
+    registering them by hand always works."""
     from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()  # first: its scan re-executes Hydra's plugin modules, BasicSweeper's among them
+    from hydra_plugins.microtrain_stacked.composed_sweeper import ComposedSweeper
     from hydra_plugins.microtrain_stacked.stacked_launcher import StackedLauncher
 
-    Plugins.instance().register(StackedLauncher)
+    plugins.register(StackedLauncher)
+    plugins.register(ComposedSweeper)
 
 
 def train_main() -> None:

@@ -1,0 +1,35 @@
+"""``hydra/sweeper=microtrain``, the default: Hydra's BasicSweeper (the same grid, batches and
+``hydra.sweeper.params``), whose check of each batch composes every job once, deriving the
+jobs that differ only in values from one composition (``microtrain.config.sweep_jobs``), and
+hands those configs to the launcher instead of having it compose them all again."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class ComposedSweeper(BasicSweeper):
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from microtrain.config.sweep_jobs import ComposedOnce
+
+        self.composed_once = ComposedOnce(hydra_context.config_loader)
+        super().setup(hydra_context=HydraContext(config_loader=self.composed_once, callbacks=hydra_context.callbacks),
+                      task_function=task_function, config=config)
+        self.hydra_context = hydra_context  # the sweeper itself composes with Hydra's own loader
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        """Every job of the batch composed (a bad one fails here, before any job runs), once."""
+        from microtrain.config.sweep_jobs import SweepConfigs
+
+        configs = SweepConfigs(self.hydra_context.config_loader, self.config)
+        for overrides in batch:
+            self.composed_once.held[tuple(overrides)] = configs.load(overrides)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        try:
+            return super().sweep(arguments)
+        finally:
+            self.composed_once.held.clear()

@@ -1,0 +1,45 @@
+"""microtrain's sweeper composes each job once, and derives the jobs that differ only in values
+from one composition: checked job by job against Hydra's own composition of mixed sweeps."""
+
+import pytest
+from hydra import initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from microtrain.config.sweep_jobs import SweepConfigs
+from tests_helpers import CONF
+
+SWEEPS = {
+    "groups_and_values": ["model=linear,mlp", "optimizer=sgd,adam", "optimizer.lr=0.01,0.1", "seed=0,1"],
+    "add_and_delete": ["+trainer.max_time=00:00:00:05", "~log.curvature", "optimizer.lr=0.01,0.02", "+tag=a,b"],
+    "interpolation_values": ["optimizer.momentum=0.5,0.9", "optimizer.lr=0.1,${optimizer.momentum}", "data.batch_size=16,null"],
+    "lists_and_ranges": ["optimizer=adam", "optimizer.betas=[0.9,0.99],[0.8,0.9]", "optimizer.lr=range(1,3)"],
+    "experiment_recipe": ["+experiment=mlp_3_3_1_by_hand,relu_mlp_3_4_4", "optimizer.lr=0.1,0.2", "trainer.max_epochs=2"],
+    "dict_values_and_quotes": ["model=mlp", "model.init_values={fc2.bias:[0.5]},{fc2.bias:[1.5]}", "+note='a b','c=d'"],
+    "override_dirname_excluded_keys": ["seed=0,1", "resume=false", "trainer.enable_progress_bar=true,false", "optimizer.lr=0.3"],
+}
+
+
+@pytest.mark.parametrize("sweep", sorted(SWEEPS))
+def test_every_job_is_the_config_hydra_composes(sweep):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("train", overrides=["hydra/sweeper=basic", *SWEEPS[sweep]], run_mode=RunMode.MULTIRUN)
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(list(master.hydra.overrides.task))
+        (jobs,) = BasicSweeper.split_arguments(parsed, None)
+        assert len(jobs) >= 2
+        ours = SweepConfigs(loader, master)
+        for overrides in jobs:
+            theirs = loader.load_sweep_config(master, list(overrides))
+            derived = ours.load(overrides)
+            assert OmegaConf.to_container(derived) == OmegaConf.to_container(theirs), overrides
+            assert OmegaConf.to_yaml(derived) == OmegaConf.to_yaml(theirs)
+            assert derived.hydra.job.override_dirname == theirs.hydra.job.override_dirname
+        if sweep in ("groups_and_values", "add_and_delete", "interpolation_values", "override_dirname_excluded_keys"):
+            assert ours.composed < len(jobs)  # the value-only jobs were derived
+        if sweep == "groups_and_values":
+            assert ours.composed == 4  # one per choice of model and optimizer, for 16 jobs
