@@ -76,7 +76,7 @@ def train_command(cfg: DictConfig) -> float:
         if earlier:
             run_folder.clear_run(run_dir)  # overwrite=true: no stale checkpoint or event file stays
         if not cfg.resume and first_rank:  # the other ranks of a DDP run write nothing of their own
-            run_folder.write_hydra_record(run_dir, HydraConfig.get(), cfg)
+            run_folder.write_hydra_record(run_dir, HydraConfig.instance().cfg, cfg)
         log = logging.getLogger("microtrain")
         log.info("%s %s", "resumed" if cfg.resume else "started", " ".join(overrides) or "(no overrides)")
         for change in changes:
@@ -132,7 +132,7 @@ def _interrupted(err: "Interrupted", run_dir: Path, fresh: bool = False) -> floa
     """A signal: one line, "status": "interrupted" in metrics.json, exit 128 + the signal (143, 130)."""
     if run_dir.is_dir():
         if fresh:
-            run_folder.write_hydra_record(run_dir, HydraConfig.get(), None)
+            run_folder.write_hydra_record(run_dir, HydraConfig.instance().cfg, None)
         last = run_dir / run_folder.CHECKPOINTS / "last.ckpt"
         payload = {"status": "interrupted", "signal": signal.Signals(err.signum).name, "error": str(err)}
         if last.is_file():
@@ -172,7 +172,7 @@ def _fail(err: Exception, run_dir: Path, overrides_record: bool = True, fresh: b
     if run_dir.is_dir() and owns_folder and not isinstance(err, WriteFailed):  # a full disk takes no more writes
         try:
             if overrides_record and not (run_dir / ".hydra").is_dir():
-                run_folder.write_hydra_record(run_dir, HydraConfig.get(), None)  # so a sweep's summary lists the job
+                run_folder.write_hydra_record(run_dir, HydraConfig.instance().cfg, None)  # so a sweep's summary lists the job
             run_folder.write_json_atomic(metrics, {"status": status, "error": message})
         except (OSError, MicrotrainError):
             pass  # the one line below still says what went wrong
@@ -229,25 +229,21 @@ def predict_command(cfg: DictConfig) -> None:
 
 CONFIGS = "pkg://microtrain.conf"  # conf/ of the source tree, installed as the package microtrain.conf
 usage.register()  # the --help page's resolver (conf/train.yaml: hydra.help.template)
-
-
-def register_stacked_launcher() -> None:
-    """``hydra/launcher=stacked`` and ``hydra/sweeper=microtrain``. Hydra finds plugins by scanning
-    the ``hydra_plugins`` namespace, which misses an editable install (``pip install -e``);
-    registering them by hand always works."""
+def register_plugins() -> None:
+    """``hydra/launcher=stacked``, ``hydra/sweeper=microtrain``: Hydra's scan of ``hydra_plugins``
+    misses an editable install (``pip install -e``); registered by hand, they are always found."""
     from hydra.core.plugins import Plugins
 
     plugins = Plugins.instance()  # first: its scan re-executes Hydra's plugin modules, BasicSweeper's among them
-    from hydra_plugins.microtrain_stacked.composed_sweeper import ComposedSweeper
-    from hydra_plugins.microtrain_stacked.stacked_launcher import StackedLauncher
+    from hydra_plugins.microtrain_stacked import composed_sweeper, stacked_launcher
 
-    plugins.register(StackedLauncher)
-    plugins.register(ComposedSweeper)
+    plugins.register(stacked_launcher.StackedLauncher)
+    plugins.register(composed_sweeper.ComposedSweeper)
 
 
 def train_main() -> None:
     """``microtrain-train [group=option ...] [key=value ...]``: train one run, or a sweep with ``-m``."""
-    register_stacked_launcher()
+    register_plugins()
     run_hydra("train", train_command)
 
 

@@ -4,7 +4,6 @@ Hydra's basic launcher runs them. Every job still goes through Hydra's ``run_job
 its folder, ``.hydra/`` files and log, its Hydra callbacks, and its objective for the sweeper
 (Optuna included: each batch of ``hydra.sweeper.n_jobs`` trials trains stacked)."""
 
-import copy
 import logging
 import math
 import os
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, configure_log, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -76,48 +75,61 @@ class StackedLauncher(Launcher):
             with open_dict(config):
                 config.hydra.job.id = config.hydra.job.num = initial_job_idx + offset
             configs.append(config)
-        folders = [self._output_dir(config) for config in configs]
-        tasks = [_task_config(config) for config in configs]
+        views = [_job_view(config) for config in configs]
+        folders, tasks = [v[0] for v in views], [v[1] for v in views]
         overrides = [list(config.hydra.overrides.task) for config in configs]
         results, fresh = plan.run_stacked(tasks, folders, self.max_jobs, console, overrides)
         runs = []
         for index, (config, result) in enumerate(zip(configs, results)):
+            if result is not None:  # trained stacked
+                runs.append(self._trained(config, views[index], result))
+                continue
             if index in fresh:  # resume=true for a job that never wrote a checkpoint: it starts
                 with open_dict(config):
                     config.resume = False
-            task = self.task_function if result is None else _reported(result)
-            runs.append(run_job(hydra_context=self.hydra_context, task_function=task, config=config,
+            runs.append(run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
                                 job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return runs
 
-    @staticmethod
-    def _output_dir(config: DictConfig) -> Path:
-        """Where ``run_job`` will put the job: the sweep folder and the job's subfolder."""
-        HydraConfig.instance().set_config(config)
-        subdir = str(OmegaConf.select(config, "hydra.sweep.subdir"))
-        return Path(os.path.abspath(os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")), subdir)))
-
-
-def _task_config(config: DictConfig) -> DictConfig:
-    """The job's config as its task function would see it: without ``hydra``, resolved."""
-    HydraConfig.instance().set_config(config)
-    task = copy.deepcopy(config)
-    with read_write(task), open_dict(task):
-        del task["hydra"]
-    OmegaConf.resolve(task)
-    return task
-
-
-def _reported(result: dict[str, Any]) -> TaskFunction:
-    """The task function ``run_job`` calls for a job that already trained stacked: it hands the
-    job's objective to Hydra (infinity for a diverged or failed job, as a solo job in a sweep)."""
-
-    def task(cfg: DictConfig) -> float:
+    def _trained(self, config: DictConfig, view: tuple[Path, DictConfig, DictConfig], result: dict[str, Any]) -> JobReturn:
+        """What Hydra's ``run_job`` does for a job, for one that already trained stacked: its
+        ``.hydra/`` record, its log (``train.log``), the Hydra callbacks, and its objective for
+        the sweeper (infinity for a diverged or failed job, as a solo job in a sweep). Without
+        run_job's two more copies of the config and two more ``set_config``: ~20 ms a job here,
+        a second of a 64-job sweep."""
         from microtrain.run import folder as run_folder
 
-        run_folder.write_hydra_record(Path(HydraConfig.get().runtime.output_dir), HydraConfig.get(), cfg)  # hydra.output_subdir: null
-        logging.getLogger("microtrain").info("trained stacked: %s", result["status"])  # train.log, as a solo job's
-        return result["objective"] if result["status"] == "ok" else math.inf
+        folder, task, hydra_cfg = view
+        HydraConfig.instance().cfg = hydra_cfg  # the job's own, as run_job sets it
+        ret = JobReturn(overrides=list(config.hydra.overrides.task), cfg=task, hydra_cfg=hydra_cfg,
+                        working_dir=str(folder) if hydra_cfg.hydra.job.chdir else os.getcwd())
+        configure_log(config.hydra.job_logging, config.hydra.verbose)
+        with env_override(hydra_cfg.hydra.job.env_set):
+            self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
+            run_folder.write_hydra_record(folder, hydra_cfg, task)  # hydra.output_subdir: null
+            logging.getLogger("microtrain").info("trained stacked: %s", result["status"])  # train.log, as a solo job's
+            ret.return_value = result["objective"] if result["status"] == "ok" else math.inf
+            ret.status = JobStatus.COMPLETED
+        ret.task_name = JobRuntime.instance().get("name")
+        self.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
 
-    return task
+
+def _job_view(config: DictConfig) -> tuple[Path, DictConfig, DictConfig]:
+    """(where ``run_job`` would put the job, its config as its task function would see it: without
+    ``hydra``, resolved, and its Hydra config), with one ``set_config`` (~4 ms) for all three."""
+    HydraConfig.instance().set_config(config)
+    subdir = str(OmegaConf.select(config, "hydra.sweep.subdir"))
+    folder = Path(os.path.abspath(os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")), subdir)))
+    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+        config.hydra.runtime.output_dir = str(folder)
+    hydra_cfg = HydraConfig.instance().cfg
+    with read_write(hydra_cfg.hydra.runtime), open_dict(hydra_cfg.hydra.runtime):
+        hydra_cfg.hydra.runtime.output_dir = str(folder)
+    task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])  # a copy of the task's keys only
+    with read_write(task), open_dict(task):
+        OmegaConf.resolve(task)
+    OmegaConf.set_struct(task, True)  # as run_job's copy of the config is
+    return folder, task, hydra_cfg

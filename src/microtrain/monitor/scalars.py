@@ -1,13 +1,16 @@
 """TensorBoard scalars (and histograms) written in bursts rather than one at a time."""
 
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import histogram_raw
 
 from microtrain.monitor.tags import tensorboard_tag
+
+if TYPE_CHECKING:
+    from microtrain.monitor.events import EventFile
 
 
 class ScalarBuffer:
@@ -38,7 +41,7 @@ class ScalarBuffer:
         value = histogram_raw(tag, low, high, count, total, squares, limits, counts).value[0]
         self._items.append((tag, value, step, time.time()))
 
-    def flush(self, writer: Optional[SummaryWriter], force: bool = False) -> None:
+    def flush(self, writer: Optional[Union[SummaryWriter, "EventFile"]], force: bool = False) -> None:
         """Write what is held, once enough items or seconds have gathered (or when ``force``)."""
         if not self._items:
             return
@@ -49,8 +52,11 @@ class ScalarBuffer:
             for tag, value, step, wall_time in self._items:
                 values = by_step.setdefault(step, (wall_time, []))[1]
                 values.append(value if isinstance(value, Summary.Value) else Summary.Value(tag=tag, simple_value=value))
-            file_writer = writer._get_file_writer()  # what add_scalar itself calls
-            for step, (wall_time, values) in by_step.items():
-                file_writer.add_summary(Summary(value=values), step, wall_time)
+            if isinstance(writer, SummaryWriter):
+                file_writer = writer._get_file_writer()  # what add_scalar itself calls
+                for step, (wall_time, values) in by_step.items():
+                    file_writer.add_summary(Summary(value=values), step, wall_time)
+            else:  # monitor.events.EventFile: the whole burst with one opening of the file
+                writer.add_summaries([(Summary(value=values), step, wall_time) for step, (wall_time, values) in by_step.items()])
         self._items = []
         self._flushed_at = time.monotonic()

@@ -102,16 +102,17 @@ def tensorboard_command(logdir: Path) -> str:
     return f"tensorboard --logdir {shlex.quote(str(logdir))}"
 
 
-def write_hydra_record(run_dir: Path, hydra: Any, task_cfg: Any) -> None:
+def write_hydra_record(run_dir: Path, hydra_cfg: Any, task_cfg: Any) -> None:
     """``.hydra/``: Hydra's record of the job (its overrides, Hydra's config, the job's config),
     written by microtrain once the run is valid (``hydra.output_subdir: null`` stops Hydra from
-    writing it at the job's start, before any check: a rejected re-run would rewrite it)."""
+    writing it at the job's start, before any check: a rejected re-run would rewrite it).
+    ``hydra_cfg``: ``HydraConfig.instance().cfg``, Hydra's own ``{hydra: ...}`` copy, written as it is."""
     from omegaconf import OmegaConf
 
     record = Path(run_dir) / ".hydra"
     record.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(record / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(hydra.overrides.task))))
-    write_text_atomic(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})))
+    write_text_atomic(record / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.hydra.overrides.task))))
+    write_text_atomic(record / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
     if task_cfg is not None:
         write_text_atomic(record / "config.yaml", OmegaConf.to_yaml(task_cfg))
 

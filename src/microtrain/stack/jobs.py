@@ -12,6 +12,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from microtrain.errors import ConfigError
+from microtrain.monitor import tags
+from microtrain.monitor.events import EventFile
 from microtrain.monitor.hparams import log_hparams
 from microtrain.monitor.logger import RunLogger, tensorboard_layout
 from microtrain.monitor.scalars import ScalarBuffer
@@ -28,10 +30,11 @@ Snapshot = dict[str, Any]  # what a checkpoint needs of one moment of one job
 class StackedJob:
     """A job's config, folder, seeded model and optimizer, and its progress in the group."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, overrides: Optional[list[str]] = None):
+    def __init__(self, cfg: DictConfig, run_dir: Path, overrides: Optional[list[str]] = None, like: Optional["StackedJob"] = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.overrides = overrides or []  # its command-line overrides: HParams shows the keys they set
-        self.prepared: Prepared = prepare(cfg)  # the seeded model and the data, as its solo run has them
+        # the seeded model and the data, as its solo run has them (the data prepared once a group: ``like``)
+        self.prepared: Prepared = prepare(cfg, like=like.prepared if like is not None else None)
         module = self.prepared.module
         self.model = module.model
         self.optimizer = module.make_optimizer(self.model.parameters())
@@ -94,7 +97,10 @@ class StackedJob:
         # a resumed job hides what its first part logged after its checkpoint at step S (points of
         # steps > S); the points at S itself (that epoch's validation) came before it and stay, as in a solo run
         purge = self.start_step + 1 if self.start_step else None
-        self.logger = RunLogger(self.run_dir, purge_step=purge, layout=tensorboard_layout(self.cfg, self.prepared))
+        # the training's events without an open file or thread each (1,024 jobs: monitor.events); the
+        # logger writes the run's end (HParams, the layout, hparams.yaml) after them, with no purge of its own
+        self.events = EventFile(tags.events_folder(self.run_dir), purge)
+        self.logger = RunLogger(self.run_dir, layout=tensorboard_layout(self.cfg, self.prepared))
         run_folder.write_text_atomic(self.run_dir / run_folder.CONFIG, OmegaConf.to_yaml(self.cfg))
         run_folder.write_json_atomic(self.run_dir / run_folder.DATA_INFO, self.prepared.data_info)
         if self.prepared.dataset.truth:
@@ -103,8 +109,8 @@ class StackedJob:
             self.scalars.add("train_loss_optimum", self.prepared.optimum, self.start_step)
 
     @property
-    def writer(self) -> Any:
-        return self.logger.experiment
+    def writer(self) -> EventFile:
+        return self.events
 
     @property
     def active(self) -> bool:

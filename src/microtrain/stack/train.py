@@ -33,7 +33,9 @@ def train_group(cfgs: list[DictConfig], run_dirs: list[Path], resume: list[bool]
                 overrides: Optional[list[list[str]]] = None) -> list[dict[str, Any]]:
     """Train the jobs stacked; returns each job's metrics (also in its metrics.json)."""
     overrides = overrides or [[] for _ in cfgs]
-    jobs = [StackedJob(cfg, run_dir, job_overrides) for cfg, run_dir, job_overrides in zip(cfgs, run_dirs, overrides)]
+    jobs: list[StackedJob] = []
+    for cfg, run_dir, job_overrides in zip(cfgs, run_dirs, overrides):
+        jobs.append(StackedJob(cfg, run_dir, job_overrides, like=jobs[0] if jobs else None))
     for job, again in zip(jobs, resume):
         if again:
             job.resume()

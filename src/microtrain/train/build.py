@@ -31,10 +31,12 @@ class Prepared:
     optimum: Optional[float] = None  # least-squares training loss, for linear models with mse/sse
 
 
-def prepare(cfg: DictConfig, loop: Optional[StepLoop] = None) -> Prepared:
-    """The seeded model, loss, optimizer factory and data of a checked config (``config.schema``)."""
+def prepare(cfg: DictConfig, loop: Optional[StepLoop] = None, like: Optional[Prepared] = None) -> Prepared:
+    """The seeded model, loss, optimizer factory and data of a checked config (``config.schema``).
+    ``like``: a job of the same stacked group, whose data (and least-squares optimum) this one
+    shares: the group agrees on data and model, and the data does not depend on ``seed``."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dataset, splits, info = prepare_data(cfg)
+    dataset, splits, info = (like.dataset, like.splits, like.data_info) if like is not None else prepare_data(cfg)
     _check_it_fits(cfg, dataset.x.shape[1], info["n_outputs"], len(splits.train[0]))
     model = models.build_model(cfg.model, dataset.x.shape[1], info["n_outputs"])
     rows = lambda pair: 0 if pair is None else len(pair[0])  # noqa: E731
@@ -58,8 +60,8 @@ def prepare(cfg: DictConfig, loop: Optional[StepLoop] = None) -> Prepared:
     # a Lightning call takes steps_per_call optimizer steps of accumulate_grad_batches batches each
     batches_per_call = steps_per_call(cfg, model, splits) * loop.accumulate
     datamodule = TensorDataModule(splits.train, splits.val, cfg.data.batch_size, cfg.seed, test=splits.test, steps_per_call=batches_per_call)
-    optimum = None
-    if closed_form.applies(cfg.model.name, cfg.loss.name):
+    optimum = like.optimum if like is not None else None
+    if like is None and closed_form.applies(cfg.model.name, cfg.loss.name):
         try:  # a diagnostic: when it cannot be computed, the run goes on without it
             optimum = closed_form.least_squares_loss(*splits.train, bias=cfg.model.bias, loss_name=cfg.loss.name)
         except (RuntimeError, MemoryError) as err:

@@ -1,0 +1,53 @@
+"""A TensorBoard event file that holds no open file and no thread between writes.
+
+``SummaryWriter`` keeps its file open and a writer thread alive for the whole run. A stacked
+sweep of 1,024 jobs would hold 1,024 of each (the open-file limit is often 1,024). Each job of
+a stacked group writes its events here instead, in bursts (``monitor.scalars.ScalarBuffer``):
+the file is opened for appending, the records written, and closed (~50 us a burst here). The
+format is TensorBoard's own: ``RecordWriter``'s framing of ``Event`` protos, as ``EventFileWriter``
+writes them, so TensorBoard's reader reads the file as any other.
+"""
+
+import itertools
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Optional
+
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+_numbers = itertools.count()
+
+
+class EventFile:
+    def __init__(self, folder: Path, purge_step: Optional[int] = None):
+        """A new event file in ``folder``. ``purge_step``: TensorBoard hides the points of steps
+        from it on that earlier files hold (a resumed run's redone steps), as ``SummaryWriter(purge_step=...)``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_numbers)}.train"
+        self.path = folder / name
+        first = [Event(wall_time=time.time(), file_version="brain.Event:2")]
+        if purge_step is not None:
+            first += [Event(step=purge_step, file_version="brain.Event:2"),
+                      Event(step=purge_step, session_log=SessionLog(status=SessionLog.START))]
+        self._append(first)
+
+    def add_summary(self, summary: Summary, global_step: Optional[int] = None, walltime: Optional[float] = None) -> None:
+        """As ``FileWriter.add_summary``: one event of this summary at this step."""
+        event = Event(summary=summary, wall_time=time.time() if walltime is None else walltime)
+        if global_step is not None:
+            event.step = int(global_step)
+        self._append([event])
+
+    def add_summaries(self, summaries: list[tuple[Summary, int, float]]) -> None:
+        """Several events with one opening of the file."""
+        self._append([Event(summary=s, step=int(step), wall_time=wall) for s, step, wall in summaries])
+
+    def _append(self, events: list[Event]) -> None:
+        with open(self.path, "ab") as handle:
+            writer = RecordWriter(handle)
+            for event in events:
+                writer.write(event.SerializeToString())
