@@ -80,7 +80,7 @@ def microtrain_run(overrides: list[str], steps: int) -> tuple[float, nn.Module]:
     """Seconds of ``trainer.fit`` for ``steps`` optimizer steps through the public API and configs."""
     from hydra import compose, initialize_config_dir
 
-    from microtrain.train.fit import train
+    from microtrain.engine.fit import train
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"trainer.max_steps={steps}"])
@@ -102,7 +102,7 @@ def per_step(run: Callable[[int], float], steps: tuple[int, int]) -> float:
 def plain_side(case: Case, steps: int, device: str = "cpu") -> tuple[float, nn.Module]:
     from hydra import compose, initialize_config_dir
 
-    from microtrain.train.build import prepare
+    from microtrain.engine.build import prepare
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         prepared = prepare(compose("train", overrides=case.overrides))

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from microtrain.train import compiled as compiled_module
-from microtrain.train.compiled import AUTO_MIN_STEPS, compile_pays, compiled_step
-from microtrain.train.fit import train
+from microtrain.engine import compiled as compiled_module
+from microtrain.engine.compiled import AUTO_MIN_STEPS, compile_pays, compiled_step
+from microtrain.engine.fit import train
 from tests_helpers import make_cfg, read_events
 
 MLP_PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
@@ -115,7 +115,7 @@ def test_threads_auto_gives_tiny_models_one_thread_and_a_number_sets_it(tmp_path
 def test_the_compiled_step_is_torch_optims_update(cls, kwargs):
     """Twenty compiled steps against twenty torch.optim steps from the same start (rounding only)."""
     from microtrain.models import MLP
-    from microtrain.train.compiled import CompiledStep
+    from microtrain.engine.compiled import CompiledStep
 
     torch.manual_seed(0)
     ours, theirs = MLP(3, 8, 1), MLP(3, 8, 1)
@@ -139,7 +139,7 @@ def test_the_compiled_step_is_torch_optims_update(cls, kwargs):
 def test_each_compiled_step_has_code_of_its_own():
     """Dynamo keeps at most 8 graphs per code object: steps sharing one failed from the ninth run
     compiled in a process (FailOnRecompileLimitHit, seen in the suite on two workers)."""
-    from microtrain.train.compiled import own_code
+    from microtrain.engine.compiled import own_code
 
     def step(x, *, scale=2):
         return x * scale

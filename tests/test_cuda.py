@@ -15,7 +15,7 @@ import torch
 from omegaconf import open_dict
 
 from microtrain import device
-from microtrain.train.fit import train
+from microtrain.engine.fit import train
 from tests_helpers import make_cfg, read_events, run_in_process, run_script
 
 pytestmark = pytest.mark.cuda

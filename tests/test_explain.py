@@ -10,7 +10,7 @@ from torch import nn
 from microtrain.closed_form import least_squares_loss, linear_gradient
 from microtrain.explain.step import explain_step
 from microtrain.explain.gradcheck import check_gradients
-from microtrain.train.fit import train
+from microtrain.engine.fit import train
 from tests_helpers import make_cfg, run_script
 
 # The notebooks printed results of unrounded weights at 4 decimals.

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from microtrain.run.checkpoint_io import AtomicCheckpointIO
-from microtrain.train.build import steps_per_call
+from microtrain.engine.build import steps_per_call
 from microtrain.monitor.scalars import ScalarBuffer
-from microtrain.train.fit import train
+from microtrain.engine.fit import train
 from tests_helpers import make_cfg, read_events, run_in_process
 
 # 1000 synthetic rows, no validation: epochs of 32 steps (the last batch has 8 rows)

@@ -194,7 +194,7 @@ def test_divergence_stops_with_one_line_and_keeps_a_good_checkpoint(capsys, tmp_
 
 def test_divergence_names_the_first_non_finite_gradient(tmp_path):
     from microtrain.errors import TrainingDiverged
-    from microtrain.train.fit import train
+    from microtrain.engine.fit import train
     from tests_helpers import make_cfg
 
     # finite initial weights (NaN ones are refused before training) whose first forward overflows:

@@ -227,7 +227,7 @@ def test_arrays_that_would_train_garbage_are_refused(capsys, tmp_path, arrays, m
 
 
 def test_something_unexpected_is_one_line_with_the_traceback_in_the_log(capsys, tmp_path, monkeypatch):
-    import microtrain.train.fit as fit
+    import microtrain.engine.fit as fit
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")

@@ -16,8 +16,8 @@ from microtrain.landscape import landscape
 from microtrain.monitor import curvature
 from microtrain.monitor.parameters import grid
 from microtrain.monitor.tags import name_of, tensorboard_tag
-from microtrain.train.build import prepare
-from microtrain.train.fit import train
+from microtrain.engine.build import prepare
+from microtrain.engine.fit import train
 from tests_helpers import make_cfg, read_events, run_in_process
 
 MLP_PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]

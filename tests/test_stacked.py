@@ -17,7 +17,7 @@ import torch
 
 from microtrain.stack.groups import group_jobs
 from microtrain.stack.train import train_group
-from microtrain.train.fit import train
+from microtrain.engine.fit import train
 from microtrain.run.checksums import CHECKSUM, check_checkpoint
 from tests_helpers import ROOT, make_cfg, read_events, run_in_process
 

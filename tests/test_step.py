@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from microtrain.models import MLP
-from microtrain.train import step as steps
+from microtrain.engine import step as steps
 
 OPTIMIZERS = [
     (torch.optim.SGD, {"lr": 0.05}),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from microtrain.errors import ConfigError, DataError
-from microtrain.train.fit import train
+from microtrain.engine.fit import train
 from tests_helpers import make_cfg, read_events
 
 LINEAR_PARAMS = ["weight", "bias"]

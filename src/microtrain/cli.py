@@ -30,8 +30,8 @@ def train_command(cfg: DictConfig) -> float:
         from lightning.fabric.plugins.environments import SLURMEnvironment  # deferred: importing Lightning takes seconds
 
         from microtrain.config import schema  # imports torch: inside the pause too
-        from microtrain.train.fit import train
-        from microtrain.train.trainer import trainer_arguments
+        from microtrain.engine.fit import train
+        from microtrain.engine.trainer import trainer_arguments
 
     quiet_libraries()  # after the import, which sets Lightning's log level
     logging.raiseExceptions = False  # train.log on a full disk: the run's one line says so, not "--- Logging error ---"

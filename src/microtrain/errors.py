@@ -5,15 +5,15 @@ class MicrotrainError(Exception):
     """Raised for bad input; the CLI prints the message on one line and exits non-zero."""
 
 
-class ConfigError(MicrotrainError):
-    """A config value is missing, of the wrong type or out of range."""
+class ConfigError(MicrotrainError, ValueError):
+    """A config value is missing, of the wrong type or out of range (a ValueError, for Python callers)."""
 
 
 class FolderBusy(ConfigError):
     """Another run holds the run folder's lock: nothing of this run may be written there."""
 
 
-class DataError(MicrotrainError):
+class DataError(MicrotrainError, ValueError):
     """The data cannot be read or does not fit the model."""
 
 

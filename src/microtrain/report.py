@@ -9,12 +9,14 @@ of the best jobs' final metric. No TensorBoard server is needed.
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")  # headless: no display needed
+if "ipykernel" not in sys.modules:  # in Jupyter its inline backend draws Run.plot()'s figures
+    matplotlib.use("Agg")  # headless: no display needed
 
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402

@@ -7,7 +7,7 @@ naming the first bad key: a wrong type, a value out of range, a key the section 
 Code after the check reads ``cfg.section.key`` directly: no ``.get(key, default)`` elsewhere.
 
 ``trainer.*`` is Lightning's: its keys are checked against ``lightning.Trainer``'s own signature
-when the Trainer is built (``train.trainer``), and Lightning checks the values of the ones not
+when the Trainer is built (``engine.trainer``), and Lightning checks the values of the ones not
 listed here. Callbacks other than early stopping check their own arguments when built.
 """
 
@@ -172,7 +172,7 @@ OPTIMIZER = {
 }
 SCHEDULER = {"_target_": text(), "_partial_": boolean(), "step_size": integer(1), "gamma": number(positive=True), "T_max": integer(1), "eta_min": number(0)}
 # The Trainer arguments the YAML sets (their types; other arguments are Lightning's to check), and
-# the three that microtrain applies itself (train.bypass).
+# the three that microtrain applies itself (engine.bypass).
 TRAINER = {
     "max_epochs": integer(-1),
     "max_steps": integer(-1),

@@ -65,7 +65,7 @@ class TensorBatches:
     ):
         self.x, self.y = x, y
         # 0: yield (x, y) batches. K >= 1: yield lists of up to K batches, never across an epoch's
-        # end, so one Lightning training_step can take K optimizer steps (see train.module.Trainee).
+        # end, so one Lightning training_step can take K optimizer steps (see engine.module.Trainee).
         self.steps_per_call = steps_per_call
         # One batch of every row needs no order; not shuffling it keeps the notebooks' row order.
         self.sampler = SeededOrder(len(x), shuffle and bool(batch_size) and batch_size < len(x) // world_size, seed, rank, world_size)

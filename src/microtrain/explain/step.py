@@ -19,9 +19,9 @@ from microtrain import closed_form
 from microtrain.run import folder as run_folder
 from microtrain.explain.chain import Term, against_autograd, chain
 from microtrain.explain.gradcheck import ParameterCheck, check_gradients, n_parameters
-from microtrain.train.build import prepare
-from microtrain.train.step import functional_forward, optimizer_update, train_step
-from microtrain.train.trainer import trainer_arguments
+from microtrain.engine.build import prepare
+from microtrain.engine.step import functional_forward, optimizer_update, train_step
+from microtrain.engine.trainer import trainer_arguments
 from microtrain.explain.update_rules import RuleCheck, check_first_step
 
 GRADCHECK_AUTO_LIMIT = 5_000  # parameters; each costs two forward passes in float64
@@ -43,6 +43,13 @@ class StepReport:
     chain: list[Term] = field(default_factory=list)  # the backward pass, layer by layer (explain.chain)
     chain_vs_autograd: Optional[float] = None  # the largest |chain − autograd| of the parameter gradients
 
+    def __repr__(self) -> str:
+        grads = ", ".join(f"{name} {list(g.shape)} norm {g.norm().item():.4g}" for name, g in self.grads.items())
+        held = all(r.holds for r in self.rules.values() if r) and all(c.passed for c in self.gradcheck)
+        chain = f"{len(self.chain)} terms, max |chain - autograd| {self.chain_vs_autograd:.2g}" if self.chain else "none"
+        return (f"Step({self.optimizer}, loss {self.loss:.6g} -> {self.loss_after:.6g} after the step; gradients: {grads}; "
+                f"chain rule: {chain}; checks {'hold' if held else 'FAIL'})")
+
     def to_json(self) -> dict[str, Any]:
         return {
             "loss": self.loss,
@@ -61,7 +68,7 @@ class StepReport:
 
 
 def explain_step(cfg: DictConfig, run_dir: Optional[Path] = None) -> StepReport:
-    """One step of ``train.step.train_step`` on the first training batch, as training takes it."""
+    """One step of ``engine.step.train_step`` on the first training batch, as training takes it."""
     schema.check(cfg)
     trainer_args, loop = trainer_arguments(cfg.trainer)
     if loop.accumulate != 1:

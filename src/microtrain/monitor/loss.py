@@ -12,7 +12,7 @@ from microtrain.monitor.parameters import tensorboard_writer
 from microtrain.monitor.scalars import ScalarBuffer
 
 if TYPE_CHECKING:  # the callbacks read the module's model, loss and loss window
-    from microtrain.train.module import Trainee
+    from microtrain.engine.module import Trainee
 
 
 class LossWatch(L.Callback):

@@ -13,7 +13,7 @@ non-finite weight or gradient is counted (``nonfinite/<weights|grads>/<name>/<na
 instead of drawn. ``monitor.tags`` says what each is called in TensorBoard.
 
 Weights and gradients are read in ``on_before_optimizer_step`` (after backward, before the
-update) and the update in ``stepped``, right after it, which ``train.bypass.StepLoop`` calls,
+update) and the update in ``stepped``, right after it, which ``engine.bypass.StepLoop`` calls,
 so only inspected steps go through Lightning's hooks. All statistics are computed on the
 device for all parameters at once (``monitor.statistics``), copied to the host once per
 inspection, and written in bursts (``monitor.scalars.ScalarBuffer``).
@@ -44,7 +44,7 @@ from microtrain.run import folder as run_folder
 from microtrain.monitor.statistics import add_histogram_row, foreach_norms, histograms, histograms_of, nonfinite_counts, unit_fractions
 
 if TYPE_CHECKING:  # the callbacks read the module's model, loss and loss window
-    from microtrain.train.module import Trainee
+    from microtrain.engine.module import Trainee
 
 INSPECT_POINTS = 200  # auto: at least this many inspected steps over a run (250 for 500 steps)
 HISTOGRAM_SLICES = 25  # auto: of which about this many also draw histograms

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 if TYPE_CHECKING:  # the bar reads the module's loss window
-    from microtrain.train.module import Trainee
+    from microtrain.engine.module import Trainee
 
 
 class StepProgressBar(TQDMProgressBar):

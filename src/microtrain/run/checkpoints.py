@@ -103,7 +103,7 @@ class InterruptCheckpoint(L.Callback):
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         """One process: SIGTERM is noted here only, where Lightning's own handler would raise its
         SIGTERMException mid-validation, without a checkpoint. Several processes keep Lightning's,
-        which agrees across ranks on when to stop (``train.fit`` turns it into Interrupted)."""
+        which agrees across ranks on when to stop (``engine.fit`` turns it into Interrupted)."""
         if trainer.world_size == 1:
             signal.signal(signal.SIGTERM, interrupt._note)
 

@@ -23,7 +23,7 @@ from microtrain.run.checksums import check_checkpoint
 HISTORY = "history.jsonl"
 MUTABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.enable_progress_bar", "optimizer.lr", "optimizer.weight_decay",
            "log.", "checkpoint.", "device.threads", "hydra.")
-APPLIED_TO_OPTIMIZER = ("lr", "weight_decay")  # set on the restored optimizer's param groups (train.module)
+APPLIED_TO_OPTIMIZER = ("lr", "weight_decay")  # set on the restored optimizer's param groups (engine.module)
 
 
 def _key(override: str) -> str:

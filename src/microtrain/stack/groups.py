@@ -9,11 +9,11 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from microtrain.train.step import RULES, Rule
+from microtrain.engine.step import RULES, Rule
 
 # What each stacked job may hold for itself: its seed (initial weights and batch order), its
 # initial weights, its scheduler's parameters, its early stopping, and the hyper-parameters its optimizer's rule
-# lets each job hold (train.step.RULES: per_job).
+# lets each job hold (engine.step.RULES: per_job).
 PER_JOB = ("seed", "model.init", "model.init_gain", "model.init_std", "model.init_values", "optimize.",
            "trainer.enable_progress_bar", "resume", "callbacks.")
 # Trainer arguments the stacked loop carries out itself; any other one runs its job alone.
@@ -49,7 +49,7 @@ def flat(cfg: DictConfig) -> dict[str, Any]:
 
 
 def rule(cfg: DictConfig) -> Optional[Rule]:
-    """The update rule of the job's optimizer class (``train.step.RULES``), or None."""
+    """The update rule of the job's optimizer class (``engine.step.RULES``), or None."""
     target = str(cfg.optimizer.get("_target_"))
     module, _, name = target.rpartition(".")
     return RULES.get(getattr(torch.optim, name, None)) if module == "torch.optim" else None

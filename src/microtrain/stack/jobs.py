@@ -19,8 +19,8 @@ from microtrain.monitor.logger import RunLogger, tensorboard_layout
 from microtrain.monitor.scalars import ScalarBuffer
 from microtrain.run import folder as run_folder
 from microtrain.run.checkpoints import checkpoint_callbacks
-from microtrain.train.build import Prepared, prepare
-from microtrain.train.trainer import build_callbacks
+from microtrain.engine.build import Prepared, prepare
+from microtrain.engine.trainer import build_callbacks
 from microtrain.run.checkpoint_format import epoch_end_checkpoint
 from microtrain.run.checksums import sealed
 

@@ -16,7 +16,7 @@ from microtrain.run import folder as run_folder
 from microtrain.run import interrupt
 from microtrain.stack.groups import describe, group_jobs
 from microtrain.sweep_summary import objective
-from microtrain.train.trainer import trainer_arguments
+from microtrain.engine.trainer import trainer_arguments
 
 MEMORY_SHARE = 0.25  # of the free memory (the GPU's, or the host's) one stacked group may take
 

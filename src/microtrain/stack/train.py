@@ -20,7 +20,7 @@ from microtrain.stack.inspect import StackedInspector
 from microtrain.stack.jobs import StackedJob
 from microtrain.stack.step import StackedStep
 from microtrain.stack.validate import split_metrics, test_metrics
-from microtrain.train.build import multiply_adds_per_step, steps_per_call
+from microtrain.engine.build import multiply_adds_per_step, steps_per_call
 from microtrain.internals import early_stop
 from microtrain.run.checkpoints import CheckpointBudget
 

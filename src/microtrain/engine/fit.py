@@ -25,10 +25,10 @@ from microtrain.run import resume
 from microtrain.run.checkpoint_io import AtomicCheckpointIO
 from microtrain.run.checkpoints import InterruptCheckpoint, checkpoint_callbacks
 from microtrain.data.prepare import describe as describe_data
-from microtrain.train.build import Prepared, multiply_adds_per_step, prepare
+from microtrain.engine.build import Prepared, multiply_adds_per_step, prepare
 from microtrain.monitor.progress import StepProgressBar
-from microtrain.train.module import Trainee
-from microtrain.train.trainer import build_callbacks, build_trainer, trainer_arguments
+from microtrain.engine.module import Trainee
+from microtrain.engine.trainer import build_callbacks, build_trainer, trainer_arguments
 
 
 @dataclass
@@ -84,6 +84,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = 
         metrics.update(_test_best_checkpoint(trainer, prepared))
     if trainer.is_global_zero:
         log_hparams(trainer.logger, cfg, metrics)
+        trainer.logger.finalize("success")  # closes the writer log_hparams reopened (a thread and a file, in a notebook's process)
         run_folder.write_json_atomic(run_dir / run_folder.METRICS, metrics)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
     return RunResult(run_dir, metrics, plan.description, best or None, prepared.module, trainer.is_global_zero)

@@ -6,7 +6,7 @@ with ``loss.backward()`` and ``optimizer.step()`` is slower than eager, because 
 splits the graph (../shared/MEASURED.md: 666-785 against 390-435 us a step; ``torch.func.grad``
 and the update compiled as one function: 148-239 us).
 
-The step is ``train.step.train_step`` with the update of ``train.step.RULES``, and the learning rate
+The step is ``engine.step.train_step`` with the update of ``engine.step.RULES``, and the learning rate
 as a 0-d tensor, so a scheduler's new value is not a recompile. The state is torch.optim's own
 (``optimizer.state[p]``), updated in place, so checkpoints, resume, inspection and
 ``explain_step`` see what they see today. Its numbers match the eager step to rounding (the
@@ -20,11 +20,11 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from microtrain.train.step import functional_forward, rule_of, train_step, update_rule
+from microtrain.engine.step import functional_forward, rule_of, train_step, update_rule
 
 
 class CompiledStep:
-    """``train.step.train_step`` compiled, on the model's own parameters and the optimizer's own state.
+    """``engine.step.train_step`` compiled, on the model's own parameters and the optimizer's own state.
 
     ``__call__(x, y)`` returns the loss; the first call compiles (seconds: ``compile_seconds``).
     """

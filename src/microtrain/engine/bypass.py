@@ -5,7 +5,7 @@ A tiny model's optimizer step takes ~150 us here, and Lightning's per-call and p
 are of the same size, so each bypass below saves a measured share of a tiny model's step:
 
 * ``StepLoop``: several optimizer steps per Lightning call, and between inspections a plain
-  ``loss.backward()`` plus the update of ``train.step``, counted as Lightning counts a step.
+  ``loss.backward()`` plus the update of ``engine.step``, counted as Lightning counts a step.
 * ``LossWindow``: losses kept on the device instead of ``self.log`` (~0.27 ms a call).
 (``run.checkpoints.CheckpointBudget`` keeps ``last.ckpt``, ~1 ms a write, within a share of the training time.)
 (The progress bar, ``monitor.progress``, redraws at most 10 times a second for the same reason.)
@@ -19,11 +19,11 @@ from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from microtrain import internals
 from microtrain.monitor.progress import planned_steps
-from microtrain.train.compiled import CompiledStep, compile_pays, compiled_step
-from microtrain.train.step import Update, clip_gradients, update_rule
+from microtrain.engine.compiled import CompiledStep, compile_pays, compiled_step
+from microtrain.engine.step import Update, clip_gradients, update_rule
 
 if TYPE_CHECKING:  # the callbacks read the module's model, loss and loss window
-    from microtrain.train.module import Trainee
+    from microtrain.engine.module import Trainee
 
 
 @runtime_checkable
@@ -46,13 +46,13 @@ class StepLoop:
     ``on_before_optimizer_step`` and costs ~60 us a step, as long as a tiny model's whole step;
     it is taken for the steps a ``StepWatcher`` asks for, and always under 16-mixed (loss
     scaling) and DDP (whose backward prepares the gradient reducer: every rank takes one path).
-    Every other step is ``loss.backward()``, the update rule of ``train.step`` (torch.optim's
+    Every other step is ``loss.backward()``, the update rule of ``engine.step`` (torch.optim's
     own ``step()`` where there is none) and the step counted as ``LightningOptimizer`` counts it.
     Gradients are cleared by setting them to None, as ``zero_grad(set_to_none=True)`` does,
     without its profiler wrapper: ~15 us a step.
 
     Clipping and accumulation are applied here: Lightning refuses both under manual optimization.
-    With ``loop.compile`` the plain steps are one ``train.compiled.CompiledStep`` call each.
+    With ``loop.compile`` the plain steps are one ``engine.compiled.CompiledStep`` call each.
     """
 
     def __init__(self, clip_val: Optional[float] = None, clip_algorithm: str = "norm", accumulate: int = 1, compile: Any = False):
@@ -164,7 +164,7 @@ class StepLoop:
             clip_gradients([p.grad for p in self._params if p.grad is not None], self.clip_val, self.clip_algorithm)
 
     def _plain_update(self) -> None:
-        """The update rule of ``train.step`` on the gradients in ``.grad``; torch.optim's step() without one."""
+        """The update rule of ``engine.step`` on the gradients in ``.grad``; torch.optim's step() without one."""
         optimizer = self._module.optimizers().optimizer
         if self._rule is None:
             optimizer.step()

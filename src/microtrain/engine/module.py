@@ -2,7 +2,7 @@
 
 Optimization is manual so the four moves stay visible: forward, loss, backward, step.
 Lightning still owns devices, precision, DDP gradient sync and checkpoints; how each step goes
-around Lightning's per-step machinery lives in ``train.bypass``.
+around Lightning's per-step machinery lives in ``engine.bypass``.
 """
 
 from collections.abc import Callable
@@ -14,7 +14,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from microtrain.data.batches import Batch
-from microtrain.train.bypass import LossWindow, StepLoop
+from microtrain.engine.bypass import LossWindow, StepLoop
 
 
 class Trainee(L.LightningModule):

@@ -17,8 +17,8 @@ from microtrain.data.splits import Splits
 from microtrain.data.sources import Dataset
 from microtrain.data.batches import TensorDataModule
 from microtrain.monitor.metrics import build_metrics
-from microtrain.train.bypass import StepLoop
-from microtrain.train.module import Trainee
+from microtrain.engine.bypass import StepLoop
+from microtrain.engine.module import Trainee
 
 
 @dataclass

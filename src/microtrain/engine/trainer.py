@@ -5,7 +5,7 @@ instantiated from their ``_target_``.
 microtrain sets the arguments that other config groups own (the device group's accelerator and
 precision, the logger, the run folder) and takes three itself, because Lightning refuses them
 under manual optimization: ``gradient_clip_val``, ``gradient_clip_algorithm`` and
-``accumulate_grad_batches`` are applied in the step (``train.bypass.StepLoop``).
+``accumulate_grad_batches`` are applied in the step (``engine.bypass.StepLoop``).
 """
 
 import inspect
@@ -19,7 +19,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 
 from microtrain.errors import ConfigError
-from microtrain.train.bypass import StepLoop
+from microtrain.engine.bypass import StepLoop
 
 # Trainer arguments that come from elsewhere in the config, and where to set them instead.
 OWNED = {

@@ -1,0 +1,247 @@
+"""microtrain from Python and notebooks: ``train``, ``sweep``, ``load`` and ``explain_step``.
+
+    import microtrain as mt
+    run = mt.train("model=mlp", "optimizer.lr=0.1")        # a Run: .metrics, .history, .predict(x), .plot()
+    table = mt.sweep("optimizer.lr=0.01,0.1", "seed=0,1")  # one row per job, as summary.csv
+    step = mt.explain_step("+experiment=mlp_3_3_1_by_hand")  # .grads, .chain (the backward pass layer by layer)
+
+``train`` and ``sweep`` run the command line's own code in this process: Hydra composes the
+shipped configs (``pkg://microtrain.conf``, plus ``config_dir=`` for your own), the same schema
+checks run, the same engine trains, and the run folder is the one ``scripts/train.py`` writes
+with the same overrides. So the import of torch and Lightning (~5 s here) is paid once per
+process, and each later call costs about its training. What a command sets for its process
+(Hydra's global state and logging, signal handlers, the thread hook, warning filters,
+environment variables, the GC freeze, the working folder) is put back after each call.
+
+Bad input raises ``ConfigError`` (a ``ValueError``) with the line the command line prints.
+"""
+
+import contextlib
+import gc
+import io
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from microtrain.errors import ConfigError, MicrotrainError, TrainingDiverged
+from microtrain.runs import Run
+
+PathLike = Union[str, os.PathLike]
+
+
+def train(*overrides: str, run_dir: Optional[PathLike] = None, config_dir: Optional[PathLike] = None) -> Run:
+    """Train one run, as ``python scripts/train.py <overrides>`` does, and return it.
+
+    Without ``run_dir`` it goes where the command line's run would (``outputs/<date>/<time>``;
+    a second run in the same second gets ``_1``, ``_2``, ...)."""
+    extra = _search_path(config_dir)
+    folder = Path(run_dir) if run_dir is not None else _free(_default_folder("run", overrides, extra))
+    _run("train_main", [*overrides, *extra, _set("hydra.run.dir", folder.absolute())])
+    return Run(folder)
+
+
+def sweep(*overrides: str, launcher: str = "stacked", sweep_dir: Optional[PathLike] = None,
+          config_dir: Optional[PathLike] = None) -> Any:
+    """A sweep (``scripts/train.py -m``): its summary as a pandas DataFrame, one row per job
+    (its overrides, status, metrics and folder), best first. ``launcher``: stacked (the default:
+    jobs that differ only in hyper-parameters train as one model), basic, joblib, ..."""
+    import pandas as pd
+
+    extra = _search_path(config_dir)
+    folder = Path(sweep_dir) if sweep_dir is not None else _free(_default_folder("sweep", overrides, extra))
+    _run("train_main", ["-m", f"hydra/launcher={launcher}", *overrides, *extra, _set("hydra.sweep.dir", folder.absolute())])
+    summary = folder / "summary.csv"
+    if not summary.is_file():
+        raise MicrotrainError(f"the sweep wrote no {summary}; see the jobs' train.log files in {folder}")
+    return pd.read_csv(summary, keep_default_na=False, na_values=[""]).drop(columns=["best"], errors="ignore")
+
+
+def load(folder: PathLike) -> Run:
+    """A finished run folder (made here or by the command line)."""
+    path = Path(folder)
+    if not (path / "metrics.json").is_file() and not (path / "config.yaml").is_file():
+        raise ConfigError(f"{path} is not a run folder (no metrics.json or config.yaml); give the folder a run wrote")
+    return Run(path)
+
+
+def explain_step(*overrides: str, config_dir: Optional[PathLike] = None) -> Any:
+    """One training step explained, as ``scripts/explain_step.py`` computes it: the loss, each
+    gradient (checked against finite differences and the closed form where one exists), the
+    update, and ``.chain``, the backward pass layer by layer. Nothing is written."""
+    from microtrain.explain.step import explain_step as explain
+
+    cfg = compose("explain", overrides, config_dir)
+    with _contained():
+        try:
+            return explain(cfg)
+        except MicrotrainError as err:
+            raise _as_config_error(err) from None
+
+
+def compose(config_name: str, overrides: Sequence[str] = (), config_dir: Optional[PathLike] = None) -> Any:
+    """The config ``scripts/<config_name>.py`` would run with these overrides (its ``hydra`` node left out)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from microtrain.config.overrides import outside_a_job
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("microtrain.conf", version_base="1.3"):
+            return hydra_compose(config_name, overrides=[*overrides, *_search_path(config_dir)])
+    except Exception as err:  # noqa: BLE001 -- Hydra's composition errors: the command line's one line
+        raise ConfigError(outside_a_job(err, config_name)[0]) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _as_config_error(err: MicrotrainError) -> MicrotrainError:
+    return err if isinstance(err, ValueError) else ConfigError(str(err))
+
+
+def _search_path(config_dir: Optional[PathLike]) -> list[str]:
+    """Your own config folder, searched before microtrain's (a group option or a recipe of yours)."""
+    if config_dir is None:
+        return []
+    folder = Path(config_dir).absolute()
+    if not folder.is_dir():
+        raise ConfigError(f"config_dir={folder} is not a folder; give the folder that holds your config groups")
+    return [f"hydra.searchpath=[{_quoted('file://' + folder.as_posix())}]"]
+
+
+def _default_folder(kind: str, overrides: Sequence[str], extra: list[str]) -> Path:
+    """Where the command line would put this run or sweep (``hydra.run.dir``, ``hydra.sweep.dir``), now."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    plain = [o for o in overrides if not o.startswith("hydra/")]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module("microtrain.conf", version_base="1.3"):
+            cfg = hydra_compose("train", overrides=[*plain, *extra] if kind == "run" else extra, return_hydra_config=True)
+            return Path(str(OmegaConf.select(cfg, f"hydra.{kind}.dir")))
+    except Exception:  # noqa: BLE001 -- a bad override: the run itself says what is wrong, in its one line
+        return Path("outputs" if kind == "run" else "multirun") / "api"
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _free(folder: Path) -> Path:
+    """``folder``, or ``folder_1``, ``folder_2``, ... when a run is there already (two calls in one second)."""
+    candidate, number = folder, 0
+    while candidate.exists() and any(candidate.iterdir()):
+        number += 1
+        candidate = folder.with_name(f"{folder.name}_{number}")
+    return candidate
+
+
+def _set(key: str, value: Any) -> str:
+    """``key=value`` as Hydra reads it from a program's arguments (no shell between)."""
+    return f"{key}={_quoted(str(value))}"
+
+
+def _quoted(text: str) -> str:
+    if re.fullmatch(r"[\w/.+:@%-]+", text):
+        return text
+    return '"' + re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', text) + '"'
+
+
+def _run(main: str, args: list[str]) -> None:
+    """The command ``microtrain.cli.<main>`` with these arguments, in this process; its error line raised."""
+    errors = io.StringIO()
+    with _contained(), _tee_stderr(errors):
+        from microtrain import cli  # inside: its first import pauses and then freezes the garbage collector
+
+        sys.argv = ["microtrain", *args]
+        try:
+            getattr(cli, main)()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    if code == 0:
+        return
+    lines = [line for line in errors.getvalue().splitlines() if line.startswith("error: ")]
+    message = lines[-1].removeprefix("error: ") if lines else f"the command exited with status {code}"
+    if code in (130, 143):
+        raise KeyboardInterrupt(message)
+    if code == 2:
+        raise ConfigError(message)
+    if "training diverged" in message:
+        raise TrainingDiverged(message)
+    raise MicrotrainError(message)
+
+
+@contextlib.contextmanager
+def _tee_stderr(copy: io.StringIO) -> Iterator[None]:
+    """What the command prints to stderr reaches the notebook and ``copy`` both."""
+    shown = sys.stderr
+
+    class Tee(io.TextIOBase):
+        def write(self, text: str) -> int:
+            copy.write(text)
+            return shown.write(text)
+
+        def flush(self) -> None:
+            shown.flush()
+
+    with contextlib.redirect_stderr(Tee()):
+        yield
+
+
+@contextlib.contextmanager
+def _contained() -> Iterator[None]:
+    """Everything a command sets for its process, put back when it ends."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    argv, environ, cwd, hook = sys.argv[:], dict(os.environ), os.getcwd(), threading.excepthook
+    filters, raise_exceptions, frozen = warnings.filters[:], logging.raiseExceptions, gc.get_freeze_count()
+    loggers = {name: (lg.level, lg.handlers[:], lg.propagate, lg.disabled)
+               for name, lg in [("", logging.getLogger()), *logging.Logger.manager.loggerDict.items()] if isinstance(lg, logging.Logger)}
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+        for number, handler in signals.items():
+            signal.signal(number, handler)
+        sys.argv, threading.excepthook = argv, hook
+        os.environ.clear()
+        os.environ.update(environ)
+        os.chdir(cwd)
+        warnings.filters[:] = filters
+        logging.raiseExceptions = raise_exceptions
+        _restore_loggers(loggers)
+        if gc.get_freeze_count() and not frozen:
+            gc.unfreeze()  # the command's start-up froze what it imported; this process goes on collecting as before
+
+
+def _restore_loggers(saved: dict[str, tuple[int, list, bool, bool]]) -> None:
+    """Hydra's job logging configured the loggers (a file handler on train.log): closed, and the old ones back."""
+    current = [("", logging.getLogger()), *logging.Logger.manager.loggerDict.items()]
+    for name, logger in current:
+        if not isinstance(logger, logging.Logger):
+            continue
+        if name not in saved:  # made during the call (Lightning's, on its import): only a log file of the run goes
+            for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+                logger.removeHandler(handler)
+                handler.close()
+            continue
+        level, handlers, propagate, disabled = saved[name]
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate, logger.disabled = propagate, disabled

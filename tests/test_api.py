@@ -1,0 +1,158 @@
+"""microtrain from Python (``microtrain.api``): the same runs as the command line, a Run to look
+at, one-line errors as ConfigError, nothing of a call left behind in the process, and the
+tutorial notebook executed by a real Jupyter kernel."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import microtrain as mt
+from tests_helpers import ROOT, read_events, run_in_process
+
+TINY = ["model=mlp", "model.hidden=8", "trainer.max_epochs=3", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> mt.Run:
+    return mt.train(*TINY, run_dir=tmp_path_factory.mktemp("api") / "run")
+
+
+def test_a_run_from_python_is_the_command_lines_run(run, tmp_path, capsys):
+    assert run.metrics["status"] == "ok" and run.metrics["steps"] == 75
+    assert run.config.model.hidden == 8 and (run.folder / ".hydra" / "overrides.yaml").is_file()
+    code, _, err = run_in_process(capsys, "train.py", *TINY, f"hydra.run.dir={tmp_path / 'cli'}")
+    assert code == 0, err
+    cli = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert (cli["train_loss"], cli["val_loss"]) == (run.metrics["train_loss"], run.metrics["val_loss"])  # same seed, same run
+
+
+def test_history_holds_every_scalar_tensorboard_holds(run):
+    history = run.history
+    events = read_events(run.folder)
+    assert set(history.columns) == set(events.Tags()["scalars"]) and history.index.name == "step"
+    for tag in ("val_loss", "train_loss_step", "grad_norm/fc1.weight"):
+        points = events.Scalars(tag)
+        assert history[tag].dropna().tolist() == pytest.approx([p.value for p in points])
+        assert history[tag].dropna().index.tolist() == [p.step for p in points]
+
+
+def test_predict_gives_what_predict_py_writes(run, tmp_path, capsys):
+    rows = pd.DataFrame({"x0": [0.5, -1.0], "x1": [0.0, 2.0], "x2": [1.5, 0.25]})
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    code, _, err = run_in_process(capsys, "predict.py", f"run={run.folder}", f"data.path={tmp_path / 'rows.csv'}",
+                                  f"output={tmp_path / 'out.csv'}")
+    assert code == 0, err
+    written = pd.read_csv(tmp_path / "out.csv")["predicted_y0"].to_numpy()
+    assert run.predict(rows)[:, 0] == pytest.approx(written, abs=1e-6)  # predict.py writes 7 significant digits
+    assert run.predict(rows.to_numpy()) == pytest.approx(run.predict(rows[["x2", "x0", "x1"]]))  # by name, in any order
+    with pytest.raises(ValueError, match=r"rows of 3 features \(x0, x1, x2\)"):
+        run.predict(np.zeros((2, 4)))
+
+
+def test_plot_and_html_show_the_run(run):
+    import matplotlib.pyplot as plt
+
+    figure = run.plot()
+    titles = {ax.get_title() for ax in figure.axes}
+    assert {"loss", "weight norm ‖w‖", "gradient norm ‖g‖"} <= titles
+    plt.close(figure)
+    assert "status" in run._repr_html_() and "ok" in run._repr_html_() and "val_loss" in repr(run)
+    assert mt.load(run.folder).metrics == run.metrics
+
+
+def test_bad_input_raises_config_error_with_the_command_lines_line(tmp_path, capsys):
+    code, _, err = run_in_process(capsys, "train.py", "model.hiden=3", f"hydra.run.dir={tmp_path / 'cli'}")
+    with pytest.raises(mt.ConfigError) as raised:
+        mt.train("model.hiden=3", run_dir=tmp_path / "api")
+    assert isinstance(raised.value, ValueError) and code == 2
+    assert f"error: {raised.value}" == err.strip()
+    assert not (tmp_path / "api").exists()
+    with pytest.raises(mt.ConfigError, match="model=cnn is not an option of model; choose one of: linear, mlp"):
+        mt.explain_step("model=cnn")
+    with pytest.raises(mt.ConfigError, match="not a run folder"):
+        mt.load(tmp_path)
+
+
+LEAK_CHECK = """
+import gc, logging, os, signal, sys, threading
+from hydra.core.global_hydra import GlobalHydra
+import microtrain as mt
+
+def state():
+    return (threading.active_count(), signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), threading.excepthook,
+            dict(os.environ), os.getcwd(), gc.get_freeze_count(), gc.isenabled(), logging.getLogger().handlers[:],
+            logging.raiseExceptions, sorted(os.listdir("/proc/self/fd")), GlobalHydra.instance().is_initialized())
+
+folder, tiny = sys.argv[1], sys.argv[2:]
+before = state()
+mt.train(*tiny, run_dir=folder + "/first")  # the first call imports torch and Lightning, and freezes their objects
+mt.train(*tiny, run_dir=folder + "/again")
+mt.sweep(*tiny, "optimizer.lr=0.01,0.1", sweep_dir=folder + "/sweep")
+mt.sweep(*tiny, "optimizer.lr=0.01,0.1", launcher="basic", sweep_dir=folder + "/basic")
+mt.explain_step("model=mlp")
+try:
+    mt.train("optimizer.lr=-1", run_dir=folder + "/bad")
+except mt.ConfigError:
+    pass
+after = state()
+print("same" if after == before else [(a, b) for a, b in zip(before, after) if a != b])
+"""
+
+
+def test_calls_leave_nothing_behind_in_the_process(tmp_path):
+    """In a fresh process, as a notebook's: threads, signal handlers, the thread hook, the
+    environment, the working folder, the GC freeze, logging, open files and Hydra's global state
+    are as before the calls."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", LEAK_CHECK, str(tmp_path), *TINY], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "same"
+
+
+def test_a_sweep_is_a_table_of_its_jobs(tmp_path):
+    table = mt.sweep(*TINY, "optimizer.lr=0.01,0.1", "seed=0,1", sweep_dir=tmp_path / "sweep")
+    assert len(table) == 4 and set(table.status) == {"ok"}
+    assert table.val_loss.is_monotonic_increasing  # best first
+    for folder in table.folder:
+        assert json.loads((Path(folder) / "metrics.json").read_text())["stacked"]["jobs"] == 4
+
+
+def test_your_own_config_folder(tmp_path):
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "tiny.yaml").write_text((ROOT / "conf" / "model" / "mlp.yaml").read_text().replace("hidden: 16", "hidden: 3")
+                                                           .replace("hidden: 64", "hidden: 3"))
+    run = mt.train("model=tiny", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", run_dir=tmp_path / "run",
+                   config_dir=tmp_path / "conf")
+    assert run.config.model.hidden == 3 and run.metrics["status"] == "ok"
+
+
+def test_explain_step_shows_the_chain_rule_of_notebook_002():
+    step = mt.explain_step("+experiment=mlp_3_3_1_by_hand")
+    hidden = next(t for t in step.chain if "activation" in t.name and "pre" not in t.name)
+    assert [round(v, 4) for v in hidden.value.flatten().tolist()] == pytest.approx([-0.4719, -0.5560, -0.3805], abs=1e-3)
+    assert "chain rule" in repr(step) and "checks hold" in repr(step)
+
+
+@pytest.mark.slow
+def test_the_tutorial_notebook_runs_in_a_real_kernel(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(ROOT / "docs" / "tutorial.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = ["".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in cell.get("outputs", []))
+               for cell in notebook.cells if cell.cell_type == "code"]
+    assert "loss 10.83" in outputs[1] and "dL/dweight -18.02" in outputs[1] and "weight after the step 1.0495" in outputs[1]
+    assert "dL/d" in outputs[2] and "largest |chain - autograd|" in outputs[2]
+    assert "status=ok" in outputs[3]
+    plot = next(cell for cell in notebook.cells if cell.source.startswith("run.plot()"))
+    assert any("image/png" in o.get("data", {}) for o in plot.outputs)  # the figure, inline
+    assert outputs[-2].count(" ok ") >= 6  # the sweep's table: six jobs, each ok
+    assert "model.hiden is not a key of the config" in outputs[-1]
+    assert len(list((tmp_path / "multirun").rglob("metrics.json"))) == 6
