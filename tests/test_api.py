@@ -79,12 +79,14 @@ def test_bad_input_raises_config_error_with_the_command_lines_line(tmp_path, cap
 LEAK_CHECK = """
 import gc, logging, os, signal, sys, threading
 from hydra.core.global_hydra import GlobalHydra
+from hydra.version import VersionBase
 import microtrain as mt
 
 def state():
     return (threading.active_count(), signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), threading.excepthook,
             dict(os.environ), os.getcwd(), gc.get_freeze_count(), gc.isenabled(), logging.getLogger().handlers[:],
-            logging.raiseExceptions, sorted(os.listdir("/proc/self/fd")), GlobalHydra.instance().is_initialized())
+            logging.raiseExceptions, sorted(os.listdir("/proc/self/fd")), GlobalHydra.instance().is_initialized(),
+            VersionBase.instance().getbase())
 
 folder, tiny = sys.argv[1], sys.argv[2:]
 before = state()

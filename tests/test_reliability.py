@@ -94,7 +94,7 @@ BAD_INPUTS = [
     (["optimizer.lr=[1,2"], "an override cannot be read (no viable alternative at input '[1,2')"),
     (["+optimizer.lrr=0.1"], "optimizer torch.optim.SGD refused its settings: SGD.__init__() got an unexpected keyword argument 'lrr'; "
                              "did you mean optimizer.lr?"),
-    (["hydra/launcher=nope"], "hydra/launcher=nope is not an option of hydra/launcher; choose one of: basic, joblib, stacked"),
+    (["hydra/launcher=nope"], "hydra/launcher=nope is not an option of hydra/launcher; choose one of: basic, joblib, stacked, stacked_slurm"),
     # non-finite numbers and sizes that cannot train, refused before training
     (["data=inline", "data.y=[[1.0],[inf],[3.0],[4.0]]"], "data.y row 2, column 1 (counting from 1) is inf: training needs finite numbers"),
     (["data=inline", "data.x=[[1.0],[nan],[3.0],[4.0]]"], "data.x row 2, column 1 (counting from 1) is nan"),

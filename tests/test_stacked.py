@@ -276,6 +276,27 @@ def test_stacked_sweep_through_hydra_gives_every_job_its_own_run(tmp_path, capsy
 
 
 @pytest.mark.slow
+def test_stacked_submitit_local_sends_each_group_as_one_submitit_job(tmp_path, capsys):
+    """hydra/launcher=stacked_submitit_local: 2 groups are 2 submitit processes, each training its
+    group stacked; every job ends ok with the folder and summary row of the stacked launcher."""
+    code, out, err = run_in_process(capsys, "train.py", "-m", "hydra/launcher=stacked_submitit_local", "model=linear,mlp",
+                                    "optimizer.lr=0.01,0.1", "trainer.max_epochs=1", "device=cpu", f"hydra.sweep.dir={tmp_path}")
+    assert code == 0, err
+    assert "stacked: 4 of 4 jobs in 2 group(s)" in out
+    submitted = sorted(p.name for p in (tmp_path / ".submitit").iterdir() if p.name != "%j")  # a folder per submitit job
+    assert len(submitted) == 2 and str(os.getpid()) not in submitted  # local jobs are processes of their own
+    for job in submitted:
+        assert "jobs stacked" not in (tmp_path / ".submitit" / job / f"{job}_0_log.err").read_text()  # trained, quietly
+    with open(tmp_path / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    for row in rows:
+        folder = Path(row["folder"])
+        assert json.loads((folder / "metrics.json").read_text())["stacked"]["jobs"] == 2
+        assert (folder / ".hydra" / "overrides.yaml").is_file() and (folder / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
 def test_optuna_trials_train_stacked_in_batches_of_n_jobs(tmp_path, capsys):
     code, out, err = run_in_process(
         capsys, "train.py", "-m", "hparams_search=optuna_stacked", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",

@@ -89,18 +89,32 @@ def compose(config_name: str, overrides: Sequence[str] = (), config_dir: Optiona
     """The config ``scripts/<config_name>.py`` would run with these overrides (its ``hydra`` node left out)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
 
     from microtrain.config.overrides import outside_a_job
 
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_module("microtrain.conf", version_base="1.3"):
+        with _hydra_kept(), initialize_config_module("microtrain.conf", version_base="1.3"):
             return hydra_compose(config_name, overrides=[*overrides, *_search_path(config_dir)])
     except Exception as err:  # noqa: BLE001 -- Hydra's composition errors: the command line's one line
         raise ConfigError(outside_a_job(err, config_name)[0]) from None
+
+
+@contextlib.contextmanager
+def _hydra_kept() -> Iterator[None]:
+    """Hydra's process-wide state as it was: no app initialized, no job's config, the version base
+    (``version_base="1.3"`` sets it for the whole process)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.version import VersionBase
+
+    version_base = VersionBase.instance().getbase()
+    GlobalHydra.instance().clear()
+    try:
+        yield
     finally:
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+        VersionBase.instance().version_base = version_base
 
 
 def _as_config_error(err: MicrotrainError) -> MicrotrainError:
@@ -121,19 +135,15 @@ def _default_folder(kind: str, overrides: Sequence[str], extra: list[str]) -> Pa
     """Where the command line would put this run or sweep (``hydra.run.dir``, ``hydra.sweep.dir``), now."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
     plain = [o for o in overrides if not o.startswith("hydra/")]
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_module("microtrain.conf", version_base="1.3"):
+        with _hydra_kept(), initialize_config_module("microtrain.conf", version_base="1.3"):
             cfg = hydra_compose("train", overrides=[*plain, *extra] if kind == "run" else extra, return_hydra_config=True)
             return Path(str(OmegaConf.select(cfg, f"hydra.{kind}.dir")))
     except Exception:  # noqa: BLE001 -- a bad override: the run itself says what is wrong, in its one line
         return Path("outputs" if kind == "run" else "multirun") / "api"
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def _free(folder: Path) -> Path:
@@ -201,19 +211,15 @@ def _tee_stderr(copy: io.StringIO) -> Iterator[None]:
 @contextlib.contextmanager
 def _contained() -> Iterator[None]:
     """Everything a command sets for its process, put back when it ends."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
     signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     argv, environ, cwd, hook = sys.argv[:], dict(os.environ), os.getcwd(), threading.excepthook
     filters, raise_exceptions, frozen = warnings.filters[:], logging.raiseExceptions, gc.get_freeze_count()
     loggers = {name: (lg.level, lg.handlers[:], lg.propagate, lg.disabled)
                for name, lg in [("", logging.getLogger()), *logging.Logger.manager.loggerDict.items()] if isinstance(lg, logging.Logger)}
     try:
-        yield
+        with _hydra_kept():
+            yield
     finally:
-        GlobalHydra.instance().clear()
-        HydraConfig.instance().cfg = None
         for number, handler in signals.items():
             signal.signal(number, handler)
         sys.argv, threading.excepthook = argv, hook

@@ -229,21 +229,13 @@ def predict_command(cfg: DictConfig) -> None:
 
 CONFIGS = "pkg://microtrain.conf"  # conf/ of the source tree, installed as the package microtrain.conf
 usage.register()  # the --help page's resolver (conf/train.yaml: hydra.help.template)
-def register_plugins() -> None:
-    """``hydra/launcher=stacked``, ``hydra/sweeper=microtrain``: Hydra's scan of ``hydra_plugins``
-    misses an editable install (``pip install -e``); registered by hand, they are always found."""
-    from hydra.core.plugins import Plugins
-
-    plugins = Plugins.instance()  # first: its scan re-executes Hydra's plugin modules, BasicSweeper's among them
-    from hydra_plugins.microtrain_stacked import composed_sweeper, stacked_launcher
-
-    plugins.register(stacked_launcher.StackedLauncher)
-    plugins.register(composed_sweeper.ComposedSweeper)
 
 
 def train_main() -> None:
     """``microtrain-train [group=option ...] [key=value ...]``: train one run, or a sweep with ``-m``."""
-    register_plugins()
+    from hydra_plugins.microtrain_stacked import register
+
+    register()
     run_hydra("train", train_command)
 
 

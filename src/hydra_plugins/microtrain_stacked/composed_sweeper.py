@@ -4,7 +4,7 @@ jobs that differ only in values from one composition (``microtrain.config.sweep_
 hands those configs to the launcher instead of having it compose them all again."""
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.types import HydraContext, TaskFunction
@@ -12,6 +12,16 @@ from omegaconf import DictConfig
 
 
 class ComposedSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict[str, str]] = None) -> None:
+        # BasicSweeper.__init__'s own, without its super(BasicSweeper, self): Hydra's plugin scan
+        # re-executes its module, and a process that scans twice (Hydra's test runners, a
+        # notebook after them) would hold two BasicSweeper classes
+        self.overrides: Optional[Sequence[Sequence[Sequence[str]]]] = None
+        self.batch_index, self.max_batch_size, self.params = 0, max_batch_size, params or {}
+        self.hydra_context: Optional[HydraContext] = None
+        self.config: Optional[DictConfig] = None
+        self.launcher: Any = None
+
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from microtrain.config.sweep_jobs import ComposedOnce
 

@@ -6,11 +6,13 @@ its folder, ``.hydra/`` files and log, its Hydra callbacks, and its objective fo
 
 import logging
 import math
+from dataclasses import dataclass
 import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, env_override, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
@@ -20,21 +22,37 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 log = logging.getLogger(__name__)
 
 
-# Its config is conf/hydra/launcher/stacked.yaml, shipped in microtrain's own config package, not
-# a ConfigStore entry, and microtrain.cli registers the class: Hydra finds plugins by scanning
-# the hydra_plugins namespace, which misses packages installed in editable mode (pip install -e).
+@dataclass
+class StackedConf:
+    """python scripts/train.py -m hydra/launcher=stacked optimizer.lr=0.001,0.01,0.1 seed=0,1
+
+    Jobs that differ only in hyper-parameters train as one stacked model in this process; the
+    others run one after another. Stored from code, as Hydra's own launchers are, so that any
+    Hydra app that imports this module (Hydra's LauncherTestSuite among them) finds it."""
+
+    _target_: str = "hydra_plugins.microtrain_stacked.stacked_launcher.StackedLauncher"
+    max_jobs: Optional[int] = None  # most jobs in one stacked model; null = as many as fit in a quarter of the free memory
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedConf, provider="microtrain")
+
+
+def checked_max_jobs(max_jobs: Any) -> Optional[int]:
+    """hydra.launcher.max_jobs, checked when Hydra builds the launcher, before any folder or file is written."""
+    if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1):
+        from microtrain.console import error_console
+
+        error_console.print(f"error: hydra.launcher.max_jobs={max_jobs!r} must be a whole number of at least 1, or null "
+                            "(as many jobs as fit in memory)", markup=False)
+        sys.exit(2)
+    return max_jobs
 
 
 class StackedLauncher(Launcher):
-    def __init__(self, max_jobs: Optional[int] = None) -> None:
-        if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1):
-            from microtrain.console import error_console
+    NAME = "stacked"
 
-            # checked when Hydra builds the launcher, before any folder or file is written
-            error_console.print(f"error: hydra.launcher.max_jobs={max_jobs!r} must be a whole number of at least 1, or null "
-                                "(as many jobs as fit in memory)", markup=False)
-            sys.exit(2)
-        self.max_jobs = max_jobs
+    def __init__(self, max_jobs: Optional[int] = None) -> None:
+        self.max_jobs = checked_max_jobs(max_jobs)
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -68,7 +86,7 @@ class StackedLauncher(Launcher):
 
     def _launch(self, sweep_dir: Path, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, plan: Any,
                 console: Any) -> Sequence[JobReturn]:
-        console.print(f"hydra/launcher=stacked: {len(job_overrides)} jobs")
+        console.print(f"hydra/launcher={self.NAME}: {len(job_overrides)} jobs")
         configs = []
         for offset, overrides in enumerate(job_overrides):
             config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -78,15 +96,23 @@ class StackedLauncher(Launcher):
         views = [_job_view(config) for config in configs]
         folders, tasks = [v[0] for v in views], [v[1] for v in views]
         overrides = [list(config.hydra.overrides.task) for config in configs]
-        results, fresh = plan.run_stacked(tasks, folders, self.max_jobs, console, overrides)
+        results, fresh = plan.run_stacked(tasks, folders, self.max_jobs, console, overrides, train_chunks=self.train_chunks())
+        alone = [i for i, result in enumerate(results) if result is None]
+        for index in fresh:  # resume=true for a job that never wrote a checkpoint: it starts
+            with open_dict(configs[index]):
+                configs[index].resume = False
+        ran = dict(zip(alone, self.run_alone([configs[i] for i in alone], [initial_job_idx + i for i in alone])))
+        return [ran[i] if result is None else self._trained(config, views[i], result)
+                for i, (config, result) in enumerate(zip(configs, results))]
+
+    def train_chunks(self) -> Optional[Any]:
+        """How the groups train: here, one after another (``stack.plan``); a cluster launcher sends them away."""
+        return None
+
+    def run_alone(self, configs: list[DictConfig], numbers: list[int]) -> list[JobReturn]:
+        """The jobs that do not stack, through Hydra's own ``run_job``, one after another."""
         runs = []
-        for index, (config, result) in enumerate(zip(configs, results)):
-            if result is not None:  # trained stacked
-                runs.append(self._trained(config, views[index], result))
-                continue
-            if index in fresh:  # resume=true for a job that never wrote a checkpoint: it starts
-                with open_dict(config):
-                    config.resume = False
+        for config in configs:
             runs.append(run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
                                 job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)

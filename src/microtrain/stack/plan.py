@@ -5,6 +5,7 @@ import json
 import math
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
@@ -24,9 +25,12 @@ Result = dict[str, Any]
 
 
 def run_stacked(cfgs: list[DictConfig], folders: list[Path], max_jobs: Optional[int], console: Any,
-                overrides: Optional[list[list[str]]] = None) -> tuple[list[Optional[Result]], set[int]]:
+                overrides: Optional[list[list[str]]] = None,
+                train_chunks: Optional[Callable[[list[tuple]], list[Any]]] = None) -> tuple[list[Optional[Result]], set[int]]:
     """([each job's result, or None for a job to run alone through its task function], the jobs
-    of a resumed sweep that never started, which start afresh)."""
+    of a resumed sweep that never started, which start afresh). ``train_chunks``: trains the
+    groups' chunks elsewhere, all at once (``_trained_here``'s arguments each), returning for each
+    (its jobs' metrics, seconds); without it they train here, one after another."""
     results: list[Optional[Result]] = [None] * len(cfgs)
     fresh: set[int] = set()
     candidates, resumed_at = [], []
@@ -67,35 +71,59 @@ def run_stacked(cfgs: list[DictConfig], folders: list[Path], max_jobs: Optional[
         group.jobs = [candidates[i] for i in group.jobs]
     for line in describe(groups, alone, len(cfgs) - skipped):
         console.print(line, markup=False)
-    from microtrain.stack.train import train_group
-
+    chunks: list[tuple[int, list[int]]] = []  # (group number, its jobs), at most as many jobs as fit in memory
     for number, group in enumerate(groups):
-        limit = min(max_jobs or math.inf, _jobs_that_fit(cfgs[group.jobs[0]], len(group.jobs)))
-        for start in range(0, len(group.jobs), int(limit)):
-            chunk = group.jobs[start : start + int(limit)]
+        limit = int(min(max_jobs or math.inf, _jobs_that_fit(cfgs[group.jobs[0]], len(group.jobs))))
+        chunks += [(number, group.jobs[start : start + limit]) for start in range(0, len(group.jobs), limit)]
+    work = [([cfgs[i] for i in chunk], [folders[i] for i in chunk], [bool(cfgs[i].resume) for i in chunk],
+             [overrides[i] if overrides else [] for i in chunk]) for _, chunk in chunks]
+    if train_chunks is None:  # here, one after another
+        outcomes: list[Any] = []
+        for (_, chunk), args in zip(chunks, work):
             if interrupt.stop_signal() is not None:  # the sweep was interrupted: these jobs never start
-                for i in chunk:
-                    results[i] = {"status": "interrupted", "objective": math.inf}
-                    _failed(folders[i], "not started: the sweep was interrupted", status="interrupted")
+                outcomes.append(None)
                 continue
             started = time.perf_counter()
-            try:
-                metrics = train_group([cfgs[i] for i in chunk], [folders[i] for i in chunk], [bool(cfgs[i].resume) for i in chunk],
-                                      [overrides[i] if overrides else [] for i in chunk])
-            except MicrotrainError as err:
-                metrics = [_failed(folders[i], str(err)) for i in chunk]
-            except Exception as err:  # noqa: BLE001 -- in a sweep one broken group must not stop the others
-                first = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
-                metrics = [_failed(folders[i], f"{type(err).__name__}: {first}") for i in chunk]
-            ok = sum(m["status"] == "ok" for m in metrics)
-            steps = next((m["steps"] for m in metrics if "steps" in m), 0)
-            console.print(f"group {number + 1}: {len(chunk)} jobs stacked, {steps} steps each, {ok} ok, "
-                          f"{time.perf_counter() - started:.1f} s")
-            for i, m in zip(chunk, metrics):
-                if m["status"] != "ok":
-                    console.print(f"error: job #{i}: {m['error']}", markup=False)
-                results[i] = {"status": m["status"], "objective": objective(m, cfgs[i].optimize.metric)[1]}
+            outcomes.append((_trained_here(*args), time.perf_counter() - started))
+            _report(console, chunks[len(outcomes) - 1], outcomes[-1], folders, cfgs, results)
+    else:  # elsewhere, all at once (a cluster: stack.submitit)
+        outcomes = train_chunks(work) if work else []
+        for chunk, outcome in zip(chunks, outcomes):
+            _report(console, chunk, outcome, folders, cfgs, results)
+    for (_, chunk), outcome in zip(chunks, outcomes):
+        if outcome is None:
+            for i in chunk:
+                results[i] = {"status": "interrupted", "objective": math.inf}
+                _failed(folders[i], "not started: the sweep was interrupted", status="interrupted")
     return results, fresh
+
+
+def _trained_here(cfgs: list[DictConfig], folders: list[Path], resume: list[bool], overrides: list[list[str]]) -> list[Result]:
+    """One chunk of a group trained stacked in this process; each job's metrics (a failure: each job failed)."""
+    from microtrain.stack.train import train_group
+
+    try:
+        return train_group(cfgs, folders, resume, overrides)
+    except MicrotrainError as err:
+        return [_failed(folder, str(err)) for folder in folders]
+    except Exception as err:  # noqa: BLE001 -- in a sweep one broken group must not stop the others
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
+        return [_failed(folder, f"{type(err).__name__}: {first}") for folder in folders]
+
+
+def _report(console: Any, chunk: tuple[int, list[int]], outcome: Optional[tuple[list[Result], float]], folders: list[Path],
+            cfgs: list[DictConfig], results: list[Optional[Result]]) -> None:
+    """The chunk's line, its jobs' errors, and their results for the launcher."""
+    if outcome is None:
+        return
+    (number, jobs), (metrics, seconds) = chunk, outcome
+    ok = sum(m["status"] == "ok" for m in metrics)
+    steps = next((m["steps"] for m in metrics if "steps" in m), 0)
+    console.print(f"group {number + 1}: {len(jobs)} jobs stacked, {steps} steps each, {ok} ok, {seconds:.1f} s")
+    for i, m in zip(jobs, metrics):
+        if m["status"] != "ok":
+            console.print(f"error: job #{i}: {m['error']}", markup=False)
+        results[i] = {"status": m["status"], "objective": objective(m, cfgs[i].optimize.metric)[1]}
 
 
 def _finished(folder: Path, cfg: DictConfig) -> Optional[Result]:
