@@ -69,9 +69,13 @@ def test_early_stopping_stops_a_run_whose_val_loss_stalls(tmp_path):
     assert last["global_step"] == result.metrics["steps"]  # the final epoch is always written
 
 
-def test_any_trainer_argument_passes_through(tmp_path):
-    result = train(make_cfg("+trainer.max_time=00:00:10:00", "+trainer.check_val_every_n_epoch=5", "trainer.max_epochs=5"), tmp_path)
-    assert result.metrics["status"] == "ok"
+def test_any_trainer_argument_passes_through_and_takes_effect(tmp_path):
+    from tests_helpers import read_events
+
+    train(make_cfg("+trainer.check_val_every_n_epoch=5", "trainer.max_epochs=10"), tmp_path / "val")
+    assert [p.step for p in read_events(tmp_path / "val").Scalars("val_loss")] == [125, 250]  # epochs 5 and 10 only
+    timed = train(make_cfg("+trainer.max_time=00:00:00:01", "trainer.max_epochs=100000", "model=mlp"), tmp_path / "timed")
+    assert timed.metrics["status"] == "ok" and 0 < timed.metrics["epochs"] < 100000 and 1.0 <= timed.metrics["seconds"] < 10
 
 
 PRIVATE = re.compile(r"\._on_before_step|\._on_after_step|_last_global_step_saved|\.fit_loop\b|_evaluate_stopping_criteria")

@@ -8,7 +8,6 @@ import dataclasses
 import io
 import json
 import resource
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from omegaconf import open_dict
 
 from microtrain import device
 from microtrain.engine.fit import train
-from tests_helpers import make_cfg, read_events, run_in_process, run_script
+from tests_helpers import checkpoint_weights, make_cfg, read_events, run_in_process, run_script
 
 pytestmark = pytest.mark.cuda
 SMALL = ["model=mlp", "model.hidden=16", "trainer.max_epochs=3"]
@@ -28,10 +27,6 @@ def cuda_cfg(*overrides: str):
 
 def final_weights(result) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in result.module.model.state_dict().items()}
-
-
-def checkpoint_weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_device_auto_picks_the_gpu_and_names_it():

@@ -300,7 +300,8 @@ def test_categories_sep_and_npz_inputs_for_predictions(tmp_path):
     assert list(csv.DictReader(open(path)))[0]["ward"] == "east, 2nd floor"
     np.savez(tmp_path / "x_only.npz", x=np.array([[1.0, 1.0, 0.0, 1.0], [-1.0, -1.0, 1.0, 0.0]]))
     path, _ = predict_file(run, str(tmp_path / "x_only.npz"))
-    assert [r["predicted_diagnosis"] for r in csv.DictReader(open(path))][0] in ("B", "M")
+    # radius + texture/2 ± 0.8 for the smoker columns (no, yes) decides the label: 2.3 is M, -2.3 is B
+    assert [r["predicted_diagnosis"] for r in csv.DictReader(open(path))] == ["M", "B"]
 
 
 def test_predict_takes_data_missing_and_never_writes_over_its_input_or_the_run(tmp_path):

@@ -20,7 +20,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SKIPPED = {
     r"pip install|python3 -m venv": "sets up an environment (minutes; CI does it)",
     r"python -m pytest|^ruff |^mypy|&& mypy|mkdocs build": "CI runs it (.ci/run)",
-    r"mkdocs serve|^tensorboard ": "starts a server (the TensorBoard server is tested in test_looking.py)",
+    r"mkdocs serve|^tensorboard ": "starts a server (the TensorBoard server is tested in test_report_and_tensorboard.py)",
     r"slurm|device=cuda|gpus_per_node": "needs a SLURM cluster or a GPU",
     r"trainer.devices=2|num_nodes": "several processes or nodes",
     r"hparams_search=optuna|n_trials": "a search of many trials (test_sweeps.py runs a 3-trial one)",

@@ -3,9 +3,7 @@ import torch
 from torch import nn
 
 from microtrain.errors import ConfigError
-from microtrain.config import schema
 from microtrain.models import INIT_SCHEMES, MLP, build_model
-from tests_helpers import make_cfg
 
 
 def cfg(**kw):
@@ -84,23 +82,3 @@ def test_init_values_checked(values, message):
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        ({"in_features": 4}, "model.in_features=4 but the data has 3"),
-        ({"name": "mlp", "hidden": 0}, "model.hidden=0 must be at least 1"),
-        ({"name": "mlp", "hidden": "wide"}, "not a whole number"),
-        ({"name": "mlp", "hidden": 3, "activation": "gelu"}, "model.activation='gelu' is not one of"),
-        ({"init": "he"}, "model.init='he'"),
-        ({"name": "cnn"}, "model.name='cnn'"),
-    ],
-)
-def test_bad_model_settings(overrides, message):
-    """Types and ranges are the schema's (config.schema), sizes against the data build_model's."""
-    name = overrides.get("name", "linear")
-    args = [f"model={name}" if name in ("linear", "mlp") else f"model.name={name}"]
-    args += [f"model.{key}={value}" for key, value in overrides.items() if key != "name"]
-    with pytest.raises(ConfigError) as err:
-        schema.check(make_cfg(*args))
-        build_model(cfg(**overrides), 3, 1)
-    assert message in str(err.value)

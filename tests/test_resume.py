@@ -13,18 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests_helpers import ROOT, files_of, run_in_process
+from tests_helpers import checkpoint_weights, ROOT, files_of, run_in_process
 
 QUICK = ["model=mlp", "model.hidden=8", "trainer.enable_progress_bar=false"]
 
 
 
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-
-
 def bitwise(a: Path, b: Path) -> bool:
-    wa, wb = weights(a), weights(b)
+    wa, wb = checkpoint_weights(a), checkpoint_weights(b)
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -108,9 +104,6 @@ def _wait_for(path: Path, seconds: float = 120) -> None:
         time.sleep(0.05)
 
 
-LONG = [*QUICK, "trainer.max_epochs=300"]
-
-
 def job(sweep: Path, lr: str) -> Path:
     """The sweep's job folder of this learning rate (Hydra names it by all its overrides)."""
     deadline = time.time() + 120
@@ -120,24 +113,39 @@ def job(sweep: Path, lr: str) -> Path:
     return found[0]
 
 
+# One kill-and-resume matrix: how the run is stopped, and where its last.ckpt was written.
+# 9,600 training rows in batches of 32 make 300-step epochs: the first step checkpoint (150) lies
+# mid-epoch. Lightning calls of 50 steps keep every grid (losses, inspection) on the same steps
+# whichever call boundary a run resumes from.
+STOPPED = [*QUICK, "data.n_samples=12000", "trainer.max_epochs=10", "loop.steps_per_call=50", "log.every_n_steps=100",
+           "log.inspect_every_n_steps=50"]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     folder = tmp_path_factory.mktemp("uninterrupted") / "run"
-    assert _train(*LONG, f"hydra.run.dir={folder}").wait() == 0
+    done = _train(*STOPPED, f"hydra.run.dir={folder}")
+    assert done.wait(timeout=300) == 0, done.stderr.read()
     return folder
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=["SIGKILL", "SIGTERM", "SIGINT"])
-def test_a_run_stopped_by_a_signal_resumes_bitwise_from_its_folder_alone(tmp_path, uninterrupted, how):
+@pytest.mark.parametrize("how, every_n_steps", [(signal.SIGKILL, None), (signal.SIGKILL, 150), (signal.SIGTERM, None), (signal.SIGINT, None)],
+                         ids=["SIGKILL-epoch-end", "SIGKILL-mid-epoch", "SIGTERM", "SIGINT"])
+def test_a_run_stopped_by_a_signal_resumes_bitwise_from_its_folder_alone(tmp_path, uninterrupted, how, every_n_steps):
+    """SIGKILL after the first checkpoint (an epoch's end, or a step checkpoint mid-epoch), or
+    SIGTERM or SIGINT (a status, last.ckpt at the next step boundary, the command that resumes):
+    resume=true ends bitwise equal to the uninterrupted run, its curves without a gap or a double."""
+    extra = [f"checkpoint.every_n_steps={every_n_steps}"] if every_n_steps else []
     run = tmp_path / "run"
-    process = _train(*LONG, f"hydra.run.dir={run}")
+    process = _train(*STOPPED, *extra, f"hydra.run.dir={run}")
     _wait_for(run / "checkpoints" / "last.ckpt")
-    time.sleep(0.5)
     process.send_signal(how)
     _, err = process.communicate(timeout=60)
     if how == signal.SIGKILL:
-        assert process.returncode == -signal.SIGKILL
+        assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+        killed_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        assert 0 < killed_at < 3000 and (killed_at % 300 != 0 if every_n_steps else killed_at % 300 == 0)
     else:
         assert process.returncode == 128 + how and "Traceback" not in err
         metrics = json.loads((run / "metrics.json").read_text())
@@ -145,17 +153,20 @@ def test_a_run_stopped_by_a_signal_resumes_bitwise_from_its_folder_alone(tmp_pat
         assert f"resume with: python scripts/train.py resume=true hydra.run.dir={run}" in err
     if how == signal.SIGINT:
         return  # the same path as SIGTERM from here on (saves a resume's 4 s of the suite)
-    resumed = _train("resume=true", f"hydra.run.dir={run}")
+    resumed = _train(*extra, "resume=true", f"hydra.run.dir={run}")
     assert resumed.wait() == 0, resumed.stderr.read()
     assert json.loads((run / "metrics.json").read_text())["status"] == "ok"
     assert bitwise(run, uninterrupted)
-    if how == signal.SIGTERM:  # the curves have no gap or duplicate at the resume step
-        from tests_helpers import read_events
+    from tests_helpers import read_events
 
-        ours, theirs = read_events(run), read_events(uninterrupted)
-        for name in ("train_loss_step", "val_loss", "update_ratio/fc1.weight", "weight_norm/fc1.weight", "dead_units/fc1"):
-            assert [e.step for e in ours.Scalars(name)] == [e.step for e in theirs.Scalars(name)], name
-        assert [e.value for e in ours.Scalars("val_loss")] == [e.value for e in theirs.Scalars("val_loss")]
+    ours, theirs = read_events(run), read_events(uninterrupted)
+    if how == signal.SIGKILL:  # events not yet flushed died with the process: no step twice, and it ends
+        steps = [e.step for e in ours.Scalars("train_loss_step")]
+        assert steps == sorted(set(steps)) and steps[-1] == 3000
+        return
+    for name in ("train_loss_step", "val_loss", "update_ratio/fc1.weight", "weight_norm/fc1.weight", "dead_units/fc1"):
+        assert [e.step for e in ours.Scalars(name)] == [e.step for e in theirs.Scalars(name)], name  # no gap, no double
+    assert [e.value for e in ours.Scalars("val_loss")] == [e.value for e in theirs.Scalars("val_loss")]
 
 
 @pytest.mark.slow

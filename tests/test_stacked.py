@@ -19,13 +19,9 @@ from microtrain.stack.groups import group_jobs
 from microtrain.stack.train import train_group
 from microtrain.engine.fit import train
 from microtrain.run.checksums import CHECKSUM, check_checkpoint
-from tests_helpers import ROOT, make_cfg, read_events, run_in_process
+from tests_helpers import checkpoint_weights, ROOT, make_cfg, read_events, run_in_process
 
 MLP = ["model=mlp", "model.hidden=16", "trainer.max_epochs=3"]
-
-
-def weights(run: Path, name: str = "last") -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
 def largest_difference(a: dict, b: dict) -> float:
@@ -63,7 +59,7 @@ def test_each_stacked_job_ends_within_1e_5_of_its_solo_run(tmp_path, optimizer):
     metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[0, 1])
     assert [m["status"] for m in metrics] == ["ok"] * len(jobs)
     for i in (0, 1):
-        assert largest_difference(weights(folders[i]), weights(tmp_path / f"solo{i}")) < 1e-5
+        assert largest_difference(checkpoint_weights(folders[i]), checkpoint_weights(tmp_path / f"solo{i}")) < 1e-5
         solo = json.loads((tmp_path / f"solo{i}" / "metrics.json").read_text())
         assert metrics[i]["val_loss"] == pytest.approx(solo["val_loss"], rel=1e-4)
         assert metrics[i]["steps"] == solo["steps"] and metrics[i]["epochs"] == solo["epochs"]
@@ -79,9 +75,9 @@ def test_each_stacked_job_ends_within_1e_5_of_its_solo_run(tmp_path, optimizer):
 def test_float64_stacked_jobs_match_solo_runs_within_1e_12(tmp_path):
     jobs = [MLP + ["device.precision=64", *job] for job in (OPTIMIZERS["sgd_momentum"][1], OPTIMIZERS["sgd_momentum"][2])]
     _, folders = stacked_and_solo(tmp_path, jobs, solo=[0])
-    stacked = weights(folders[0])
+    stacked = checkpoint_weights(folders[0])
     assert stacked["model.fc1.weight"].dtype == torch.float64
-    assert largest_difference(stacked, weights(tmp_path / "solo0")) < 1e-12
+    assert largest_difference(stacked, checkpoint_weights(tmp_path / "solo0")) < 1e-12
 
 
 def _structure(node):
@@ -162,8 +158,8 @@ def test_a_diverging_job_is_frozen_and_the_others_finish(tmp_path):
     assert json.loads((folders[1] / "metrics.json").read_text())["status"] == "diverged"
     with pytest.raises(Exception, match="diverged at step"):
         train(make_cfg(*jobs[1]), tmp_path / "solo_diverges")  # the same job alone diverges too
-    assert largest_difference(weights(folders[0]), weights(tmp_path / "solo0")) < 1e-5  # its neighbour's NaNs never reach it
-    assert all(torch.isfinite(t).all() for t in weights(folders[2]).values())
+    assert largest_difference(checkpoint_weights(folders[0]), checkpoint_weights(tmp_path / "solo0")) < 1e-5  # its neighbour's NaNs never reach it
+    assert all(torch.isfinite(t).all() for t in checkpoint_weights(folders[2]).values())
 
 
 def test_early_stopping_stacks_and_each_job_stops_at_its_solo_twins_epoch(tmp_path):
@@ -178,7 +174,7 @@ def test_early_stopping_stacks_and_each_job_stops_at_its_solo_twins_epoch(tmp_pa
     for i in range(4):
         solo = json.loads((tmp_path / f"solo{i}" / "metrics.json").read_text())
         assert (metrics[i]["status"], metrics[i]["epochs"], metrics[i]["steps"]) == ("ok", solo["epochs"], solo["steps"])
-        assert largest_difference(weights(folders[i]), weights(tmp_path / f"solo{i}")) < 1e-6
+        assert largest_difference(checkpoint_weights(folders[i]), checkpoint_weights(tmp_path / f"solo{i}")) < 1e-6
         assert metrics[i]["val_loss"] == pytest.approx(solo["val_loss"], rel=1e-5)
         saved = torch.load(folders[i] / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
         theirs = torch.load(tmp_path / f"solo{i}" / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
@@ -209,7 +205,7 @@ def test_step_checkpoints_stack_and_a_group_that_crashed_mid_epoch_resumes_bitwi
             for lr, seed in ((0.01, 0), (0.003, 1))]
     assert [g.jobs for g in group_jobs([make_cfg(*job) for job in jobs], [0, 0])[0]] == [[0, 1]]
     metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[0])
-    assert largest_difference(weights(folders[0]), weights(tmp_path / "solo0")) < 1e-6 and metrics[0]["steps"] == 75
+    assert largest_difference(checkpoint_weights(folders[0]), checkpoint_weights(tmp_path / "solo0")) < 1e-6 and metrics[0]["steps"] == 75
 
     written = stack_train.StackedRun._checkpoint_mid_epoch
 
@@ -228,10 +224,10 @@ def test_step_checkpoints_stack_and_a_group_that_crashed_mid_epoch_resumes_bitwi
     resumed = train_group([make_cfg(*job, "resume=true") for job in jobs], crashed, [True, True])
     assert [m["steps"] for m in resumed] == [75, 75]
     for folder, whole in zip(crashed, folders):
-        ours, theirs = weights(folder), weights(whole)
+        ours, theirs = checkpoint_weights(folder), checkpoint_weights(whole)
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     train(make_cfg(*jobs[1], "resume=true"), tmp_path / "solo_resumed" / "run")
-    assert largest_difference(weights(tmp_path / "solo_resumed" / "run"), weights(folders[1])) < 1e-6
+    assert largest_difference(checkpoint_weights(tmp_path / "solo_resumed" / "run"), checkpoint_weights(folders[1])) < 1e-6
 
 
 def test_jobs_group_by_what_must_match_and_say_why_the_rest_run_alone():
@@ -313,7 +309,7 @@ def test_compiled_stacked_step_matches_the_eager_one(tmp_path):
     compiled = train_group([make_cfg(*j, "loop.compile=true") for j in jobs], [tmp_path / f"compiled{i}" for i in range(2)], [False, False])
     assert compiled[0]["compile_seconds"] > 0 and "compile_seconds" not in eager[0]
     for i in range(2):
-        assert largest_difference(weights(tmp_path / f"eager{i}"), weights(tmp_path / f"compiled{i}")) < 1e-5
+        assert largest_difference(checkpoint_weights(tmp_path / f"eager{i}"), checkpoint_weights(tmp_path / f"compiled{i}")) < 1e-5
 
 
 STACKED_GRID = ["-m", "hydra/launcher=stacked", "model=mlp", "model.hidden=8,16", "optimizer.lr=0.01,0.03", "trainer.max_epochs=20",
@@ -363,7 +359,7 @@ def test_a_stopped_stacked_sweep_resumes_bitwise_and_keeps_finished_jobs(tmp_pat
     for folder in uninterrupted_stacked_sweep.iterdir():
         if folder.is_dir():
             assert json.loads((killed / folder.name / "metrics.json").read_text())["status"] == "ok"
-            ours, theirs = weights(killed / folder.name), weights(folder)
+            ours, theirs = checkpoint_weights(killed / folder.name), checkpoint_weights(folder)
             assert all(torch.equal(ours[k], theirs[k]) for k in ours), folder.name
             if how == signal.SIGTERM:  # the curves keep their grid: no missing validation point, no shifted window
                 mine, whole = read_events(killed / folder.name), read_events(folder)

@@ -3,8 +3,11 @@
 import csv
 import json
 import math
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,9 +56,16 @@ def test_failing_and_diverging_jobs_do_not_stop_the_sweep(tmp_path):
     assert rows[0]["overrides"].startswith("optimizer.lr=0.05")
 
 
-def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+def test_joblib_launcher_runs_jobs_in_two_worker_processes(tmp_path):
+    """hydra.launcher.n_jobs=2: the two jobs run in two joblib workers, neither in the sweep's process
+    (their training need not overlap: each worker first imports torch and Lightning, seconds apart)."""
     _, rows = sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=0.01,0.1")
     assert [r["status"] for r in rows] == ["ok", "ok"]
+    pids = set()
+    for row in rows:  # each job's log says which process trained it
+        log = (Path(row["folder"]) / "train.log").read_text()
+        pids |= {int(pid) for pid in re.findall(r"\] - started .*\(pid (\d+)\)", log)}
+    assert len(pids) == 2 and os.getpid() not in pids
 
 
 def test_submitit_local_launcher(tmp_path):

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from microtrain.errors import ConfigError, DataError
+from microtrain.errors import ConfigError
 from microtrain.engine.fit import train
 from tests_helpers import make_cfg, read_events
 
@@ -106,28 +106,6 @@ def test_cross_entropy_infers_classes(tmp_path):
     assert result.module.model.weight.shape == (3, 1)
 
 
-@pytest.mark.parametrize(
-    "overrides, error, message",
-    [
-        (["optimizer.lr=-0.1"], ConfigError, "optimizer.lr=-0.1 must be greater than 0"),
-        (["optimizer.lr=abc"], ConfigError, "optimizer.lr='abc' is not a number"),
-        (["model=mlp", "model.hidden=0"], ConfigError, "model.hidden=0 must be at least 1"),
-        (["data.batch_size=0"], ConfigError, "data.batch_size=0 must be at least 1"),
-        (["model.in_features=5"], ConfigError, "model.in_features=5 but the data has 3 features"),
-        (["data=inline", "data.y=[[1.0]]"], DataError, "data.x has 4 rows but data.y has 1"),
-        (["data=inline", "data.x=[[1.0],[2.0,3.0]]", "data.y=[[1.0],[2.0]]"], DataError, "rows of different lengths"),
-        (["loss=cross_entropy"], DataError, "needs integer class labels"),
-        (["seed=1.5"], ConfigError, "seed=1.5 is not a whole number"),
-        (["optimizer._target_=torch.optim.Nope"], ConfigError, "cannot be built"),
-        (["data.val_fraction=1.5"], ConfigError, "data.val_fraction=1.5 must be in [0, 1)"),
-        (["trainer.strategy=warp"], ConfigError, "Lightning refused the trainer settings"),
-        (["checkpoint.budget=-1"], ConfigError, "checkpoint.budget=-1 must be at least 0"),
-    ],
-)
-def test_bad_input_is_one_clear_error(tmp_path, overrides, error, message):
-    with pytest.raises(error) as err:
-        train(make_cfg(*overrides), tmp_path)
-    assert message in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("model", ["linear", "mlp"])

@@ -60,3 +60,10 @@ def files_of(folder: Path) -> dict[str, str]:
     """Every plain file under ``folder`` (links left out) by relative path: its SHA-256, to show a folder byte-identical."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def checkpoint_weights(run: Path, name: str = "last") -> dict:
+    """The weights a run's ``checkpoints/<name>.ckpt`` holds, by parameter name (``model.`` prefix kept)."""
+    import torch
+
+    return torch.load(run / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=True)["state_dict"]

@@ -226,7 +226,7 @@ def _contained() -> Iterator[None]:
         os.environ.clear()
         os.environ.update(environ)
         os.chdir(cwd)
-        warnings.filters[:] = filters
+        warnings.filters[:] = filters  # type: ignore[index]  # typeshed declares it a Sequence; it is the module's own list
         logging.raiseExceptions = raise_exceptions
         _restore_loggers(loggers)
         if gc.get_freeze_count() and not frozen:
@@ -240,9 +240,9 @@ def _restore_loggers(saved: dict[str, tuple[int, list, bool, bool]]) -> None:
         if not isinstance(logger, logging.Logger):
             continue
         if name not in saved:  # made during the call (Lightning's, on its import): only a log file of the run goes
-            for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
-                logger.removeHandler(handler)
-                handler.close()
+            for file_handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+                logger.removeHandler(file_handler)
+                file_handler.close()
             continue
         level, handlers, propagate, disabled = saved[name]
         for handler in logger.handlers:

@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -38,7 +38,7 @@ def train_command(cfg: DictConfig) -> float:
     # TensorBoard's writer thread re-raises a failed write (a full disk) in the training thread,
     # which ends the run with one line; its own copy goes to train.log, not to the terminal.
     threading.excepthook = lambda args: logging.getLogger("microtrain").info(
-        "in thread %s", args.thread.name if args.thread else "?", exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        "in thread %s", args.thread.name if args.thread else "?", exc_info=cast(Any, (args.exc_type, args.exc_value, args.exc_traceback)))
 
     from microtrain.run import interrupt, lock
     from microtrain.run.resume import plan_resume
@@ -53,7 +53,7 @@ def train_command(cfg: DictConfig) -> float:
     try:
         schema.check_run_mode(cfg)  # resume and overwrite decide what is read: checked first
         if multirun and interrupt.stop_signal() is not None:
-            return _interrupted(Interrupted("not started: the sweep was interrupted", interrupt.stop_signal()), run_dir, fresh=True)
+            return _interrupted(Interrupted("not started: the sweep was interrupted", cast(int, interrupt.stop_signal())), run_dir, fresh=True)
         if cfg.resume:
             cfg, changes, finished = plan_resume(cfg, run_dir, overrides, multirun, console.print)
             if finished is not None:
@@ -78,7 +78,7 @@ def train_command(cfg: DictConfig) -> float:
         if not cfg.resume and first_rank:  # the other ranks of a DDP run write nothing of their own
             run_folder.write_hydra_record(run_dir, HydraConfig.instance().cfg, cfg)
         log = logging.getLogger("microtrain")
-        log.info("%s %s", "resumed" if cfg.resume else "started", " ".join(overrides) or "(no overrides)")
+        log.info("%s %s (pid %d)", "resumed" if cfg.resume else "started", " ".join(overrides) or "(no overrides)", os.getpid())
         for change in changes:
             console.print(f"resume: {change}")
             log.info("resume: %s", change)
@@ -280,7 +280,7 @@ def run_hydra(config_name: str, task: Callable[[DictConfig], Any]) -> None:
 def report_main() -> None:
     """``microtrain-report <run or sweep folder>``: draw report.png from its TensorBoard logs."""
     if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
-        print(report_main.__doc__.strip("`").replace("``", ""))
+        print(cast(str, report_main.__doc__).strip("`").replace("``", ""))
         sys.exit(0 if len(sys.argv) == 2 else 2)
     from microtrain.report import write_report
 

@@ -29,7 +29,8 @@ def final_epoch(trainer: "L.Trainer") -> bool:
     """Whether training stops after this epoch (Lightning's own ``fit_loop.done`` logs as it checks)."""
     if trainer.should_stop or 0 < trainer.max_steps <= trainer.global_step:
         return True
-    epochs_done = trainer.fit_loop.epoch_progress.current.processed  # counts this epoch already
+    current: Any = trainer.fit_loop.epoch_progress.current  # typed _ReadyCompletedTracker; an epoch's is a _ProcessedTracker
+    epochs_done = current.processed  # counts this epoch already
     return trainer.max_epochs is not None and 0 <= trainer.max_epochs <= epochs_done
 
 

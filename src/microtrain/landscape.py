@@ -17,7 +17,7 @@ All grid points are evaluated at once with ``torch.func.vmap`` over ``functional
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from torch import Tensor
@@ -47,7 +47,7 @@ def load_trajectory(run_dir: Path) -> Optional[dict]:
 
 def landscape(run_dir: Path) -> Landscape:
     """The landscape of a finished run (raises MicrotrainError when its data cannot be rebuilt)."""
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     from microtrain import losses, models
     from microtrain.config.targets import check_run_config
@@ -57,7 +57,7 @@ def landscape(run_dir: Path) -> Landscape:
     trajectory = load_trajectory(run_dir)
     if trajectory is None or len(trajectory["steps"]) < 2:
         raise ConfigError("the run kept no weight trajectory (log.inspect=false, a stacked job, or a model over 1M parameters)")
-    cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
+    cfg = cast(DictConfig, OmegaConf.load(Path(run_dir) / "config.yaml"))
     check_run_config(cfg, Path(run_dir) / "config.yaml")
     # the model, loss and data only: drawing a report builds no optimizer, scheduler or callback
     dataset, splits, info = prepare_data(cfg)

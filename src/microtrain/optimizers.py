@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedulers from config: any ``torch.optim`` class via ``_target_``."""
 
 from collections.abc import Callable, Mapping
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 from hydra.errors import InstantiationException
@@ -14,7 +14,8 @@ from microtrain.errors import ConfigError
 def optimizer_factory(cfg: Mapping[str, Any]) -> Callable[..., torch.optim.Optimizer]:
     """A function of the parameters, from ``_target_: torch.optim.X`` and ``_partial_: true``
     (``optimizer=torch``: ``_target_`` made from ``name``, which is not the class's argument)."""
-    arguments = {k: v for k, v in OmegaConf.to_container(OmegaConf.create(dict(cfg)), resolve=True).items() if k != "name"}
+    config = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.create(dict(cfg)), resolve=True))
+    arguments = {k: v for k, v in config.items() if k != "name"}
     return OptimizerFactory(_instantiate(arguments, "optimizer"), str(arguments["_target_"]))
 
 

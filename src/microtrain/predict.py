@@ -5,11 +5,11 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from microtrain import models
 from microtrain.config.targets import check_run_config
@@ -35,7 +35,7 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best", trusted: bool = 
         hint = (f"{others[0].relative_to(run_dir)} is good: predict from it with checkpoint={others[0].stem}" if others
                 else "no other checkpoint there is good")
         raise ConfigError(f"{weights} is damaged ({problem}); {hint}")
-    cfg = OmegaConf.load(needed[0])
+    cfg = cast(DictConfig, OmegaConf.load(needed[0]))
     check_run_config(cfg, needed[0], trusted)
     info = json.loads(needed[1].read_text())
     model = models.build_model(cfg.model, len(info["features"]), info["n_outputs"])
@@ -70,6 +70,8 @@ def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpo
     model, info = load_trained_model(run_dir, checkpoint, trusted)
     source = files.existing_file(path)
     notes: list[str] = []
+    header: list[str]
+    rows: list[list[str]]
     if source.suffix == ".npz":
         x = files.read_npz(source, need_y=False)[0]
         header, rows = [], [[] for _ in range(len(x))]
@@ -137,6 +139,7 @@ def _table_inputs(source: Path, info: dict, missing: Optional[str] = None) -> tu
             raise ConfigError("data.missing=mean fills cells with the training means, which a run keeps only when it trained "
                               "with data.missing=mean; use data.missing=drop (those rows get no prediction)")
         if columns.missing == "mean":
+            assert columns.means is not None  # refused just above
             x = tables.fill(x, columns.means)
         elif columns.missing == "drop":  # as in training: a row with a missing input gets no prediction
             notes.append(f"{int(holes.sum())} rows with a missing input get no prediction (data.missing=drop)")

@@ -35,7 +35,7 @@ def is_run(folder: Path) -> bool:
     return any(events_folder(folder).glob("events.out.tfevents.*"))
 
 
-def write_report(folder: Path) -> Path:
+def write_report(folder: str | Path) -> Path:
     """Draw the run or sweep in ``folder`` into ``folder/report.png``; returns the path."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -141,7 +141,8 @@ def _landscape(figure: Figure, row: Any, folder: Path) -> None:
     levels = np.geomspace(loss.min(), loss.max(), 25) if loss.max() > loss.min() else 10
     contours = ax.contourf(view.a.numpy(), view.b.numpy(), loss, levels=levels, cmap="viridis", norm=matplotlib.colors.LogNorm())
     bar = figure.colorbar(contours, ax=ax, label="training loss")
-    bar.set_ticks(np.geomspace(loss.min(), loss.max(), 5))  # a few plain numbers, not 1.17309×10¹
+    # a few plain numbers, not 1.17309×10¹
+    bar.set_ticks(np.geomspace(loss.min(), loss.max(), 5))  # type: ignore[arg-type]  # matplotlib's stub says Sequence; it takes an array
     bar.set_ticklabels([f"{v:.3g}" for v in np.geomspace(loss.min(), loss.max(), 5)])
     bar.minorticks_off()
     path = view.path.numpy()
@@ -219,7 +220,7 @@ def _job_colors(figure: Figure, axes: list[Any], jobs: list[Path]) -> dict[str, 
     mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap="viridis")
     for ax in axes:
         figure.colorbar(mappable, ax=ax, label=key)
-    return {job: mappable.to_rgba(value) for job, value in values.items()}
+    return {job: mappable.to_rgba(value) for job, value in values.items()}  # type: ignore[arg-type]  # matplotlib's stub: an array; a number works
 
 
 def swept_values(jobs: list[Path]) -> dict[str, dict[str, str]]:

@@ -3,6 +3,7 @@ default run with the comment its YAML file gives it. Made from the shipped YAML 
 (a Hydra help template filled by the ``microtrain_help`` resolver), so it cannot drift from them."""
 
 from importlib.resources import files
+from typing import Any, cast
 
 from omegaconf import OmegaConf
 
@@ -34,7 +35,7 @@ def help_text(command: str = "train") -> str:
         return text.replace("$", "$$")
     sections = [HEADERS["train"], "Config groups (group=option):", "$APP_CONFIG_GROUPS",
                 f"Keys of conf/{command}.yaml, with their comments:", _without_hydra(top)]
-    defaults = OmegaConf.to_container(OmegaConf.create(top))["defaults"]
+    defaults = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.create(top)))["defaults"]
     for entry in defaults:
         if not isinstance(entry, dict) or not entry:
             continue

@@ -4,11 +4,14 @@ jobs that differ only in values from one composition (``microtrain.config.sweep_
 hands those configs to the launcher instead of having it compose them all again."""
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from hydra.core.config_loader import ConfigLoader
 
 
 class ComposedSweeper(BasicSweeper):
@@ -26,7 +29,7 @@ class ComposedSweeper(BasicSweeper):
         from microtrain.config.sweep_jobs import ComposedOnce
 
         self.composed_once = ComposedOnce(hydra_context.config_loader)
-        super().setup(hydra_context=HydraContext(config_loader=self.composed_once, callbacks=hydra_context.callbacks),
+        super().setup(hydra_context=HydraContext(config_loader=cast("ConfigLoader", self.composed_once), callbacks=hydra_context.callbacks),
                       task_function=task_function, config=config)
         self.hydra_context = hydra_context  # the sweeper itself composes with Hydra's own loader
 
@@ -34,6 +37,7 @@ class ComposedSweeper(BasicSweeper):
         """Every job of the batch composed (a bad one fails here, before any job runs), once."""
         from microtrain.config.sweep_jobs import SweepConfigs
 
+        assert self.hydra_context is not None and self.config is not None  # both set by setup, which Hydra calls first
         configs = SweepConfigs(self.hydra_context.config_loader, self.config)
         for overrides in batch:
             self.composed_once.held[tuple(overrides)] = configs.load(overrides)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -67,6 +67,7 @@ class StackedLauncher(Launcher):
             from microtrain.stack import plan
 
         setup_globals()
+        assert self.config is not None  # Hydra calls setup before launch
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -87,6 +88,7 @@ class StackedLauncher(Launcher):
     def _launch(self, sweep_dir: Path, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, plan: Any,
                 console: Any) -> Sequence[JobReturn]:
         console.print(f"hydra/launcher={self.NAME}: {len(job_overrides)} jobs")
+        assert self.hydra_context is not None and self.config is not None  # set by setup
         configs = []
         for offset, overrides in enumerate(job_overrides):
             config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -95,8 +97,8 @@ class StackedLauncher(Launcher):
             configs.append(config)
         views = [_job_view(config) for config in configs]
         folders, tasks = [v[0] for v in views], [v[1] for v in views]
-        overrides = [list(config.hydra.overrides.task) for config in configs]
-        results, fresh = plan.run_stacked(tasks, folders, self.max_jobs, console, overrides, train_chunks=self.train_chunks())
+        task_overrides = [list(config.hydra.overrides.task) for config in configs]
+        results, fresh = plan.run_stacked(tasks, folders, self.max_jobs, console, task_overrides, train_chunks=self.train_chunks())
         alone = [i for i, result in enumerate(results) if result is None]
         for index in fresh:  # resume=true for a job that never wrote a checkpoint: it starts
             with open_dict(configs[index]):
@@ -111,6 +113,7 @@ class StackedLauncher(Launcher):
 
     def run_alone(self, configs: list[DictConfig], numbers: list[int]) -> list[JobReturn]:
         """The jobs that do not stack, through Hydra's own ``run_job``, one after another."""
+        assert self.hydra_context is not None and self.task_function is not None and self.config is not None  # set by setup
         runs = []
         for config in configs:
             runs.append(run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
@@ -126,8 +129,9 @@ class StackedLauncher(Launcher):
         a second of a 64-job sweep."""
         from microtrain.run import folder as run_folder
 
+        assert self.hydra_context is not None and self.task_function is not None and self.config is not None  # set by setup
         folder, task, hydra_cfg = view
-        HydraConfig.instance().cfg = hydra_cfg  # the job's own, as run_job sets it
+        HydraConfig.instance().cfg = hydra_cfg  # type: ignore[assignment]  # the job's own, as run_job sets it; Hydra declares HydraConf
         ret = JobReturn(overrides=list(config.hydra.overrides.task), cfg=task, hydra_cfg=hydra_cfg,
                         working_dir=str(folder) if hydra_cfg.hydra.job.chdir else os.getcwd())
         configure_log(config.hydra.job_logging, config.hydra.verbose)
@@ -151,10 +155,10 @@ def _job_view(config: DictConfig) -> tuple[Path, DictConfig, DictConfig]:
     folder = Path(os.path.abspath(os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")), subdir)))
     with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
         config.hydra.runtime.output_dir = str(folder)
-    hydra_cfg = HydraConfig.instance().cfg
+    hydra_cfg = cast(DictConfig, HydraConfig.instance().cfg)  # set_config stores a DictConfig there (Hydra declares HydraConf)
     with read_write(hydra_cfg.hydra.runtime), open_dict(hydra_cfg.hydra.runtime):
         hydra_cfg.hydra.runtime.output_dir = str(folder)
-    task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])  # a copy of the task's keys only
+    task = OmegaConf.masked_copy(config, cast("list[str]", [key for key in config if key != "hydra"]))  # a copy of the task's keys only
     with read_write(task), open_dict(task):
         OmegaConf.resolve(task)
     OmegaConf.set_struct(task, True)  # as run_job's copy of the config is

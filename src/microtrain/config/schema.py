@@ -132,7 +132,7 @@ SPLITS = {
     "standardize": boolean(),
     "standardize_targets": boolean(),
 }
-DATA = {
+DATA: dict[str, dict[str, Rule]] = {
     "synthetic": {"n_samples": integer(2), "n_features": integer(1), "n_outputs": integer(1), "noise": number(0), "seed": integer(0)},
     "inline": {"x": anything, "y": anything, "seed": integer(0)},
     "csv": {"path": anything, "target": anything, "features": anything, "exclude": anything,
@@ -199,12 +199,6 @@ TOP = {"seed": integer(0, 2**32 - 1), "resume": boolean()}
 OPTIONAL_TOP = {"overwrite": boolean(), "trust_run_config": boolean()}  # absent from the config.yaml of runs made before it existed
 # Sections of the composed config that Hydra or another check owns.
 OTHERS = ("model", "loss", "optimizer", "scheduler", "data", "trainer", "callbacks", "hydra", "hparams_search", "experiment")
-MOVED = {
-    "trainer.compile": "loop.compile",
-    "trainer.steps_per_call": "loop.steps_per_call",
-    "trainer.checkpoint_every_n_steps": "checkpoint.every_n_steps",
-    "trainer.checkpoint_budget": "checkpoint.budget",
-}
 
 
 def check_run_mode(cfg: Mapping[str, Any]) -> None:
@@ -232,10 +226,6 @@ def check(cfg: Mapping[str, Any]) -> None:
     _section(cfg, "optimizer", OPTIMIZER, open_=True, optional=tuple(k for k in OPTIMIZER if k not in ("_target_", "lr")))
     if "scheduler" in cfg and cfg["scheduler"]:
         _section(cfg, "scheduler", SCHEDULER, open_=True, optional=tuple(SCHEDULER))
-    trainer = cfg["trainer"]
-    for old, new in MOVED.items():
-        if old.split(".")[1] in trainer:
-            raise ConfigError(f"{old} is now {new}; set {new}=... instead")
     _section(cfg, "trainer", TRAINER, open_=True, optional=("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches"))
     for name, rules in SECTIONS.items():
         if name in cfg or name != "explain":

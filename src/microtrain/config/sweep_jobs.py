@@ -15,7 +15,7 @@ job's config with its own values assigned, and its ``hydra.overrides.task`` and
 import copy
 import re
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
@@ -68,7 +68,7 @@ class SweepConfigs:
 
 def overrides_dirname(overrides: list[Override], exclude_keys: list[str], item_sep: str, kv_sep: str) -> str:
     """``hydra.job.override_dirname``, as Hydra's ``get_overrides_dirname`` (an internal module) writes it."""
-    lines = sorted(o.input_line for o in overrides if o.key_or_group not in exclude_keys)
+    lines = sorted(cast(str, o.input_line) for o in overrides if o.key_or_group not in exclude_keys)
     return re.sub("=", kv_sep, item_sep.join(lines))
 
 

@@ -31,7 +31,7 @@ def _targets(node: Any, key: str, depth: int) -> list[tuple[str, Any, int]]:
             if name == "_target_":
                 found.append((key, OmegaConf.select(node, "_target_", default=None), depth))
             elif isinstance(value, (DictConfig, ListConfig)):
-                found += _targets(value, f"{key}.{name}", depth + 1)
+                found += _targets(value, f"{key}.{name!s}", depth + 1)
     elif isinstance(node, ListConfig):
         for i, value in enumerate(node):
             found += _targets(value, f"{key}[{i}]", depth + 1)

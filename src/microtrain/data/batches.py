@@ -5,7 +5,7 @@ batch out of a whole tensor with one index op costs one kernel, on the CPU or on
 """
 
 import math
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union, cast
 
 import lightning as L
 import torch
@@ -68,7 +68,7 @@ class TensorBatches:
         # end, so one Lightning training_step can take K optimizer steps (see engine.module.Trainee).
         self.steps_per_call = steps_per_call
         # One batch of every row needs no order; not shuffling it keeps the notebooks' row order.
-        self.sampler = SeededOrder(len(x), shuffle and bool(batch_size) and batch_size < len(x) // world_size, seed, rank, world_size)
+        self.sampler = SeededOrder(len(x), shuffle and bool(batch_size and batch_size < len(x) // world_size), seed, rank, world_size)
         self.batch_size = min(batch_size or self.sampler.rows_per_rank, self.sampler.rows_per_rank)
         # Only set when the tensors live in pinned host memory and each batch must be copied.
         self.copy_to = device
@@ -131,7 +131,8 @@ class TensorDataModule(L.LightningDataModule):
         splits = (self.train, self.val, self.test)
         n_bytes = sum(t.numel() * t.element_size() for pair in splits if pair for t in pair)
         if data_placement(n_bytes, device) == "device":
-            self.train, self.val, self.test = (_to(pair, device) for pair in splits)
+            train, self.val, self.test = (_to(pair, device) for pair in splits)
+            self.train = cast(Batch, train)  # a pair stays a pair
         else:
             self.copy_to = device
 

@@ -1,7 +1,7 @@
 """The data of a run: loaded, labelled, split and standardized, with what was done saved as
 ``data_info.json`` (``predict.py`` applies the same standardization to new rows)."""
 
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig
 
@@ -11,7 +11,7 @@ from microtrain import losses
 from microtrain.data import tables
 from microtrain.data.tables import Columns
 from microtrain.errors import DataError
-from microtrain.data.sources import Dataset, load
+from microtrain.data.sources import Dataset, Pair, load
 from microtrain.data.splits import Splits, Standardizer, as_class_labels, check_classes_seen_in_training, split
 
 
@@ -68,7 +68,7 @@ def _impute(splits: Splits, columns: Columns, source: str) -> Splits:
         raise DataError(f"{source}: column {empty[0]!r} has no value in the training split to take a mean of")
     columns.means = means.tolist()
     fill = lambda pair: None if pair is None else (tables.fill(pair[0], columns.means), pair[1])  # noqa: E731
-    return Splits(fill(splits.train), fill(splits.val), fill(splits.test))
+    return Splits(cast(Pair, fill(splits.train)), fill(splits.val), fill(splits.test))
 
 
 def describe(info: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """The train/validation/test split, class labels and standardization (training split only)."""
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 
@@ -48,7 +48,7 @@ def split(data: Dataset, val_fraction: float, test_fraction: float, seed: int) -
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     val, test, train = order[:n_val], order[n_val : n_val + n_test], order[n_val + n_test :]
     take = lambda rows: (data.x[rows], data.y[rows]) if len(rows) else None  # noqa: E731
-    return Splits(take(train), take(val), take(test))
+    return Splits(cast(Pair, take(train)), take(val), take(test))  # train has a row or more (checked above)
 
 
 def check_classes_seen_in_training(splits: Splits, source: str) -> None:
@@ -93,4 +93,4 @@ class Standardizer:
     def apply(self, splits: Splits, targets: bool = False) -> Splits:
         """Scale the inputs of every split, or with ``targets`` the targets."""
         scale = lambda p: None if p is None else ((p[0], self(p[1])) if targets else (self(p[0]), p[1]))  # noqa: E731
-        return Splits(scale(splits.train), scale(splits.val), scale(splits.test))
+        return Splits(cast(Pair, scale(splits.train)), scale(splits.val), scale(splits.test))

@@ -211,7 +211,7 @@ def fill(x: Any, means: list[float]) -> Any:
     """Missing cells (NaN) get the training split's means; works on tensors and arrays."""
     import torch
 
-    values = torch.as_tensor(means, dtype=x.dtype) if isinstance(x, torch.Tensor) else np.asarray(means)
+    values: Any = torch.as_tensor(means, dtype=x.dtype) if isinstance(x, torch.Tensor) else np.asarray(means)
     holes = x.isnan() if isinstance(x, torch.Tensor) else np.isnan(x)
     return x.where(~holes, values.expand_as(x)) if isinstance(x, torch.Tensor) else np.where(holes, values, x)
 

@@ -11,10 +11,11 @@ are of the same size, so each bypass below saves a measured share of a tiny mode
 (The progress bar, ``monitor.progress``, redraws at most 10 times a second for the same reason.)
 """
 
-from typing import TYPE_CHECKING, Any, Optional, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Optional, Protocol, cast, runtime_checkable
 
 import lightning as L
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from microtrain import internals
@@ -71,17 +72,19 @@ class StepLoop:
     def start(self, module: "Trainee") -> None:
         trainer = module.trainer
         single = type(trainer.strategy) is SingleDeviceStrategy
+        callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # Lightning sets it without declaring it on Trainer
         # a callback of the user's that watches backward or the optimizer step sees every step
-        self.fast = single and trainer.precision != "16-mixed" and not _step_hooks(trainer.callbacks)
-        self._watchers = [cb for cb in trainer.callbacks if isinstance(cb, StepWatcher)]
+        self.fast = single and trainer.precision != "16-mixed" and not _step_hooks(callbacks)
+        self._watchers = [cb for cb in callbacks if isinstance(cb, StepWatcher)]
         self._module = module
-        optimizer = module.optimizers().optimizer
+        optimizer = cast(LightningOptimizer, module.optimizers()).optimizer  # configure_optimizers returns one
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
         self._rule = update_rule(optimizer)
         wanted = self.wants_compile
         if wanted == "auto":
             wanted = compile_pays(planned_steps(trainer), self.multiply_adds)
         if wanted and self.compiled is None:
+            assert trainer.train_dataloader is not None  # on_train_start: Lightning has set up the data
             rows = trainer.train_dataloader.batch_size
             self.compiled, why_not = compiled_step(module, optimizer, self, rows)
             if why_not and trainer.is_global_zero:
@@ -105,6 +108,7 @@ class StepLoop:
 
     def compiled_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward, loss, backward and step as one graph; counted as any plain step is."""
+        assert self._module is not None and self.compiled is not None  # start() ran; compiled_now() said so
         optimizer = self._module.optimizers()
         internals.before_step(optimizer)  # what LightningOptimizer.step does around the step
         try:
@@ -124,6 +128,7 @@ class StepLoop:
 
     def groups(self, batches: list) -> Any:
         """The batches of one call, ``accumulate`` at a time, while the run has steps left."""
+        assert self._module is not None  # start() ran
         self.step_count = self._module.trainer.global_step  # read once a call: a chain of lookups
         last = self._module.trainer.max_steps
         for start in range(0, len(batches), self.accumulate):
@@ -141,10 +146,12 @@ class StepLoop:
         if self._plain():
             loss.backward()
         else:
+            assert self._module is not None  # start() ran
             self._module.manual_backward(loss)  # Lightning's hooks and loss scaling
 
     def step(self) -> None:
-        optimizer = self._module.optimizers()
+        assert self._module is not None  # start() ran
+        optimizer = cast(LightningOptimizer, self._module.optimizers())
         if self._plain():
             self.clip()
             internals.before_step(optimizer)
@@ -165,7 +172,8 @@ class StepLoop:
 
     def _plain_update(self) -> None:
         """The update rule of ``engine.step`` on the gradients in ``.grad``; torch.optim's step() without one."""
-        optimizer = self._module.optimizers().optimizer
+        assert self._module is not None  # start() ran
+        optimizer = cast(LightningOptimizer, self._module.optimizers()).optimizer
         if self._rule is None:
             optimizer.step()
         else:
@@ -173,7 +181,8 @@ class StepLoop:
             # SGD without momentum), and so does this, so a checkpoint holds what torch.optim's would
             state = optimizer.state
             slots = [state[p] if p in state else {} for p in self._params]
-            self._rule(self._params, [p.grad for p in self._params], slots, optimizer.param_groups[0])
+            grads = cast("list[torch.Tensor]", [p.grad for p in self._params])  # backward filled them
+            self._rule(self._params, grads, slots, optimizer.param_groups[0])
             for param, slot in zip(self._params, slots):
                 if slot and param not in state:
                     state[param] = slot

@@ -43,7 +43,9 @@ class CompiledStep:
         self._clone_loss = mode == "reduce-overhead"  # a CUDA graph's output is overwritten by the next replay
         self._marked = False  # see _static_addresses
         forward, update = functional_forward(model), update_rule(optimizer)
-        self._rule = rule_of(type(optimizer))
+        rule = rule_of(type(optimizer))
+        assert update is not None and rule is not None  # compiled_step builds one only for an optimizer with a rule
+        self._rule = rule
 
         def step(params: list[Tensor], state: list[dict], x: Tensor, y: Tensor, hp: dict[str, Any]) -> Tensor:
             loss, _ = train_step(params, state, (x, y), hp, forward=forward, loss_fn=loss_fn, update=update,

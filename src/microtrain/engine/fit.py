@@ -3,9 +3,10 @@
 import os
 import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -84,9 +85,10 @@ def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = 
         metrics.update(_test_best_checkpoint(trainer, prepared))
     if trainer.is_global_zero:
         log_hparams(trainer.logger, cfg, metrics)
+        assert trainer.logger is not None  # _build_trainer gives every run its RunLogger
         trainer.logger.finalize("success")  # closes the writer log_hparams reopened (a thread and a file, in a notebook's process)
         run_folder.write_json_atomic(run_dir / run_folder.METRICS, metrics)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+    best = cast("L.pytorch.callbacks.ModelCheckpoint", trainer.checkpoint_callback).best_model_path if trainer.checkpoint_callback else None
     return RunResult(run_dir, metrics, plan.description, best or None, prepared.module, trainer.is_global_zero)
 
 
@@ -125,7 +127,7 @@ def _build_trainer(
 
 def _logged(prepared: Prepared) -> list[str]:
     """The epoch metrics a callback can monitor: val_loss and the task's validation metrics."""
-    return ["val_loss", *(prepared.module.val_metrics.keys() if prepared.module.val_metrics is not None else [])]
+    return ["val_loss", *(cast("Iterable[str]", prepared.module.val_metrics.keys()) if prepared.module.val_metrics is not None else [])]
 
 
 def _check_optimize_metric(cfg: DictConfig, prepared: Prepared) -> None:
@@ -135,7 +137,7 @@ def _check_optimize_metric(cfg: DictConfig, prepared: Prepared) -> None:
         return
     reported = ["train_loss", *(_logged(prepared) if prepared.splits.val is not None else [])]
     if prepared.splits.test is not None and prepared.module.test_metrics is not None:
-        reported += ["test_loss", *prepared.module.test_metrics.keys()]
+        reported += ["test_loss", *cast("Iterable[str]", prepared.module.test_metrics.keys())]
     if wanted not in reported:
         raise ConfigError(f"optimize.metric={wanted} is not reported by this run; pick one of: auto, {', '.join(reported)}")
 
@@ -158,7 +160,7 @@ def _final_metrics(prepared: Prepared, trainer: L.Trainer, seconds: float) -> di
         x, y = module.to_model(*pair)
         return float(module.loss_fn(module.model(x), y))
 
-    metrics = {
+    metrics: dict[str, Any] = {
         "status": "ok",
         "train_loss": loss_on(prepared.splits.train),
         "val_loss": loss_on(prepared.splits.val),
@@ -181,7 +183,7 @@ def _test_best_checkpoint(trainer: L.Trainer, prepared: Prepared) -> dict[str, A
     so the returned module is the trained one.
     """
     final_state = {k: v.clone() for k, v in prepared.module.state_dict().items()}
-    best = trainer.checkpoint_callback.best_model_path or None
+    best = cast("L.pytorch.callbacks.ModelCheckpoint", trainer.checkpoint_callback).best_model_path or None
     (results,) = trainer.test(prepared.module, datamodule=prepared.datamodule, ckpt_path=best, verbose=False)
     prepared.module.load_state_dict(final_state)
     # "step" is the x-axis value the evaluation logs for TensorBoard (Trainee._evaluate), not a metric
@@ -191,7 +193,8 @@ def _test_best_checkpoint(trainer: L.Trainer, prepared: Prepared) -> dict[str, A
 def _progress(trainer: L.Trainer) -> dict[str, int]:
     """Steps and epochs done. After ddp_spawn the main process's trainer never stepped, so the
     counts come from the last checkpoint that the rank-0 worker wrote."""
-    last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt" if trainer.checkpoint_callback else None
+    checkpointer: Any = trainer.checkpoint_callback  # a RunCheckpoint (run.checkpoints): its dirpath is set
+    last = Path(checkpointer.dirpath) / "last.ckpt" if checkpointer else None
     if trainer.global_step == 0 and last is not None and last.exists():
         saved = torch.load(last, map_location="cpu", weights_only=True)
         return {"steps": saved["global_step"], "epochs": saved["epoch"] + 1}

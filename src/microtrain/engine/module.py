@@ -6,10 +6,11 @@ around Lightning's per-step machinery lives in ``engine.bypass``.
 """
 
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import lightning as L
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import nn
 from torchmetrics import MetricCollection
 
@@ -68,6 +69,7 @@ class Trainee(L.LightningModule):
                 loop.backward(loss)  # backward
                 total = loss.detach() if total is None else total + loss.detach()
             loop.step()  # step: clip, update, count
+            assert total is not None  # a group holds a batch or more
             self.loss_window.add(total, loop.step_count, sum(len(x) for x, _ in group))
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -83,10 +85,10 @@ class Trainee(L.LightningModule):
 
     def on_train_start(self) -> None:
         if self.optimizer_overrides:
-            optimizer = self.optimizers().optimizer
+            optimizer = cast(LightningOptimizer, self.optimizers()).optimizer  # configure_optimizers returns one
             for group in optimizer.param_groups:
                 group.update(self.optimizer_overrides)
-            scheduler = self.lr_schedulers()
+            scheduler = cast("Optional[torch.optim.lr_scheduler.LRScheduler]", self.lr_schedulers())  # configure_optimizers gives one at most
             if scheduler is not None and "lr" in self.optimizer_overrides:
                 scheduler.base_lrs = [self.optimizer_overrides["lr"]] * len(optimizer.param_groups)
         self.loop.start(self)
@@ -98,14 +100,8 @@ class Trainee(L.LightningModule):
         y = y.to(self.device, dtype=dtype) if y.is_floating_point() else y.to(self.device)
         return x.to(self.device, dtype=dtype), y
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Checkpoints of microtrain 0.1 held every parameter twice, also as ``forward_model.*``."""
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith("forward_model.")]:
-            del state[key]
-
     def on_train_epoch_end(self) -> None:
-        scheduler = self.lr_schedulers()
+        scheduler = cast("Optional[torch.optim.lr_scheduler.LRScheduler]", self.lr_schedulers())  # configure_optimizers gives one at most
         if scheduler is not None:
             scheduler.step()
 

@@ -10,7 +10,7 @@ under manual optimization: ``gradient_clip_val``, ``gradient_clip_algorithm`` an
 
 import inspect
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 from hydra.errors import InstantiationException
@@ -45,7 +45,7 @@ COUNT_CALLS = {
 def trainer_arguments(cfg: Mapping[str, Any], compile: bool = False) -> tuple[dict[str, Any], StepLoop]:
     """(the arguments for ``lightning.Trainer``, the step loop that applies the in-the-step ones
     and ``loop.compile``)."""
-    args = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    args = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True)) if OmegaConf.is_config(cfg) else dict(cfg)
     known = inspect.signature(L.Trainer.__init__).parameters
     for key in args:
         if key in OWNED:

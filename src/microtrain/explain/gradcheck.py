@@ -2,6 +2,7 @@
 
 import copy
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ def check_gradients(
     loss().backward()
     results = []
     for name, param in model.named_parameters():
-        analytic = param.grad.detach().clone()
+        analytic = cast(torch.Tensor, param.grad).detach().clone()  # every parameter of the loss has one after backward
         numeric = torch.zeros_like(analytic)
         flat, out = param.data.view(-1), numeric.view(-1)
         with torch.no_grad():

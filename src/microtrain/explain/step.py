@@ -83,12 +83,12 @@ def explain_step(cfg: DictConfig, run_dir: Optional[Path] = None) -> StepReport:
     before = {n: p.clone() for n, p in zip(names, params)}
     with torch.no_grad():
         prediction = model(x)  # what the step's forward computes
-    loss, grads = train_step(
+    loss, step_grads = train_step(
         params, [optimizer.state[p] for p in model.parameters()], (x, y), optimizer.param_groups[0],
         forward=functional_forward(model), loss_fn=loss_fn, update=optimizer_update(optimizer),
         clip_val=loop.clip_val, clip_algorithm=loop.clip_algorithm,
     )
-    grads = dict(zip(names, (g.detach().clone() for g in grads)))
+    grads = dict(zip(names, (g.detach().clone() for g in step_grads)))
     after = {n: p.clone() for n, p in zip(names, params)}
     with torch.no_grad():
         loss_after = loss_fn(model(x), y).item()

@@ -11,7 +11,8 @@ ACTIVATION_MODULES = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Identity)
 def hidden_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(layer name, activation module) of each hidden layer: the activation module and the name of
     the linear layer that feeds it (``fc1`` for the MLP). A linear model has none."""
-    layers, feeding = [], None
+    layers: list[tuple[str, nn.Module]] = []
+    feeding = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             feeding = name

@@ -45,7 +45,7 @@ def top_hessian_eigenvalue(model: nn.Module, loss_fn: nn.Module, x: Tensor, y: T
     loss, flat = _flat_loss(model, loss_fn, x, y)
     if flat.numel() <= EXACT_LIMIT:
         return float(torch.linalg.eigvalsh(hessian(loss)(flat).double())[-1])
-    _, hvp = vjp(grad(loss), flat)  # reverse over reverse: jvp of grad (forward over reverse)
+    hvp = vjp(grad(loss), flat)[1]  # reverse over reverse: jvp of grad (forward over reverse)
     # fails on a linear model here ("ZeroTensors are immutable", torch 2.13)
     generator = torch.Generator(device="cpu").manual_seed(seed)  # the run's own random state stays untouched
     v = torch.randn(flat.shape, generator=generator).to(flat)

@@ -46,6 +46,12 @@ class EventFile:
         """Several events with one opening of the file."""
         self._append([Event(summary=s, step=int(step), wall_time=wall) for s, step, wall in summaries])
 
+    def flush(self) -> None:
+        """As ``SummaryWriter.flush``: nothing is held, each write is in the file when it returns."""
+
+    def close(self) -> None:
+        """As ``SummaryWriter.close``: nothing stays open between writes."""
+
     def _append(self, events: list[Event]) -> None:
         with open(self.path, "ab") as handle:
             writer = RecordWriter(handle)

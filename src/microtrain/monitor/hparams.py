@@ -17,7 +17,7 @@ Written with TensorBoard's own hparams API (``tensorboard.plugins.hparams.summar
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -162,7 +162,7 @@ def write_sweep_experiment(jobs: list[Path]) -> None:
             runs.append(yaml.load(saved.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {})
         else:
             overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
-            runs.append(hparams_of(OmegaConf.load(config), overrides))
+            runs.append(hparams_of(cast(DictConfig, OmegaConf.load(config)), overrides))
         finals.append(final_metrics(json.loads(metrics.read_text())))
         folders.append(tags.events_folder(job))
     if not runs:

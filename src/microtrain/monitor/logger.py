@@ -2,6 +2,7 @@
 ``<run>/tensorboard`` (``monitor.tags.events_folder``) under microtrain's tag names, with the
 Custom Scalars layout written first."""
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -45,7 +46,7 @@ class RunLogger(TensorBoardLogger):
             write_text_atomic(Path(self.log_dir) / self.NAME_HPARAMS_FILE, text)
 
     @rank_zero_only
-    def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, Any], step: Optional[int] = None) -> None:
         """Lightning's metrics (val_loss, val_r2, epoch, ...) under their TensorBoard tags."""
         super().log_metrics({tags.tensorboard_tag(k): v for k, v in metrics.items()}, step)
 

@@ -2,7 +2,7 @@
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -34,13 +34,13 @@ class LossWatch(L.Callback):
         self._clock: float | None = None
         self._scalars = ScalarBuffer()
 
-    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "Trainee", outputs: Any, batch: Any, batch_idx: int) -> None:
-        window = pl_module.loss_window
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
+        window = cast("Trainee", pl_module).loss_window
         rows = window.rows
         last_of_epoch = batch_idx + 1 == trainer.num_training_batches
         last_of_run = 0 < trainer.max_steps <= trainer.global_step
         # steps_per_call divides checkpoint_every_n_steps, so checkpoints land on call boundaries
-        before_checkpoint = bool(self.checkpoint_every_n_steps) and trainer.global_step % self.checkpoint_every_n_steps == 0
+        before_checkpoint = bool(self.checkpoint_every_n_steps and trainer.global_step % self.checkpoint_every_n_steps == 0)
         # a point each time the step passes a multiple of N: the same grid for a resumed run
         crossed = trainer.global_step // self.every_n_steps > self._written_at // self.every_n_steps
         if not crossed and not (last_of_epoch or last_of_run or before_checkpoint):
@@ -50,14 +50,14 @@ class LossWatch(L.Callback):
             return
         for offset, loss in enumerate(losses):
             if not math.isfinite(loss):
-                raise TrainingDiverged(_diverged_message(pl_module, first_step + offset, loss))
+                raise TrainingDiverged(_diverged_message(cast("Trainee", pl_module), first_step + offset, loss))
         self._epoch_losses += losses
         self._unwritten += losses
         self._unwritten_rows += rows
         if crossed or last_of_run:
             self._write_window(trainer, pl_module)
 
-    def _write_window(self, trainer: "L.Trainer", pl_module: "Trainee", force: bool = False) -> None:
+    def _write_window(self, trainer: "L.Trainer", pl_module: "L.LightningModule", force: bool = False) -> None:
         """``train_loss_step``, the mean of the losses read since the last write, and the speed."""
         losses, rows = self._unwritten, self._unwritten_rows
         self._unwritten, self._unwritten_rows = [], 0
@@ -67,7 +67,7 @@ class LossWatch(L.Callback):
             self._add_speed(trainer, pl_module, rows)
         self._scalars.flush(tensorboard_writer(trainer), force=force)
 
-    def _add_speed(self, trainer: "L.Trainer", pl_module: "Trainee", rows: int) -> None:
+    def _add_speed(self, trainer: "L.Trainer", pl_module: "L.LightningModule", rows: int) -> None:
         """samples_per_s since the last read; on CUDA also gpu_memory_peak_mib (a host-side counter, no sync)."""
         now = time.perf_counter()
         if self._clock is not None and now > self._clock:
@@ -77,17 +77,17 @@ class LossWatch(L.Callback):
             peak = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
             self._scalars.add("gpu_memory_peak_mib", peak, trainer.global_step)
 
-    def on_train_start(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self._written_at = trainer.global_step  # a resumed run goes on with the grid of its first part
         self._clock = time.perf_counter()
 
-    def on_train_end(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
+    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self._write_window(trainer, pl_module, force=True)  # the run's last steps, and all held
 
-    def on_exception(self, trainer: "L.Trainer", pl_module: "Trainee", exception: BaseException) -> None:
+    def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
         self._scalars.flush(tensorboard_writer(trainer), force=True)  # the curve up to a divergence
 
-    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         """``train_loss``: the mean loss of the epoch's steps, from the windows already read.
 
         Not ``self.log``: that costs ~1 ms a call, which on a tiny model's short epoch (32 steps
@@ -101,14 +101,15 @@ class LossWatch(L.Callback):
 def _diverged_message(pl_module: "Trainee", step: int, loss: float) -> str:
     grads = {n: p.grad for n, p in pl_module.model.named_parameters() if p.grad is not None}
     bad = [name for name, grad in grads.items() if not torch.isfinite(grad).all()]
-    inspected = [cb.first_nonfinite for cb in pl_module.trainer.callbacks if getattr(cb, "first_nonfinite", None)]
+    callbacks = pl_module.trainer.callbacks  # type: ignore[attr-defined]  # Lightning sets it without declaring it on Trainer
+    inspected = [cb.first_nonfinite for cb in callbacks if getattr(cb, "first_nonfinite", None)]
     if inspected:  # what inspection saw go non-finite first, with its NaN and Inf counts
         where = inspected[0]
     elif bad:
         where = f"first non-finite gradient: {bad[0]}"
     elif grads:
         norms = {name: grad.double().norm().item() for name, grad in grads.items()}
-        name = max(norms, key=norms.get)
+        name = max(norms, key=norms.__getitem__)
         where = f"gradients still finite, largest {name} with norm {norms[name]:.3g}"
     else:
         where = "no gradients yet"

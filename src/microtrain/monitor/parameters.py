@@ -28,7 +28,7 @@ histograms; the grid is widened (doubled) whenever inspection has taken more tha
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import lightning as L
 import torch
@@ -58,7 +58,7 @@ def tensorboard_writer(trainer: "L.Trainer") -> Optional[SummaryWriter]:
     """The run's SummaryWriter on rank 0; None on other ranks or with no logger."""
     if not trainer.is_global_zero or trainer.logger is None:
         return None
-    writer = trainer.logger.experiment
+    writer = trainer.logger.experiment  # type: ignore[attr-defined]  # every Lightning logger has one; their base class does not declare it
     return writer if isinstance(writer, SummaryWriter) else None
 
 
@@ -97,19 +97,21 @@ class ParameterInspector(L.Callback):
         self.trajectory: list[tuple[int, torch.Tensor]] = []  # (step, all weights flat, on the host)
         self._trajectory_file: Optional[Path] = None
 
-    def on_train_start(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        module = cast("Trainee", pl_module)  # microtrain's callbacks serve its Trainee
         self.enabled = self.enabled and trainer.is_global_zero  # only rank 0 writes, so only rank 0 needs the hooks
         if self.auto:
             self.every_n_steps, self.histogram_every = grid(planned_steps(trainer))
-        self._names = [name for name, _ in pl_module.model.named_parameters()]
-        self._layers = hidden_layers(pl_module.model) if self.activations else []
+        self._names = [name for name, _ in module.model.named_parameters()]
+        self._layers = hidden_layers(module.model) if self.activations else []
         writer = tensorboard_writer(trainer)
         if writer is None:
             self.enabled = False
             return
         if self.train is not None:
-            self.train = pl_module.to_model(*self.train)
-        self._trajectory_file = Path(trainer.logger.save_dir) / TRAJECTORY
+            self.train = module.to_model(*self.train)
+        assert trainer.logger is not None  # tensorboard_writer found its writer
+        self._trajectory_file = Path(cast(str, trainer.logger.save_dir)) / TRAJECTORY
         if trainer.global_step and self._trajectory_file.is_file():  # resumed: the path so far, up to the resume step
             saved = torch.load(self._trajectory_file, weights_only=True)
             self.trajectory = [(int(s), w) for s, w in zip(saved["steps"], saved["weights"]) if s < trainer.global_step]
@@ -133,12 +135,12 @@ class ParameterInspector(L.Callback):
         """Steps Lightning's hooks must reach: the inspected ones."""
         return self.enabled and self.due(step)
 
-    def on_before_optimizer_step(self, trainer: "L.Trainer", pl_module: "Trainee", optimizer: Any) -> None:
+    def on_before_optimizer_step(self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: Any) -> None:
         step = trainer.global_step  # steps completed before this one
         if not self.enabled or not self.due(step):
             return
         started = time.perf_counter()
-        self._inspect(pl_module, optimizer, step, with_grads=True)
+        self._inspect(cast("Trainee", pl_module), optimizer, step, with_grads=True)
         self._cost += time.perf_counter() - started
 
     def stepped(self, pl_module: "Trainee") -> None:
@@ -154,13 +156,13 @@ class ParameterInspector(L.Callback):
         self._cost += time.perf_counter() - started
         self._maybe_widen()
 
-    def on_train_end(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
+    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         """The final weights, so every run ends with its final state; then everything held."""
         writer = tensorboard_writer(trainer)
         if writer is None:
             return
         if self.enabled and trainer.global_step != self._step:
-            self._inspect(pl_module, pl_module.optimizers(), trainer.global_step, with_grads=False, final=True)
+            self._inspect(cast("Trainee", pl_module), pl_module.optimizers(), trainer.global_step, with_grads=False, final=True)
             self._copy_to_host()
         self.scalars.flush(writer, force=True)
         if self.trajectory and self._trajectory_file is not None:
@@ -168,13 +170,13 @@ class ParameterInspector(L.Callback):
                      "weights": torch.stack([w for _, w in self.trajectory])}
             run_folder.write_atomic(self._trajectory_file, lambda partial: torch.save(saved, partial))
 
-    def on_exception(self, trainer: "L.Trainer", pl_module: "Trainee", exception: BaseException) -> None:
+    def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
         self._before = []
         if self._pending is not None:
             self._copy_to_host()
         self.scalars.flush(tensorboard_writer(trainer), force=True)  # the inspections up to a divergence
 
-    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "Trainee", *args: Any) -> None:
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", *args: Any) -> None:
         self.scalars.flush(tensorboard_writer(trainer))  # a burst, once enough has gathered
 
     # -- one inspection -------------------------------------------------------------------------
@@ -184,7 +186,7 @@ class ParameterInspector(L.Callback):
             self._copy_to_host()
         self._step = step
         params = [p.detach() for p in pl_module.model.parameters()]
-        grads = [p.grad.detach() for p in pl_module.model.parameters()] if with_grads else []
+        grads = [cast(torch.Tensor, p.grad).detach() for p in pl_module.model.parameters()] if with_grads else []
         have_grads = with_grads and all(g is not None for g in grads)
         names = self._names
         scalars = [([f"weight_norm/{n}" for n in names], foreach_norms(params))]
@@ -202,6 +204,7 @@ class ParameterInspector(L.Callback):
         if self.activations and not final:  # the final state has no batch of its own
             self._activations(pl_module, step, drawing)
         if self.optimum is not None:
+            assert self.train is not None  # fit.py hands the training split with its optimum
             with torch.no_grad():
                 full = pl_module.loss_fn(pl_module.model(self.train[0]), self.train[1]).item()
             self.scalars.add("train_loss_full", full, step)
@@ -218,6 +221,7 @@ class ParameterInspector(L.Callback):
     def _copy_to_host(self, extra: Optional[list[tuple[list[str], torch.Tensor]]] = None) -> None:
         """One copy of every statistic of the pending inspection to the host, into the buffer:
         ``scalars`` and ``extra`` are (names, [len(names)] values), ``hists`` (names, [len(names), 35])."""
+        assert self._pending is not None  # every caller has an inspection pending
         step, scalars, hists = self._pending
         self._pending = None
         scalars = scalars + (extra or [])
@@ -256,6 +260,7 @@ class ParameterInspector(L.Callback):
         batch = pl_module.loop.batch
         if not self._layers or not batch:
             return
+        assert self._pending is not None  # _inspect set it
         _, scalars, hists = self._pending
         for name, (kind, pre, out) in capture(pl_module.model, self._layers, batch[0][0]).items():
             if drawing:
@@ -265,6 +270,7 @@ class ParameterInspector(L.Callback):
 
     def _curvature(self, pl_module: "Trainee", optimizer: Any, step: int) -> None:
         model, loss_fn = pl_module.model, pl_module.loss_fn
+        assert self.train is not None  # fit.py hands the training split
         x, y = self.train
         self.scalars.add("hessian_top_eigenvalue", curvature.top_hessian_eigenvalue(model, loss_fn, x, y, seed=step), step)
         edge = curvature.edge_of_stability(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer)

@@ -3,7 +3,7 @@
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
@@ -48,18 +48,18 @@ class StepProgressBar(TQDMProgressBar):
     def on_train_epoch_start(self, trainer: "L.Trainer", *args: Any) -> None:
         self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch}", refresh=False)
 
-    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "Trainee", *args: Any) -> None:
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", *args: Any) -> None:
         if time.monotonic() - self._drawn_at >= self.REDRAW_EVERY_S:
             self._draw(trainer, pl_module)
 
-    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         pass
 
-    def on_train_end(self, trainer: "L.Trainer", pl_module: "Trainee") -> None:
+    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self._draw(trainer, pl_module, refresh=False)
         super().on_train_end(trainer, pl_module)  # closing draws the final step and loss
 
-    def _draw(self, trainer: "L.Trainer", pl_module: "Trainee", refresh: bool = True) -> None:
+    def _draw(self, trainer: "L.Trainer", pl_module: "L.LightningModule", refresh: bool = True) -> None:
         bar = self.train_progress_bar
         bar.n = trainer.global_step
         bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
@@ -79,11 +79,11 @@ class StepProgressBar(TQDMProgressBar):
     def on_validation_end(self, *args: Any) -> None:
         pass  # val_loss, logged by then, shows at the next redraw
 
-    def get_metrics(self, trainer: "L.Trainer", pl_module: "Trainee") -> dict[str, Any]:
+    def get_metrics(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
         items["step"] = trainer.global_step
-        loss = pl_module.loss_window.last_mean
+        loss = cast("Trainee", pl_module).loss_window.last_mean
         if loss == loss:  # not NaN: a window has been read
             items["loss"] = f"{loss:.4g}"
         return items
@@ -93,7 +93,7 @@ def planned_steps(trainer: "L.Trainer") -> Optional[Union[int, float]]:
     """Optimizer steps the run will take: max_steps, or max_epochs times the steps of an epoch."""
     per_epoch = getattr(trainer.train_dataloader, "batches_per_epoch", None)
     if per_epoch:  # an accumulated step takes several batches (the epoch's last one maybe fewer)
-        per_epoch = math.ceil(per_epoch / trainer.lightning_module.loop.accumulate)
+        per_epoch = math.ceil(per_epoch / cast("Trainee", trainer.lightning_module).loop.accumulate)
     by_epochs = per_epoch * trainer.max_epochs if per_epoch and trainer.max_epochs and trainer.max_epochs > 0 else None
     by_steps = trainer.max_steps if trainer.max_steps > 0 else None
     known = [n for n in (by_epochs, by_steps) if n is not None]

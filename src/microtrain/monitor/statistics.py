@@ -6,6 +6,7 @@ Shared by a single run (``monitor.parameters``) and a stacked sweep (``stack.ins
 tensors carry a leading job dimension ``[K, ...]``.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ HISTOGRAM_BINS = 30
 SATURATED = 0.99  # |tanh| above this, or sigmoid within 0.01 of 0 or 1: the unit's gradient is < 2 % of its peak
 
 
-def foreach_norms(tensors: list[Tensor]) -> Tensor:
+def foreach_norms(tensors: Sequence[Tensor]) -> Tensor:
     """The L2 norm of each tensor, as one [len] tensor (float32 or wider)."""
     if not tensors:
         return torch.zeros(0)

@@ -157,8 +157,6 @@ EVENTS = "tensorboard"  # the subfolder of a run folder that holds its event fil
 def events_folder(run_dir: Path) -> Path:
     """Where a run's event files are: ``<run>/tensorboard``, so that ``tensorboard --logdir <run>``
     names the run ``tensorboard`` and a sweep's runs ``<job>/tensorboard`` (event files in the
-    folder TensorBoard is pointed at make a run named "."). Runs of microtrain 0.2 and older
-    kept them in the run folder itself."""
-    inside = Path(run_dir) / EVENTS
-    return inside if inside.is_dir() or not any(Path(run_dir).glob("events.out.tfevents.*")) else Path(run_dir)
+    folder TensorBoard is pointed at make a run named ".")."""
+    return Path(run_dir) / EVENTS
 

@@ -15,7 +15,7 @@ DATA_TRUTH = "data_truth.json"
 DATA_INFO = "data_info.json"
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """``write`` the file as ``<name>.partial``, then rename it over ``path``: a rename is atomic
     on POSIX, so a crash or kill mid-write leaves the old file whole. No fsync: it cost ~1 ms a
     write, and a tiny model checkpoints every epoch of a few ms. Every file of a run goes here."""

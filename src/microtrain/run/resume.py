@@ -11,7 +11,7 @@ checksum matches) before anything is written too.
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -47,7 +47,7 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> 
     saved_file = run_dir / run_folder.CONFIG
     if not saved_file.is_file():
         raise ConfigError(f"resume=true but {run_dir} holds no run (no {run_folder.CONFIG}); point hydra.run.dir at a run folder")
-    saved = OmegaConf.load(saved_file)
+    saved = cast(DictConfig, OmegaConf.load(saved_file))
     check_run_config(saved, saved_file, bool(cfg.get("trust_run_config")))  # before any of its targets is built
     changes, refused = [], []
     for override in overrides:

@@ -4,7 +4,7 @@ logging), and differ at most in what each copy may hold for itself."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -33,7 +33,7 @@ class Group:
 
 def flat(cfg: DictConfig) -> dict[str, Any]:
     """The job's config as dotted keys (hydra.* left out), values resolved."""
-    tree = OmegaConf.to_container(cfg, resolve=True)
+    tree = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     tree.pop("hydra", None)
     out: dict[str, Any] = {}
 
@@ -52,7 +52,7 @@ def rule(cfg: DictConfig) -> Optional[Rule]:
     """The update rule of the job's optimizer class (``engine.step.RULES``), or None."""
     target = str(cfg.optimizer.get("_target_"))
     module, _, name = target.rpartition(".")
-    return RULES.get(getattr(torch.optim, name, None)) if module == "torch.optim" else None
+    return RULES.get(cast(type, getattr(torch.optim, name, None))) if module == "torch.optim" else None
 
 
 def per_job(key: str, optimizer_keys: tuple[str, ...] = ()) -> bool:
@@ -98,7 +98,7 @@ def group_jobs(cfgs: Sequence[DictConfig], resumed_at: Sequence[int]) -> tuple[l
         if reason:
             alone[index] = reason
             continue
-        own = rule(cfg).per_job  # type: ignore[union-attr] -- why_alone found it
+        own = cast(Rule, rule(cfg)).per_job  # why_alone found it
         keys = {k: v for k, v in flat(cfg).items() if not per_job(k, own)} | {"(resumed at step)": resumed_at[index]}
         for group in groups:
             if group.shared == keys:

@@ -3,12 +3,13 @@
 and ``best.ckpt`` in Lightning's format, and ``metrics.json``."""
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
 
 from microtrain.errors import ConfigError
@@ -42,12 +43,13 @@ class StackedJob:
         self.has_val = self.prepared.splits.val is not None
         self.checkpointers = checkpoint_callbacks(self.run_dir / run_folder.CHECKPOINTS, self.has_val, cfg.checkpoint.every_n_steps, 0.0)
         # callbacks=early_stopping: the job's own EarlyStopping, which stops it alone (stack.groups)
-        logged = ["val_loss", *(module.val_metrics.keys() if module.val_metrics is not None else [])] if self.has_val else []
-        self.stoppers = build_callbacks(cfg.callbacks, logged)
+        logged = ["val_loss", *(cast("Iterable[str]", module.val_metrics.keys()) if module.val_metrics is not None else [])] if self.has_val else []
+        self.stoppers = cast("list[EarlyStopping]", build_callbacks(cfg.callbacks, logged))  # stack.groups stacks no other callback
         self.timer: Optional[Any] = None  # trainer.max_time: the group's Timer, whose state each checkpoint saves
         self.stopped: Optional[tuple[int, int, float]] = None  # (step, epochs, seconds) when its early stopping ended it
         self.start_step, self.start_epoch, self.start_batch = 0, 0, 0
-        self.status, self.error = "ok", None
+        self.status = "ok"
+        self.error: Optional[str] = None
         self.saved_callbacks: dict[str, Any] = {}
         self.diverged: dict[str, Any] = {}  # the step and the parameter, for metrics.json
         self.best_score: Optional[float] = None
@@ -169,7 +171,7 @@ class StackedJob:
             best.best_k_models = {path: torch.tensor(score)}
             self.best, self.best_written = moment, False
 
-    def checkpoint_files(self, last: Snapshot, shape: dict[str, int], best_weights: Callable[[], tuple[Any, Any]]) -> list[tuple[Path, Any]]:
+    def checkpoint_files(self, last: Snapshot, shape: dict[str, int], best_weights: Callable[..., tuple[Any, Any]]) -> list[tuple[Path, Any]]:
         """last.ckpt, and best.ckpt when a better epoch came since it was last written
         (``best_weights``: that epoch's parameters and optimizer state), as (path, writer) pairs
         for ``run.folder.write_all_atomic``."""
@@ -196,5 +198,6 @@ class StackedJob:
         self.scalars.flush(self.writer, force=True)
         if metrics.get("status") == "ok":
             log_hparams(self.logger, self.cfg, metrics, self.overrides, experiment=False)  # the sweep's end writes the experiment
+        assert self.logger is not None  # open() made it, before the group trained
         self.logger.finalize("success" if metrics.get("status") == "ok" else "failed")  # hparams.yaml, flushed events
         run_folder.write_json_atomic(self.run_dir / run_folder.METRICS, metrics)

@@ -88,8 +88,8 @@ def run_stacked(cfgs: list[DictConfig], folders: list[Path], max_jobs: Optional[
             _report(console, chunks[len(outcomes) - 1], outcomes[-1], folders, cfgs, results)
     else:  # elsewhere, all at once (a cluster: stack.submitit)
         outcomes = train_chunks(work) if work else []
-        for chunk, outcome in zip(chunks, outcomes):
-            _report(console, chunk, outcome, folders, cfgs, results)
+        for numbered, outcome in zip(chunks, outcomes):
+            _report(console, numbered, outcome, folders, cfgs, results)
     for (_, chunk), outcome in zip(chunks, outcomes):
         if outcome is None:
             for i in chunk:

@@ -63,7 +63,8 @@ class StackedStep:
         values = {key: [g[key] for g in groups] for key in keys}
         if "dampening" in values:  # torch.optim's SGD ignores dampening without momentum
             values["dampening"] = [d if m else 0.0 for d, m in zip(values["dampening"], values["momentum"])]
-        constants, varying = {}, {}
+        constants: dict[str, Any] = {}
+        varying: dict[str, Any] = {}
         for key, per_job in values.items():
             if key != "lr" and all(v == per_job[0] for v in per_job):
                 constants[key] = per_job[0]

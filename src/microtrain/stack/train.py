@@ -5,7 +5,7 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 from lightning.pytorch.callbacks import Timer
@@ -105,7 +105,7 @@ class StackedRun:
                 or self.timed_out or not any(job.active for job in self.jobs))
 
     def _out_of_time(self) -> bool:
-        if self.timer is not None and not self.timed_out and self.timer.time_remaining() <= 0:
+        if self.timer is not None and not self.timed_out and cast(float, self.timer.time_remaining()) <= 0:
             self.timed_out = True
         return self.timed_out
 
@@ -117,7 +117,7 @@ class StackedRun:
         started = time.perf_counter()
         self.started = started
         if self.timer is not None:
-            self.timer.on_train_start(None, None)  # its clock starts (a resumed group's elapsed time carries on)
+            self.timer.on_train_start(None, None)  # type: ignore[arg-type]  # it reads neither; its clock starts (a resumed group's time carries on)
         try:
             while not self._done():
                 self._epoch()
@@ -151,7 +151,7 @@ class StackedRun:
         for sampler in self.samplers:
             sampler.set_epoch(self.epoch)
         orders = torch.stack([s.order() for s in self.samplers]).to(self.device)
-        batch_size, done, grads = self.batch_size, 0, []
+        batch_size, done, grads = self.batch_size, 0, cast("list[torch.Tensor]", [])
         first, self.first_batch = self.first_batch, 0  # a group resumed from a mid-epoch checkpoint goes on from there
         for b in range(first, self.batches_per_epoch):
             if 0 < self.max_steps <= self.step_count or self._out_of_time():
@@ -221,7 +221,7 @@ class StackedRun:
             job.epoch_losses = []
         every_val = self.cfg.trainer.get("check_val_every_n_epoch", 1) or 1
         validate = self.val is not None and self.epoch % every_val == 0
-        if validate:
+        if validate and self.val is not None:  # validate implies a val split
             values = split_metrics(self.step, self.val, self.loss_fn, self.jobs[0], "val_")
             for k in active:
                 for name, column in values.items():
@@ -236,8 +236,8 @@ class StackedRun:
         # each job's scheduler on its own optimizer, before last.ckpt as under Lightning (the module's
         # epoch-end hook runs before the checkpoint callback's); best.ckpt was taken at validation
         for k in active:
-            if self.jobs[k].scheduler is not None:
-                self.jobs[k].scheduler.step()
+            if (scheduler := self.jobs[k].scheduler) is not None:
+                scheduler.step()
         # callbacks=early_stopping, after the scheduler as under Lightning (a monitoring callback):
         # each job's own EarlyStopping; a job it stops is frozen and its neighbours go on
         stopped = [k for k in active if validate and any([early_stop(s, values[s.monitor][k], self.epoch - 1) for s in self.jobs[k].stoppers])]
@@ -269,7 +269,7 @@ class StackedRun:
         if not job.active:
             metrics = {"status": job.status, "error": job.error, **job.diverged}
         else:
-            name = signal.Signals(interrupt.stop_signal()).name
+            name = signal.Signals(cast(int, interrupt.stop_signal())).name
             metrics = {"status": "interrupted", "signal": name, "error": f"interrupted by {name} at step {self.step_count}",
                        "resume": f"python scripts/train.py resume=true {run_folder.hydra_override('hydra.run.dir', job.run_dir)}"}
         job.finish(metrics)
@@ -277,15 +277,15 @@ class StackedRun:
 
     def _finish(self, k: int, job: StackedJob, seconds: float, threads: int) -> dict[str, Any]:
         if job.status != "ok":
-            metrics = {"status": job.status, "error": job.error, **job.diverged}
+            metrics: dict[str, Any] = {"status": job.status, "error": job.error, **job.diverged}
             job.finish(metrics)
             return metrics
         params, _ = self.step.job_state(k)
         job.model.load_state_dict(params)
         steps, epochs, seconds = job.stopped or (self.step_count, self.epoch, seconds)  # early stopping: where it stopped
-        metrics: dict[str, Any] = {"status": "ok", "train_loss": self.final["train_loss"][k],
-                                   "val_loss": self.final["val_loss"][k] if "val_loss" in self.final else None,
-                                   "steps": steps, "epochs": epochs, "seconds": round(seconds, 3)}
+        metrics = {"status": "ok", "train_loss": self.final["train_loss"][k],
+                   "val_loss": self.final["val_loss"][k] if "val_loss" in self.final else None,
+                   "steps": steps, "epochs": epochs, "seconds": round(seconds, 3)}
         if self.step.compile_seconds is not None:
             metrics["compile_seconds"] = round(self.step.compile_seconds, 3)
         if job.prepared.optimum is not None:

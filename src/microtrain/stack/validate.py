@@ -83,6 +83,7 @@ def test_metrics(job: StackedJob, device: torch.device, dtype: torch.dtype) -> d
     saved = torch.load(path, map_location="cpu", weights_only=True)
     model = module.model.to(device, dtype)
     model.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items()})
+    assert job.prepared.splits.test is not None and module.test_metrics is not None  # a job with a test split; prepare built its metrics
     x, y = job.prepared.splits.test
     x = x.to(device, dtype)
     y = y.to(device, dtype) if y.is_floating_point() else y.to(device)

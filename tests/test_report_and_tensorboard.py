@@ -1,4 +1,4 @@
-"""Looking at runs: report.png from TensorBoard logs, a real TensorBoard server, the terminal output."""
+"""Looking at runs: report.png from TensorBoard logs, a real TensorBoard server over a real sweep, the terminal output."""
 
 import json
 import socket
@@ -115,33 +115,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_tensorboard_server_serves_every_histogram(mlp_run):
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(mlp_run), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        tags, deadline = None, time.time() + 90
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/histograms/tags", timeout=5) as answer:
-                    tags = json.load(answer)
-                if tags:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        assert tags, "TensorBoard did not answer"
-        (run_tags,) = tags.values()
-        for name in MLP_PARAMS:
-            assert f"1_weights/{name}" in run_tags and f"2_grads/{name}" in run_tags  # monitor.tags
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 def test_terminal_shows_config_tree_progress_and_summary(capsys, tmp_path):
     code, out, err = run_in_process(capsys, "train.py", "model=mlp", "device=cpu", f"hydra.run.dir={tmp_path}", "trainer.max_epochs=2")
     assert code == 0
@@ -149,3 +122,54 @@ def test_terminal_shows_config_tree_progress_and_summary(capsys, tmp_path):
     assert "step=50" in out + err and "loss=" in out + err  # the progress bar
     assert f"open TensorBoard: tensorboard --logdir {tmp_path}" in out
     assert "samples_per_s" in read_events(tmp_path).Tags()["scalars"]
+
+
+def _get(port: int, path: str, body: dict = None) -> object:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.load(answer)
+
+
+@pytest.mark.slow
+def test_tensorboard_server_shows_runs_layout_hparams_and_histograms(capsys, tmp_path):
+    """One real TensorBoard server over a real 2x2 sweep: its runs, the Custom Scalars layout, the
+    HParams experiment (swept columns first) and every parameter's weight and gradient histograms."""
+    code, out, err = run_in_process(capsys, "train.py", "-m", "model=linear,mlp", "optimizer.lr=0.01,0.1", "trainer.max_epochs=2",
+                                    f"hydra.sweep.dir={tmp_path}")
+    assert code == 0, err
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        runs, deadline = [], time.time() + 90
+        while time.time() < deadline and len(runs) < 4:
+            try:
+                runs = _get(port, "/data/runs")
+            except OSError:
+                time.sleep(0.5)
+        assert len(runs) == 4 and all(r.endswith("/tensorboard") and not r.startswith(".") for r in runs)
+        layout = _get(port, "/data/plugin/custom_scalars/layout")
+        first = layout["category"][0]
+        assert first["title"] == "loss" and first["chart"][0]["title"] == "train and validation loss"
+        experiment = _get(port, "/data/plugin/hparams/experiment", {"experimentName": ""})
+        columns = [(h["name"], h.get("differs", False)) for h in experiment["hparamInfos"]]
+        assert columns[:2] == [("lr", True), ("model", True)]  # the swept ones first
+        assert dict(columns)["hidden"] is False  # only the MLP has one: not swept
+        lr = next(h for h in experiment["hparamInfos"] if h["name"] == "lr")
+        assert lr["domainDiscrete"] == [0.01, 0.1]
+        assert [m["name"]["tag"] for m in experiment["metricInfos"]][:2] == ["final/val_loss", "final/train_loss"]
+        groups = _get(port, "/data/plugin/hparams/session_groups", {
+            "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+            "colParams": [], "startIndex": 0, "sliceSize": 10})["sessionGroups"]
+        linear = [g for g in groups if g["hparams"]["model"] == "linear"]
+        assert len(groups) == 4 and len(linear) == 2 and all("hidden" not in g["hparams"] for g in linear)
+        assert all(any(m["name"]["tag"] == "final/val_loss" for m in g["metricValues"]) for g in groups)
+        histograms = _get(port, "/data/plugin/histograms/tags")
+        mlp = [tags for run, tags in histograms.items() if "model=mlp" in run]
+        assert len(mlp) == 2
+        for name in MLP_PARAMS:
+            assert all(f"1_weights/{name}" in tags and f"2_grads/{name}" in tags for tags in mlp)  # monitor.tags
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,13 +1,9 @@
-"""Seeing by default: dense inspection, activations, curvature, NaN counts, tags that sort the
-loss first, the Custom Scalars layout, HParams domains and the loss landscape, checked against
-closed forms and read back with TensorBoard's own reader and server."""
+"""Inspection by default: dense weight and gradient statistics, activations, curvature, NaN counts,
+tags that sort the loss first and the loss landscape, checked against closed forms and read back
+with TensorBoard's own reader (the TensorBoard server: test_report_and_tensorboard.py)."""
 
 import json
 import math
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 import torch
@@ -165,49 +161,3 @@ def test_landscape_of_an_mlp_passes_through_its_final_loss(default_mlp):
     final = json.loads((default_mlp / "metrics.json").read_text())["train_loss"]
     assert view.loss[j, i].item() == pytest.approx(final, rel=1e-4)
     assert view.loss.min().item() > 0 and view.loss.max().item() > 2 * final  # a valley, not a flat plane
-
-
-def _get(port: int, path: str, body: dict = None) -> object:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.load(answer)
-
-
-@pytest.mark.slow
-def test_tensorboard_server_shows_layout_runs_and_hparams(capsys, tmp_path):
-    from test_looking import free_port
-
-    code, out, err = run_in_process(capsys, "train.py", "-m", "model=linear,mlp", "optimizer.lr=0.01,0.1", "trainer.max_epochs=2",
-                                    f"hydra.sweep.dir={tmp_path}")
-    assert code == 0, err
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        runs, deadline = [], time.time() + 90
-        while time.time() < deadline and len(runs) < 4:
-            try:
-                runs = _get(port, "/data/runs")
-            except OSError:
-                time.sleep(0.5)
-        assert len(runs) == 4 and all(r.endswith("/tensorboard") and not r.startswith(".") for r in runs)
-        layout = _get(port, "/data/plugin/custom_scalars/layout")
-        first = layout["category"][0]
-        assert first["title"] == "loss" and first["chart"][0]["title"] == "train and validation loss"
-        experiment = _get(port, "/data/plugin/hparams/experiment", {"experimentName": ""})
-        columns = [(h["name"], h.get("differs", False)) for h in experiment["hparamInfos"]]
-        assert columns[:2] == [("lr", True), ("model", True)]  # the swept ones first
-        assert dict(columns)["hidden"] is False  # only the MLP has one: not swept
-        lr = next(h for h in experiment["hparamInfos"] if h["name"] == "lr")
-        assert lr["domainDiscrete"] == [0.01, 0.1]
-        assert [m["name"]["tag"] for m in experiment["metricInfos"]][:2] == ["final/val_loss", "final/train_loss"]
-        groups = _get(port, "/data/plugin/hparams/session_groups", {
-            "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
-            "colParams": [], "startIndex": 0, "sliceSize": 10})["sessionGroups"]
-        linear = [g for g in groups if g["hparams"]["model"] == "linear"]
-        assert len(groups) == 4 and len(linear) == 2 and all("hidden" not in g["hparams"] for g in linear)
-        assert all(any(m["name"]["tag"] == "final/val_loss" for m in g["metricValues"]) for g in groups)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
