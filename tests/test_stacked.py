@@ -264,11 +264,28 @@ def test_stacked_sweep_through_hydra_gives_every_job_its_own_run(tmp_path, capsy
         assert (folder / "checkpoints" / "last.ckpt").is_file() and (folder / "checkpoints" / "best.ckpt").is_file()
         assert json.loads((folder / "metrics.json").read_text())["stacked"]["jobs"] == 4
         assert any(t.startswith("weights/") for t in read_events(folder).Tags()["histograms"])
+    for number, row in enumerate(rows[:1] + rows[-1:]):  # each job's config.yaml is its solo run's with the same overrides
+        folder = Path(row["folder"])
+        overrides = (folder / ".hydra" / "overrides.yaml").read_text().replace("- ", "").split()
+        assert run_in_process(capsys, "train.py", *overrides, f"hydra.run.dir={tmp_path / 'solo' / str(number)}")[0] == 0
+        assert (folder / "config.yaml").read_text() == (tmp_path / "solo" / str(number) / "config.yaml").read_text()
     job = Path(rows[0]["folder"])
     assert run_in_process(capsys, "report.py", str(tmp_path))[0] == 0
     explained = run_in_process(capsys, "explain_step.py", *(job / ".hydra" / "overrides.yaml").read_text().replace("- ", "").split(),
                                f"hydra.run.dir={tmp_path / 'explained'}")
     assert explained[0] == 0, explained[2]
+
+
+def test_a_one_job_stacked_sweep_is_its_solo_run_bitwise(tmp_path, capsys):
+    code, out, err = run_in_process(capsys, "train.py", "-m", "hydra/launcher=stacked", *MLP, "optimizer.lr=0.05", "device=cpu",
+                                    f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert code == 0, err
+    assert "stacked: 0 of 1 jobs" in out and "job #0 runs alone" in out  # a stack of one is the solo run itself
+    code, _, err = run_in_process(capsys, "train.py", *MLP, "optimizer.lr=0.05", "device=cpu", f"hydra.run.dir={tmp_path / 'solo'}")
+    assert code == 0, err
+    (job,) = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    ours, theirs = checkpoint_weights(job), checkpoint_weights(tmp_path / "solo")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 @pytest.mark.slow
