@@ -9,7 +9,8 @@ import torch
 from microtrain.console import quiet_libraries
 from benchmark_inspection import inspection_check, inspection_line
 from benchmark_stacked import stacked_check, stacked_table
-from benchmark_harness import CASES, command_check, command_line, compiled_table, markdown_table, measure, startup, startup_line, summarize
+from benchmark_harness import CASES, command_check, command_line, compiled_table, markdown_table, measure, summarize
+from benchmark_startup import startup, startup_line
 
 
 def main() -> None:
@@ -17,15 +18,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats per case (medians are reported)")
     parser.add_argument("--json", default="benchmark.json", help="where to write the raw numbers")
     parser.add_argument("--cases", default="all", help="comma-separated case numbers, e.g. 0,1 (default all; none: only the stacked case)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where both sides train (default: cuda when a GPU is visible)")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where both sides train (default: cuda when a GPU is visible)",
+    )
     parser.add_argument("--startup-repeats", type=int, default=5, help="launches of each script for the start-up time (0 = skip)")
-    parser.add_argument("--command-repeats", type=int, default=3,
-                        help="repeats of scripts/train.py on its default data against the plain loop (0 = skip)")
-    parser.add_argument("--stacked-repeats", type=int, default=1,
-                        help="repeats of the 64-job stacked sweep case against Hydra's basic and joblib launchers (0 = skip; ~5 min each)")
-    parser.add_argument("--inspection-repeats", type=int, default=3,
-                        help="repeats of the default model=mlp run and a 100 000-step run with inspection on and off (0 = skip)")
+    parser.add_argument(
+        "--command-repeats", type=int, default=3, help="repeats of scripts/train.py on its default data against the plain loop (0 = skip)"
+    )
+    parser.add_argument(
+        "--stacked-repeats",
+        type=int,
+        default=1,
+        help="repeats of the 64-job stacked sweep case against Hydra's basic and joblib launchers (0 = skip; ~5 min each)",
+    )
+    parser.add_argument(
+        "--inspection-repeats",
+        type=int,
+        default=3,
+        help="repeats of the default model=mlp run and a 100 000-step run with inspection on and off (0 = skip)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="skip the loop.compile=true side (seconds of compiling per case)")
     args = parser.parse_args()
     import lightning  # noqa: F401 -- imported first: importing it resets its loggers' level
@@ -61,8 +75,19 @@ def main() -> None:
     if stacked:
         print(stacked_table(stacked))
     with open(args.json, "w") as handle:
-        json.dump({"machine": machine, "cases": results, "startup": start, "command": command, "compiled_command": compiled_command,
-                   "stacked": stacked, "inspection": inspection}, handle, indent=2)
+        json.dump(
+            {
+                "machine": machine,
+                "cases": results,
+                "startup": start,
+                "command": command,
+                "compiled_command": compiled_command,
+                "stacked": stacked,
+                "inspection": inspection,
+            },
+            handle,
+            indent=2,
+        )
     print(f"raw numbers: {args.json}")
 
 

@@ -1,10 +1,8 @@
 """Speed of microtrain's training against a plain PyTorch loop, measured side by side in one process.
 
-For each case both sides train the same model (same initial weights), on the same data, with
-the same optimizer and the same batch order. Per-step time is the difference of two run
-lengths divided by the difference of their step counts, so set-up costs cancel. The sides
-alternate within each repeat, so a busy machine slows both alike; medians and ranges are kept.
-"""
+Both sides train the same model (same initial weights) on the same data, optimizer and batch
+order. Per-step time is the difference of two run lengths over the difference of their steps,
+so set-up cancels; the sides alternate in each repeat, so a busy machine slows both alike."""
 
 import statistics
 import tempfile
@@ -35,9 +33,17 @@ class Case:
         model = ["model=linear"] if self.hidden is None else ["model=mlp", f"model.hidden={self.hidden}"]
         rows = self.rows or max(self.batch_size * 64, 32768)
         return [
-            *model, "data=synthetic", f"data.n_samples={rows}", f"data.n_features={self.n_features}",
-            f"data.n_outputs={self.n_outputs}", f"data.batch_size={self.batch_size}", "data.val_fraction=0",
-            "optimizer=sgd", "optimizer.lr=0.01", "trainer.enable_progress_bar=false", "trainer.max_epochs=100000",
+            *model,
+            "data=synthetic",
+            f"data.n_samples={rows}",
+            f"data.n_features={self.n_features}",
+            f"data.n_outputs={self.n_outputs}",
+            f"data.batch_size={self.batch_size}",
+            "data.val_fraction=0",
+            "optimizer=sgd",
+            "optimizer.lr=0.01",
+            "trainer.enable_progress_bar=false",
+            "trainer.max_epochs=100000",
         ]
 
 
@@ -135,9 +141,17 @@ def measure(case: Case, repeats: int, device: str = "cpu", compiled: bool = True
     rates = {k: [1 / t for t in v] for k, v in times.items()}
     compile_seconds = list(COMPILE_SECONDS)
     drift = _compiled_drift(case, extra) if compiled else None
-    return {"case": case.name, "device": device, "threads": case.threads, "batch_size": case.batch_size,
-            "steps_per_s": rates, "same_weights": same, "gpu_memory_peak_mib": peak,
-            "compile_seconds": compile_seconds, "compiled_max_abs_diff": drift}
+    return {
+        "case": case.name,
+        "device": device,
+        "threads": case.threads,
+        "batch_size": case.batch_size,
+        "steps_per_s": rates,
+        "same_weights": same,
+        "gpu_memory_peak_mib": peak,
+        "compile_seconds": compile_seconds,
+        "compiled_max_abs_diff": drift,
+    }
 
 
 def _compiled_drift(case: Case, extra: list[str], steps: int = 1000) -> float:
@@ -159,36 +173,6 @@ CONF = Path(__file__).resolve().parents[1] / "conf"  # the harness lives beside 
 
 
 SCRIPTS = CONF.parent / "scripts"
-
-
-def startup(repeats: int) -> dict[str, Any]:
-    """Seconds from launching the command to its first training step: scripts/train.py against a
-    bare Hydra + Lightning script (scripts/bare_lightning_step.py), alternating."""
-    import subprocess
-    import sys
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    def bare() -> float:
-        with tempfile.TemporaryDirectory() as folder:
-            started = time.time()
-            out = subprocess.run([sys.executable, str(SCRIPTS / "bare_lightning_step.py"), f"hydra.run.dir={folder}"], capture_output=True, text=True, check=True).stdout
-        return float(out.split("first step at ")[1].split()[0]) - started
-
-    def ours() -> float:
-        with tempfile.TemporaryDirectory() as folder:
-            started = time.time()
-            args = ["device=cpu", "trainer.max_steps=1", "data.val_fraction=0", "trainer.enable_progress_bar=false", f"hydra.run.dir={folder}"]
-            subprocess.run([sys.executable, str(SCRIPTS / "train.py"), *args], capture_output=True, check=True)
-            events = EventAccumulator(folder)
-            events.Reload()
-            return events.Scalars("weight_norm/weight")[0].wall_time - started  # logged as step 0 begins
-
-    times: dict[str, list[float]] = {"bare": [], "microtrain": []}
-    for _ in range(repeats):
-        times["bare"].append(bare())
-        times["microtrain"].append(ours())
-    return {"seconds": times, "ratio": statistics.median(times["microtrain"]) / statistics.median(times["bare"])}
 
 
 COMMAND_ARGS = ["model=mlp", "data.val_fraction=0", "trainer.max_epochs=100000"]
@@ -231,24 +215,14 @@ def command_line(result: dict[str, Any]) -> str:
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
-    rates = result["steps_per_s"]
-    median = {k: statistics.median(v) for k, v in rates.items()}
-    return {
-        **result,
-        "median_steps_per_s": median,
-        "ratio": median["microtrain"] / median["plain"],
-        "samples_per_s": {k: v * result["batch_size"] for k, v in median.items()},
-        "inspection_cost": 1 - median["microtrain"] / median["inspection_off"],
+    m = {k: statistics.median(v) for k, v in result["steps_per_s"].items()}
+    samples = {k: v * result["batch_size"] for k, v in m.items()}
+    return result | {
+        "median_steps_per_s": m,
+        "ratio": m["microtrain"] / m["plain"],
+        "samples_per_s": samples,
+        "inspection_cost": 1 - m["microtrain"] / m["inspection_off"],
     }
-
-
-def startup_line(result: dict[str, Any]) -> str:
-    bare, ours = result["seconds"]["bare"], result["seconds"]["microtrain"]
-    return (
-        f"start-up to the first training step: scripts/train.py {statistics.median(ours):.2f} s "
-        f"({min(ours):.2f}–{max(ours):.2f}), bare Hydra + Lightning script {statistics.median(bare):.2f} s "
-        f"({min(bare):.2f}–{max(bare):.2f}): {result['ratio']:.2f}×"
-    )
 
 
 def compiled_table(results: list[dict[str, Any]]) -> str:
@@ -285,4 +259,3 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             f"{r['samples_per_s']['microtrain']:,.0f} | {100 * r['inspection_cost']:+.1f} % | {_same(r['same_weights'])} |"
         )
     return "\n".join(lines)
-

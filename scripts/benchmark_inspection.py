@@ -29,9 +29,11 @@ def inspection_check(repeats: int, device: str = "cpu", long_steps: int = 100_00
             wall = time.perf_counter() - started
             training = json_module.loads((Path(folder) / "metrics.json").read_text())["seconds"]
             events = Events(Path(folder)) if inspect else None
-            counts = events and {"update_ratio_points": len(events.Scalars("update_ratio/fc1.weight")),
-                                 "weight_histogram_slices": len(events.Histograms("weights/fc1.weight")),
-                                 "dead_unit_points": len(events.Scalars("dead_units/fc1"))}
+            counts = events and {
+                "update_ratio_points": len(events.Scalars("update_ratio/fc1.weight")),
+                "weight_histogram_slices": len(events.Histograms("weights/fc1.weight")),
+                "dead_unit_points": len(events.Scalars("dead_units/fc1")),
+            }
         return wall, training, counts
 
     long = ["data.val_fraction=0", "trainer.max_epochs=100000", f"trainer.max_steps={long_steps}"]
@@ -45,9 +47,14 @@ def inspection_check(repeats: int, device: str = "cpu", long_steps: int = 100_00
             _, training, _ = command(inspect, long)
             times[f"long_{'on' if inspect else 'off'}"].append(training)
     median = {k: statistics.median(v) for k, v in times.items()}
-    return {"seconds": times, "median": median, "recorded": recorded, "long_steps": long_steps,
-            "default_ratio": median["default_on"] / median["default_off"],
-            "long_training_cost": median["long_on"] / median["long_off"] - 1}
+    return {
+        "seconds": times,
+        "median": median,
+        "recorded": recorded,
+        "long_steps": long_steps,
+        "default_ratio": median["default_on"] / median["default_off"],
+        "long_training_cost": median["long_on"] / median["long_off"] - 1,
+    }
 
 
 def inspection_line(result: dict[str, Any]) -> str:

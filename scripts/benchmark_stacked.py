@@ -36,9 +36,19 @@ SIDES = {
 def grid_run(side: list[str], epochs: int, device: str) -> dict[str, Any]:
     """One sweep of the grid: its wall clock, steps, and training seconds from the jobs' metrics."""
     with tempfile.TemporaryDirectory() as folder:
-        command = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", *side, "model=mlp",
-                   f"optimizer.lr={','.join(LEARNING_RATES)}", f"seed={SEEDS}", f"trainer.max_epochs={epochs}",
-                   f"device={device}", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={folder}"]
+        command = [
+            sys.executable,
+            str(ROOT / "scripts" / "train.py"),
+            "-m",
+            *side,
+            "model=mlp",
+            f"optimizer.lr={','.join(LEARNING_RATES)}",
+            f"seed={SEEDS}",
+            f"trainer.max_epochs={epochs}",
+            f"device={device}",
+            "trainer.enable_progress_bar=false",
+            f"hydra.sweep.dir={folder}",
+        ]
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, cwd=folder)
         wall = time.perf_counter() - started
@@ -103,15 +113,21 @@ def stacked_check(repeats: int, device: str) -> dict[str, Any]:
 def stacked_table(result: dict[str, Any]) -> str:
     steps = [e * 25 for e in result["epochs"]]
     hand = result["handwritten"]
-    lines = [f"stacked sweep: {result['jobs']} jobs (16 learning rates x 4 seeds), MLP 3->64->1, batch 32, default data and inspection",
-             f"| launcher | per grid step | per model-step | vs basic | vs joblib | command wall clock, {steps[0]} / {steps[1]} steps |"
-             " against the hand-written script (wall, wall; per step) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"stacked sweep: {result['jobs']} jobs (16 learning rates x 4 seeds), MLP 3->64->1, batch 32, default data and inspection",
+        f"| launcher | per grid step | per model-step | vs basic | vs joblib | command wall clock, {steps[0]} / {steps[1]} steps |"
+        " against the hand-written script (wall, wall; per step) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, side in result["sides"].items():
         ratios = side["vs_handwritten_wall"]
-        lines.append(f"| {name} | {side['grid_step_ms']:.2f} ms | {side['model_step_us']:.1f} us | {side['vs_basic']:.1f}x | "
-                     f"{side['vs_joblib']:.1f}x | {side['wall_s'][0]} s / {side['wall_s'][1]} s | "
-                     f"{ratios[0]:.2f}x, {ratios[1]:.2f}x; {side['vs_handwritten_step']:.2f}x |")
-    lines.append(f"| hand-written vmap script (torch only) | {hand['grid_step_ms']:.2f} ms | {hand['grid_step_ms'] / 64 * 1e3:.1f} us | | | "
-                 f"{hand['wall_s'][0]} s / {hand['wall_s'][1]} s | 1.00x |")
+        lines.append(
+            f"| {name} | {side['grid_step_ms']:.2f} ms | {side['model_step_us']:.1f} us | {side['vs_basic']:.1f}x | "
+            f"{side['vs_joblib']:.1f}x | {side['wall_s'][0]} s / {side['wall_s'][1]} s | "
+            f"{ratios[0]:.2f}x, {ratios[1]:.2f}x; {side['vs_handwritten_step']:.2f}x |"
+        )
+    lines.append(
+        f"| hand-written vmap script (torch only) | {hand['grid_step_ms']:.2f} ms | {hand['grid_step_ms'] / 64 * 1e3:.1f} us | | | "
+        f"{hand['wall_s'][0]} s / {hand['wall_s'][1]} s | 1.00x |"
+    )
     return "\n".join(lines)

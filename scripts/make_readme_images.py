@@ -29,8 +29,11 @@ def screenshot_tensorboard(logdir: Path, shots: dict[str, Path]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(120):
             try:
@@ -40,11 +43,23 @@ def screenshot_tensorboard(logdir: Path, shots: dict[str, Path]) -> None:
                 time.sleep(0.5)
         for fragment, out in shots.items():
             with tempfile.TemporaryDirectory() as profile:
-                subprocess.run([
-                    "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000",
-                    "--disable-background-networking", "--no-first-run", f"--user-data-dir={profile}",
-                    "--window-size=1400,1000", f"--screenshot={out}", f"http://127.0.0.1:{port}/?darkMode=false#{fragment}",
-                ], check=True, capture_output=True)
+                subprocess.run(
+                    [
+                        "chromium",
+                        "--headless",
+                        "--no-sandbox",
+                        "--disable-gpu",
+                        "--virtual-time-budget=15000",
+                        "--disable-background-networking",
+                        "--no-first-run",
+                        f"--user-data-dir={profile}",
+                        "--window-size=1400,1000",
+                        f"--screenshot={out}",
+                        f"http://127.0.0.1:{port}/?darkMode=false#{fragment}",
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
     finally:
         server.terminate()
         server.wait()
@@ -60,8 +75,10 @@ def main() -> None:
         run("scripts/train.py", "-m", "optimizer.lr=0.01,0.1", "model=linear,mlp", "device=cpu", f"hydra.sweep.dir={sweep_dir}")
         run("scripts/report.py", str(sweep_dir))
         shutil.copy(sweep_dir / "report.png", IMAGES / "report_sweep.png")
-        screenshot_tensorboard(run_dir, {"custom_scalars": IMAGES / "tensorboard_custom_scalars.png",
-                                         "histograms&tagFilter=activations": IMAGES / "tensorboard_activations.png"})
+        screenshot_tensorboard(
+            run_dir,
+            {"custom_scalars": IMAGES / "tensorboard_custom_scalars.png", "histograms&tagFilter=activations": IMAGES / "tensorboard_activations.png"},
+        )
         screenshot_tensorboard(sweep_dir, {"hparams": IMAGES / "tensorboard_hparams.png"})
     print(f"pictures: {IMAGES}")
 

@@ -42,8 +42,7 @@ def test_history_holds_every_scalar_tensorboard_holds(run):
 def test_predict_gives_what_predict_py_writes(run, tmp_path, capsys):
     rows = pd.DataFrame({"x0": [0.5, -1.0], "x1": [0.0, 2.0], "x2": [1.5, 0.25]})
     rows.to_csv(tmp_path / "rows.csv", index=False)
-    code, _, err = run_in_process(capsys, "predict.py", f"run={run.folder}", f"data.path={tmp_path / 'rows.csv'}",
-                                  f"output={tmp_path / 'out.csv'}")
+    code, _, err = run_in_process(capsys, "predict.py", f"run={run.folder}", f"data.path={tmp_path / 'rows.csv'}", f"output={tmp_path / 'out.csv'}")
     assert code == 0, err
     written = pd.read_csv(tmp_path / "out.csv")["predicted_y0"].to_numpy()
     assert run.predict(rows)[:, 0] == pytest.approx(written, abs=1e-6)  # predict.py writes 7 significant digits
@@ -111,8 +110,7 @@ def test_calls_leave_nothing_behind_in_the_process(tmp_path):
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", LEAK_CHECK, str(tmp_path), *TINY], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
+    done = subprocess.run([sys.executable, "-c", LEAK_CHECK, str(tmp_path), *TINY], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "same"
 
@@ -127,10 +125,10 @@ def test_a_sweep_is_a_table_of_its_jobs(tmp_path):
 
 def test_your_own_config_folder(tmp_path):
     (tmp_path / "conf" / "model").mkdir(parents=True)
-    (tmp_path / "conf" / "model" / "tiny.yaml").write_text((ROOT / "conf" / "model" / "mlp.yaml").read_text().replace("hidden: 16", "hidden: 3")
-                                                           .replace("hidden: 64", "hidden: 3"))
-    run = mt.train("model=tiny", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", run_dir=tmp_path / "run",
-                   config_dir=tmp_path / "conf")
+    (tmp_path / "conf" / "model" / "tiny.yaml").write_text(
+        (ROOT / "conf" / "model" / "mlp.yaml").read_text().replace("hidden: 16", "hidden: 3").replace("hidden: 64", "hidden: 3")
+    )
+    run = mt.train("model=tiny", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", run_dir=tmp_path / "run", config_dir=tmp_path / "conf")
     assert run.config.model.hidden == 3 and run.metrics["status"] == "ok"
 
 
@@ -148,8 +146,11 @@ def test_the_tutorial_notebook_runs_in_a_real_kernel(tmp_path):
 
     notebook = nbformat.read(ROOT / "docs" / "tutorial.ipynb", as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    outputs = ["".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in cell.get("outputs", []))
-               for cell in notebook.cells if cell.cell_type == "code"]
+    outputs = [
+        "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in cell.get("outputs", []))
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+    ]
     assert "loss 10.83" in outputs[1] and "dL/dweight -18.02" in outputs[1] and "weight after the step 1.0495" in outputs[1]
     assert "dL/d" in outputs[2] and "largest |chain - autograd|" in outputs[2]
     assert "status=ok" in outputs[3]

@@ -12,7 +12,6 @@ from tests_helpers import files_of, read_events, run_in_process, run_script
 pytestmark = pytest.mark.slow
 
 
-
 @pytest.mark.parametrize("model, n_params", [("linear", 2), ("mlp", 4)])
 def test_train_script_runs_and_reports(tmp_path, model, n_params):
     run_dir = tmp_path / "run"
@@ -37,11 +36,14 @@ def test_default_run_folder_is_under_outputs_and_cwd_unchanged(tmp_path):
     assert json.loads(metrics.read_text())["status"] == "ok"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["model=cnn"], "error: model=cnn is not an option of model; choose one of: linear, mlp"),
-    (["optimizer.lr=-1"], "error: optimizer.lr=-1 must be greater than 0"),
-    (["-m", "model=cnn,mlp"], "error: model=cnn is not an option of model"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model=cnn"], "error: model=cnn is not an option of model; choose one of: linear, mlp"),
+        (["optimizer.lr=-1"], "error: optimizer.lr=-1 must be greater than 0"),
+        (["-m", "model=cnn,mlp"], "error: model=cnn is not an option of model"),
+    ],
+)
 def test_a_typo_or_refused_run_is_one_line_with_a_way_out_and_leaves_no_folder(tmp_path, monkeypatch, capsys, args, message):
     """In the default run folder (outputs/<date>/<time>, or multirun/ for a sweep): nothing stays."""
     monkeypatch.chdir(tmp_path)
@@ -58,8 +60,9 @@ def test_a_rerun_into_a_finished_folder_is_refused_unless_overwrite(tmp_path, ca
     assert not (run / ".lock").exists()  # a finished folder keeps no lock file
     before = files_of(run)
     code, _, err = run_in_process(capsys, "train.py", "trainer.max_steps=30", f"hydra.run.dir={run}")
-    assert code == 2 and err.strip() == (f"error: {run} holds a run with status ok, 20 steps; resume=true continues it, "
-                                         "overwrite=true replaces it, or choose another hydra.run.dir")
+    assert code == 2 and err.strip() == (
+        f"error: {run} holds a run with status ok, 20 steps; resume=true continues it, overwrite=true replaces it, or choose another hydra.run.dir"
+    )
     assert files_of(run) == before
     code, _, err = run_in_process(capsys, "train.py", "trainer.max_steps=30", f"hydra.run.dir={run}", "overwrite=true")
     assert code == 0, err
@@ -97,8 +100,10 @@ def test_text_labels_without_a_classification_loss_get_the_hint(tmp_path, capsys
 
 
 def test_training_from_python_is_as_quiet_as_the_command_line(tmp_path):
-    code = ("from tests_helpers import make_cfg; from microtrain.engine.fit import train; "
-            f"print(train(make_cfg('trainer.max_steps=5'), {str(tmp_path)!r}).metrics['status'])")
+    code = (
+        "from tests_helpers import make_cfg; from microtrain.engine.fit import train; "
+        f"print(train(make_cfg('trainer.max_steps=5'), {str(tmp_path)!r}).metrics['status'])"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent)
     assert done.returncode == 0, done.stderr
     chatter = ("GPU available", "TPU available", "litlogger", "LeafSpec", "exists and is not empty", "Warning")

@@ -18,8 +18,15 @@ def _weights(result):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", [["optimizer.momentum=0.9", "optimizer.weight_decay=0.01"], ["optimizer=adamw"],
-                                       ["optimizer=rmsprop", "optimizer.momentum=0.5", "optimizer.centered=true"], ["optimizer=adagrad"]])
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        ["optimizer.momentum=0.9", "optimizer.weight_decay=0.01"],
+        ["optimizer=adamw"],
+        ["optimizer=rmsprop", "optimizer.momentum=0.5", "optimizer.centered=true"],
+        ["optimizer=adagrad"],
+    ],
+)
 def test_300_compiled_steps_land_within_1e_5_of_eager(tmp_path, optimizer):
     base = ["model=mlp", "trainer.max_steps=300", "log.inspect_every_n_steps=50", *optimizer]
     eager = train(make_cfg(*base, "loop.compile=false"), tmp_path / "eager")
@@ -57,9 +64,11 @@ def test_an_optimizer_without_a_compiled_rule_trains_eager_and_says_so(tmp_path,
 @pytest.mark.parametrize("clip", [[], ["+trainer.gradient_clip_val=0.05"]], ids=["plain", "clipped"])
 def test_a_compiler_failure_falls_back_to_eager_with_one_line(tmp_path, capsys, monkeypatch, clip):
     """The fallback step is the eager step: bitwise, gradient clipping included."""
+
     def broken_compile(fn, **kwargs):
         def call(*args):
             raise RuntimeError("no C++ compiler here")
+
         return call
 
     monkeypatch.setattr(compiled_module.torch, "compile", broken_compile)
@@ -107,11 +116,14 @@ def test_threads_auto_gives_tiny_models_one_thread_and_a_number_sets_it(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cls, kwargs", [  # AdamW: test_300_compiled_steps_land_within_1e_5_of_eager
-    (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}),
-    (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
-    (torch.optim.Adam, {"lr": 0.01, "weight_decay": 0.01}),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [  # AdamW: test_300_compiled_steps_land_within_1e_5_of_eager
+        (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}),
+        (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
+        (torch.optim.Adam, {"lr": 0.01, "weight_decay": 0.01}),
+    ],
+)
 def test_the_compiled_step_is_torch_optims_update(cls, kwargs):
     """Twenty compiled steps against twenty torch.optim steps from the same start (rounding only)."""
     from microtrain.models import MLP

@@ -50,8 +50,10 @@ def test_accumulating_two_batches_is_one_batch_twice_as_large(tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("overrides", [["+experiment=linear_1x1_sgd"], ["model=mlp", "optimizer=adamw"],
-                                       ["model=mlp", "optimizer.momentum=0.9", "optimizer.nesterov=true"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [["+experiment=linear_1x1_sgd"], ["model=mlp", "optimizer=adamw"], ["model=mlp", "optimizer.momentum=0.9", "optimizer.nesterov=true"]],
+)
 def test_explain_step_is_the_first_training_step_bitwise(tmp_path, overrides):
     report = explain_step(make_cfg(*overrides, config="explain"))
     trained = _weights(train(make_cfg(*overrides, "trainer.max_steps=1"), tmp_path))
@@ -104,15 +106,20 @@ def test_the_private_lightning_attributes_microtrain_uses_still_exist(tmp_path):
 def test_training_step_reads_in_one_screen_and_no_module_is_long():
     source = (SRC / "engine" / "module.py").read_text()
     start = source.index("    def training_step")
-    step = source[start:source.index("\n    def ", start + 1)]
+    step = source[start : source.index("\n    def ", start + 1)]
     assert len(step.strip().splitlines()) <= 25
-    long = {p.relative_to(ROOT).as_posix(): n for p in [*SRC.rglob("*.py"), *(ROOT / "scripts").glob("*.py")]
-            if (n := len(p.read_text().splitlines())) > 300}
+    long = {
+        p.relative_to(ROOT).as_posix(): n
+        for p in [*SRC.rglob("*.py"), *(ROOT / "scripts").glob("*.py")]
+        if (n := len(p.read_text().splitlines())) > 300
+    }
     assert not long
 
 
 def test_any_torch_optim_class_by_name_with_only_its_own_keys(tmp_path):
-    result = train(make_cfg("optimizer=torch", "optimizer.name=RMSprop", "optimizer.lr=0.05", "+optimizer.alpha=0.9", "trainer.max_epochs=10"), tmp_path)
+    result = train(
+        make_cfg("optimizer=torch", "optimizer.name=RMSprop", "optimizer.lr=0.05", "+optimizer.alpha=0.9", "trainer.max_epochs=10"), tmp_path
+    )
     assert result.metrics["status"] == "ok" and result.metrics["val_loss"] < 0.1
     assert type(result.module.optimizers().optimizer).__name__ == "RMSprop"
 
@@ -170,7 +177,7 @@ def test_no_import_cycle_and_no_layer_imports_a_higher_one():
     def visit(module: str, path: list[str]) -> None:
         state[module] = 1
         for dep in graph[module]:
-            assert state.get(dep) != 1, "import cycle: " + " -> ".join([*path[path.index(dep):], dep])
+            assert state.get(dep) != 1, "import cycle: " + " -> ".join([*path[path.index(dep) :], dep])
             if dep not in state:
                 visit(dep, [*path, dep])
         state[module] = 2

@@ -111,17 +111,37 @@ def test_resume_on_the_gpu_is_bitwise(tmp_path, capsys):
 
 
 def test_a_sweep_on_the_gpu(tmp_path):
-    done = run_script("train.py", "-m", *SMALL, "device=cuda", "optimizer.lr=0.01,0.1", "trainer.enable_progress_bar=false",
-                      f"hydra.sweep.dir={tmp_path}", cwd=tmp_path, timeout=600)
+    done = run_script(
+        "train.py",
+        "-m",
+        *SMALL,
+        "device=cuda",
+        "optimizer.lr=0.01,0.1",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={tmp_path}",
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     with open(tmp_path / "summary.csv") as handle:
         assert [row["status"] for row in csv.DictReader(handle)] == ["ok", "ok"]
 
 
 def test_a_stacked_sweep_of_64_jobs_on_one_gpu(tmp_path):
-    lrs = ",".join(f"{0.002 * 1.25 ** i:.5f}" for i in range(16))
-    done = run_script("train.py", "-m", "hydra/launcher=stacked", *SMALL, "device=cuda", f"optimizer.lr={lrs}", "seed=0,1,2,3",
-                      "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path, timeout=600)
+    lrs = ",".join(f"{0.002 * 1.25**i:.5f}" for i in range(16))
+    done = run_script(
+        "train.py",
+        "-m",
+        "hydra/launcher=stacked",
+        *SMALL,
+        "device=cuda",
+        f"optimizer.lr={lrs}",
+        "seed=0,1,2,3",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={tmp_path}",
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert "stacked: 64 of 64 jobs in 1 group(s)" in done.stdout
     statuses = [json.loads(f.read_text())["status"] for f in tmp_path.glob("*/metrics.json")]
@@ -158,4 +178,3 @@ def test_the_benchmark_measures_both_sides_on_the_gpu():
     result = summarize(measure(dataclasses.replace(CASES[1], steps=(50, 550)), 1, "cuda", compiled=False))
     assert result["device"] == "cuda" and result["gpu_memory_peak_mib"] > 0
     assert result["median_steps_per_s"]["plain"] > 0 and result["ratio"] > 0
-

@@ -28,7 +28,9 @@ def house_table(path, n=60, seed=0):
     rooms, age = rng.uniform(1, 6, n), rng.uniform(0, 80, n)
     price = 50 * rooms - 0.5 * age + 100 + rng.normal(0, 2, n)
     cities = rng.choice(["Oslo", "Bergen"], n)
-    return write_csv(path, ["city", "rooms", "age", "price"], [[c, f"{r:.3f}", f"{a:.2f}", f"{p:.2f}"] for c, r, a, p in zip(cities, rooms, age, price)])
+    return write_csv(
+        path, ["city", "rooms", "age", "price"], [[c, f"{r:.3f}", f"{a:.2f}", f"{p:.2f}"] for c, r, a, p in zip(cities, rooms, age, price)]
+    )
 
 
 @pytest.mark.parametrize("name", sorted(BUNDLED))
@@ -77,7 +79,10 @@ def test_predict_script_writes_class_labels(capsys, tmp_path):
 
     bunch = load_iris()
     table = write_csv(tmp_path / "iris.csv", [*bunch.feature_names, "species"], [[*r, t] for r, t in zip(bunch.data, bunch.target)])
-    train(make_cfg("data=csv", f"data.path={table}", "data.target=species", "loss=cross_entropy", "model=mlp", "trainer.max_epochs=60"), tmp_path / "run")
+    train(
+        make_cfg("data=csv", f"data.path={table}", "data.target=species", "loss=cross_entropy", "model=mlp", "trainer.max_epochs=60"),
+        tmp_path / "run",
+    )
     code, out, err = run_in_process(capsys, "predict.py", f"run={tmp_path / 'run'}", f"data.path={table}", f"output={tmp_path / 'p.csv'}")
     assert code == 0, err
     labels = [int(r["predicted_species"]) for r in csv.DictReader(open(tmp_path / "p.csv"))]
@@ -131,7 +136,11 @@ BAD_FILES = [
     ("no header", [["1", "2"], ["3", "4"]], "add a header row"),
     ("ragged", [["a", "y"], ["1", "2"], ["3"]], "row 3, column 'y' is empty; fill it, or set data.missing=drop"),
     ("text cell", [["a", "y"], ["1", "2"], ["x7", "3"], ["2", "4"]], "row 3, column 'a': 'x7' is not a number"),
-    ("empty cell", [["a", "y"], ["1", "2"], ["", "3"], ["2", "4"]], "row 3, column 'a' is empty; fill it, or set data.missing=drop or data.missing=mean"),
+    (
+        "empty cell",
+        [["a", "y"], ["1", "2"], ["", "3"], ["2", "4"]],
+        "row 3, column 'a' is empty; fill it, or set data.missing=drop or data.missing=mean",
+    ),
     ("NA cell", [["a", "y"], ["1", "2"], ["NA", "3"], ["2", "4"]], "row 3, column 'a' is empty"),
     ("inf", [["a", "y"], ["1", "inf"], ["2", "3"], ["2", "4"]], "row 2, column 'y': inf is not finite"),
 ]
@@ -227,8 +236,17 @@ def spreadsheet(path, n=160, seed=0):
 def test_a_spreadsheet_with_text_missing_cells_and_string_labels_trains_and_predicts(tmp_path, capsys):
     table = spreadsheet(tmp_path / "patients.csv")
     run = tmp_path / "run"
-    args = ["data=csv", f"data.path={table}", "data.target=diagnosis", "data.exclude=[patient_id]", "data.missing=drop",
-            "loss=cross_entropy", "model=mlp", "optimizer=adam", "trainer.max_epochs=40"]
+    args = [
+        "data=csv",
+        f"data.path={table}",
+        "data.target=diagnosis",
+        "data.exclude=[patient_id]",
+        "data.missing=drop",
+        "loss=cross_entropy",
+        "model=mlp",
+        "optimizer=adam",
+        "trainer.max_epochs=40",
+    ]
     result = train(make_cfg(*args), run)
     out = capsys.readouterr().out
     assert "4 features (radius, texture, smoker=no, smoker=yes)" in out and "classification, classes B, M" in out
@@ -284,8 +302,16 @@ def test_test_metrics_are_in_the_targets_units(tmp_path):
 
 def test_categories_sep_and_npz_inputs_for_predictions(tmp_path):
     table = spreadsheet(tmp_path / "patients.csv")
-    base = ["data=csv", f"data.path={table}", "data.target=diagnosis", "data.exclude=[patient_id]", "data.missing=drop",
-            "loss=cross_entropy", "trainer.max_epochs=2", "data.sep=';'"]
+    base = [
+        "data=csv",
+        f"data.path={table}",
+        "data.target=diagnosis",
+        "data.exclude=[patient_id]",
+        "data.missing=drop",
+        "loss=cross_entropy",
+        "trainer.max_epochs=2",
+        "data.sep=';'",
+    ]
     dropped = prepare_data(make_cfg(*base, "data.categorical=none"))[2]
     assert dropped["features"] == ["radius", "texture"] and "smoker" in dropped["columns"]["dropped"]
     listed = prepare_data(make_cfg(*base, "data.categorical=[smoker,notes]"))[2]
@@ -330,8 +356,11 @@ def test_a_table_keeps_text_as_written_and_refuses_rows_longer_than_its_header(t
 
     from microtrain.data import tables
 
-    table = write_csv(tmp_path / "t.csv", ["a", "flag", "code", "y"],
-                      [["1", " True ", "01", "1"], ["2", "False", "1", "2"], ["3", "", "01", "3"], ["4", " ? ", "1", "4"]])
+    table = write_csv(
+        tmp_path / "t.csv",
+        ["a", "flag", "code", "y"],
+        [["1", " True ", "01", "1"], ["2", "False", "1", "2"], ["3", "", "01", "3"], ["4", " ? ", "1", "4"]],
+    )
     read = tables.read(Path(table), None, text_columns=["code"])
     assert read["flag"].tolist()[:2] == ["True", "False"] and read["flag"].isna().tolist()[2:] == [True, True]
     assert read["code"].tolist() == ["01", "1", "01", "1"] and read["a"].tolist() == [1, 2, 3, 4]

@@ -32,8 +32,9 @@ def tmpfs(tmp_path):
         folder = tmp_path / f"disk{len(mounted)}"
         folder.mkdir()
         options = f"size={size}" + (",ro" if read_only else "")
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, f"microtrain-test-{uuid.uuid4().hex[:8]}", str(folder)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, f"microtrain-test-{uuid.uuid4().hex[:8]}", str(folder)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'}): the disk faults need one")
         mounted.append(folder)
@@ -68,14 +69,18 @@ def test_a_read_only_folder_is_one_line_naming_the_path(tmpfs):
     disk = tmpfs("100k", read_only=True)
     done = train_script(*QUICK, f"hydra.run.dir={disk / 'run'}")
     assert done.returncode == 2 and done.stderr.strip() == (
-        f"error: cannot write {disk / 'run'}: Read-only file system; choose a writable folder (or another hydra.run.dir / hydra.sweep.dir)")
+        f"error: cannot write {disk / 'run'}: Read-only file system; choose a writable folder (or another hydra.run.dir / hydra.sweep.dir)"
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["data=inline", "data.x=[[1.0],[2.0]]", "data.y=[[1.0],[inf]]"], "error: data.y row 2, column 1 (counting from 1) is inf"),
-    (["data=inline", "data.x=[[1.0],[nan]]", "data.y=[[1.0],[2.0]]"], "error: data.x row 2, column 1 (counting from 1) is nan"),
-    (["model.init_values={weight:[[1.0,nan,2.0]]}"], "error: model.init_values.weight at index [0, 1] (counting from 0) is nan"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data=inline", "data.x=[[1.0],[2.0]]", "data.y=[[1.0],[inf]]"], "error: data.y row 2, column 1 (counting from 1) is inf"),
+        (["data=inline", "data.x=[[1.0],[nan]]", "data.y=[[1.0],[2.0]]"], "error: data.x row 2, column 1 (counting from 1) is nan"),
+        (["model.init_values={weight:[[1.0,nan,2.0]]}"], "error: model.init_values.weight at index [0, 1] (counting from 0) is nan"),
+    ],
+)
 def test_non_finite_numbers_are_refused_before_training_naming_where(tmp_path, capsys, args, message):
     code, out, err = run_in_process(capsys, "train.py", *args, f"hydra.run.dir={tmp_path / 'run'}")
     assert code == 2 and err.startswith(message) and err.strip().splitlines() == [err.strip()]
@@ -91,8 +96,10 @@ def test_a_table_of_real_size_trains_and_copied_columns_keep_their_text(tmp_path
     lines = [",".join(header)] + [",".join([*(f"{v:.5f}" for v in row), f"00{i}", f"{t:.5f}"]) for i, (row, t) in enumerate(zip(x, y))]
     table = tmp_path / "big.csv"
     table.write_text("\n".join(lines) + "\n")
-    result = train(make_cfg("data=csv", f"data.path={table}", "data.target=y", "data.exclude=[id]", "trainer.max_steps=50",
-                            "data.batch_size=256"), tmp_path / "run")
+    result = train(
+        make_cfg("data=csv", f"data.path={table}", "data.target=y", "data.exclude=[id]", "trainer.max_steps=50", "data.batch_size=256"),
+        tmp_path / "run",
+    )
     assert result.metrics["status"] == "ok" and result.metrics["test_r2"] > 0.9
     from microtrain.predict import predict_file
 

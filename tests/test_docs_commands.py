@@ -67,13 +67,16 @@ def test_every_block_is_read_and_each_skip_has_a_reason():
 def placeholders(tmp_path_factory) -> dict[str, Path]:
     """A table (houses.csv, new.csv), a run trained on it, and a small stacked sweep."""
     folder = tmp_path_factory.mktemp("placeholders")
-    rows = ["area,rooms,city,price"] + [f"{50 + 7 * i},{1 + i % 4},{('north', 'south', 'east')[i % 3]},{100 + 3 * i + (i % 4) * 10}"
-                                        for i in range(60)]
+    rows = ["area,rooms,city,price"] + [
+        f"{50 + 7 * i},{1 + i % 4},{('north', 'south', 'east')[i % 3]},{100 + 3 * i + (i % 4) * 10}" for i in range(60)
+    ]
     (folder / "houses.csv").write_text("\n".join(rows) + "\n")
     (folder / "new.csv").write_text("area,rooms,city\n80,2,north\n120,3,east\n")
     run, sweep = folder / "run", folder / "sweep"
-    for args in (["data=csv", f"data.path={folder / 'houses.csv'}", "data.target=price", "trainer.max_epochs=2", f"hydra.run.dir={run}"],
-                 ["-m", "hydra/launcher=stacked", "optimizer.lr=0.01,0.1", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}"]):
+    for args in (
+        ["data=csv", f"data.path={folder / 'houses.csv'}", "data.target=price", "trainer.max_epochs=2", f"hydra.run.dir={run}"],
+        ["-m", "hydra/launcher=stacked", "optimizer.lr=0.01,0.1", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}"],
+    ):
         assert subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *args], capture_output=True).returncode == 0
     return {"folder": folder, "run": run, "sweep": sweep}
 
@@ -82,8 +85,12 @@ def run_command(command: str, cwd: Path, capsys) -> tuple[int, str]:
     """A shell command through bash; ``python scripts/x.py`` and ``microtrain-*`` in this process
     (bash reads their arguments): each costs its work, not another import of torch and Lightning."""
     words = command.split()
-    script = {"microtrain-train": "train.py", "microtrain-explain": "explain_step.py", "microtrain-predict": "predict.py",
-              "microtrain-report": "report.py"}.get(words[0])
+    script = {
+        "microtrain-train": "train.py",
+        "microtrain-explain": "explain_step.py",
+        "microtrain-predict": "predict.py",
+        "microtrain-report": "report.py",
+    }.get(words[0])
     if words[0] == "python" and words[1].startswith("scripts/"):
         script, command = words[1].removeprefix("scripts/"), " ".join(words[2:])
     elif script:

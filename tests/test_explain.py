@@ -46,12 +46,8 @@ def test_mlp_3_3_1_backprop_by_hand():
     assert values(g["fc2.bias"]) == [1.0]
     assert values(g["fc2.weight"]) == pytest.approx([0.2572, 0.1864, -0.2532], **NOTEBOOK)
     assert values(g["fc1.bias"]) == pytest.approx([-0.4719, -0.5560, -0.3805], **NOTEBOOK)
-    assert values(g["fc1.weight"]) == pytest.approx(
-        [-0.0472, -0.0944, -0.1416, -0.0556, -0.1112, -0.1668, -0.0381, -0.0761, -0.1142], **NOTEBOOK
-    )
-    assert values(after["fc1.weight"]) == pytest.approx(
-        [0.5194, -0.0661, -0.3749, -0.4339, 0.4103, 0.3410, 0.1337, -0.0492, 0.3273], **NOTEBOOK
-    )
+    assert values(g["fc1.weight"]) == pytest.approx([-0.0472, -0.0944, -0.1416, -0.0556, -0.1112, -0.1668, -0.0381, -0.0761, -0.1142], **NOTEBOOK)
+    assert values(after["fc1.weight"]) == pytest.approx([0.5194, -0.0661, -0.3749, -0.4339, 0.4103, 0.3410, 0.1337, -0.0492, 0.3273], **NOTEBOOK)
     assert values(after["fc1.bias"]) == pytest.approx([0.8690, 0.6793, 0.0789], **NOTEBOOK)
     assert values(after["fc2.weight"]) == pytest.approx([-0.7292, -0.7424, -0.1273], **NOTEBOOK)
     assert values(after["fc2.bias"]) == pytest.approx([-1.3802], **NOTEBOOK)
@@ -100,8 +96,12 @@ def test_3x2_linear_on_ten_rows_against_plain_torch(tmp_path):
     w, b = torch.randn(2, 3, generator=gen), torch.randn(2, generator=gen)
     fmt = lambda t: str(t.tolist()).replace(" ", "")  # noqa: E731
     explain(
-        "data=inline", f"data.x={fmt(x)}", f"data.y={fmt(y)}", "optimizer.lr=0.01",
-        f"model.init_values={{weight:{fmt(w)},bias:{fmt(b)}}}", run_dir=tmp_path,
+        "data=inline",
+        f"data.x={fmt(x)}",
+        f"data.y={fmt(y)}",
+        "optimizer.lr=0.01",
+        f"model.init_values={{weight:{fmt(w)},bias:{fmt(b)}}}",
+        run_dir=tmp_path,
     )
     step = json.loads((tmp_path / "step.json").read_text())
     W, B = w.clone().requires_grad_(), b.clone().requires_grad_()
@@ -228,11 +228,18 @@ def test_the_chain_rule_layer_by_layer_gives_notebook_002s_numbers():
     assert report.chain_vs_autograd < 1e-7
 
 
-@pytest.mark.parametrize("overrides", [["model=linear"], ["model=mlp", "model.activation=relu"], ["model=mlp", "model.activation=tanh"],
-                                       ["model=mlp", "model.activation=sigmoid", "loss=l1"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=linear"],
+        ["model=mlp", "model.activation=relu"],
+        ["model=mlp", "model.activation=tanh"],
+        ["model=mlp", "model.activation=sigmoid", "loss=l1"],
+    ],
+)
 def test_the_chain_rule_matches_autograd_for_every_model_and_activation(overrides):
     report = explain_step(make_cfg(*overrides, "explain.gradcheck=false", config="explain"))
-    grads = {t.name[len("dL/d("):-1]: t.value for t in report.chain if t.name.endswith(("weight)", "bias)"))}
+    grads = {t.name[len("dL/d(") : -1]: t.value for t in report.chain if t.name.endswith(("weight)", "bias)"))}
     assert set(grads) == set(report.grads)  # every parameter's gradient comes out of the chain
     assert report.chain_vs_autograd < 1e-6
     assert all(torch.allclose(grads[n], report.grads[n], atol=1e-6) for n in grads)  # and equals the step's own

@@ -62,8 +62,15 @@ def test_update_ratio_is_lr_times_gradient_over_weight_norm(tmp_path):
 
 def test_dead_unit_fraction_matches_the_model_at_step_zero(tmp_path):
     """Full-batch training: step 0's dead fraction is that of the initial model on the training split."""
-    cfg = make_cfg("model=mlp", "model.hidden=16", "model.init=normal", "model.init_std=1.0", "data.batch_size=null",
-                   "trainer.max_epochs=3", "log.inspect_every_n_steps=1")
+    cfg = make_cfg(
+        "model=mlp",
+        "model.hidden=16",
+        "model.init=normal",
+        "model.init_std=1.0",
+        "data.batch_size=null",
+        "trainer.max_epochs=3",
+        "log.inspect_every_n_steps=1",
+    )
     prepared = prepare(cfg)
     x, _ = prepared.splits.train
     with torch.no_grad():
@@ -118,8 +125,7 @@ def test_gradient_noise_scale_against_per_sample_gradients_by_hand():
 
 
 def test_non_finite_weights_are_counted_and_named(capsys, tmp_path):
-    code, out, err = run_in_process(capsys, "train.py", "model=mlp", "optimizer.lr=1e6", "log.inspect_every_n_steps=1",
-                                    f"hydra.run.dir={tmp_path}")
+    code, out, err = run_in_process(capsys, "train.py", "model=mlp", "optimizer.lr=1e6", "log.inspect_every_n_steps=1", f"hydra.run.dir={tmp_path}")
     assert code == 3 and "Traceback" not in err
     assert "first non-finite" in err and "NaN" in err
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
@@ -130,8 +136,13 @@ def test_non_finite_weights_are_counted_and_named(capsys, tmp_path):
 def test_tags_sort_the_loss_first(default_mlp):
     tags = sorted(read_events(default_mlp).accumulator.Tags()["scalars"])
     assert tags[0].startswith("1_loss/") and tags[1].startswith("1_loss/")
-    assert [name_of(tensorboard_tag(n)) for n in ("val_loss", "val_r2", "weight_norm/fc1.weight", "lr", "anything")] == \
-        ["val_loss", "val_r2", "weight_norm/fc1.weight", "lr", "anything"]
+    assert [name_of(tensorboard_tag(n)) for n in ("val_loss", "val_r2", "weight_norm/fc1.weight", "lr", "anything")] == [
+        "val_loss",
+        "val_r2",
+        "weight_norm/fc1.weight",
+        "lr",
+        "anything",
+    ]
 
 
 def test_inspect_false_turns_inspection_off(tmp_path):

@@ -7,7 +7,16 @@ from microtrain.models import INIT_SCHEMES, MLP, build_model
 
 
 def cfg(**kw):
-    base = {"name": "linear", "in_features": None, "out_features": None, "bias": True, "init": "default", "init_gain": 1.0, "init_std": 0.01, "init_values": None}
+    base = {
+        "name": "linear",
+        "in_features": None,
+        "out_features": None,
+        "bias": True,
+        "init": "default",
+        "init_gain": 1.0,
+        "init_std": 0.01,
+        "init_values": None,
+    }
     if kw.get("name") == "mlp":
         base["activation"] = "relu"
     base.update(kw)
@@ -25,7 +34,10 @@ def test_mlp_names_shapes_and_no_bias():
     model = build_model(cfg(name="mlp", hidden=5, activation="tanh"), 3, 2)
     assert isinstance(model, MLP)
     assert {n: tuple(p.shape) for n, p in model.named_parameters()} == {
-        "fc1.weight": (5, 3), "fc1.bias": (5,), "fc2.weight": (2, 5), "fc2.bias": (2,)
+        "fc1.weight": (5, 3),
+        "fc1.bias": (5,),
+        "fc2.weight": (2, 5),
+        "fc2.bias": (2,),
     }
     no_bias = build_model(cfg(name="mlp", hidden=5, bias=False), 3, 2)
     assert [n for n, _ in no_bias.named_parameters()] == ["fc1.weight", "fc2.weight"]
@@ -80,5 +92,3 @@ def test_init_values_checked(values, message):
     with pytest.raises(ConfigError, match=None) as err:
         build_model(cfg(init_values=values), 1, 1)
     assert message in str(err.value)
-
-

@@ -25,17 +25,28 @@ def test_every_package_folder_is_listed_in_pyproject():
 @pytest.mark.slow
 def test_the_wheel_trains_from_another_folder_without_the_source_tree(tmp_path):
     """A non-editable install: the wheel unpacked alone on the path, run away from the checkout."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(tmp_path / "wheel")],
-                   check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(tmp_path / "wheel")],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     (wheel,) = (tmp_path / "wheel").glob("microtrain-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True, capture_output=True
+    )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     work = tmp_path / "elsewhere"
     work.mkdir()
     code = "import microtrain, sys; print(microtrain.__file__); sys.argv[1:] = sys.argv[1:]; from microtrain.cli import train_main; train_main()"
-    done = subprocess.run([sys.executable, "-c", code, "model=mlp", "trainer.max_epochs=1", "hydra.run.dir=run"],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [sys.executable, "-c", code, "model=mlp", "trainer.max_epochs=1", "hydra.run.dir=run"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith(str(tmp_path / "site"))  # the wheel's copy, not the checkout
     assert json.loads((work / "run" / "metrics.json").read_text())["status"] == "ok"
@@ -44,8 +55,9 @@ def test_the_wheel_trains_from_another_folder_without_the_source_tree(tmp_path):
 @pytest.mark.slow
 def test_console_commands_and_python_m_run_from_any_folder(tmp_path):
     bin_dir = Path(sys.executable).parent
-    train = subprocess.run([str(bin_dir / "microtrain-train"), "trainer.max_epochs=1", "hydra.run.dir=run"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    train = subprocess.run(
+        [str(bin_dir / "microtrain-train"), "trainer.max_epochs=1", "hydra.run.dir=run"], cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
     assert train.returncode == 0, train.stderr
     assert (tmp_path / "run" / "train.log").is_file() and (tmp_path / "run" / "metrics.json").is_file()
     module = subprocess.run([sys.executable, "-m", "microtrain", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
@@ -59,11 +71,17 @@ def test_console_commands_and_python_m_run_from_any_folder(tmp_path):
 def test_users_add_their_own_configs_with_config_dir(capsys, tmp_path):
     mine = tmp_path / "my_configs"
     (mine / "model").mkdir(parents=True)
-    (mine / "model" / "wide.yaml").write_text(
-        "defaults:\n  - mlp\n  - _self_\nhidden: 8\nactivation: tanh\n"
+    (mine / "model" / "wide.yaml").write_text("defaults:\n  - mlp\n  - _self_\nhidden: 8\nactivation: tanh\n")
+    code, out, err = run_in_process(
+        capsys,
+        "train.py",
+        f"--config-dir={mine}",
+        "model=wide",
+        "trainer.max_epochs=1",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "trainer.enable_progress_bar=false",
     )
-    code, out, err = run_in_process(capsys, "train.py", f"--config-dir={mine}", "model=wide", "trainer.max_epochs=1",
-                                    "device=cpu", f"hydra.run.dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false")
     assert code == 0, err
     assert "hidden=8" in out and "activation=tanh" in out
 
@@ -73,6 +91,7 @@ def test_no_tracked_file_over_1_mb_outside_the_readme_pictures():
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
-    large = [name for name in tracked if name and not name.startswith("docs/images/")
-             and (ROOT / name).is_file() and (ROOT / name).stat().st_size > 2**20]
+    large = [
+        name for name in tracked if name and not name.startswith("docs/images/") and (ROOT / name).is_file() and (ROOT / name).stat().st_size > 2**20
+    ]
     assert not large and not [name for name in tracked if name.endswith(".whl")], large

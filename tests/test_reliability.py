@@ -65,7 +65,10 @@ BAD_INPUTS = [
     (["callbacks=early_stopping", "data.val_fraction=0"], "callbacks.early_stopping monitors val_loss but the run has no validation split"),
     (["callbacks=early_stopping", "callbacks.early_stopping.mode=sideways"], "callbacks.early_stopping.mode='sideways' is not one of: min, max"),
     (["callbacks=early_stopping", "callbacks.early_stopping.patience=abc"], "callbacks.early_stopping.patience='abc' is not a whole number"),
-    (["callbacks=early_stopping", "callbacks.early_stopping.monitor=val_acc"], "callbacks.early_stopping.monitor=val_acc is not logged by this run; pick one of: val_loss"),
+    (
+        ["callbacks=early_stopping", "callbacks.early_stopping.monitor=val_acc"],
+        "callbacks.early_stopping.monitor=val_acc is not logged by this run; pick one of: val_loss",
+    ),
     (["scheduler=step", "+scheduler.bogus=1"], "scheduler torch.optim.lr_scheduler.StepLR refused its settings"),
     (["+trainer.val_check_interval=100000"], "trainer.val_check_interval counts Lightning calls of several steps here"),
     (["+trainer.limit_train_batches=1"], "trainer.limit_train_batches counts Lightning calls"),
@@ -88,8 +91,10 @@ BAD_INPUTS = [
     (["+model=mlp"], "model is a config group: choose its option with model=mlp, without +"),
     (["optimizer.lr=0.1,0.2"], "optimizer.lr=0.1,0.2 lists several values: that is a sweep, so add -m"),
     (["optimizer.lr=[1,2"], "an override cannot be read (no viable alternative at input '[1,2')"),
-    (["+optimizer.lrr=0.1"], "optimizer torch.optim.SGD refused its settings: SGD.__init__() got an unexpected keyword argument 'lrr'; "
-                             "did you mean optimizer.lr?"),
+    (
+        ["+optimizer.lrr=0.1"],
+        "optimizer torch.optim.SGD refused its settings: SGD.__init__() got an unexpected keyword argument 'lrr'; did you mean optimizer.lr?",
+    ),
     (["hydra/launcher=nope"], "hydra/launcher=nope is not an option of hydra/launcher; choose one of: basic, joblib, stacked, stacked_slurm"),
     # non-finite numbers and sizes that cannot train, refused before training
     (["data=inline", "data.y=[[1.0],[inf],[3.0],[4.0]]"], "data.y row 2, column 1 (counting from 1) is inf: training needs finite numbers"),
@@ -101,9 +106,14 @@ BAD_INPUTS = [
     (["resume=maybe"], "resume='maybe' must be true or false"),
     (["trust_run_config=maybe"], "trust_run_config='maybe' must be true or false"),
     (["overwrite=true", "resume=true", "hydra.run.dir={tmp}/earlier"], "resume=true continues the run in the folder and overwrite=true"),
-    (["+callbacks.pwn._target_=shutil.rmtree", "+callbacks.pwn.path={tmp}/earlier"], "callbacks.pwn._target_=shutil.rmtree is not a Lightning callback class"),
-    (["callbacks=early_stopping", "+callbacks.early_stopping.bogus=1"],
-     "callbacks.early_stopping cannot be built: TypeError: EarlyStopping.__init__() got an unexpected keyword argument 'bogus'"),
+    (
+        ["+callbacks.pwn._target_=shutil.rmtree", "+callbacks.pwn.path={tmp}/earlier"],
+        "callbacks.pwn._target_=shutil.rmtree is not a Lightning callback class",
+    ),
+    (
+        ["callbacks=early_stopping", "+callbacks.early_stopping.bogus=1"],
+        "callbacks.early_stopping cannot be built: TypeError: EarlyStopping.__init__() got an unexpected keyword argument 'bogus'",
+    ),
     (["optimize.metric=val_nonsense"], "optimize.metric=val_nonsense is not reported by this run; pick one of: auto, train_loss, val_loss"),
     # run folders that cannot be written or resumed
     (["hydra.run.dir={tmp}/earlier/metrics.json"], "metrics.json: File exists; it is a file, not a folder"),

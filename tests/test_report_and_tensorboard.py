@@ -72,14 +72,24 @@ def test_final_histograms_show_the_final_weights(mlp_run):
 
 def test_sweep_report(capsys, tmp_path):
     code, out, err = run_in_process(
-        capsys, "train.py", "-m", "optimizer.lr=0.01,0.1", "trainer.max_epochs=3", "device=cpu",
-        "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}",
+        capsys,
+        "train.py",
+        "-m",
+        "optimizer.lr=0.01,0.1",
+        "trainer.max_epochs=3",
+        "device=cpu",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={tmp_path}",
     )
     assert code == 0, err
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     figure = sweep_figure(tmp_path, jobs)
-    assert titles(figure) == ["training loss, every job (2)", "validation loss, every job (2)",
-                              "final val_loss against optimizer.lr", "final val_loss per job (best first)"]
+    assert titles(figure) == [
+        "training loss, every job (2)",
+        "validation loss, every job (2)",
+        "final val_loss against optimizer.lr",
+        "final val_loss per job (best first)",
+    ]
     curves, val, swept, bars = (panel(figure, t) for t in titles(figure))
     assert len(curves.get_lines()) == 2
     # each job's line coloured by its learning rate, and a colour bar naming it beside each loss panel
@@ -105,7 +115,9 @@ def test_report_refuses_a_folder_without_logs(tmp_path):
 def test_report_script(tmp_path, mlp_run):
     done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "report.py"), str(mlp_run)], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == f"report: {mlp_run / 'report.png'}"
-    bad = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "scripts" / "report.py"), str(tmp_path / "none")], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "scripts" / "report.py"), str(tmp_path / "none")], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
 
 
@@ -125,8 +137,9 @@ def test_terminal_shows_config_tree_progress_and_summary(capsys, tmp_path):
 
 
 def _get(port: int, path: str, body: dict = None) -> object:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=None if body is None else json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as answer:
         return json.load(answer)
 
@@ -135,12 +148,16 @@ def _get(port: int, path: str, body: dict = None) -> object:
 def test_tensorboard_server_shows_runs_layout_hparams_and_histograms(capsys, tmp_path):
     """One real TensorBoard server over a real 2x2 sweep: its runs, the Custom Scalars layout, the
     HParams experiment (swept columns first) and every parameter's weight and gradient histograms."""
-    code, out, err = run_in_process(capsys, "train.py", "-m", "model=linear,mlp", "optimizer.lr=0.01,0.1", "trainer.max_epochs=2",
-                                    f"hydra.sweep.dir={tmp_path}")
+    code, out, err = run_in_process(
+        capsys, "train.py", "-m", "model=linear,mlp", "optimizer.lr=0.01,0.1", "trainer.max_epochs=2", f"hydra.sweep.dir={tmp_path}"
+    )
     assert code == 0, err
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         runs, deadline = [], time.time() + 90
         while time.time() < deadline and len(runs) < 4:
@@ -159,9 +176,17 @@ def test_tensorboard_server_shows_runs_layout_hparams_and_histograms(capsys, tmp
         lr = next(h for h in experiment["hparamInfos"] if h["name"] == "lr")
         assert lr["domainDiscrete"] == [0.01, 0.1]
         assert [m["name"]["tag"] for m in experiment["metricInfos"]][:2] == ["final/val_loss", "final/train_loss"]
-        groups = _get(port, "/data/plugin/hparams/session_groups", {
-            "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
-            "colParams": [], "startIndex": 0, "sliceSize": 10})["sessionGroups"]
+        groups = _get(
+            port,
+            "/data/plugin/hparams/session_groups",
+            {
+                "experimentName": "",
+                "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+                "colParams": [],
+                "startIndex": 0,
+                "sliceSize": 10,
+            },
+        )["sessionGroups"]
         linear = [g for g in groups if g["hparams"]["model"] == "linear"]
         assert len(groups) == 4 and len(linear) == 2 and all("hidden" not in g["hparams"] for g in linear)
         assert all(any(m["name"]["tag"] == "final/val_loss" for m in g["metricValues"]) for g in groups)

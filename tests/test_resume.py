@@ -18,7 +18,6 @@ from tests_helpers import checkpoint_weights, ROOT, files_of, run_in_process
 QUICK = ["model=mlp", "model.hidden=8", "trainer.enable_progress_bar=false"]
 
 
-
 def bitwise(a: Path, b: Path) -> bool:
     wa, wb = checkpoint_weights(a), checkpoint_weights(b)
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -27,19 +26,25 @@ def bitwise(a: Path, b: Path) -> bool:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     folder = tmp_path_factory.mktemp("finished") / "run"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *QUICK, "trainer.max_epochs=3", f"hydra.run.dir={folder}"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *QUICK, "trainer.max_epochs=3", f"hydra.run.dir={folder}"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     return folder
 
 
-@pytest.mark.parametrize("override, named", [
-    ("seed=3", "seed (0 in the run, 3 given)"),
-    ("optimizer=adam", "optimizer (SGD in the run, Adam given)"),
-    ("data.batch_size=8", "data.batch_size (32 in the run, 8 given)"),
-    ("model.activation=tanh", "model.activation ('relu' in the run, 'tanh' given)"),
-    ("loss=l1", "loss (mse in the run, l1 given)"),
-])
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("seed=3", "seed (0 in the run, 3 given)"),
+        ("optimizer=adam", "optimizer (SGD in the run, Adam given)"),
+        ("data.batch_size=8", "data.batch_size (32 in the run, 8 given)"),
+        ("model.activation=tanh", "model.activation ('relu' in the run, 'tanh' given)"),
+        ("loss=l1", "loss (mse in the run, l1 given)"),
+    ],
+)
 def test_a_conflicting_override_on_resume_is_refused_and_writes_nothing(capsys, finished, override, named):
     before = files_of(finished)
     code, out, err = run_in_process(capsys, "train.py", "model=mlp", "resume=true", f"hydra.run.dir={finished}", override)
@@ -117,8 +122,7 @@ def job(sweep: Path, lr: str) -> Path:
 # 9,600 training rows in batches of 32 make 300-step epochs: the first step checkpoint (150) lies
 # mid-epoch. Lightning calls of 50 steps keep every grid (losses, inspection) on the same steps
 # whichever call boundary a run resumes from.
-STOPPED = [*QUICK, "data.n_samples=12000", "trainer.max_epochs=10", "loop.steps_per_call=50", "log.every_n_steps=100",
-           "log.inspect_every_n_steps=50"]
+STOPPED = [*QUICK, "data.n_samples=12000", "trainer.max_epochs=10", "loop.steps_per_call=50", "log.every_n_steps=100", "log.inspect_every_n_steps=50"]
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +134,11 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how, every_n_steps", [(signal.SIGKILL, None), (signal.SIGKILL, 150), (signal.SIGTERM, None), (signal.SIGINT, None)],
-                         ids=["SIGKILL-epoch-end", "SIGKILL-mid-epoch", "SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "how, every_n_steps",
+    [(signal.SIGKILL, None), (signal.SIGKILL, 150), (signal.SIGTERM, None), (signal.SIGINT, None)],
+    ids=["SIGKILL-epoch-end", "SIGKILL-mid-epoch", "SIGTERM", "SIGINT"],
+)
 def test_a_run_stopped_by_a_signal_resumes_bitwise_from_its_folder_alone(tmp_path, uninterrupted, how, every_n_steps):
     """SIGKILL after the first checkpoint (an epoch's end, or a step checkpoint mid-epoch), or
     SIGTERM or SIGINT (a status, last.ckpt at the next step boundary, the command that resumes):
@@ -208,8 +215,9 @@ def test_predict_refuses_a_run_that_did_not_finish(capsys, tmp_path, finished):
         (finished / "metrics.json").write_text(json.dumps(metrics | {"status": "diverged"}))
         code, _, err = run_in_process(capsys, "predict.py", f"run={finished}", f"data.path={data}", f"output={tmp_path / 'p.csv'}")
         assert code == 2 and "is a diverged run" in err and "allow_status=[ok,diverged]" in err
-        code, _, err = run_in_process(capsys, "predict.py", f"run={finished}", f"data.path={data}", f"output={tmp_path / 'p.csv'}",
-                                      "allow_status=[ok,diverged]")
+        code, _, err = run_in_process(
+            capsys, "predict.py", f"run={finished}", f"data.path={data}", f"output={tmp_path / 'p.csv'}", "allow_status=[ok,diverged]"
+        )
         assert code == 0 and (tmp_path / "p.csv").is_file()
     finally:
         (finished / "metrics.json").write_text(json.dumps(metrics))
@@ -219,17 +227,22 @@ def test_predict_refuses_a_run_that_did_not_finish(capsys, tmp_path, finished):
     assert code == 2 and "cannot write /proc/none/p.csv" in err
 
 
-@pytest.mark.parametrize("arrays, message", [
-    ({"x": "empty"}, "x has no rows"),
-    ({"x": "cube"}, "got shapes [20, 3, 2] and [20, 1]"),
-    ({"x": "complex"}, "x is complex (complex128)"),
-    ({"y": "one class"}, "every row has the same class"),
-])
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"x": "empty"}, "x has no rows"),
+        ({"x": "cube"}, "got shapes [20, 3, 2] and [20, 1]"),
+        ({"x": "complex"}, "x is complex (complex128)"),
+        ({"y": "one class"}, "every row has the same class"),
+    ],
+)
 def test_arrays_that_would_train_garbage_are_refused(capsys, tmp_path, arrays, message):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    x = {"empty": np.zeros((0, 3)), "cube": rng.normal(size=(20, 3, 2)), "complex": rng.normal(size=(20, 3)) + 1j}.get(arrays.get("x"), rng.normal(size=(20, 3)))
+    x = {"empty": np.zeros((0, 3)), "cube": rng.normal(size=(20, 3, 2)), "complex": rng.normal(size=(20, 3)) + 1j}.get(
+        arrays.get("x"), rng.normal(size=(20, 3))
+    )
     y = np.zeros(20, dtype=np.int64) if "y" in arrays else rng.normal(size=(len(x), 1))
     np.savez(tmp_path / "data.npz", x=x, y=y)
     extra = ["loss=cross_entropy"] if "y" in arrays else []

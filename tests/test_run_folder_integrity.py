@@ -19,13 +19,13 @@ pytestmark = pytest.mark.slow
 QUICK = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
 
 
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished diabetes run (it has a test split, so it tests its best checkpoint)."""
     folder = tmp_path_factory.mktemp("integrity") / "run"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "data=diabetes", *QUICK, f"hydra.run.dir={folder}"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "data=diabetes", *QUICK, f"hydra.run.dir={folder}"], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     return folder
 
@@ -37,8 +37,10 @@ def copy_of(run: Path, where: Path) -> Path:
 
 HOSTILE = {
     "callback Path.write_text": ("callbacks", {"pwn": {"_target_": "pathlib.Path.write_text", "self": "{marker}", "data": "ran"}}),
-    "nested numpy.load": ("optimizer", {"_target_": "torch.optim.SGD", "lr": 0.1,
-                                        "params": {"_target_": "numpy.load", "file": "{marker}", "allow_pickle": True}}),
+    "nested numpy.load": (
+        "optimizer",
+        {"_target_": "torch.optim.SGD", "lr": 0.1, "params": {"_target_": "numpy.load", "file": "{marker}", "allow_pickle": True}},
+    ),
     "Path.unlink as optimizer": ("optimizer", {"_target_": "pathlib.Path.unlink", "self": "{marker}"}),
     "attribute chain out of torch.optim": ("optimizer", {"_target_": "torch.optim.optimizer.torch.save", "obj": 1, "f": "{marker}"}),
 }
@@ -69,8 +71,15 @@ def test_a_hostile_config_is_refused_on_resume_predict_and_report_with_nothing_r
 
 def test_a_callback_target_that_is_not_a_callback_class_is_never_called(tmp_path, capsys):
     marker = tmp_path / "marker.txt"
-    code, _, err = run_in_process(capsys, "train.py", "+callbacks.pwn._target_=pathlib.Path.write_text", f"+callbacks.pwn.self={marker}",
-                                  "+callbacks.pwn.data=ran", f"hydra.run.dir={tmp_path / 'run'}", *QUICK)
+    code, _, err = run_in_process(
+        capsys,
+        "train.py",
+        "+callbacks.pwn._target_=pathlib.Path.write_text",
+        f"+callbacks.pwn.self={marker}",
+        "+callbacks.pwn.data=ran",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        *QUICK,
+    )
     assert code == 2 and "callbacks.pwn._target_=pathlib.Path.write_text is not a Lightning callback class" in err
     assert not marker.exists()
 
@@ -115,8 +124,11 @@ def test_predict_refuses_a_tampered_checkpoint_and_names_a_good_one(finished, tm
     info = json.loads((run / "data_info.json").read_text())
     with open(rows, "w", newline="") as handle:
         csv.writer(handle).writerows([info["features"], [0.0] * len(info["features"])])
-    with pytest.raises(ConfigError, match=r"best.ckpt is damaged \(its weights do not match their checksum\); "
-                                          r"checkpoints/last.ckpt is good: predict from it with checkpoint=last"):
+    with pytest.raises(
+        ConfigError,
+        match=r"best.ckpt is damaged \(its weights do not match their checksum\); "
+        r"checkpoints/last.ckpt is good: predict from it with checkpoint=last",
+    ):
         predict_file(run, str(rows))
     best.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="best.ckpt is damaged \\(it does not load"):
@@ -134,8 +146,15 @@ def test_a_failed_resume_leaves_the_folder_byte_identical(finished, tmp_path, ca
 
 
 def test_a_run_that_ends_before_its_first_validation_ends_ok(tmp_path, capsys):
-    code, out, err = run_in_process(capsys, "train.py", "data=diabetes", "data.batch_size=1", "trainer.max_steps=5",
-                                    f"hydra.run.dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false")
+    code, out, err = run_in_process(
+        capsys,
+        "train.py",
+        "data=diabetes",
+        "data.batch_size=1",
+        "trainer.max_steps=5",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "trainer.enable_progress_bar=false",
+    )
     assert code == 0, err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "ok" and metrics["test_checkpoint"] is None and "test_r2" in metrics
@@ -148,8 +167,11 @@ def test_the_printed_resume_command_of_a_sweep_job_runs_as_printed(tmp_path):
     from microtrain.run.folder import hydra_override
 
     job = tmp_path / "sweep" / "optimizer.lr=0.01,trainer.max_epochs=3"
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "trainer.max_epochs=1", f'hydra.run.dir="{job}"',
-                           "trainer.enable_progress_bar=false"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "trainer.max_epochs=1", f'hydra.run.dir="{job}"', "trainer.enable_progress_bar=false"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     command = f"{shlex.quote(sys.executable)} {ROOT / 'scripts' / 'train.py'} resume=true trainer.max_epochs=2 {hydra_override('hydra.run.dir', job)}"
     again = subprocess.run(command, shell=True, capture_output=True, text=True)
@@ -157,8 +179,12 @@ def test_the_printed_resume_command_of_a_sweep_job_runs_as_printed(tmp_path):
     assert json.loads((job / "metrics.json").read_text())["epochs"] == 2
     rows = job / "rows=1,2.csv"  # a path Hydra would read as a sweep too
     rows.write_text("x0,x1,x2\n0.1,0.2,0.3\n")
-    predicted = subprocess.run(f"{shlex.quote(sys.executable)} {ROOT / 'scripts' / 'predict.py'} {hydra_override('run', job)} "
-                               f"{hydra_override('data.path', rows)}", shell=True, capture_output=True, text=True)
+    predicted = subprocess.run(
+        f"{shlex.quote(sys.executable)} {ROOT / 'scripts' / 'predict.py'} {hydra_override('run', job)} {hydra_override('data.path', rows)}",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
     assert predicted.returncode == 0, predicted.stderr
     assert (job / "predictions.csv").read_text().startswith("x0,x1,x2,predicted_y0")
 
@@ -176,8 +202,16 @@ def test_explain_turns_an_unexpected_error_into_one_line(tmp_path, capsys):
 
 
 def test_two_stacked_sweeps_into_one_folder_the_second_is_refused(tmp_path):
-    args = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "hydra/launcher=stacked", "optimizer.lr=0.01,0.02",
-            "trainer.max_epochs=100000", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}"]
+    args = [
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        "-m",
+        "hydra/launcher=stacked",
+        "optimizer.lr=0.01,0.02",
+        "trainer.max_epochs=100000",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # runs until killed
     try:
         import time

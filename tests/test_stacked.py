@@ -40,16 +40,26 @@ def stacked_and_solo(tmp_path: Path, jobs: list[list[str]], solo: list[int]) -> 
 
 
 OPTIMIZERS = {
-    "rmsprop": [["optimizer=rmsprop", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.weight_decay={wd}", f"optimizer.alpha={alpha}"]
-                for lr, seed, wd, alpha in ((0.001, 0, 0.0, 0.99), (0.003, 1, 0.01, 0.9), (0.0005, 2, 0.0, 0.95))],
-    "rmsprop_momentum_centered": [["optimizer=rmsprop", "optimizer.momentum=0.5", "optimizer.centered=true", f"optimizer.lr={lr}",
-                                   f"seed={seed}"] for lr, seed in ((0.001, 0), (0.002, 1), (0.0005, 2))],
-    "adagrad": [["optimizer=adagrad", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.lr_decay={decay}",
-                 f"optimizer.initial_accumulator_value={start}"] for lr, seed, decay, start in ((0.05, 0, 0.0, 0.0), (0.1, 1, 0.01, 0.1), (0.02, 2, 0.0, 0.0))],
-    "sgd_momentum": [["optimizer.momentum=0.9", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.weight_decay={wd}", f"optimizer.nesterov={nest}"]
-                     for lr, seed, wd, nest in ((0.01, 0, 0.0, False), (0.03, 1, 0.001, True), (0.003, 2, 0.0, False), (0.02, 0, 0.01, True))],
-    "adamw": [["optimizer=adamw", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.weight_decay={wd}", f"optimizer.betas=[0.9,{b2}]"]
-              for lr, seed, wd, b2 in ((0.001, 0, 0.01, 0.999), (0.003, 1, 0.1, 0.99), (0.0005, 2, 0.0, 0.999))],
+    "rmsprop": [
+        ["optimizer=rmsprop", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.weight_decay={wd}", f"optimizer.alpha={alpha}"]
+        for lr, seed, wd, alpha in ((0.001, 0, 0.0, 0.99), (0.003, 1, 0.01, 0.9), (0.0005, 2, 0.0, 0.95))
+    ],
+    "rmsprop_momentum_centered": [
+        ["optimizer=rmsprop", "optimizer.momentum=0.5", "optimizer.centered=true", f"optimizer.lr={lr}", f"seed={seed}"]
+        for lr, seed in ((0.001, 0), (0.002, 1), (0.0005, 2))
+    ],
+    "adagrad": [
+        ["optimizer=adagrad", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.lr_decay={decay}", f"optimizer.initial_accumulator_value={start}"]
+        for lr, seed, decay, start in ((0.05, 0, 0.0, 0.0), (0.1, 1, 0.01, 0.1), (0.02, 2, 0.0, 0.0))
+    ],
+    "sgd_momentum": [
+        ["optimizer.momentum=0.9", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.weight_decay={wd}", f"optimizer.nesterov={nest}"]
+        for lr, seed, wd, nest in ((0.01, 0, 0.0, False), (0.03, 1, 0.001, True), (0.003, 2, 0.0, False), (0.02, 0, 0.01, True))
+    ],
+    "adamw": [
+        ["optimizer=adamw", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.weight_decay={wd}", f"optimizer.betas=[0.9,{b2}]"]
+        for lr, seed, wd, b2 in ((0.001, 0, 0.01, 0.999), (0.003, 1, 0.1, 0.99), (0.0005, 2, 0.0, 0.999))
+    ],
 }
 
 
@@ -93,8 +103,11 @@ def _structure(node):
     return node
 
 
-@pytest.mark.parametrize("extra", [[], ["data.val_fraction=0", "scheduler=step", "scheduler.step_size=1"], ["trainer.max_steps=60"]],
-                         ids=["default", "no_validation_with_scheduler", "max_steps_mid_epoch"])
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["data.val_fraction=0", "scheduler=step", "scheduler.step_size=1"], ["trainer.max_steps=60"]],
+    ids=["default", "no_validation_with_scheduler", "max_steps_mid_epoch"],
+)
 def test_checkpoints_are_the_ones_lightning_writes(tmp_path, extra):
     """Key by key, counter by counter, as Lightning's own last.ckpt and best.ckpt of the solo run."""
     jobs = [MLP + extra + [f"optimizer.lr={lr}"] for lr in (0.05, 0.02)]
@@ -138,9 +151,11 @@ def test_stacked_jobs_write_the_tensorboard_runs_of_their_solo_twins(tmp_path):
     assert stacked.Scalars("final/val_loss")[-1].value == pytest.approx(solo.Scalars("final/val_loss")[-1].value, rel=1e-4)
     assert stacked.Scalars("dead_units/fc1")[0].value == pytest.approx(solo.Scalars("dead_units/fc1")[0].value)
 
+
 def test_classification_jobs_report_the_accuracy_torchmetrics_gives(tmp_path):
-    jobs = [["data=iris", "loss=cross_entropy", "model=mlp", "trainer.max_epochs=4", f"optimizer.lr={lr}", "data.test_fraction=0.2"]
-            for lr in (0.05, 0.1)]
+    jobs = [
+        ["data=iris", "loss=cross_entropy", "model=mlp", "trainer.max_epochs=4", f"optimizer.lr={lr}", "data.test_fraction=0.2"] for lr in (0.05, 0.1)
+    ]
     metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[1])
     solo = json.loads((tmp_path / "solo1" / "metrics.json").read_text())
     for key in ("val_loss", "test_loss", "test_acc"):
@@ -165,8 +180,18 @@ def test_a_diverging_job_is_frozen_and_the_others_finish(tmp_path):
 def test_early_stopping_stacks_and_each_job_stops_at_its_solo_twins_epoch(tmp_path):
     """Each job's own EarlyStopping: a job it stops is frozen (its weights, checkpoints and
     metrics those of its stop) while its neighbours go on, as its solo twin stops."""
-    jobs = [MLP + ["trainer.max_epochs=30", "callbacks=early_stopping", "callbacks.early_stopping.patience=2", "checkpoint.budget=0",
-                   f"optimizer.lr={lr}", f"seed={seed}"] for lr, seed in ((0.2, 3), (0.1, 0), (0.05, 1), (0.01, 2))]
+    jobs = [
+        MLP
+        + [
+            "trainer.max_epochs=30",
+            "callbacks=early_stopping",
+            "callbacks.early_stopping.patience=2",
+            "checkpoint.budget=0",
+            f"optimizer.lr={lr}",
+            f"seed={seed}",
+        ]
+        for lr, seed in ((0.2, 3), (0.1, 0), (0.05, 1), (0.01, 2))
+    ]
     groups, alone = group_jobs([make_cfg(*job) for job in jobs], [0] * 4)
     assert [g.jobs for g in groups] == [[0, 1, 2, 3]] and not alone
     metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[0, 1, 2, 3])
@@ -201,8 +226,10 @@ def test_step_checkpoints_stack_and_a_group_that_crashed_mid_epoch_resumes_bitwi
     step 30 resumes from it bitwise; a job's mid-epoch checkpoint also resumes as a solo run."""
     from microtrain.stack import train as stack_train
 
-    jobs = [MLP + ["checkpoint.every_n_steps=10", "optimizer=torch", "optimizer.name=RMSprop", f"optimizer.lr={lr}", f"seed={seed}"]
-            for lr, seed in ((0.01, 0), (0.003, 1))]
+    jobs = [
+        MLP + ["checkpoint.every_n_steps=10", "optimizer=torch", "optimizer.name=RMSprop", f"optimizer.lr={lr}", f"seed={seed}"]
+        for lr, seed in ((0.01, 0), (0.003, 1))
+    ]
     assert [g.jobs for g in group_jobs([make_cfg(*job) for job in jobs], [0, 0])[0]] == [[0, 1]]
     metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[0])
     assert largest_difference(checkpoint_weights(folders[0]), checkpoint_weights(tmp_path / "solo0")) < 1e-6 and metrics[0]["steps"] == 75
@@ -231,13 +258,18 @@ def test_step_checkpoints_stack_and_a_group_that_crashed_mid_epoch_resumes_bitwi
 
 
 def test_jobs_group_by_what_must_match_and_say_why_the_rest_run_alone():
-    cfgs = [make_cfg(*job) for job in (
-        ["model=mlp", "optimizer.lr=0.1"], ["model=mlp", "optimizer.lr=0.01", "seed=3"],  # one group
-        ["model=mlp", "model.hidden=8"], ["model=mlp", "model.hidden=8", "optimizer.momentum=0.5"],  # another
-        ["model=mlp", "+callbacks.lrs._target_=lightning.pytorch.callbacks.LearningRateMonitor"],  # alone: a callback it does not run
-        ["optimizer=torch", "optimizer.name=Adamax", "optimizer.lr=0.01"],  # alone: no stacked update
-        ["model=linear"],  # alone: no other linear job
-    )]
+    cfgs = [
+        make_cfg(*job)
+        for job in (
+            ["model=mlp", "optimizer.lr=0.1"],
+            ["model=mlp", "optimizer.lr=0.01", "seed=3"],  # one group
+            ["model=mlp", "model.hidden=8"],
+            ["model=mlp", "model.hidden=8", "optimizer.momentum=0.5"],  # another
+            ["model=mlp", "+callbacks.lrs._target_=lightning.pytorch.callbacks.LearningRateMonitor"],  # alone: a callback it does not run
+            ["optimizer=torch", "optimizer.name=Adamax", "optimizer.lr=0.01"],  # alone: no stacked update
+            ["model=linear"],  # alone: no other linear job
+        )
+    ]
     groups, alone = group_jobs(cfgs, [0] * len(cfgs))
     assert [g.jobs for g in groups] == [[0, 1], [2, 3]]
     assert "callbacks.lrs" in alone[4] and "Adamax has no stacked update" in alone[5] and "model.name" in alone[6]
@@ -251,8 +283,17 @@ def test_jobs_group_by_what_must_match_and_say_why_the_rest_run_alone():
 
 def test_stacked_sweep_through_hydra_gives_every_job_its_own_run(tmp_path, capsys):
     code, out, err = run_in_process(
-        capsys, "train.py", "-m", "hydra/launcher=stacked", *MLP, "optimizer=sgd,adam", "optimizer.lr=0.01,0.03", "seed=0,1",
-        "device=cpu", f"hydra.sweep.dir={tmp_path}")
+        capsys,
+        "train.py",
+        "-m",
+        "hydra/launcher=stacked",
+        *MLP,
+        "optimizer=sgd,adam",
+        "optimizer.lr=0.01,0.03",
+        "seed=0,1",
+        "device=cpu",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert code == 0, err
     assert "stacked: 8 of 8 jobs in 2 group(s)" in out and "the groups differ in optimizer._target_" in out
     with open(tmp_path / "summary.csv") as handle:
@@ -271,14 +312,19 @@ def test_stacked_sweep_through_hydra_gives_every_job_its_own_run(tmp_path, capsy
         assert (folder / "config.yaml").read_text() == (tmp_path / "solo" / str(number) / "config.yaml").read_text()
     job = Path(rows[0]["folder"])
     assert run_in_process(capsys, "report.py", str(tmp_path))[0] == 0
-    explained = run_in_process(capsys, "explain_step.py", *(job / ".hydra" / "overrides.yaml").read_text().replace("- ", "").split(),
-                               f"hydra.run.dir={tmp_path / 'explained'}")
+    explained = run_in_process(
+        capsys,
+        "explain_step.py",
+        *(job / ".hydra" / "overrides.yaml").read_text().replace("- ", "").split(),
+        f"hydra.run.dir={tmp_path / 'explained'}",
+    )
     assert explained[0] == 0, explained[2]
 
 
 def test_a_one_job_stacked_sweep_is_its_solo_run_bitwise(tmp_path, capsys):
-    code, out, err = run_in_process(capsys, "train.py", "-m", "hydra/launcher=stacked", *MLP, "optimizer.lr=0.05", "device=cpu",
-                                    f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    code, out, err = run_in_process(
+        capsys, "train.py", "-m", "hydra/launcher=stacked", *MLP, "optimizer.lr=0.05", "device=cpu", f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    )
     assert code == 0, err
     assert "stacked: 0 of 1 jobs" in out and "job #0 runs alone" in out  # a stack of one is the solo run itself
     code, _, err = run_in_process(capsys, "train.py", *MLP, "optimizer.lr=0.05", "device=cpu", f"hydra.run.dir={tmp_path / 'solo'}")
@@ -292,8 +338,17 @@ def test_a_one_job_stacked_sweep_is_its_solo_run_bitwise(tmp_path, capsys):
 def test_stacked_submitit_local_sends_each_group_as_one_submitit_job(tmp_path, capsys):
     """hydra/launcher=stacked_submitit_local: 2 groups are 2 submitit processes, each training its
     group stacked; every job ends ok with the folder and summary row of the stacked launcher."""
-    code, out, err = run_in_process(capsys, "train.py", "-m", "hydra/launcher=stacked_submitit_local", "model=linear,mlp",
-                                    "optimizer.lr=0.01,0.1", "trainer.max_epochs=1", "device=cpu", f"hydra.sweep.dir={tmp_path}")
+    code, out, err = run_in_process(
+        capsys,
+        "train.py",
+        "-m",
+        "hydra/launcher=stacked_submitit_local",
+        "model=linear,mlp",
+        "optimizer.lr=0.01,0.1",
+        "trainer.max_epochs=1",
+        "device=cpu",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert code == 0, err
     assert "stacked: 4 of 4 jobs in 2 group(s)" in out
     submitted = sorted(p.name for p in (tmp_path / ".submitit").iterdir() if p.name != "%j")  # a folder per submitit job
@@ -312,8 +367,16 @@ def test_stacked_submitit_local_sends_each_group_as_one_submitit_job(tmp_path, c
 @pytest.mark.slow
 def test_optuna_trials_train_stacked_in_batches_of_n_jobs(tmp_path, capsys):
     code, out, err = run_in_process(
-        capsys, "train.py", "-m", "hparams_search=optuna_stacked", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
-        *MLP, "device=cpu", f"hydra.sweep.dir={tmp_path}")
+        capsys,
+        "train.py",
+        "-m",
+        "hparams_search=optuna_stacked",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        *MLP,
+        "device=cpu",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert code == 0, err
     assert out.count("stacked: 2 of 2 jobs in 1 group(s)") == 2
     assert len(list(tmp_path.glob("*/metrics.json"))) == 4
@@ -329,15 +392,25 @@ def test_compiled_stacked_step_matches_the_eager_one(tmp_path):
         assert largest_difference(checkpoint_weights(tmp_path / f"eager{i}"), checkpoint_weights(tmp_path / f"compiled{i}")) < 1e-5
 
 
-STACKED_GRID = ["-m", "hydra/launcher=stacked", "model=mlp", "model.hidden=8,16", "optimizer.lr=0.01,0.03", "trainer.max_epochs=20",
-                "checkpoint.budget=0", "device=cpu", "trainer.enable_progress_bar=false"]
+STACKED_GRID = [
+    "-m",
+    "hydra/launcher=stacked",
+    "model=mlp",
+    "model.hidden=8,16",
+    "optimizer.lr=0.01,0.03",
+    "trainer.max_epochs=20",
+    "checkpoint.budget=0",
+    "device=cpu",
+    "trainer.enable_progress_bar=false",
+]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted_stacked_sweep(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("stacked") / "whole"
-    whole = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *STACKED_GRID, f"hydra.sweep.dir={folder}"],
-                           capture_output=True, text=True, timeout=300)
+    whole = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *STACKED_GRID, f"hydra.sweep.dir={folder}"], capture_output=True, text=True, timeout=300
+    )
     assert whole.returncode == 0, whole.stderr
     return folder
 
@@ -385,8 +458,18 @@ def test_a_stopped_stacked_sweep_resumes_bitwise_and_keeps_finished_jobs(tmp_pat
 
 
 def test_max_jobs_splits_a_group_and_memory_bounds_it(tmp_path, capsys, monkeypatch):
-    code, out, err = run_in_process(capsys, "train.py", "-m", "hydra/launcher=stacked", "hydra.launcher.max_jobs=2", *MLP,
-                                    "trainer.max_epochs=1", "optimizer.lr=0.01,0.02,0.03", "device=cpu", f"hydra.sweep.dir={tmp_path}")
+    code, out, err = run_in_process(
+        capsys,
+        "train.py",
+        "-m",
+        "hydra/launcher=stacked",
+        "hydra.launcher.max_jobs=2",
+        *MLP,
+        "trainer.max_epochs=1",
+        "optimizer.lr=0.01,0.02,0.03",
+        "device=cpu",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert code == 0, err
     assert "group 1: 2 jobs stacked" in out and "group 1: 1 jobs stacked" in out
     assert len(list(tmp_path.glob("*/checkpoints/last.ckpt"))) == 3
@@ -403,7 +486,15 @@ def test_max_jobs_splits_a_group_and_memory_bounds_it(tmp_path, capsys, monkeypa
 
 @pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5", "true"])
 def test_a_bad_max_jobs_is_one_line_before_anything_is_written(tmp_path, capsys, value):
-    code, out, err = run_in_process(capsys, "train.py", "-m", "hydra/launcher=stacked", f"hydra.launcher.max_jobs={value}",
-                                    "optimizer.lr=0.01,0.1", "device=cpu", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    code, out, err = run_in_process(
+        capsys,
+        "train.py",
+        "-m",
+        "hydra/launcher=stacked",
+        f"hydra.launcher.max_jobs={value}",
+        "optimizer.lr=0.01,0.1",
+        "device=cpu",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    )
     assert code == 2 and err.strip().splitlines() == [err.strip()] and "hydra.launcher.max_jobs" in err
     assert not (tmp_path / "sweep").exists()

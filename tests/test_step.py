@@ -62,8 +62,15 @@ def test_pure_step_matches_eager_autograd(cls, kwargs):
     params = [p.detach() for p in model.parameters()]
     forward = steps.functional_forward(model)
     for x, y in _batches():
-        steps.train_step(params, [ours.state[p] for p in model.parameters()], (x, y), ours.param_groups[0],
-                         forward=forward, loss_fn=nn.functional.mse_loss, update=steps.update_rule(ours))
+        steps.train_step(
+            params,
+            [ours.state[p] for p in model.parameters()],
+            (x, y),
+            ours.param_groups[0],
+            forward=forward,
+            loss_fn=nn.functional.mse_loss,
+            update=steps.update_rule(ours),
+        )
         twin.zero_grad(set_to_none=True)
         nn.functional.mse_loss(twin(x), y).backward()
         theirs.step()

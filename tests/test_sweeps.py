@@ -116,17 +116,29 @@ def test_two_nodes_with_gloo_on_localhost_train_one_run(tmp_path):
         port = s.getsockname()[1]
     args = ["trainer.num_nodes=2", "trainer.strategy=ddp", "trainer.devices=1", *QUICK]
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    nodes = [subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *args, f"hydra.run.dir={tmp_path / f'node{rank}'}"],
-                              env={**env, "NODE_RANK": str(rank)}, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank in (1, 0)]
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "train.py"), *args, f"hydra.run.dir={tmp_path / f'node{rank}'}"],
+            env={**env, "NODE_RANK": str(rank)},
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (1, 0)
+    ]
     for node in nodes:
         out, err = node.communicate(timeout=180)
         assert node.returncode == 0, err
     metrics = job_metrics(tmp_path / "node0")
     assert metrics["status"] == "ok" and metrics["steps"] == 26  # 800 rows shared by 2 ranks, batch 32: 13 steps an epoch
     assert not (tmp_path / "node1" / "metrics.json").exists() and not (tmp_path / "node1" / ".hydra").exists()
-    digests = [line.split("sha256 ")[1].split()[0] for rank in (0, 1)
-               for line in (tmp_path / f"node{rank}" / "train.log").read_text().splitlines() if "final weights sha256" in line]
+    digests = [
+        line.split("sha256 ")[1].split()[0]
+        for rank in (0, 1)
+        for line in (tmp_path / f"node{rank}" / "train.log").read_text().splitlines()
+        if "final weights sha256" in line
+    ]
     assert len(digests) == 2 and digests[0] == digests[1]
 
 
@@ -137,9 +149,20 @@ def test_sigterm_to_a_joblib_sweep_reaches_its_workers_and_resume_finishes_it(tm
     import signal
     import time
 
-    args = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp",
-            "model.hidden=8", "trainer.max_epochs=150", "optimizer.lr=0.01,0.02,0.03,0.04", "trainer.enable_progress_bar=false",
-            "device=cpu", f"hydra.sweep.dir={tmp_path}"]
+    args = [
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model=mlp",
+        "model.hidden=8",
+        "trainer.max_epochs=150",
+        "optimizer.lr=0.01,0.02,0.03,0.04",
+        "trainer.enable_progress_bar=false",
+        "device=cpu",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     sweep_run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not list(tmp_path.glob("*/checkpoints/last.ckpt")) and time.time() < deadline:

@@ -48,8 +48,11 @@ def test_linear_recovers_the_true_weights(tmp_path):
 def test_update_ratio_matches_the_weights_it_describes(tmp_path):
     """With full-batch SGD on inline rows, step 0's update ratio is lr·‖grad‖/‖w‖."""
     cfg = make_cfg(
-        "data=inline", "model.init_values={weight:[[0.8693]],bias:[-0.2126]}", "optimizer.lr=0.01",
-        "trainer.max_steps=1", "log.inspect_every_n_steps=1",
+        "data=inline",
+        "model.init_values={weight:[[0.8693]],bias:[-0.2126]}",
+        "optimizer.lr=0.01",
+        "trainer.max_steps=1",
+        "log.inspect_every_n_steps=1",
     )
     train(cfg, tmp_path)
     events = read_events(tmp_path)
@@ -88,7 +91,14 @@ def test_inline_data_is_one_full_batch_without_validation(tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_optimizers_and_scheduler_train(tmp_path, optimizer):
-    cfg = make_cfg(f"optimizer={optimizer}", "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5", "trainer.max_epochs=3", "log.inspect_every_n_steps=25")
+    cfg = make_cfg(
+        f"optimizer={optimizer}",
+        "scheduler=step",
+        "scheduler.step_size=1",
+        "scheduler.gamma=0.5",
+        "trainer.max_epochs=3",
+        "log.inspect_every_n_steps=25",
+    )
     train(cfg, tmp_path)
     lrs = [s.value for s in read_events(tmp_path).Scalars("lr")]
     start = cfg.optimizer.lr
@@ -104,8 +114,6 @@ def test_cross_entropy_infers_classes(tmp_path):
     cfg = make_cfg("data=inline", "loss=cross_entropy", "data.x=[[0.0],[1.0],[2.0],[3.0]]", "data.y=[[0],[1],[2],[1]]", "trainer.max_epochs=1")
     result = train(cfg, tmp_path)
     assert result.module.model.weight.shape == (3, 1)
-
-
 
 
 @pytest.mark.parametrize("model", ["linear", "mlp"])

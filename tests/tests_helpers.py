@@ -58,8 +58,11 @@ def run_in_process(capsys, script: str, *args: str) -> tuple[int, str, str]:
 
 def files_of(folder: Path) -> dict[str, str]:
     """Every plain file under ``folder`` (links left out) by relative path: its SHA-256, to show a folder byte-identical."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def checkpoint_weights(run: Path, name: str = "last") -> dict:

@@ -47,8 +47,7 @@ def train(*overrides: str, run_dir: Optional[PathLike] = None, config_dir: Optio
     return Run(folder)
 
 
-def sweep(*overrides: str, launcher: str = "stacked", sweep_dir: Optional[PathLike] = None,
-          config_dir: Optional[PathLike] = None) -> Any:
+def sweep(*overrides: str, launcher: str = "stacked", sweep_dir: Optional[PathLike] = None, config_dir: Optional[PathLike] = None) -> Any:
     """A sweep (``scripts/train.py -m``): its summary as a pandas DataFrame, one row per job
     (its overrides, status, metrics and folder), best first. ``launcher``: stacked (the default:
     jobs that differ only in hyper-parameters train as one model), basic, joblib, ..."""
@@ -214,8 +213,11 @@ def _contained() -> Iterator[None]:
     signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     argv, environ, cwd, hook = sys.argv[:], dict(os.environ), os.getcwd(), threading.excepthook
     filters, raise_exceptions, frozen = warnings.filters[:], logging.raiseExceptions, gc.get_freeze_count()
-    loggers = {name: (lg.level, lg.handlers[:], lg.propagate, lg.disabled)
-               for name, lg in [("", logging.getLogger()), *logging.Logger.manager.loggerDict.items()] if isinstance(lg, logging.Logger)}
+    loggers = {
+        name: (lg.level, lg.handlers[:], lg.propagate, lg.disabled)
+        for name, lg in [("", logging.getLogger()), *logging.Logger.manager.loggerDict.items()]
+        if isinstance(lg, logging.Logger)
+    }
     try:
         with _hydra_kept():
             yield

@@ -38,7 +38,8 @@ def train_command(cfg: DictConfig) -> float:
     # TensorBoard's writer thread re-raises a failed write (a full disk) in the training thread,
     # which ends the run with one line; its own copy goes to train.log, not to the terminal.
     threading.excepthook = lambda args: logging.getLogger("microtrain").info(
-        "in thread %s", args.thread.name if args.thread else "?", exc_info=cast(Any, (args.exc_type, args.exc_value, args.exc_traceback)))
+        "in thread %s", args.thread.name if args.thread else "?", exc_info=cast(Any, (args.exc_type, args.exc_value, args.exc_traceback))
+    )
 
     from microtrain.run import interrupt, lock
     from microtrain.run.resume import plan_resume
@@ -69,8 +70,7 @@ def train_command(cfg: DictConfig) -> float:
         # (a DDP child rank joins its first rank's run, which has written into the folder already)
         earlier = None if cfg.resume or not first_rank else run_folder.earlier_run(run_dir)
         if earlier and not cfg.get("overwrite"):
-            raise ConfigError(f"{run_dir} holds {earlier}; resume=true continues it, overwrite=true replaces it, "
-                              "or choose another hydra.run.dir")
+            raise ConfigError(f"{run_dir} holds {earlier}; resume=true continues it, overwrite=true replaces it, or choose another hydra.run.dir")
         run_folder.refuse_links(run_dir)
         lock.acquire(run_dir)  # every check above ran before this folder's first byte is written
         if earlier:
@@ -118,10 +118,7 @@ def train_command(cfg: DictConfig) -> float:
         checkpoint = Path(metrics["test_checkpoint"]).name if metrics.get("test_checkpoint") else "none, the final weights"
         console.print(f"test (checkpoint {checkpoint}): {tested}")
     if "train_loss_optimum" in metrics:
-        console.print(
-            f"least-squares optimum of the training loss: {fmt(metrics['train_loss_optimum'])} "
-            f"(gap {fmt(metrics['optimality_gap'])})"
-        )
+        console.print(f"least-squares optimum of the training loss: {fmt(metrics['train_loss_optimum'])} (gap {fmt(metrics['optimality_gap'])})")
     if result.best_checkpoint:
         console.print(f"best checkpoint: {result.best_checkpoint}")
     console.print(f"open TensorBoard: {run_folder.tensorboard_command(run_dir)}")
@@ -217,8 +214,9 @@ def predict_command(cfg: DictConfig) -> None:
             raise ConfigError(f"allow_status={allowed!r} must be a list of statuses, e.g. '[ok,interrupted]'")
         if not isinstance(cfg.trust_run_config, bool):
             raise ConfigError(f"trust_run_config={cfg.trust_run_config!r} must be true or false")
-        out, notes = predict_file(Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint, cfg.probabilities, allowed,
-                                  cfg.data.get("missing"), cfg.trust_run_config)
+        out, notes = predict_file(
+            Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint, cfg.probabilities, allowed, cfg.data.get("missing"), cfg.trust_run_config
+        )
     except MicrotrainError as err:
         error_console.print(f"error: {err}", markup=False, soft_wrap=True)
         sys.exit(2)

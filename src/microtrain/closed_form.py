@@ -38,9 +38,7 @@ def least_squares_loss(x: torch.Tensor, y: torch.Tensor, bias: bool, loss_name: 
     return float(squared / y.numel() if loss_name == "mse" else squared)
 
 
-def linear_gradient(
-    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], loss_name: str
-) -> dict[str, torch.Tensor]:
+def linear_gradient(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], loss_name: str) -> dict[str, torch.Tensor]:
     """dL/dW = c·(ŷ − y)ᵀx and dL/db = c·Σ_rows(ŷ − y), with c = 2/(N·k) for mse and 2 for sse."""
     prediction = x @ weight.T + (bias if bias is not None else 0)
     residual = prediction - y

@@ -61,9 +61,7 @@ def _size(cfg: Mapping[str, Any], key: str, inferred: int, what: str) -> int:
     if wanted is None:
         return inferred
     if wanted != inferred:
-        raise ConfigError(
-            f"model.{key}={wanted} but the data has {inferred} {what}; drop model.{key} to infer it"
-        )
+        raise ConfigError(f"model.{key}={wanted} but the data has {inferred} {what}; drop model.{key} to infer it")
     return wanted
 
 
@@ -99,23 +97,19 @@ def set_values(model: nn.Module, values: Mapping[str, Any]) -> None:
     params = dict(model.named_parameters())
     for name, value in values.items():
         if name not in params:
-            raise ConfigError(
-                f"model.init_values names {name!r}, which this model does not have; its parameters are: "
-                + ", ".join(params)
-            )
+            raise ConfigError(f"model.init_values names {name!r}, which this model does not have; its parameters are: " + ", ".join(params))
         try:
             tensor = torch.as_tensor(_plain(value), dtype=params[name].dtype)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"model.init_values.{name} is not a (nested) list of numbers: {err}") from None
         if not torch.isfinite(tensor).all():
             where = [int(i) for i in (~torch.isfinite(tensor)).nonzero()[0]]
-            raise ConfigError(f"model.init_values.{name} at index {where} (counting from 0) is {tensor[tuple(where)].item()}: "
-                              "initial weights must be finite numbers")
-        if tensor.shape != params[name].shape:
             raise ConfigError(
-                f"model.init_values.{name} has shape {list(tensor.shape)} but the parameter has shape "
-                f"{list(params[name].shape)}"
+                f"model.init_values.{name} at index {where} (counting from 0) is {tensor[tuple(where)].item()}: "
+                "initial weights must be finite numbers"
             )
+        if tensor.shape != params[name].shape:
+            raise ConfigError(f"model.init_values.{name} has shape {list(tensor.shape)} but the parameter has shape {list(params[name].shape)}")
         with torch.no_grad():
             params[name].copy_(tensor)
 

@@ -48,7 +48,7 @@ class OptimizerFactory:
         except (TypeError, ValueError):
             return ""
         hint = did_you_mean(unexpected.group(1), names).strip()
-        return f"; did you mean {self.key}.{hint[len('(did you mean '):-1]}" if hint else ""
+        return f"; did you mean {self.key}.{hint[len('(did you mean ') : -1]}" if hint else ""
 
 
 def scheduler_factory(cfg: Optional[Mapping[str, Any]]) -> Optional[Callable[..., Any]]:

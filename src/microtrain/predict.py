@@ -32,8 +32,11 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best", trusted: bool = 
     problem = check_checkpoint(weights)  # loads without running code, and matches its checksum
     if problem:
         others = [p for p in sorted(weights.parent.glob("*.ckpt")) if p != weights and not check_checkpoint(p)]
-        hint = (f"{others[0].relative_to(run_dir)} is good: predict from it with checkpoint={others[0].stem}" if others
-                else "no other checkpoint there is good")
+        hint = (
+            f"{others[0].relative_to(run_dir)} is good: predict from it with checkpoint={others[0].stem}"
+            if others
+            else "no other checkpoint there is good"
+        )
         raise ConfigError(f"{weights} is damaged ({problem}); {hint}")
     cfg = cast(DictConfig, OmegaConf.load(needed[0]))
     check_run_config(cfg, needed[0], trusted)
@@ -47,9 +50,16 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best", trusted: bool = 
     return model.eval(), info
 
 
-def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpoint: str = "best",
-                 probabilities: bool = False, allow_status: Sequence[str] = ("ok",),
-                 missing: Optional[str] = None, trusted: bool = False) -> tuple[Path, list[str]]:
+def predict_file(
+    run_dir: Path,
+    path: str,
+    output: Optional[str] = None,
+    checkpoint: str = "best",
+    probabilities: bool = False,
+    allow_status: Sequence[str] = ("ok",),
+    missing: Optional[str] = None,
+    trusted: bool = False,
+) -> tuple[Path, list[str]]:
     """Write one prediction per input row, in the input's row order; returns (the CSV, notes).
 
     A CSV's columns are matched by name, in any order, and encoded as in training (categories,
@@ -58,8 +68,7 @@ def predict_file(run_dir: Path, path: str, output: Optional[str] = None, checkpo
     metrics_file = Path(run_dir) / "metrics.json"
     status = json.loads(metrics_file.read_text()).get("status") if metrics_file.is_file() else "unfinished"
     if status not in allow_status:
-        raise ConfigError(f"{run_dir} is a {status} run (metrics.json); predict from a finished one, or allow it with "
-                          f"'allow_status=[ok,{status}]'")
+        raise ConfigError(f"{run_dir} is a {status} run (metrics.json); predict from a finished one, or allow it with 'allow_status=[ok,{status}]'")
     if missing not in (None, "error", "drop", "mean"):
         raise ConfigError(f"data.missing={missing!r} must be error, drop or mean (or left out: as the run trained)")
     out = Path(output) if output else Path(run_dir) / "predictions.csv"
@@ -113,8 +122,9 @@ def _refuse_overwriting(out: Path, source: Path, run_dir: Path) -> None:
         raise ConfigError(f"output={out} is the input table itself; give another output=<file.csv>")
     run = run_dir.resolve()
     if target.is_relative_to(run) and target != run / "predictions.csv":
-        raise ConfigError(f"output={out} is a file of the run {run_dir}; leave output out (it writes predictions.csv there) "
-                          "or give a path outside the run folder")
+        raise ConfigError(
+            f"output={out} is a file of the run {run_dir}; leave output out (it writes predictions.csv there) or give a path outside the run folder"
+        )
 
 
 def _table_inputs(source: Path, info: dict, missing: Optional[str] = None) -> tuple[np.ndarray, list[str], list[list[str]], list[str]]:
@@ -136,8 +146,10 @@ def _table_inputs(source: Path, info: dict, missing: Optional[str] = None) -> tu
     columns.missing = missing or columns.missing  # data.missing on the command line, else as the run trained
     if holes.any():
         if columns.missing == "mean" and columns.means is None:
-            raise ConfigError("data.missing=mean fills cells with the training means, which a run keeps only when it trained "
-                              "with data.missing=mean; use data.missing=drop (those rows get no prediction)")
+            raise ConfigError(
+                "data.missing=mean fills cells with the training means, which a run keeps only when it trained "
+                "with data.missing=mean; use data.missing=drop (those rows get no prediction)"
+            )
         if columns.missing == "mean":
             assert columns.means is not None  # refused just above
             x = tables.fill(x, columns.means)

@@ -76,7 +76,11 @@ def run_figure(folder: Path, events: Events) -> Figure:
     _curve(loss, events, "val_loss", "validation (epoch)", marker=".")
     _curve(loss, events, "train_loss_optimum", "least-squares optimum", linestyle="--")
     loss.set(title="loss", xlabel="step", yscale="log")
-    for ax, prefix, title in ((axes[0][1], "weight_norm", "weight norm ‖w‖"), (axes[0][2], "grad_norm", "gradient norm ‖g‖"), (axes[0][3], "update_ratio", "update ratio ‖Δw‖/‖w‖")):
+    for ax, prefix, title in (
+        (axes[0][1], "weight_norm", "weight norm ‖w‖"),
+        (axes[0][2], "grad_norm", "gradient norm ‖g‖"),
+        (axes[0][3], "update_ratio", "update ratio ‖Δw‖/‖w‖"),
+    ):
         for name in params:
             _curve(ax, events, f"{prefix}/{name}", name)
         ax.set(title=title, xlabel="step", yscale="log" if prefix != "weight_norm" else "linear")

@@ -63,8 +63,9 @@ class Run:
         if inputs.ndim != 2 or inputs.shape[1] != len(info["features"]):
             from microtrain.errors import DataError
 
-            raise DataError(f"x has shape {list(inputs.shape)} but the model takes rows of {len(info['features'])} features "
-                            f"({', '.join(info['features'])})")
+            raise DataError(
+                f"x has shape {list(inputs.shape)} but the model takes rows of {len(info['features'])} features ({', '.join(info['features'])})"
+            )
         outputs = predict(model, info, inputs)
         if info["task"] != "classification":
             return outputs
@@ -86,8 +87,9 @@ class Run:
     def _repr_html_(self) -> str:
         m = self.metrics
         shown = {k: v for k, v in m.items() if isinstance(v, (int, float, str)) and k not in ("resume",)}
-        cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(f'{v:.6g}' if isinstance(v, float) else str(v))}</td></tr>"
-                        for k, v in shown.items())
+        cells = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{html.escape(f'{v:.6g}' if isinstance(v, float) else str(v))}</td></tr>" for k, v in shown.items()
+        )
         return f"<b>microtrain run</b> <code>{html.escape(str(self.folder))}</code><table>{cells}</table>"
 
 

@@ -40,7 +40,11 @@ def collect(sweep_dir: Path, optimize: Any, hidden_keys: tuple[str, ...] = ()) -
         folder = overrides_file.parent.parent
         overrides = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if o.split("=")[0].lstrip("+~") not in hidden_keys]
         metrics_file = folder / run_folder.METRICS
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {"status": "failed", "error": "the job ended without writing metrics.json"}
+        metrics = (
+            json.loads(metrics_file.read_text())
+            if metrics_file.exists()
+            else {"status": "failed", "error": "the job ended without writing metrics.json"}
+        )
         name, value = objective(metrics, optimize.metric)
         row = {key: metrics.get(key) for key in COLUMNS if key in metrics}
         rows.append(row | {"overrides": " ".join(overrides) or "(none)", "folder": str(folder), "objective": value, "metric": name})

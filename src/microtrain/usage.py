@@ -33,8 +33,13 @@ def help_text(command: str = "train") -> str:
     if command == "predict":  # no config groups: the run folder says what was trained
         text = "\n".join([HEADERS[command], "Keys (conf/predict.yaml), with their comments:", _without_hydra(top).split("\ndefaults:")[0]])
         return text.replace("$", "$$")
-    sections = [HEADERS["train"], "Config groups (group=option):", "$APP_CONFIG_GROUPS",
-                f"Keys of conf/{command}.yaml, with their comments:", _without_hydra(top)]
+    sections = [
+        HEADERS["train"],
+        "Config groups (group=option):",
+        "$APP_CONFIG_GROUPS",
+        f"Keys of conf/{command}.yaml, with their comments:",
+        _without_hydra(top),
+    ]
     defaults = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.create(top)))["defaults"]
     for entry in defaults:
         if not isinstance(entry, dict) or not entry:

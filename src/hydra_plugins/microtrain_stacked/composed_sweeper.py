@@ -29,8 +29,11 @@ class ComposedSweeper(BasicSweeper):
         from microtrain.config.sweep_jobs import ComposedOnce
 
         self.composed_once = ComposedOnce(hydra_context.config_loader)
-        super().setup(hydra_context=HydraContext(config_loader=cast("ConfigLoader", self.composed_once), callbacks=hydra_context.callbacks),
-                      task_function=task_function, config=config)
+        super().setup(
+            hydra_context=HydraContext(config_loader=cast("ConfigLoader", self.composed_once), callbacks=hydra_context.callbacks),
+            task_function=task_function,
+            config=config,
+        )
         self.hydra_context = hydra_context  # the sweeper itself composes with Hydra's own loader
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:

@@ -42,8 +42,9 @@ def checked_max_jobs(max_jobs: Any) -> Optional[int]:
     if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1):
         from microtrain.console import error_console
 
-        error_console.print(f"error: hydra.launcher.max_jobs={max_jobs!r} must be a whole number of at least 1, or null "
-                            "(as many jobs as fit in memory)", markup=False)
+        error_console.print(
+            f"error: hydra.launcher.max_jobs={max_jobs!r} must be a whole number of at least 1, or null (as many jobs as fit in memory)", markup=False
+        )
         sys.exit(2)
     return max_jobs
 
@@ -85,8 +86,7 @@ class StackedLauncher(Launcher):
         finally:
             lock.release(sweep_dir)
 
-    def _launch(self, sweep_dir: Path, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, plan: Any,
-                console: Any) -> Sequence[JobReturn]:
+    def _launch(self, sweep_dir: Path, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, plan: Any, console: Any) -> Sequence[JobReturn]:
         console.print(f"hydra/launcher={self.NAME}: {len(job_overrides)} jobs")
         assert self.hydra_context is not None and self.config is not None  # set by setup
         configs = []
@@ -104,8 +104,7 @@ class StackedLauncher(Launcher):
             with open_dict(configs[index]):
                 configs[index].resume = False
         ran = dict(zip(alone, self.run_alone([configs[i] for i in alone], [initial_job_idx + i for i in alone])))
-        return [ran[i] if result is None else self._trained(config, views[i], result)
-                for i, (config, result) in enumerate(zip(configs, results))]
+        return [ran[i] if result is None else self._trained(config, views[i], result) for i, (config, result) in enumerate(zip(configs, results))]
 
     def train_chunks(self) -> Optional[Any]:
         """How the groups train: here, one after another (``stack.plan``); a cluster launcher sends them away."""
@@ -116,8 +115,15 @@ class StackedLauncher(Launcher):
         assert self.hydra_context is not None and self.task_function is not None and self.config is not None  # set by setup
         runs = []
         for config in configs:
-            runs.append(run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
-                                job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+            runs.append(
+                run_job(
+                    hydra_context=self.hydra_context,
+                    task_function=self.task_function,
+                    config=config,
+                    job_dir_key="hydra.sweep.dir",
+                    job_subdir_key="hydra.sweep.subdir",
+                )
+            )
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return runs
 
@@ -132,8 +138,12 @@ class StackedLauncher(Launcher):
         assert self.hydra_context is not None and self.task_function is not None and self.config is not None  # set by setup
         folder, task, hydra_cfg = view
         HydraConfig.instance().cfg = hydra_cfg  # type: ignore[assignment]  # the job's own, as run_job sets it; Hydra declares HydraConf
-        ret = JobReturn(overrides=list(config.hydra.overrides.task), cfg=task, hydra_cfg=hydra_cfg,
-                        working_dir=str(folder) if hydra_cfg.hydra.job.chdir else os.getcwd())
+        ret = JobReturn(
+            overrides=list(config.hydra.overrides.task),
+            cfg=task,
+            hydra_cfg=hydra_cfg,
+            working_dir=str(folder) if hydra_cfg.hydra.job.chdir else os.getcwd(),
+        )
         configure_log(config.hydra.job_logging, config.hydra.verbose)
         with env_override(hydra_cfg.hydra.job.env_set):
             self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)

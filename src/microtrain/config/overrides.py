@@ -24,8 +24,7 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
     text = str(err).strip()
     first = text.splitlines()[0] if text else type(err).__name__
     if isinstance(err, OverrideParseException):
-        return (f"an override cannot be read ({first}); close every bracket and quote what bash would expand, "
-                "e.g. 'data.x=[[1.0],[2.0]]'")
+        return f"an override cannot be read ({first}); close every bracket and quote what bash would expand, e.g. 'data.x=[[1.0],[2.0]]'"
     if found := re.search(r"Could not find '(.+)/([^/']+)'", text):
         group, option = found.groups()
         listed = text.split("Available options in", 1)[1] if "Available options in" in text else ""
@@ -34,8 +33,13 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
         if group == "optimizer":  # a torch.optim class by its name: optimizer=torch takes any
             import torch
 
-            names = [n for n in dir(torch.optim) if n.lower() == option.lower()
-                     and isinstance(getattr(torch.optim, n), type) and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)]
+            names = [
+                n
+                for n in dir(torch.optim)
+                if n.lower() == option.lower()
+                and isinstance(getattr(torch.optim, n), type)
+                and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+            ]
             hint = f" (for torch.optim.{names[0]}: optimizer=torch optimizer.name={names[0]})" if names else hint
         return f"{group}={option} is not an option of {group}{hint}; choose one of: {', '.join(options) or '(none)'}"
     if found := re.match(r"Could not override '([^']+)'", first):
@@ -54,8 +58,13 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
         # the keys of the group's other options too: model.hiden with model=linear means model.hidden of model=mlp
         others = {f"{group}.{k}": o for o in _options_with(group, "") for k in _option_keys(group, o)}
         close = difflib.get_close_matches(key, list({*same_group, *others}), n=1, cutoff=0.7)
-        hint = "" if not close else f" (did you mean {close[0]}?)" if close[0] in same_group else \
-            f" (did you mean {close[0]}, a key of {group}={others[close[0]]}?)"
+        hint = (
+            ""
+            if not close
+            else f" (did you mean {close[0]}?)"
+            if close[0] in same_group
+            else f" (did you mean {close[0]}, a key of {group}={others[close[0]]}?)"
+        )
         return f"{key} is not a key of the config{hint}{add}"
     if found := re.match(r"Could not delete from config\. '([^']+)' does not exist", first):
         key = found.group(1)
@@ -78,8 +87,7 @@ def outside_a_job(err: Exception, config_name: str) -> tuple[str, int]:
     from microtrain.run import folder as run_folder
 
     if isinstance(err, OSError) and err.filename:  # Hydra making the run or sweep folder: read-only, full, not allowed
-        return str(run_folder.write_failed(Path(err.filename), err)).split(", then resume")[0] + \
-            " (or another hydra.run.dir / hydra.sweep.dir)", 2
+        return str(run_folder.write_failed(Path(err.filename), err)).split(", then resume")[0] + " (or another hydra.run.dir / hydra.sweep.dir)", 2
     if not isinstance(err, COMPOSITION_ERRORS):
         text = str(err).strip()
         first = text.splitlines()[0] if text else "no message"

@@ -48,7 +48,9 @@ def integer(minimum: int | None = None, maximum: int | None = None, *, none: boo
     return rule
 
 
-def number(minimum: float | None = None, maximum: float | None = None, *, positive: bool = False, below: float | None = None, none: bool = False) -> Rule:
+def number(
+    minimum: float | None = None, maximum: float | None = None, *, positive: bool = False, below: float | None = None, none: bool = False
+) -> Rule:
     def rule(value: Any, key: str) -> None:
         if none and value is None:
             return
@@ -106,6 +108,7 @@ def anything(value: Any, key: str) -> None:
 
 def columns_or(*words: str) -> Rule:
     """One of ``words``, or a list of column names."""
+
     def rule(value: Any, key: str) -> None:
         if value in words or (not isinstance(value, (str, Mapping)) and hasattr(value, "__len__")):
             return
@@ -135,9 +138,15 @@ SPLITS = {
 DATA: dict[str, dict[str, Rule]] = {
     "synthetic": {"n_samples": integer(2), "n_features": integer(1), "n_outputs": integer(1), "noise": number(0), "seed": integer(0)},
     "inline": {"x": anything, "y": anything, "seed": integer(0)},
-    "csv": {"path": anything, "target": anything, "features": anything, "exclude": anything,
-            "categorical": columns_or("auto", "none"),
-            "missing": choice("error", "drop", "mean"), "sep": text(none=True)},
+    "csv": {
+        "path": anything,
+        "target": anything,
+        "features": anything,
+        "exclude": anything,
+        "categorical": columns_or("auto", "none"),
+        "missing": choice("error", "drop", "mean"),
+        "sep": text(none=True),
+    },
     "npz": {"path": anything},
     **{name: {} for name in BUNDLED},
 }
@@ -170,7 +179,14 @@ OPTIMIZER = {
     "lr_decay": number(0),
     "initial_accumulator_value": number(0),
 }
-SCHEDULER = {"_target_": text(), "_partial_": boolean(), "step_size": integer(1), "gamma": number(positive=True), "T_max": integer(1), "eta_min": number(0)}
+SCHEDULER = {
+    "_target_": text(),
+    "_partial_": boolean(),
+    "step_size": integer(1),
+    "gamma": number(positive=True),
+    "T_max": integer(1),
+    "eta_min": number(0),
+}
 # The Trainer arguments the YAML sets (their types; other arguments are Lightning's to check), and
 # the three that microtrain applies itself (engine.bypass).
 TRAINER = {
@@ -188,8 +204,15 @@ SECTIONS: dict[str, dict[str, Rule]] = {
     "device": {"type": choice("auto", "cpu", "cuda"), "precision": choice(*PRECISIONS, as_text=True), "threads": integer(1, auto=True)},
     "loop": {"steps_per_call": integer(1, auto=True), "compile": boolean("auto")},
     "checkpoint": {"every_n_steps": integer(1, none=True), "budget": number(0, 1)},
-    "log": {"every_n_steps": integer(1), "inspect": boolean(), "inspect_every_n_steps": integer(1, auto=True),
-            "inspect_budget": number(0, 1, positive=True), "histograms": boolean(), "activations": boolean(), "curvature": boolean()},
+    "log": {
+        "every_n_steps": integer(1),
+        "inspect": boolean(),
+        "inspect_every_n_steps": integer(1, auto=True),
+        "inspect_budget": number(0, 1, positive=True),
+        "histograms": boolean(),
+        "activations": boolean(),
+        "curvature": boolean(),
+    },
     "optimize": {"metric": text(), "mode": choice("min", "max")},
     "explain": {"gradcheck": boolean("auto")},
 }
@@ -214,7 +237,9 @@ def check(cfg: Mapping[str, Any]) -> None:
     """Every key of a training config, in the order a reader meets them in ``conf/train.yaml``."""
     for key in cfg:
         if key not in TOP and key not in OPTIONAL_TOP and key not in SECTIONS and key not in OTHERS:
-            raise ConfigError(f"{key} is not a microtrain setting; the top-level keys are: {', '.join([*TOP, *OPTIONAL_TOP, *SECTIONS, *OTHERS[:-3]])}")
+            raise ConfigError(
+                f"{key} is not a microtrain setting; the top-level keys are: {', '.join([*TOP, *OPTIONAL_TOP, *SECTIONS, *OTHERS[:-3]])}"
+            )
     for key, rule in TOP.items():
         _value(cfg, key, rule)
     for key, rule in OPTIONAL_TOP.items():
@@ -251,8 +276,9 @@ def _node(cfg: Mapping[str, Any], section: str) -> Mapping[str, Any]:
     return cfg[section]
 
 
-def _section(cfg: Mapping[str, Any], section: str, rules: Mapping[str, Rule], *, open_: bool = False,
-             optional: tuple[str, ...] = (), prefix: str = "") -> None:
+def _section(
+    cfg: Mapping[str, Any], section: str, rules: Mapping[str, Rule], *, open_: bool = False, optional: tuple[str, ...] = (), prefix: str = ""
+) -> None:
     node, name = _node(cfg, section), prefix + section
     for key in node:
         if key not in rules and key != "name" and not open_:

@@ -50,8 +50,10 @@ def check_run_config(cfg: DictConfig, source: Path, trusted: bool = False) -> No
         top = 1 if section == "callbacks" else 0  # callbacks.<name>._target_; optimizer._target_
         for key, target, depth in _targets(node, section, 0):
             if depth != top:
-                raise ConfigError(f"{source}: {key}._target_={target} is nested in another entry's arguments, which a run "
-                                  f"folder may not do; nothing was run ({TRUST})")
+                raise ConfigError(
+                    f"{source}: {key}._target_={target} is nested in another entry's arguments, which a run "
+                    f"folder may not do; nothing was run ({TRUST})"
+                )
             if not isinstance(target, str) or not _allowed_class(target, section):
                 named = "one of Lightning's " + ", ".join(CALLBACKS) if section == "callbacks" else "a class of torch.optim"
                 raise ConfigError(f"{source}: {key}._target_={target} is not {named}; nothing was run ({TRUST})")

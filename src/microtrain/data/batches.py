@@ -117,8 +117,13 @@ class TensorDataModule(L.LightningDataModule):
     """Train and validation tensors, moved once to the training device when they fit there."""
 
     def __init__(
-        self, train: Batch, val: Optional[Batch], batch_size: Optional[int], seed: int,
-        test: Optional[Batch] = None, steps_per_call: int = 1,
+        self,
+        train: Batch,
+        val: Optional[Batch],
+        batch_size: Optional[int],
+        seed: int,
+        test: Optional[Batch] = None,
+        steps_per_call: int = 1,
     ):
         super().__init__()
         self.train, self.val, self.test = train, val, test

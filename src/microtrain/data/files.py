@@ -38,8 +38,10 @@ def read_npz(path: Path, need_y: bool = True) -> tuple[np.ndarray, np.ndarray]:
         if np.iscomplexobj(array):  # float() would drop the imaginary part without a word
             raise DataError(f"{path}: {name} is complex ({array.dtype}); give real numbers (e.g. the real and imaginary parts as two columns)")
     if x.ndim not in (1, 2) or y.ndim > 2:  # flattening [rows, a, b] would silently mix its axes into features
-        raise DataError(f"{path}: x must be rows (one feature) or rows × features and y rows or rows × outputs, got shapes {list(x.shape)} and {list(y.shape)}; "
-                        "reshape them, e.g. x.reshape(len(x), -1), if that is what you mean")
+        raise DataError(
+            f"{path}: x must be rows (one feature) or rows × features and y rows or rows × outputs, got shapes {list(x.shape)} and {list(y.shape)}; "
+            "reshape them, e.g. x.reshape(len(x), -1), if that is what you mean"
+        )
     if len(x) == 0:
         raise DataError(f"{path}: x has no rows")
     y = y.reshape(len(y), -1) if y.ndim != 2 else y

@@ -22,8 +22,10 @@ def prepare_data(cfg: DictConfig) -> tuple[Dataset, Splits, dict[str, Any]]:
     if classify:
         dataset.y = as_class_labels(dataset.y, dataset.source)
         if len(set(dataset.y.reshape(-1).tolist())) < 2:
-            raise DataError(f"{dataset.source}: every row has the same class, so there is nothing to classify; "
-                            "give rows of at least two classes, or a regression loss")
+            raise DataError(
+                f"{dataset.source}: every row has the same class, so there is nothing to classify; "
+                "give rows of at least two classes, or a regression loss"
+            )
     splits = split(
         dataset,
         cfg.data.val_fraction,
@@ -81,6 +83,7 @@ def describe(info: dict[str, Any]) -> str:
     if dropped:
         line += "; dropped " + "; ".join(f"{name} ({why})" for name, why in dropped.items())
     if info.get("constant_features"):
-        line += (f"; constant in the training split, so all zeros once standardized: {', '.join(info['constant_features'])}"
-                 " (nothing to learn from them)")
+        line += (
+            f"; constant in the training split, so all zeros once standardized: {', '.join(info['constant_features'])} (nothing to learn from them)"
+        )
     return line

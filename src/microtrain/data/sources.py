@@ -65,8 +65,10 @@ def inline(cfg: Mapping[str, Any]) -> Dataset:
         bad = (~torch.isfinite(values)).nonzero()
         if len(bad):  # refused before training: the divergence guard would blame the learning rate
             row, column = (int(i) for i in bad[0])
-            raise DataError(f"{key} row {row + 1}, column {column + 1} (counting from 1) is {values[row, column].item()}: "
-                            "training needs finite numbers; remove or fill it")
+            raise DataError(
+                f"{key} row {row + 1}, column {column + 1} (counting from 1) is {values[row, column].item()}: "
+                "training needs finite numbers; remove or fill it"
+            )
     if len(x) != len(y):
         raise DataError(f"data.x has {len(x)} rows but data.y has {len(y)}; give one target row per input row")
     return Dataset(x, y, "data=inline")

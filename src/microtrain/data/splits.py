@@ -40,8 +40,7 @@ def split(data: Dataset, val_fraction: float, test_fraction: float, seed: int) -
             raise DataError(f"{data.source}: data.{key}={fraction} of {n} rows is less than one row; use more rows or data.{key}=0")
     if n - n_val - n_test < 1:
         raise DataError(
-            f"{data.source}: {n} rows are too few for val_fraction={val_fraction} and test_fraction={test_fraction}; "
-            "lower them or give more rows"
+            f"{data.source}: {n} rows are too few for val_fraction={val_fraction} and test_fraction={test_fraction}; lower them or give more rows"
         )
     if n_val == n_test == 0:
         return Splits((data.x, data.y), None, None)
@@ -86,8 +85,10 @@ class Standardizer:
         scaled = (x.double() - self.mean.double()) / self.std.double()
         if not torch.isfinite(scaled).all():
             row, column = (int(i) for i in (~torch.isfinite(scaled)).nonzero()[0])
-            raise DataError(f"standardizing gives a non-finite value at row {row + 1}, column {column + 1} (counting from 1); "
-                            "rescale that column, or set data.standardize=false")
+            raise DataError(
+                f"standardizing gives a non-finite value at row {row + 1}, column {column + 1} (counting from 1); "
+                "rescale that column, or set data.standardize=false"
+            )
         return scaled.to(x.dtype)
 
     def apply(self, splits: Splits, targets: bool = False) -> Splits:

@@ -58,8 +58,18 @@ def read(path: Path, sep: Optional[str], text_columns: Sequence[str] = ()) -> An
     import pandas as pd
 
     sep, header = _sniffed(path, sep)
-    options = {"sep": sep, "engine": "c", "encoding": "utf-8-sig", "header": 0, "index_col": False, "keep_default_na": False,
-               "na_values": list(MISSING), "skipinitialspace": True, "skip_blank_lines": True, "low_memory": False}
+    options = {
+        "sep": sep,
+        "engine": "c",
+        "encoding": "utf-8-sig",
+        "header": 0,
+        "index_col": False,
+        "keep_default_na": False,
+        "na_values": list(MISSING),
+        "skipinitialspace": True,
+        "skip_blank_lines": True,
+        "low_memory": False,
+    }
     text = [c for c in dict.fromkeys(text_columns) if c in header]
     try:
         with warnings.catch_warnings():
@@ -69,8 +79,9 @@ def read(path: Path, sep: Optional[str], text_columns: Sequence[str] = ()) -> An
             if words:
                 table = pd.read_csv(path, dtype={c: str for c in (*text, *words)}, **options)
     except pd.errors.ParserWarning:
-        raise DataError(f"{path}: a row has more fields than the header names columns; fix that row, or set data.sep "
-                        "if the separator was sniffed wrong") from None
+        raise DataError(
+            f"{path}: a row has more fields than the header names columns; fix that row, or set data.sep if the separator was sniffed wrong"
+        ) from None
     except (UnicodeDecodeError, csv.Error, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
         raise DataError(f"{path}: not a readable table ({str(err).strip().splitlines()[0]}); set data.sep if it is not sniffed") from None
     if table.empty:
@@ -130,8 +141,7 @@ def _sniffed(path: Path, sep: Optional[str]) -> tuple[str, list[str]]:
     return sep, header
 
 
-def choose(table: Any, path: Path, targets: list[str], features: Optional[list[str]], exclude: list[str],
-           categorical: Any, missing: str) -> Columns:
+def choose(table: Any, path: Path, targets: list[str], features: Optional[list[str]], exclude: list[str], categorical: Any, missing: str) -> Columns:
     """Decide each column's role: target, numeric feature, one-hot feature, or dropped (and why)."""
     for name in [*targets, *(features or []), *exclude]:
         if name not in table.columns:

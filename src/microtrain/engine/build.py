@@ -79,9 +79,11 @@ def _check_it_fits(cfg: DictConfig, features: int, outputs: int, train_rows: int
     free = device.available_bytes(accelerator)
     if need > 0.9 * free:
         count = models.parameter_count(cfg.model, features, outputs)
-        raise ConfigError(f"this model has {count:,} parameters and training it needs about {need / 2**30:.1f} GiB, but the "
-                          f"{'GPU' if accelerator == 'cuda' else 'machine'} has {free / 2**30:.1f} GiB free; "
-                          "choose a smaller model.hidden or data.batch_size")
+        raise ConfigError(
+            f"this model has {count:,} parameters and training it needs about {need / 2**30:.1f} GiB, but the "
+            f"{'GPU' if accelerator == 'cuda' else 'machine'} has {free / 2**30:.1f} GiB free; "
+            "choose a smaller model.hidden or data.batch_size"
+        )
 
 
 # auto runs up to this many multiply-adds per Lightning call (~40 ms of 2 CPU cores), which makes

@@ -194,8 +194,7 @@ _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_s
 def _step_hooks(callbacks: list) -> bool:
     """Whether a callback other than microtrain's watchers implements a per-step hook."""
     return any(
-        getattr(type(cb), hook) is not getattr(L.Callback, hook)
-        for cb in callbacks if not isinstance(cb, StepWatcher) for hook in _STEP_HOOKS
+        getattr(type(cb), hook) is not getattr(L.Callback, hook) for cb in callbacks if not isinstance(cb, StepWatcher) for hook in _STEP_HOOKS
     )
 
 

@@ -29,8 +29,16 @@ class CompiledStep:
     ``__call__(x, y)`` returns the loss; the first call compiles (seconds: ``compile_seconds``).
     """
 
-    def __init__(self, model: torch.nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
-                 clip_val: Optional[float], clip_algorithm: str, batch_rows: int, mode: Optional[str] = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: Callable,
+        optimizer: torch.optim.Optimizer,
+        clip_val: Optional[float],
+        clip_algorithm: str,
+        batch_rows: int,
+        mode: Optional[str] = None,
+    ):
         self.optimizer, self.group = optimizer, optimizer.param_groups[0]
         self._owners = list(self.group["params"])
         self.params = [p.detach() for p in self._owners]  # the model's own storage
@@ -48,8 +56,9 @@ class CompiledStep:
         self._rule = rule
 
         def step(params: list[Tensor], state: list[dict], x: Tensor, y: Tensor, hp: dict[str, Any]) -> Tensor:
-            loss, _ = train_step(params, state, (x, y), hp, forward=forward, loss_fn=loss_fn, update=update,
-                                 clip_val=clip_val, clip_algorithm=clip_algorithm)
+            loss, _ = train_step(
+                params, state, (x, y), hp, forward=forward, loss_fn=loss_fn, update=update, clip_val=clip_val, clip_algorithm=clip_algorithm
+            )
             return loss
 
         self._compiled = torch.compile(own_code(step), fullgraph=True, dynamic=False, mode=mode)
@@ -145,5 +154,3 @@ def compile_pays(planned: Optional[float], multiply_adds: int) -> bool:
 
 
 CUDA_GRAPH_PARAMETERS = 1_000_000  # models up to this size are launch-bound on a GPU
-
-

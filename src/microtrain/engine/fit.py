@@ -61,8 +61,9 @@ def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = 
     ckpt_path = _resume_checkpoint(cfg, run_dir)
     if ckpt_path:
         changes = resume_changes or []
-        prepared.module.optimizer_overrides = {k: cfg.optimizer[k] for k in resume.APPLIED_TO_OPTIMIZER
-                                               if any(c.startswith(f"optimizer.{k}:") for c in changes)}
+        prepared.module.optimizer_overrides = {
+            k: cfg.optimizer[k] for k in resume.APPLIED_TO_OPTIMIZER if any(c.startswith(f"optimizer.{k}:") for c in changes)
+        }
     resumed_step = torch.load(ckpt_path, weights_only=True)["global_step"] if ckpt_path else None
     trainer = _build_trainer(cfg, trainer_args, plan, run_dir, prepared, resumed_step)
     if ckpt_path and trainer.is_global_zero:
@@ -105,8 +106,16 @@ def _build_trainer(
     every = cfg.checkpoint.every_n_steps
     callbacks = [
         LossWatch(cfg.log.every_n_steps, every),
-        ParameterInspector(cfg.log.inspect_every_n_steps, cfg.log.histograms, cfg.log.inspect_budget, prepared.optimum, prepared.splits.train,
-                           activations=cfg.log.activations, curvature=cfg.log.curvature, enabled=cfg.log.inspect),
+        ParameterInspector(
+            cfg.log.inspect_every_n_steps,
+            cfg.log.histograms,
+            cfg.log.inspect_budget,
+            prepared.optimum,
+            prepared.splits.train,
+            activations=cfg.log.activations,
+            curvature=cfg.log.curvature,
+            enabled=cfg.log.inspect,
+        ),
         *checkpoint_callbacks(run_dir / run_folder.CHECKPOINTS, has_val, every, cfg.checkpoint.budget),
         InterruptCheckpoint(run_dir / run_folder.CHECKPOINTS / "last.ckpt"),
         *build_callbacks(cfg.callbacks, _logged(prepared) if has_val else []),

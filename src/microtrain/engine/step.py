@@ -14,10 +14,9 @@ hyper-parameters): forward, loss, backward, gradient clipping, optimizer update.
 
 The updates do the same operations in the same order as torch.optim's single-tensor SGD,
 Adam, AdamW, RMSprop and Adagrad (the CPU default), so their weights are bitwise equal
-(``tests/test_step.py``). ``RULES`` says, once, what each supports.
-Eager training applies them to ``.grad`` filled by ``loss.backward()``; ``train_step`` is the
-pure form, with ``torch.func`` gradients, that ``explain_step`` runs and that ``torch.compile``
-and ``torch.func.vmap`` can trace as one graph.
+(``tests/test_step.py``). ``RULES`` says, once, what each supports. Eager training applies them
+to ``.grad`` filled by ``loss.backward()``; ``train_step`` is the pure form, with ``torch.func``
+gradients, that ``explain_step`` runs and that ``torch.compile`` and ``vmap`` trace as one graph.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -206,11 +205,13 @@ RULES: dict[type, Rule] = {
     # AdamW by its class: the param group's "decoupled_weight_decay" key is recent in torch
     torch.optim.AdamW: Rule(partial(adam, decoupled=True), _ADAM, _ADAM, _always, (*Rule.off, "amsgrad")),
     # momentum and centered decide which state exists: one value per stacked group
-    torch.optim.RMSprop: Rule(rmsprop, ("lr", "alpha", "eps", "weight_decay", "momentum", "centered"),
-                              ("lr", "alpha", "eps", "weight_decay"), _always),
+    torch.optim.RMSprop: Rule(
+        rmsprop, ("lr", "alpha", "eps", "weight_decay", "momentum", "centered"), ("lr", "alpha", "eps", "weight_decay"), _always
+    ),
     # the sums start at initial_accumulator_value, built into each job's state before the stack forms
-    torch.optim.Adagrad: Rule(adagrad, ("lr", "lr_decay", "weight_decay", "eps"), ("lr", "lr_decay", "weight_decay", "eps",
-                                                                                  "initial_accumulator_value"), _always),
+    torch.optim.Adagrad: Rule(
+        adagrad, ("lr", "lr_decay", "weight_decay", "eps"), ("lr", "lr_decay", "weight_decay", "eps", "initial_accumulator_value"), _always
+    ),
 }
 
 

@@ -66,8 +66,9 @@ def chain(model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, params: di
             terms.append(Term(f"dL/d({layer} output)", "dL/d(output)", grad))
         prefix = f"{names[index]}." if names[index] else ""
         out = f"{layer} pre-activation" if activation is not None else f"{layer} output"  # what x·Wᵀ + b gave
-        terms.append(Term(f"dL/d({prefix}weight)", f"(dL/d({out}))ᵀ · (the layer's input): an outer product, summed over rows",
-                          grad.T @ inputs[index]))
+        terms.append(
+            Term(f"dL/d({prefix}weight)", f"(dL/d({out}))ᵀ · (the layer's input): an outer product, summed over rows", grad.T @ inputs[index])
+        )
         if bias is not None:
             terms.append(Term(f"dL/d({prefix}bias)", f"dL/d({out}) summed over rows", grad.sum(dim=0)))
         grad = grad @ weight
@@ -84,7 +85,7 @@ def _layers(model: nn.Module, params: dict[str, Tensor]) -> list[tuple[Tensor, A
 
 def parameter_gradients(terms: list[Term]) -> dict[str, Tensor]:
     """The parameter gradients the chain ends at, by parameter name."""
-    return {t.name[len("dL/d("):-1]: t.value for t in terms if t.name.endswith(("weight)", "bias)"))}
+    return {t.name[len("dL/d(") : -1]: t.value for t in terms if t.name.endswith(("weight)", "bias)"))}
 
 
 def against_autograd(model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, params: dict[str, Tensor], terms: list[Term]) -> float:

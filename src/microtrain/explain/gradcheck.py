@@ -18,9 +18,7 @@ class ParameterCheck:
     passed: bool
 
 
-def check_gradients(
-    model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerance: float = 1e-6
-) -> list[ParameterCheck]:
+def check_gradients(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, tolerance: float = 1e-6) -> list[ParameterCheck]:
     """Compare every parameter's autograd gradient with (L(p+h) − L(p−h)) / 2h, element by element."""
     model = copy.deepcopy(model).double().cpu()
     x = x.detach().double().cpu()

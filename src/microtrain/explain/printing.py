@@ -13,10 +13,7 @@ def show(tensor: torch.Tensor) -> str:
         body = torch.round(tensor.double(), decimals=4).tolist()
         return str(body)
     t = tensor.double()
-    return (
-        f"shape {list(t.shape)}  mean {t.mean():.4g}  std {t.std():.4g}  "
-        f"min {t.min():.4g}  max {t.max():.4g}  norm {t.norm():.4g}"
-    )
+    return f"shape {list(t.shape)}  mean {t.mean():.4g}  std {t.std():.4g}  min {t.min():.4g}  max {t.max():.4g}  norm {t.norm():.4g}"
 
 
 def print_report(report: StepReport, console: Console) -> None:

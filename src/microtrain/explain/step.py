@@ -47,8 +47,10 @@ class StepReport:
         grads = ", ".join(f"{name} {list(g.shape)} norm {g.norm().item():.4g}" for name, g in self.grads.items())
         held = all(r.holds for r in self.rules.values() if r) and all(c.passed for c in self.gradcheck)
         chain = f"{len(self.chain)} terms, max |chain - autograd| {self.chain_vs_autograd:.2g}" if self.chain else "none"
-        return (f"Step({self.optimizer}, loss {self.loss:.6g} -> {self.loss_after:.6g} after the step; gradients: {grads}; "
-                f"chain rule: {chain}; checks {'hold' if held else 'FAIL'})")
+        return (
+            f"Step({self.optimizer}, loss {self.loss:.6g} -> {self.loss_after:.6g} after the step; gradients: {grads}; "
+            f"chain rule: {chain}; checks {'hold' if held else 'FAIL'})"
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,9 +86,15 @@ def explain_step(cfg: DictConfig, run_dir: Optional[Path] = None) -> StepReport:
     with torch.no_grad():
         prediction = model(x)  # what the step's forward computes
     loss, step_grads = train_step(
-        params, [optimizer.state[p] for p in model.parameters()], (x, y), optimizer.param_groups[0],
-        forward=functional_forward(model), loss_fn=loss_fn, update=optimizer_update(optimizer),
-        clip_val=loop.clip_val, clip_algorithm=loop.clip_algorithm,
+        params,
+        [optimizer.state[p] for p in model.parameters()],
+        (x, y),
+        optimizer.param_groups[0],
+        forward=functional_forward(model),
+        loss_fn=loss_fn,
+        update=optimizer_update(optimizer),
+        clip_val=loop.clip_val,
+        clip_algorithm=loop.clip_algorithm,
     )
     grads = dict(zip(names, (g.detach().clone() for g in step_grads)))
     after = {n: p.clone() for n, p in zip(names, params)}

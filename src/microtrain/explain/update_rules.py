@@ -19,9 +19,7 @@ class RuleCheck:
     state: dict[str, float] = field(default_factory=dict)
 
 
-def check_first_step(
-    optimizer: torch.optim.Optimizer, param: torch.Tensor, before: torch.Tensor, grad: torch.Tensor
-) -> Optional[RuleCheck]:
+def check_first_step(optimizer: torch.optim.Optimizer, param: torch.Tensor, before: torch.Tensor, grad: torch.Tensor) -> Optional[RuleCheck]:
     """None when microtrain knows no rule for this optimizer class."""
     group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
     state = optimizer.state.get(param, {})

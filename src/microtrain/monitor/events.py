@@ -31,8 +31,7 @@ class EventFile:
         self.path = folder / name
         first = [Event(wall_time=time.time(), file_version="brain.Event:2")]
         if purge_step is not None:
-            first += [Event(step=purge_step, file_version="brain.Event:2"),
-                      Event(step=purge_step, session_log=SessionLog(status=SessionLog.START))]
+            first += [Event(step=purge_step, file_version="brain.Event:2"), Event(step=purge_step, session_log=SessionLog(status=SessionLog.START))]
         self._append(first)
 
     def add_summary(self, summary: Summary, global_step: Optional[int] = None, walltime: Optional[float] = None) -> None:

@@ -25,9 +25,18 @@ from microtrain.monitor import tags
 
 # (column, config key) of what every run shows, when its config has the key
 COLUMNS = (
-    ("model", "model.name"), ("hidden", "model.hidden"), ("activation", "model.activation"), ("init", "model.init"),
-    ("loss", "loss.name"), ("optimizer", "optimizer._target_"), ("lr", "optimizer.lr"), ("momentum", "optimizer.momentum"),
-    ("weight_decay", "optimizer.weight_decay"), ("batch_size", "data.batch_size"), ("data", "data.name"), ("seed", "seed"),
+    ("model", "model.name"),
+    ("hidden", "model.hidden"),
+    ("activation", "model.activation"),
+    ("init", "model.init"),
+    ("loss", "loss.name"),
+    ("optimizer", "optimizer._target_"),
+    ("lr", "optimizer.lr"),
+    ("momentum", "optimizer.momentum"),
+    ("weight_decay", "optimizer.weight_decay"),
+    ("batch_size", "data.batch_size"),
+    ("data", "data.name"),
+    ("seed", "seed"),
 )
 GROUPS = {"model": "model.name", "loss": "loss.name", "data": "data.name", "optimizer": "optimizer._target_"}
 NOT_HPARAMS = ("hydra", "resume", "hparams_search", "trainer.enable_progress_bar", "device")
@@ -66,12 +75,16 @@ def _plain(value: Any, key: str) -> Any:
 
 def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The run's final numbers that HParams shows: losses and validation and test metrics."""
-    return {k: float(v) for k, v in metrics.items()
-            if k.split("_")[0] in ("train", "val", "test") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if k.split("_")[0] in ("train", "val", "test") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
-def log_hparams(logger: Any, cfg: DictConfig, metrics: dict[str, Any], overrides: Optional[Sequence[str]] = None,
-                experiment: Optional[bool] = None) -> None:
+def log_hparams(
+    logger: Any, cfg: DictConfig, metrics: dict[str, Any], overrides: Optional[Sequence[str]] = None, experiment: Optional[bool] = None
+) -> None:
     """The run's session, final metrics and config text; its own experiment unless in a sweep."""
     from tensorboard.plugins.hparams import summary_v2 as hp
 

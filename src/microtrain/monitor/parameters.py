@@ -73,9 +73,15 @@ def grid(planned: Optional[float]) -> tuple[int, int]:
 
 class ParameterInspector(L.Callback):
     def __init__(
-        self, every_n_steps: Any = "auto", histograms: bool = True, budget: float = 0.05,
-        optimum: Optional[float] = None, train: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
-        activations: bool = True, curvature: bool = False, enabled: bool = True,
+        self,
+        every_n_steps: Any = "auto",
+        histograms: bool = True,
+        budget: float = 0.05,
+        optimum: Optional[float] = None,
+        train: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        activations: bool = True,
+        curvature: bool = False,
+        enabled: bool = True,
     ):
         self.optimum, self.train = optimum, train
         self.auto = every_n_steps == "auto"
@@ -166,8 +172,11 @@ class ParameterInspector(L.Callback):
             self._copy_to_host()
         self.scalars.flush(writer, force=True)
         if self.trajectory and self._trajectory_file is not None:
-            saved = {"names": self._names, "steps": torch.tensor([s for s, _ in self.trajectory]),
-                     "weights": torch.stack([w for _, w in self.trajectory])}
+            saved = {
+                "names": self._names,
+                "steps": torch.tensor([s for s, _ in self.trajectory]),
+                "weights": torch.stack([w for _, w in self.trajectory]),
+            }
             run_folder.write_atomic(self._trajectory_file, lambda partial: torch.save(saved, partial))
 
     def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
@@ -230,14 +239,14 @@ class ParameterInspector(L.Callback):
         at = 0
         norms = []
         for (names, _), size in zip(scalars, sizes):
-            for name, value in zip(names, flat[at:at + size]):
+            for name, value in zip(names, flat[at : at + size]):
                 self.scalars.add(name, value, step)
                 if name.startswith(("weight_norm/", "grad_norm/")):
                     norms.append(value)
             at += size
         for names, _ in hists:
             for name in names:
-                add_histogram_row(self.scalars, name, flat[at:at + 35], step)
+                add_histogram_row(self.scalars, name, flat[at : at + 35], step)
                 at += 35
         if not all(map(math.isfinite, norms)):
             self._count_nonfinite(step)

@@ -34,8 +34,9 @@ class ScalarBuffer:
         """A scalar under microtrain's ``name`` (written as its ``monitor.tags`` tag)."""
         self._items.append((tensorboard_tag(name), float(value), step, time.time()))
 
-    def add_histogram(self, name: str, low: float, high: float, count: int, total: float, squares: float,
-                      limits: list[float], counts: list[float], step: int) -> None:
+    def add_histogram(
+        self, name: str, low: float, high: float, count: int, total: float, squares: float, limits: list[float], counts: list[float], step: int
+    ) -> None:
         """What ``SummaryWriter.add_histogram_raw`` writes, held like a scalar."""
         tag = tensorboard_tag(name)
         value = histogram_raw(tag, low, high, count, total, squares, limits, counts).value[0]

@@ -73,7 +73,7 @@ def tensorboard_tag(name: str) -> str:
     if sep and group in GROUPS:
         return f"{GROUPS[group]}/{rest}"
     if name.startswith("val_"):
-        return VALIDATION + name[len("val_"):]
+        return VALIDATION + name[len("val_") :]
     return name
 
 
@@ -82,10 +82,10 @@ def name_of(tag: str) -> str:
     if tag in _TAGS:
         return _TAGS[tag]
     if tag.startswith(VALIDATION):
-        return "val_" + tag[len(VALIDATION):]
+        return "val_" + tag[len(VALIDATION) :]
     for prefix, group in _GROUP_NAMES:
         if tag.startswith(prefix + "/"):
-            return f"{group}/{tag[len(prefix) + 1:]}"
+            return f"{group}/{tag[len(prefix) + 1 :]}"
     return tag
 
 
@@ -159,4 +159,3 @@ def events_folder(run_dir: Path) -> Path:
     names the run ``tensorboard`` and a sweep's runs ``<job>/tensorboard`` (event files in the
     folder TensorBoard is pointed at make a run named ".")."""
     return Path(run_dir) / EVENTS
-

@@ -34,18 +34,34 @@ def epoch_end_checkpoint(
     ``checkpoint.every_n_steps`` writes after ``batches_done`` batches of an epoch that goes on
     (``epochs_done`` epochs before it), as Lightning writes it at the end of that call."""
     if mid_epoch:
-        return _mid_epoch(state_dict, optimizer_state, scheduler_states, epochs_done, global_step, calls_per_epoch,
-                          batches_per_epoch, val_batches, callbacks, batches_done or 0)
+        return _mid_epoch(
+            state_dict,
+            optimizer_state,
+            scheduler_states,
+            epochs_done,
+            global_step,
+            calls_per_epoch,
+            batches_per_epoch,
+            val_batches,
+            callbacks,
+            batches_done or 0,
+        )
     steps_per_call = math.ceil(batches_per_epoch / calls_per_epoch)
     calls_now = math.ceil((batches_per_epoch if batches_done is None else batches_done) / steps_per_call)
     # A Lightning call serves steps_per_call batches whether or not max_steps stops it early, and
     # the loader counts them all as served, as a solo run's checkpoint does.
     done = min(batches_per_epoch, calls_now * steps_per_call)
     calls = (epochs_done - 1) * calls_per_epoch + calls_now
-    batch = {"total": _progress(calls, "ready", "completed", "started", "processed"),
-             "current": _progress(calls_now, "ready", "completed", "started", "processed"), "is_last_batch": done == batches_per_epoch}
-    val = {"total": _progress(val_batches, "ready", "completed", "started", "processed"),
-           "current": _progress(val_batches, "ready", "completed", "started", "processed"), "is_last_batch": val_batches > 0}
+    batch = {
+        "total": _progress(calls, "ready", "completed", "started", "processed"),
+        "current": _progress(calls_now, "ready", "completed", "started", "processed"),
+        "is_last_batch": done == batches_per_epoch,
+    }
+    val = {
+        "total": _progress(val_batches, "ready", "completed", "started", "processed"),
+        "current": _progress(val_batches, "ready", "completed", "started", "processed"),
+        "is_last_batch": val_batches > 0,
+    }
     idle = _idle
     epochs = {"ready": epochs_done, "completed": epochs_done - 1, "started": epochs_done, "processed": epochs_done}
     fit_loop = {
@@ -59,7 +75,8 @@ def epoch_end_checkpoint(
         },
         "epoch_loop.manual_optimization.state_dict": {},
         "epoch_loop.manual_optimization.optim_step_progress": {
-            "total": _progress(global_step, "ready", "completed"), "current": _progress(global_step, "ready", "completed")
+            "total": _progress(global_step, "ready", "completed"),
+            "current": _progress(global_step, "ready", "completed"),
         },
         "epoch_loop.val_loop.state_dict": {},
         "epoch_loop.val_loop.batch_progress": val,
@@ -72,8 +89,15 @@ def _idle(*fields: str) -> dict[str, dict[str, int]]:
     return {"total": _progress(0, *fields), "current": _progress(0, *fields)}
 
 
-def _checkpoint(epoch: int, global_step: int, state_dict: dict[str, torch.Tensor], fit_loop: dict[str, Any], callbacks: list["L.Callback"],
-                optimizer_state: dict[str, Any], scheduler_states: list[dict[str, Any]]) -> dict[str, Any]:
+def _checkpoint(
+    epoch: int,
+    global_step: int,
+    state_dict: dict[str, torch.Tensor],
+    fit_loop: dict[str, Any],
+    callbacks: list["L.Callback"],
+    optimizer_state: dict[str, Any],
+    scheduler_states: list[dict[str, Any]],
+) -> dict[str, Any]:
     quiet = {"state_dict": {}, "batch_progress": {**_idle("ready", "completed", "started", "processed"), "is_last_batch": False}}
     predict = {"state_dict": {}, "batch_progress": _idle("ready", "completed", "started", "processed")}
     return {
@@ -88,9 +112,18 @@ def _checkpoint(epoch: int, global_step: int, state_dict: dict[str, torch.Tensor
     }
 
 
-def _mid_epoch(state_dict: dict[str, torch.Tensor], optimizer_state: dict[str, Any], scheduler_states: list[dict[str, Any]], epochs_done: int,
-               global_step: int, calls_per_epoch: int, batches_per_epoch: int, val_batches: int, callbacks: list["L.Callback"],
-               batches_done: int) -> dict[str, Any]:
+def _mid_epoch(
+    state_dict: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    scheduler_states: list[dict[str, Any]],
+    epochs_done: int,
+    global_step: int,
+    calls_per_epoch: int,
+    batches_per_epoch: int,
+    val_batches: int,
+    callbacks: list["L.Callback"],
+    batches_done: int,
+) -> dict[str, Any]:
     """Lightning's checkpoint of a call's ``on_train_batch_end`` inside an epoch: that call is
     processed but not yet completed, the epoch started but not processed, and the validation
     counters are those of the last epoch's validation (none in the first epoch)."""
@@ -99,8 +132,11 @@ def _mid_epoch(state_dict: dict[str, torch.Tensor], optimizer_state: dict[str, A
     calls = epochs_done * calls_per_epoch + calls_now
     counts = lambda n: {"ready": n, "completed": n - 1, "started": n, "processed": n}  # noqa: E731
     validated = val_batches if epochs_done else 0
-    val = {"total": _progress(validated, "ready", "completed", "started", "processed"),
-           "current": _progress(validated, "ready", "completed", "started", "processed"), "is_last_batch": validated > 0}
+    val = {
+        "total": _progress(validated, "ready", "completed", "started", "processed"),
+        "current": _progress(validated, "ready", "completed", "started", "processed"),
+        "is_last_batch": validated > 0,
+    }
     epochs = {"ready": epochs_done + 1, "completed": epochs_done, "started": epochs_done + 1, "processed": epochs_done}
     fit_loop = {
         "state_dict": {"combined_loader": [{"epoch": epochs_done, "position": batches_done}]},
@@ -113,7 +149,8 @@ def _mid_epoch(state_dict: dict[str, torch.Tensor], optimizer_state: dict[str, A
         },
         "epoch_loop.manual_optimization.state_dict": {},
         "epoch_loop.manual_optimization.optim_step_progress": {
-            "total": _progress(global_step, "ready", "completed"), "current": _progress(global_step, "ready", "completed")
+            "total": _progress(global_step, "ready", "completed"),
+            "current": _progress(global_step, "ready", "completed"),
         },
         "epoch_loop.val_loop.state_dict": {},
         "epoch_loop.val_loop.batch_progress": val,

@@ -44,9 +44,14 @@ def write_failed(path: Path, err: BaseException) -> Exception:
 
     if isinstance(err, OSError) and err.errno is not None:
         reason = os.strerror(err.errno)
-        hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space", errno.EROFS: "choose a writable folder",
-                errno.EACCES: "choose a folder you may write to", errno.EEXIST: "it is a file, not a folder: choose a folder",
-                errno.ENOTDIR: "a file stands where a folder is needed: choose a folder"}.get(err.errno, "check the folder")
+        hint = {
+            errno.ENOSPC: "free some space",
+            errno.EDQUOT: "free some space",
+            errno.EROFS: "choose a writable folder",
+            errno.EACCES: "choose a folder you may write to",
+            errno.EEXIST: "it is a file, not a folder: choose a folder",
+            errno.ENOTDIR: "a file stands where a folder is needed: choose a folder",
+        }.get(err.errno, "check the folder")
     elif isinstance(err, RuntimeError) and "unexpected pos" in str(err):
         reason, hint = "the disk filled up while it was written (torch.save stopped short)", "free some space"
     else:
@@ -184,5 +189,7 @@ def refuse_links(run_dir: Path) -> None:
         return
     for path in [run_dir, *run_dir.rglob("*")]:
         if path != run_dir and path.is_symlink():
-            raise ConfigError(f"{path} is a symbolic link; microtrain writes a run folder only without links: "
-                              "remove it, or copy the run into a folder of plain files")
+            raise ConfigError(
+                f"{path} is a symbolic link; microtrain writes a run folder only without links: "
+                "remove it, or copy the run into a folder of plain files"
+            )

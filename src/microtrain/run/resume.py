@@ -21,8 +21,17 @@ from microtrain.run import folder as run_folder
 from microtrain.run.checksums import check_checkpoint
 
 HISTORY = "history.jsonl"
-MUTABLE = ("trainer.max_epochs", "trainer.max_steps", "trainer.enable_progress_bar", "optimizer.lr", "optimizer.weight_decay",
-           "log.", "checkpoint.", "device.threads", "hydra.")
+MUTABLE = (
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.enable_progress_bar",
+    "optimizer.lr",
+    "optimizer.weight_decay",
+    "log.",
+    "checkpoint.",
+    "device.threads",
+    "hydra.",
+)
 APPLIED_TO_OPTIMIZER = ("lr", "weight_decay")  # set on the restored optimizer's param groups (engine.module)
 
 
@@ -66,7 +75,8 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> 
     if refused:
         raise ConfigError(
             f"resume=true cannot change {', '.join(refused)} in mid-run; drop it to resume, or start a new run in another "
-            f"hydra.run.dir (what may change: trainer.max_epochs, trainer.max_steps, optimizer.lr, optimizer.weight_decay, log.*, checkpoint.*)")
+            f"hydra.run.dir (what may change: trainer.max_epochs, trainer.max_steps, optimizer.lr, optimizer.weight_decay, log.*, checkpoint.*)"
+        )
     with open_dict(saved):
         saved.resume = True
     return saved, changes
@@ -93,9 +103,9 @@ def record(run_dir: Path, changes: list[str], step: Optional[int]) -> None:
         handle.write(json.dumps(entry) + "\n")
 
 
-
-def plan_resume(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], multirun: bool,
-                say: Callable[[str], None]) -> tuple[DictConfig, list[str], Optional[float]]:
+def plan_resume(
+    cfg: DictConfig, run_dir: Path, overrides: Sequence[str], multirun: bool, say: Callable[[str], None]
+) -> tuple[DictConfig, list[str], Optional[float]]:
     """(the config to go on with, what the command line changed, the objective of a sweep job that
     already finished). In a sweep, resume=true also starts jobs that never started (or left
     no checkpoint) and reruns failed ones; a finished job is not run again."""
@@ -120,8 +130,10 @@ def plan_resume(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], multir
     longer = any(c.startswith(("trainer.max_epochs:", "trainer.max_steps:")) for c in changes)
     if status == "ok" and not longer:  # nothing left to train: every file stays as it is
         ignored = f" (the changes take effect only with more steps: {', '.join(changes)})" if changes else ""
-        say(f"resume: {run_dir} already finished (status ok, {metrics.get('steps', '?')} steps): nothing to do; "
-            f"raise trainer.max_epochs or trainer.max_steps to train on{ignored}")
+        say(
+            f"resume: {run_dir} already finished (status ok, {metrics.get('steps', '?')} steps): nothing to do; "
+            f"raise trainer.max_epochs or trainer.max_steps to train on{ignored}"
+        )
         return resumed, changes, objective(metrics, resumed.optimize.metric)[1]
     return resumed, changes, None
 
@@ -144,5 +156,7 @@ def _check_shapes(cfg: DictConfig, run_dir: Path, last: Path) -> None:
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     except RuntimeError as err:
         detail = " ".join(str(err).split())[:200]
-        raise ConfigError(f"{last} holds another model than {run_dir / run_folder.CONFIG} describes ({detail}); "
-                          "nothing was written: resume with the run's own checkpoint and config") from None
+        raise ConfigError(
+            f"{last} holds another model than {run_dir / run_folder.CONFIG} describes ({detail}); "
+            "nothing was written: resume with the run's own checkpoint and config"
+        ) from None

@@ -14,15 +14,38 @@ from microtrain.engine.step import RULES, Rule
 # What each stacked job may hold for itself: its seed (initial weights and batch order), its
 # initial weights, its scheduler's parameters, its early stopping, and the hyper-parameters its optimizer's rule
 # lets each job hold (engine.step.RULES: per_job).
-PER_JOB = ("seed", "model.init", "model.init_gain", "model.init_std", "model.init_values", "optimize.",
-           "trainer.enable_progress_bar", "resume", "callbacks.")
+PER_JOB = (
+    "seed",
+    "model.init",
+    "model.init_gain",
+    "model.init_std",
+    "model.init_values",
+    "optimize.",
+    "trainer.enable_progress_bar",
+    "resume",
+    "callbacks.",
+)
 # Trainer arguments the stacked loop carries out itself; any other one runs its job alone.
-STACKED_TRAINER = {"max_epochs", "max_steps", "max_time", "devices", "num_nodes", "strategy", "enable_progress_bar", "deterministic",
-                   "check_val_every_n_epoch", "gradient_clip_val", "gradient_clip_algorithm"}
+STACKED_TRAINER = {
+    "max_epochs",
+    "max_steps",
+    "max_time",
+    "devices",
+    "num_nodes",
+    "strategy",
+    "enable_progress_bar",
+    "deterministic",
+    "check_val_every_n_epoch",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+}
 # Callbacks the stacked loop runs for each job (each job its own instance): EarlyStopping freezes
 # the job it stops while its neighbours go on. Any other callback runs its job alone.
-STACKED_CALLBACKS = ("lightning.pytorch.callbacks.EarlyStopping", "lightning.pytorch.callbacks.early_stopping.EarlyStopping",
-                     "pytorch_lightning.callbacks.EarlyStopping")
+STACKED_CALLBACKS = (
+    "lightning.pytorch.callbacks.EarlyStopping",
+    "lightning.pytorch.callbacks.early_stopping.EarlyStopping",
+    "pytorch_lightning.callbacks.EarlyStopping",
+)
 
 
 @dataclass
@@ -56,9 +79,13 @@ def rule(cfg: DictConfig) -> Optional[Rule]:
 
 
 def per_job(key: str, optimizer_keys: tuple[str, ...] = ()) -> bool:
-    return key.startswith("scheduler.") and key != "scheduler._target_" or any(
-        key == k or (k.endswith(".") and key.startswith(k)) or key.startswith(k + ".")
-        for k in (*PER_JOB, *(f"optimizer.{o}" for o in optimizer_keys))
+    return (
+        key.startswith("scheduler.")
+        and key != "scheduler._target_"
+        or any(
+            key == k or (k.endswith(".") and key.startswith(k)) or key.startswith(k + ".")
+            for k in (*PER_JOB, *(f"optimizer.{o}" for o in optimizer_keys))
+        )
     )
 
 

@@ -137,23 +137,41 @@ class StackedJob:
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def snapshot(self, params: dict[str, torch.Tensor], state: list[dict[str, torch.Tensor]], epochs: int, step: int,
-                 batches_done: Optional[int] = None, moment: Optional[dict[str, Any]] = None, mid_epoch: bool = False) -> Snapshot:
+    def snapshot(
+        self,
+        params: dict[str, torch.Tensor],
+        state: list[dict[str, torch.Tensor]],
+        epochs: int,
+        step: int,
+        batches_done: Optional[int] = None,
+        moment: Optional[dict[str, Any]] = None,
+        mid_epoch: bool = False,
+    ) -> Snapshot:
         """What a checkpoint holds, in torch.optim's and Lightning's formats: of now, or of the
         ``moment`` recorded when the job had these weights (its best epoch)."""
         optimizer_state = self.optimizer.state_dict()
         optimizer_state["state"] = {i: slot for i, slot in enumerate(state) if slot}  # torch.optim keeps no empty slots
         moment = moment or self.moment(epochs, step, batches_done)
         optimizer_state["param_groups"] = moment["param_groups"]
-        return {"state_dict": {f"model.{name}": value for name, value in params.items()}, "optimizer": optimizer_state,
-                "schedulers": moment["schedulers"], "epochs": moment["epochs"], "step": moment["step"],
-                "batches_done": moment["batches_done"], "mid_epoch": mid_epoch}
+        return {
+            "state_dict": {f"model.{name}": value for name, value in params.items()},
+            "optimizer": optimizer_state,
+            "schedulers": moment["schedulers"],
+            "epochs": moment["epochs"],
+            "step": moment["step"],
+            "batches_done": moment["batches_done"],
+            "mid_epoch": mid_epoch,
+        }
 
     def moment(self, epochs: int, step: int, batches_done: Optional[int] = None) -> dict[str, Any]:
         """Everything of now that a checkpoint holds besides weights and optimizer state."""
-        return {"epochs": epochs, "step": step, "batches_done": batches_done,
-                "schedulers": [self.scheduler.state_dict()] if self.scheduler is not None else [],
-                "param_groups": copy.deepcopy(self.optimizer.state_dict()["param_groups"])}
+        return {
+            "epochs": epochs,
+            "step": step,
+            "batches_done": batches_done,
+            "schedulers": [self.scheduler.state_dict()] if self.scheduler is not None else [],
+            "param_groups": copy.deepcopy(self.optimizer.state_dict()["param_groups"]),
+        }
 
     def improves(self, score: float) -> bool:
         return self.best_score is None or score < self.best_score
@@ -189,8 +207,17 @@ class StackedJob:
 
     def _saver(self, snap: Snapshot, shape: dict[str, int]) -> Callable[[Path], None]:
         callbacks = [*self.checkpointers, *self.stoppers, *([self.timer] if self.timer is not None else [])]
-        checkpoint = epoch_end_checkpoint(snap["state_dict"], snap["optimizer"], snap["schedulers"], snap["epochs"], snap["step"],
-                                          callbacks=callbacks, batches_done=snap["batches_done"], mid_epoch=snap["mid_epoch"], **shape)
+        checkpoint = epoch_end_checkpoint(
+            snap["state_dict"],
+            snap["optimizer"],
+            snap["schedulers"],
+            snap["epochs"],
+            snap["step"],
+            callbacks=callbacks,
+            batches_done=snap["batches_done"],
+            mid_epoch=snap["mid_epoch"],
+            **shape,
+        )
         return lambda partial: torch.save(sealed(checkpoint), partial)
 
     def finish(self, metrics: dict[str, Any]) -> None:

@@ -24,9 +24,14 @@ MEMORY_SHARE = 0.25  # of the free memory (the GPU's, or the host's) one stacked
 Result = dict[str, Any]
 
 
-def run_stacked(cfgs: list[DictConfig], folders: list[Path], max_jobs: Optional[int], console: Any,
-                overrides: Optional[list[list[str]]] = None,
-                train_chunks: Optional[Callable[[list[tuple]], list[Any]]] = None) -> tuple[list[Optional[Result]], set[int]]:
+def run_stacked(
+    cfgs: list[DictConfig],
+    folders: list[Path],
+    max_jobs: Optional[int],
+    console: Any,
+    overrides: Optional[list[list[str]]] = None,
+    train_chunks: Optional[Callable[[list[tuple]], list[Any]]] = None,
+) -> tuple[list[Optional[Result]], set[int]]:
     """([each job's result, or None for a job to run alone through its task function], the jobs
     of a resumed sweep that never started, which start afresh). ``train_chunks``: trains the
     groups' chunks elsewhere, all at once (``_trained_here``'s arguments each), returning for each
@@ -75,8 +80,15 @@ def run_stacked(cfgs: list[DictConfig], folders: list[Path], max_jobs: Optional[
     for number, group in enumerate(groups):
         limit = int(min(max_jobs or math.inf, _jobs_that_fit(cfgs[group.jobs[0]], len(group.jobs))))
         chunks += [(number, group.jobs[start : start + limit]) for start in range(0, len(group.jobs), limit)]
-    work = [([cfgs[i] for i in chunk], [folders[i] for i in chunk], [bool(cfgs[i].resume) for i in chunk],
-             [overrides[i] if overrides else [] for i in chunk]) for _, chunk in chunks]
+    work = [
+        (
+            [cfgs[i] for i in chunk],
+            [folders[i] for i in chunk],
+            [bool(cfgs[i].resume) for i in chunk],
+            [overrides[i] if overrides else [] for i in chunk],
+        )
+        for _, chunk in chunks
+    ]
     if train_chunks is None:  # here, one after another
         outcomes: list[Any] = []
         for (_, chunk), args in zip(chunks, work):
@@ -111,8 +123,14 @@ def _trained_here(cfgs: list[DictConfig], folders: list[Path], resume: list[bool
         return [_failed(folder, f"{type(err).__name__}: {first}") for folder in folders]
 
 
-def _report(console: Any, chunk: tuple[int, list[int]], outcome: Optional[tuple[list[Result], float]], folders: list[Path],
-            cfgs: list[DictConfig], results: list[Optional[Result]]) -> None:
+def _report(
+    console: Any,
+    chunk: tuple[int, list[int]],
+    outcome: Optional[tuple[list[Result], float]],
+    folders: list[Path],
+    cfgs: list[DictConfig],
+    results: list[Optional[Result]],
+) -> None:
     """The chunk's line, its jobs' errors, and their results for the launcher."""
     if outcome is None:
         return

@@ -19,7 +19,6 @@ from microtrain.engine.compiled import own_code
 from microtrain.engine.step import RULES, functional_forward, train_step
 
 
-
 def stack_tensors(tensors: Sequence[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
     stacked = torch.stack([t.detach() for t in tensors]).to(device)
     return stacked.to(dtype) if stacked.is_floating_point() else stacked
@@ -29,9 +28,18 @@ class StackedStep:
     """One optimizer step of K jobs: ``step(x, y)`` updates ``params`` and ``state`` in place and
     returns (the K losses, the K-stacked gradients), without a host sync."""
 
-    def __init__(self, models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer], loss_fn: nn.Module,
-                 device: torch.device, dtype: torch.dtype, compile: bool = False,
-                 clip_val: Optional[float] = None, clip_algorithm: str = "norm", start_step: int = 0):
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        optimizers: Sequence[torch.optim.Optimizer],
+        loss_fn: nn.Module,
+        device: torch.device,
+        dtype: torch.dtype,
+        compile: bool = False,
+        clip_val: Optional[float] = None,
+        clip_algorithm: str = "norm",
+        start_step: int = 0,
+    ):
         self.names = [name for name, _ in models[0].named_parameters()]
         self.device, self.dtype = device, dtype
         self.params = [stack_tensors([dict(m.named_parameters())[n] for m in models], device, dtype) for n in self.names]
@@ -47,8 +55,9 @@ class StackedStep:
         self.constants, self.varying = self._hyper(groups, keys)
         self.rows: Optional[int] = None  # the batch size the compiled graph is for
         self.forward = functional_forward(models[0])
-        one = partial(self._one, forward=self.forward, loss_fn=loss_fn, rule=rule,
-                      constants=self.constants, clip_val=clip_val, clip_algorithm=clip_algorithm)
+        one = partial(
+            self._one, forward=self.forward, loss_fn=loss_fn, rule=rule, constants=self.constants, clip_val=clip_val, clip_algorithm=clip_algorithm
+        )
         self._eager = torch.func.vmap(one)
         # dynamic=False: a graph for the full batch; an epoch's shorter last batch runs eager
         # rather than compiling a second graph (seconds) for one step an epoch.
@@ -77,12 +86,33 @@ class StackedStep:
         return constants, varying
 
     @staticmethod
-    def _one(params: list[Tensor], state: list[dict[str, Tensor]], x: Tensor, y: Tensor, hp: dict[str, Any], *,
-             forward: Any, loss_fn: Any, rule: Any, constants: dict[str, Any], clip_val: Any, clip_algorithm: str) -> Any:
+    def _one(
+        params: list[Tensor],
+        state: list[dict[str, Tensor]],
+        x: Tensor,
+        y: Tensor,
+        hp: dict[str, Any],
+        *,
+        forward: Any,
+        loss_fn: Any,
+        rule: Any,
+        constants: dict[str, Any],
+        clip_val: Any,
+        clip_algorithm: str,
+    ) -> Any:
         """One job's step, as a solo run takes it (vmap runs it for all K at once)."""
         state = [dict(slot) for slot in state]  # slots created at the first step leave through the outputs
-        loss, grads = train_step(list(params), state, (x, y), {**constants, **hp}, forward=forward, loss_fn=loss_fn,
-                                 update=rule, clip_val=clip_val, clip_algorithm=clip_algorithm)
+        loss, grads = train_step(
+            list(params),
+            state,
+            (x, y),
+            {**constants, **hp},
+            forward=forward,
+            loss_fn=loss_fn,
+            update=rule,
+            clip_val=clip_val,
+            clip_algorithm=clip_algorithm,
+        )
         return loss, grads, state
 
     def set_lr(self, lrs: Sequence[float]) -> None:

@@ -2,7 +2,6 @@
 stacked model, each ending with the files, curves and metrics of its solo run."""
 
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any, Optional, cast
@@ -16,10 +15,11 @@ from microtrain.data.batches import TensorBatches
 from microtrain.run import folder as run_folder
 from microtrain.run import interrupt
 from microtrain.stack.best import BestEpochs
+from microtrain.stack.finish import finished, interrupted
 from microtrain.stack.inspect import StackedInspector
 from microtrain.stack.jobs import StackedJob
 from microtrain.stack.step import StackedStep
-from microtrain.stack.validate import split_metrics, test_metrics
+from microtrain.stack.validate import split_metrics
 from microtrain.engine.build import multiply_adds_per_step, steps_per_call
 from microtrain.internals import early_stop
 from microtrain.run.checkpoints import CheckpointBudget
@@ -29,8 +29,9 @@ from microtrain.run.checkpoints import CheckpointBudget
 COMPILE_FROM_JOB_STEPS = 200_000
 
 
-def train_group(cfgs: list[DictConfig], run_dirs: list[Path], resume: list[bool],
-                overrides: Optional[list[list[str]]] = None) -> list[dict[str, Any]]:
+def train_group(
+    cfgs: list[DictConfig], run_dirs: list[Path], resume: list[bool], overrides: Optional[list[list[str]]] = None
+) -> list[dict[str, Any]]:
     """Train the jobs stacked; returns each job's metrics (also in its metrics.json)."""
     overrides = overrides or [[] for _ in cfgs]
     jobs: list[StackedJob] = []
@@ -61,17 +62,28 @@ class StackedRun:
         per_call = steps_per_call(cfg, model, splits)
         val_rows = 0 if splits.val is None else len(splits.val[0])
         eval_rows = max(cfg.data.batch_size or val_rows, 4096)
-        self.shape = {"calls_per_epoch": math.ceil(self.batches_per_epoch / per_call), "batches_per_epoch": self.batches_per_epoch,
-                      "val_batches": math.ceil(val_rows / eval_rows) if val_rows else 0}
+        self.shape = {
+            "calls_per_epoch": math.ceil(self.batches_per_epoch / per_call),
+            "batches_per_epoch": self.batches_per_epoch,
+            "val_batches": math.ceil(val_rows / eval_rows) if val_rows else 0,
+        }
         self.step_count, self.epoch, self.first_batch = jobs[0].start_step, jobs[0].start_epoch, jobs[0].start_batch
         self.max_steps, self.max_epochs = cfg.trainer.max_steps, cfg.trainer.max_epochs
         planned = self._planned_steps()
         wanted = cfg.loop.compile
         compile = wanted is True or (wanted == "auto" and planned * len(jobs) >= COMPILE_FROM_JOB_STEPS and self.multiply_adds <= 1_000_000)
         clip = cfg.trainer.get("gradient_clip_val")
-        self.step = StackedStep([j.model for j in jobs], [j.optimizer for j in jobs], jobs[0].prepared.module.loss_fn,
-                                self.device, self.dtype, compile, clip, cfg.trainer.get("gradient_clip_algorithm", "norm"),
-                                start_step=self.step_count)
+        self.step = StackedStep(
+            [j.model for j in jobs],
+            [j.optimizer for j in jobs],
+            jobs[0].prepared.module.loss_fn,
+            self.device,
+            self.dtype,
+            compile,
+            clip,
+            cfg.trainer.get("gradient_clip_algorithm", "norm"),
+            start_step=self.step_count,
+        )
         self.loss_fn = jobs[0].prepared.module.loss_fn
         self.budget = CheckpointBudget(cfg.checkpoint.budget)
         self.inspector = StackedInspector(self.jobs, self.step, cfg.log, self.step_count, (self.train_x, self.train_y), planned)
@@ -101,8 +113,12 @@ class StackedRun:
 
     def _done(self) -> bool:
         """Run length reached, time up, or every job stopped (early stopping, divergence)."""
-        return (0 < self.max_steps <= self.step_count or (self.max_epochs is not None and 0 <= self.max_epochs <= self.epoch)
-                or self.timed_out or not any(job.active for job in self.jobs))
+        return (
+            0 < self.max_steps <= self.step_count
+            or (self.max_epochs is not None and 0 <= self.max_epochs <= self.epoch)
+            or self.timed_out
+            or not any(job.active for job in self.jobs)
+        )
 
     def _out_of_time(self) -> bool:
         if self.timer is not None and not self.timed_out and cast(float, self.timer.time_remaining()) <= 0:
@@ -134,9 +150,11 @@ class StackedRun:
         if self.val is not None:
             self.final |= split_metrics(self.step, self.val, self.loss_fn, self.jobs[0], "val_", only_loss=True)
         if self.stopping:  # jobs early stopping had ended are done: they finish ok
-            return [self._finish(k, job, seconds, threads) if job.stopped and job.status == "ok" else self._interrupted(job)
-                    for k, job in enumerate(self.jobs)]
-        return [self._finish(k, job, seconds, threads) for k, job in enumerate(self.jobs)]
+            return [
+                finished(self, k, job, seconds, threads) if job.stopped and job.status == "ok" else interrupted(job, self.step_count)
+                for k, job in enumerate(self.jobs)
+            ]
+        return [finished(self, k, job, seconds, threads) for k, job in enumerate(self.jobs)]
 
     def _end(self, jobs: list[int]) -> None:
         """What a solo run writes as it ends (``on_train_end``): the final weights' inspection and the last steps' window."""
@@ -260,41 +278,3 @@ class StackedRun:
             self._end(stopped)
         for k in active:
             self.jobs[k].scalars.flush(self.jobs[k].writer)
-
-    def _interrupted(self, job: StackedJob) -> dict[str, Any]:
-        """A signal: each job that was training ends as a single run does (``interrupted``, its
-        last.ckpt of the epoch just ended, the command that resumes it); a diverged one keeps its status.
-        A stacked group stops at its epoch's end, not at the next step as a solo run does: its
-        resume starts from an epoch boundary (a tiny model's epoch takes milliseconds)."""
-        if not job.active:
-            metrics = {"status": job.status, "error": job.error, **job.diverged}
-        else:
-            name = signal.Signals(cast(int, interrupt.stop_signal())).name
-            metrics = {"status": "interrupted", "signal": name, "error": f"interrupted by {name} at step {self.step_count}",
-                       "resume": f"python scripts/train.py resume=true {run_folder.hydra_override('hydra.run.dir', job.run_dir)}"}
-        job.finish(metrics)
-        return metrics
-
-    def _finish(self, k: int, job: StackedJob, seconds: float, threads: int) -> dict[str, Any]:
-        if job.status != "ok":
-            metrics: dict[str, Any] = {"status": job.status, "error": job.error, **job.diverged}
-            job.finish(metrics)
-            return metrics
-        params, _ = self.step.job_state(k)
-        job.model.load_state_dict(params)
-        steps, epochs, seconds = job.stopped or (self.step_count, self.epoch, seconds)  # early stopping: where it stopped
-        metrics = {"status": "ok", "train_loss": self.final["train_loss"][k],
-                   "val_loss": self.final["val_loss"][k] if "val_loss" in self.final else None,
-                   "steps": steps, "epochs": epochs, "seconds": round(seconds, 3)}
-        if self.step.compile_seconds is not None:
-            metrics["compile_seconds"] = round(self.step.compile_seconds, 3)
-        if job.prepared.optimum is not None:
-            metrics["train_loss_optimum"] = job.prepared.optimum
-            metrics["optimality_gap"] = metrics["train_loss"] - job.prepared.optimum
-        if job.prepared.splits.test is not None:
-            metrics.update(test_metrics(job, self.device, self.dtype))
-        metrics["threads"] = threads
-        metrics["stacked"] = {"jobs": len(self.jobs), "job": k}
-        job.finish(metrics)
-        return metrics
-

@@ -31,8 +31,9 @@ def evaluate(step: Any, weights: list[Tensor], pair: tuple[Tensor, Tensor], loss
     return (total / len(x)).tolist()
 
 
-def split_metrics(step: Any, pair: tuple[Tensor, Tensor], loss_fn: Any, job: StackedJob, prefix: str,
-                  only_loss: bool = False) -> dict[str, list[float]]:
+def split_metrics(
+    step: Any, pair: tuple[Tensor, Tensor], loss_fn: Any, job: StackedJob, prefix: str, only_loss: bool = False
+) -> dict[str, list[float]]:
     """{f"{prefix}loss": [K values], and the split's metrics as torchmetrics computes them},
     from one pass over the split in chunks of at least EVAL_ROWS rows and one copy to the host."""
     weights = step.params
