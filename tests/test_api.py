@@ -159,3 +159,32 @@ def test_the_tutorial_notebook_runs_in_a_real_kernel(tmp_path):
     assert outputs[-2].count(" ok ") >= 6  # the sweep's table: six jobs, each ok
     assert "model.hiden is not a key of the config" in outputs[-1]
     assert len(list((tmp_path / "multirun").rglob("metrics.json"))) == 6
+
+
+def test_a_run_folder_named_by_an_override_is_used_as_named_and_resumes(tmp_path):
+    """What metrics.json and a Ctrl-C tell you to run (resume=true hydra.run.dir=...) works from Python."""
+    folder = tmp_path / "named"
+    first = mt.train(*TINY, f"hydra.run.dir={folder}")
+    assert first.folder == folder and first.metrics["steps"] == 75
+    again = mt.train(*TINY[:-2], "trainer.max_epochs=4", "resume=true", f"hydra.run.dir={folder}")
+    assert again.folder == folder and again.metrics["steps"] == 100
+    with pytest.raises(mt.ConfigError, match="holds a run"):
+        mt.train(*TINY, f"hydra.run.dir={folder}")  # refused, as on the command line, not moved beside it
+    table = mt.sweep(*TINY, "optimizer.lr=0.01,0.1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert all(Path(f).parent == tmp_path / "sweep" for f in table.folder)
+
+
+def test_a_ctrl_c_in_one_call_does_not_stop_the_next(tmp_path):
+    import os
+    import signal
+    import threading
+
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mt.train("model=mlp", "trainer.max_epochs=100000", "trainer.enable_progress_bar=false", run_dir=tmp_path / "stopped")
+    finally:
+        timer.cancel()
+    run = mt.train(*TINY, run_dir=tmp_path / "next")
+    assert run.metrics["status"] == "ok"

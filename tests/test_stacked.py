@@ -210,6 +210,47 @@ def test_early_stopping_stacks_and_each_job_stops_at_its_solo_twins_epoch(tmp_pa
     assert len(set(epochs)) > 2  # the jobs stopped at different epochs
 
 
+def test_a_job_early_stopping_ended_stays_stopped_when_its_crashed_group_resumes(tmp_path, monkeypatch):
+    """Killed after one job stopped but before the group ended (its metrics.json not yet written):
+    resumed, that job stays frozen at its stop and ends as in the uninterrupted group."""
+    from microtrain.stack import train as stack_train
+
+    jobs = [
+        MLP
+        + [
+            "trainer.max_epochs=30",
+            "callbacks=early_stopping",
+            "callbacks.early_stopping.patience=2",
+            "checkpoint.budget=0",
+            f"optimizer.lr={lr}",
+            f"seed={seed}",
+        ]
+        for lr, seed in ((0.2, 3), (0.01, 2))
+    ]
+    whole = train_group([make_cfg(*job) for job in jobs], [tmp_path / f"whole{i}" for i in range(2)], [False, False])
+    assert whole[0]["epochs"] < 10 < whole[1]["epochs"]  # the first stops early (epoch 6), the second runs on
+    ended = stack_train.StackedRun._epoch_end
+
+    def crash_at_epoch_10(run, batches_done):
+        ended(run, batches_done)
+        if run.epoch == 10:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(stack_train.StackedRun, "_epoch_end", crash_at_epoch_10)
+    crashed = [tmp_path / f"crashed{i}" for i in range(2)]
+    with pytest.raises(KeyboardInterrupt):
+        train_group([make_cfg(*job) for job in jobs], crashed, [False, False])
+    monkeypatch.undo()
+    assert not (crashed[0] / "metrics.json").exists()
+    resumed = [train_group([make_cfg(*job, "resume=true")], [folder], [True])[0] for job, folder in zip(jobs, crashed)]
+    for ours, theirs in zip(resumed, whole):
+        assert (ours["status"], ours["epochs"], ours["steps"]) == ("ok", theirs["epochs"], theirs["steps"])
+    stopped, expected = checkpoint_weights(crashed[0]), checkpoint_weights(tmp_path / "whole0")
+    assert all(torch.equal(stopped[k], expected[k]) for k in stopped)  # frozen at its stop: bitwise
+    # the other resumed from another step, so in a group of its own: a stack of 1 rounds as one of 2 does not
+    assert largest_difference(checkpoint_weights(crashed[1]), checkpoint_weights(tmp_path / "whole1")) < 1e-6
+
+
 def test_max_time_stops_a_stacked_group_as_it_stops_a_solo_run(tmp_path):
     cfgs = [make_cfg(*MLP, "trainer.max_epochs=100000", "+trainer.max_time=00:00:00:01", f"optimizer.lr={lr}") for lr in (0.01, 0.02)]
     assert group_jobs(cfgs, [0, 0])[0][0].jobs == [0, 1]
@@ -223,11 +264,13 @@ def test_max_time_stops_a_stacked_group_as_it_stops_a_solo_run(tmp_path):
 def test_step_checkpoints_stack_and_a_group_that_crashed_mid_epoch_resumes_bitwise(tmp_path, monkeypatch):
     """checkpoint.every_n_steps with any torch.optim class that has a rule (RMSprop by name): the
     jobs stack, match their solo twins, and a group killed after the mid-epoch checkpoint of
-    step 30 resumes from it bitwise; a job's mid-epoch checkpoint also resumes as a solo run."""
+    step 32 resumes from it bitwise; a job's mid-epoch checkpoint also resumes as a solo run. Every
+    8 steps: Lightning calls of 8 steps, which do not divide the 25-step epochs, so the checkpoint's
+    loop counters must count calls as a solo run's loop does."""
     from microtrain.stack import train as stack_train
 
     jobs = [
-        MLP + ["checkpoint.every_n_steps=10", "optimizer=torch", "optimizer.name=RMSprop", f"optimizer.lr={lr}", f"seed={seed}"]
+        MLP + ["checkpoint.every_n_steps=8", "optimizer=torch", "optimizer.name=RMSprop", f"optimizer.lr={lr}", f"seed={seed}"]
         for lr, seed in ((0.01, 0), (0.003, 1))
     ]
     assert [g.jobs for g in group_jobs([make_cfg(*job) for job in jobs], [0, 0])[0]] == [[0, 1]]
@@ -236,17 +279,17 @@ def test_step_checkpoints_stack_and_a_group_that_crashed_mid_epoch_resumes_bitwi
 
     written = stack_train.StackedRun._checkpoint_mid_epoch
 
-    def crash_after_step_30(run, batches_done):
+    def crash_after_step_32(run, batches_done):
         written(run, batches_done)
-        if run.step_count == 30:  # in the second epoch (25 steps each)
+        if run.step_count == 32:  # 7 batches into the second epoch (25 steps each)
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(stack_train.StackedRun, "_checkpoint_mid_epoch", crash_after_step_30)
+    monkeypatch.setattr(stack_train.StackedRun, "_checkpoint_mid_epoch", crash_after_step_32)
     crashed = [tmp_path / f"crashed{i}" for i in range(2)]
     with pytest.raises(KeyboardInterrupt):
         train_group([make_cfg(*job) for job in jobs], crashed, [False, False])
     monkeypatch.undo()
-    assert torch.load(crashed[0] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 30
+    assert torch.load(crashed[0] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 32
     shutil.copytree(crashed[1], tmp_path / "solo_resumed" / "run")
     resumed = train_group([make_cfg(*job, "resume=true") for job in jobs], crashed, [True, True])
     assert [m["steps"] for m in resumed] == [75, 75]

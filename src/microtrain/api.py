@@ -42,8 +42,12 @@ def train(*overrides: str, run_dir: Optional[PathLike] = None, config_dir: Optio
     Without ``run_dir`` it goes where the command line's run would (``outputs/<date>/<time>``;
     a second run in the same second gets ``_1``, ``_2``, ...)."""
     extra = _search_path(config_dir)
+    given = _given(overrides, "hydra.run.dir")  # resume=true, overwrite=true: the folder as named
+    if given is not None and run_dir is None:
+        _run("train_main", [*overrides, *extra])
+        return Run(given)
     folder = Path(run_dir) if run_dir is not None else _free(_default_folder("run", overrides, extra))
-    _run("train_main", [*overrides, *extra, _set("hydra.run.dir", folder.absolute())])
+    _run("train_main", [*(o for o in overrides if _given([o], "hydra.run.dir") is None), *extra, _set("hydra.run.dir", folder.absolute())])
     return Run(folder)
 
 
@@ -54,8 +58,10 @@ def sweep(*overrides: str, launcher: str = "stacked", sweep_dir: Optional[PathLi
     import pandas as pd
 
     extra = _search_path(config_dir)
-    folder = Path(sweep_dir) if sweep_dir is not None else _free(_default_folder("sweep", overrides, extra))
-    _run("train_main", ["-m", f"hydra/launcher={launcher}", *overrides, *extra, _set("hydra.sweep.dir", folder.absolute())])
+    given = _given(overrides, "hydra.sweep.dir")
+    folder = Path(sweep_dir) if sweep_dir is not None else given if given is not None else _free(_default_folder("sweep", overrides, extra))
+    mine = [o for o in overrides if _given([o], "hydra.sweep.dir") is None]
+    _run("train_main", ["-m", f"hydra/launcher={launcher}", *mine, *extra, _set("hydra.sweep.dir", folder.absolute())])
     summary = folder / "summary.csv"
     if not summary.is_file():
         raise MicrotrainError(f"the sweep wrote no {summary}; see the jobs' train.log files in {folder}")
@@ -106,13 +112,14 @@ def _hydra_kept() -> Iterator[None]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.version import VersionBase
 
-    version_base = VersionBase.instance().getbase()
+    version_base, app, job = VersionBase.instance().getbase(), GlobalHydra.instance().hydra, HydraConfig.instance().cfg
     GlobalHydra.instance().clear()
     try:
         yield
     finally:
         GlobalHydra.instance().clear()
-        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().hydra = app  # a caller's own Hydra app (a @hydra.main task calling microtrain) is kept
+        HydraConfig.instance().cfg = job
         VersionBase.instance().version_base = version_base
 
 
@@ -143,6 +150,14 @@ def _default_folder(kind: str, overrides: Sequence[str], extra: list[str]) -> Pa
             return Path(str(OmegaConf.select(cfg, f"hydra.{kind}.dir")))
     except Exception:  # noqa: BLE001 -- a bad override: the run itself says what is wrong, in its one line
         return Path("outputs" if kind == "run" else "multirun") / "api"
+
+
+def _given(overrides: Sequence[str], key: str) -> Optional[Path]:
+    """The folder an override names for ``key`` (``hydra.run.dir=...``), quotes removed, or None."""
+    for override in overrides:
+        if override.startswith(f"{key}="):
+            return Path(override.split("=", 1)[1].strip("'\""))
+    return None
 
 
 def _free(folder: Path) -> Path:
@@ -209,30 +224,35 @@ def _tee_stderr(copy: io.StringIO) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _contained() -> Iterator[None]:
-    """Everything a command sets for its process, put back when it ends."""
+    """Everything a command sets for its process, put back when it ends (the global random
+    generators excepted: ``seed`` seeds them, as the command line does)."""
     signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     argv, environ, cwd, hook = sys.argv[:], dict(os.environ), os.getcwd(), threading.excepthook
-    filters, raise_exceptions, frozen = warnings.filters[:], logging.raiseExceptions, gc.get_freeze_count()
+    raise_exceptions, frozen, collecting = logging.raiseExceptions, gc.get_freeze_count(), gc.isenabled()
     loggers = {
         name: (lg.level, lg.handlers[:], lg.propagate, lg.disabled)
         for name, lg in [("", logging.getLogger()), *logging.Logger.manager.loggerDict.items()]
         if isinstance(lg, logging.Logger)
     }
     try:
-        with _hydra_kept():
+        with _hydra_kept(), warnings.catch_warnings():  # the warning filters as they were (quiet_libraries adds some)
             yield
     finally:
+        from microtrain.run import interrupt
+
+        interrupt.forget()  # a Ctrl-C during this call does not stop the next one
         for number, handler in signals.items():
             signal.signal(number, handler)
         sys.argv, threading.excepthook = argv, hook
         os.environ.clear()
         os.environ.update(environ)
         os.chdir(cwd)
-        warnings.filters[:] = filters  # type: ignore[index]  # typeshed declares it a Sequence; it is the module's own list
         logging.raiseExceptions = raise_exceptions
         _restore_loggers(loggers)
         if gc.get_freeze_count() and not frozen:
             gc.unfreeze()  # the command's start-up froze what it imported; this process goes on collecting as before
+        if not collecting:
+            gc.disable()  # the start-up pause turns collection back on, as it found it in a command
 
 
 def _restore_loggers(saved: dict[str, tuple[int, list, bool, bool]]) -> None:

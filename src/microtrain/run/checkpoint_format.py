@@ -19,7 +19,7 @@ def epoch_end_checkpoint(
     scheduler_states: list[dict[str, Any]],
     epochs_done: int,
     global_step: int,
-    calls_per_epoch: int,
+    steps_per_call: int,
     batches_per_epoch: int,
     val_batches: int,
     callbacks: list["L.Callback"],
@@ -40,13 +40,14 @@ def epoch_end_checkpoint(
             scheduler_states,
             epochs_done,
             global_step,
-            calls_per_epoch,
+            steps_per_call,
             batches_per_epoch,
             val_batches,
             callbacks,
             batches_done or 0,
         )
-    steps_per_call = math.ceil(batches_per_epoch / calls_per_epoch)
+    # ``steps_per_call``: the batches a Lightning call serves (``loop.steps_per_call``, at most an epoch's)
+    calls_per_epoch = math.ceil(batches_per_epoch / steps_per_call)
     calls_now = math.ceil((batches_per_epoch if batches_done is None else batches_done) / steps_per_call)
     # A Lightning call serves steps_per_call batches whether or not max_steps stops it early, and
     # the loader counts them all as served, as a solo run's checkpoint does.
@@ -118,7 +119,7 @@ def _mid_epoch(
     scheduler_states: list[dict[str, Any]],
     epochs_done: int,
     global_step: int,
-    calls_per_epoch: int,
+    steps_per_call: int,
     batches_per_epoch: int,
     val_batches: int,
     callbacks: list["L.Callback"],
@@ -127,7 +128,7 @@ def _mid_epoch(
     """Lightning's checkpoint of a call's ``on_train_batch_end`` inside an epoch: that call is
     processed but not yet completed, the epoch started but not processed, and the validation
     counters are those of the last epoch's validation (none in the first epoch)."""
-    steps_per_call = math.ceil(batches_per_epoch / calls_per_epoch)
+    calls_per_epoch = math.ceil(batches_per_epoch / steps_per_call)
     calls_now = math.ceil(batches_done / steps_per_call)
     calls = epochs_done * calls_per_epoch + calls_now
     counts = lambda n: {"ready": n, "completed": n - 1, "started": n, "processed": n}  # noqa: E731

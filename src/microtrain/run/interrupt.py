@@ -74,6 +74,14 @@ def restore() -> None:
         del _previous[signum]
 
 
+def forget() -> None:
+    """The handlers of before ``install``, and no signal noted: the next run in this process (a
+    notebook's next ``microtrain.train`` after a Ctrl-C) starts as if none had come."""
+    global received
+    restore()
+    received = None
+
+
 def check(step: Optional[int] = None) -> None:
     """Raise Interrupted if a signal came (called between start-up phases and at step boundaries)."""
     signum = stop_signal()

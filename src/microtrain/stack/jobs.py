@@ -92,6 +92,9 @@ class StackedJob:
         mid = epochs["processed"] < epochs["ready"]
         self.start_step, self.start_epoch = saved["global_step"], saved["epoch"] + (0 if mid else 1)
         self.start_batch = loader["position"] if mid else 0
+        if any(s.stopped_epoch > 0 or s.wait_count >= s.patience for s in self.stoppers):
+            # early stopping had ended it (its last.ckpt is of that epoch): it stays stopped, frozen
+            self.stopped = (self.start_step, self.start_epoch, 0.0)
 
     def open(self) -> None:
         """The job's TensorBoard run and its config files; a resumed run hides the steps it redoes."""

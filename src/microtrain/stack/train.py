@@ -63,7 +63,7 @@ class StackedRun:
         val_rows = 0 if splits.val is None else len(splits.val[0])
         eval_rows = max(cfg.data.batch_size or val_rows, 4096)
         self.shape = {
-            "calls_per_epoch": math.ceil(self.batches_per_epoch / per_call),
+            "steps_per_call": min(per_call, self.batches_per_epoch),  # what a Lightning call of a solo run serves
             "batches_per_epoch": self.batches_per_epoch,
             "val_batches": math.ceil(val_rows / eval_rows) if val_rows else 0,
         }
@@ -89,6 +89,8 @@ class StackedRun:
         self.inspector = StackedInspector(self.jobs, self.step, cfg.log, self.step_count, (self.train_x, self.train_y), planned)
         self.pending: list[torch.Tensor] = []
         self.best = BestEpochs(self.step)
+        if not all(job.active for job in jobs):  # a resumed job early stopping had ended stays frozen
+            self.step.set_lr([job.lr() if job.active else 0.0 for job in jobs])
         self.pending_first = self.step_count
         self.stopping = False  # a signal came: the group stops at this epoch's end (_epoch_end)
         # +trainer.max_time: Lightning's own Timer (its duration formats, its state in each checkpoint),
@@ -116,7 +118,7 @@ class StackedRun:
         return (
             0 < self.max_steps <= self.step_count
             or (self.max_epochs is not None and 0 <= self.max_epochs <= self.epoch)
-            or self.timed_out
+            or self._out_of_time()  # checked before an epoch starts too: no empty epoch (and scheduler step) after time ran out
             or not any(job.active for job in self.jobs)
         )
 
