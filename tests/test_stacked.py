@@ -22,6 +22,8 @@ from microtrain.run.checksums import CHECKSUM, check_checkpoint
 from tests_helpers import checkpoint_weights, ROOT, make_cfg, read_events, run_in_process
 
 MLP = ["model=mlp", "model.hidden=16", "trainer.max_epochs=3"]
+# a group whose jobs early stopping ends at different epochs (every epoch's last.ckpt written)
+EARLY = [*MLP, "trainer.max_epochs=30", "callbacks=early_stopping", "callbacks.early_stopping.patience=2", "checkpoint.budget=0"]
 
 
 def largest_difference(a: dict, b: dict) -> float:
@@ -180,18 +182,7 @@ def test_a_diverging_job_is_frozen_and_the_others_finish(tmp_path):
 def test_early_stopping_stacks_and_each_job_stops_at_its_solo_twins_epoch(tmp_path):
     """Each job's own EarlyStopping: a job it stops is frozen (its weights, checkpoints and
     metrics those of its stop) while its neighbours go on, as its solo twin stops."""
-    jobs = [
-        MLP
-        + [
-            "trainer.max_epochs=30",
-            "callbacks=early_stopping",
-            "callbacks.early_stopping.patience=2",
-            "checkpoint.budget=0",
-            f"optimizer.lr={lr}",
-            f"seed={seed}",
-        ]
-        for lr, seed in ((0.2, 3), (0.1, 0), (0.05, 1), (0.01, 2))
-    ]
+    jobs = [EARLY + [f"optimizer.lr={lr}", f"seed={seed}"] for lr, seed in ((0.2, 3), (0.1, 0), (0.05, 1), (0.01, 2))]
     groups, alone = group_jobs([make_cfg(*job) for job in jobs], [0] * 4)
     assert [g.jobs for g in groups] == [[0, 1, 2, 3]] and not alone
     metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[0, 1, 2, 3])
@@ -215,18 +206,7 @@ def test_a_job_early_stopping_ended_stays_stopped_when_its_crashed_group_resumes
     resumed, that job stays frozen at its stop and ends as in the uninterrupted group."""
     from microtrain.stack import train as stack_train
 
-    jobs = [
-        MLP
-        + [
-            "trainer.max_epochs=30",
-            "callbacks=early_stopping",
-            "callbacks.early_stopping.patience=2",
-            "checkpoint.budget=0",
-            f"optimizer.lr={lr}",
-            f"seed={seed}",
-        ]
-        for lr, seed in ((0.2, 3), (0.01, 2))
-    ]
+    jobs = [EARLY + [f"optimizer.lr={lr}", f"seed={seed}"] for lr, seed in ((0.2, 3), (0.01, 2))]
     whole = train_group([make_cfg(*job) for job in jobs], [tmp_path / f"whole{i}" for i in range(2)], [False, False])
     assert whole[0]["epochs"] < 10 < whole[1]["epochs"]  # the first stops early (epoch 6), the second runs on
     ended = stack_train.StackedRun._epoch_end
