@@ -231,6 +231,20 @@ def test_a_job_early_stopping_ended_stays_stopped_when_its_crashed_group_resumes
     assert largest_difference(checkpoint_weights(crashed[1]), checkpoint_weights(tmp_path / "whole1")) < 1e-6
 
 
+def test_curvature_stacks_and_each_job_logs_its_solo_twins_values(tmp_path):
+    jobs = [
+        MLP + ["log.curvature=true", "log.inspect_every_n_steps=10", "optimizer.momentum=0.9", f"optimizer.lr={lr}", f"seed={seed}"]
+        for lr, seed in ((0.01, 0), (0.03, 1))
+    ]
+    assert [g.jobs for g in group_jobs([make_cfg(*job) for job in jobs], [0, 0])[0]] == [[0, 1]]
+    _, folders = stacked_and_solo(tmp_path, jobs, solo=[1])
+    ours, theirs = read_events(folders[1]), read_events(tmp_path / "solo1")
+    for tag in ("hessian_top_eigenvalue", "edge_of_stability", "gradient_noise_scale"):
+        assert [e.step for e in ours.Scalars(tag)] == [e.step for e in theirs.Scalars(tag)], tag
+        assert [e.value for e in ours.Scalars(tag)] == pytest.approx([e.value for e in theirs.Scalars(tag)], rel=1e-3), tag
+    assert ours.Scalars("edge_of_stability")[0].value == pytest.approx((2 + 2 * 0.9) / 0.03)  # its own lr
+
+
 def test_max_time_stops_a_stacked_group_as_it_stops_a_solo_run(tmp_path):
     cfgs = [make_cfg(*MLP, "trainer.max_epochs=100000", "+trainer.max_time=00:00:00:01", f"optimizer.lr={lr}") for lr in (0.01, 0.02)]
     assert group_jobs(cfgs, [0, 0])[0][0].jobs == [0, 1]

@@ -110,8 +110,6 @@ def why_alone(cfg: DictConfig) -> Optional[str]:
         return "several devices or a strategy train one model per process"
     if str(cfg.device.precision) in ("16-mixed", "bf16-mixed"):
         return f"device.precision={cfg.device.precision} scales losses per model"
-    if cfg.log.inspect and cfg.log.curvature:
-        return "log.curvature builds each model's Hessian, which the stacked loop does not"
     return None
 
 

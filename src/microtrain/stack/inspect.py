@@ -1,8 +1,8 @@
 """What ``monitor.parameters`` records for one run, computed for K stacked jobs at once: norms,
 update ratios and 30-bin histograms of every parameter and gradient, and the MLP's hidden-layer
 histograms and dead or saturated units, on the device, with one copy to the host per
-inspection. Each job's values then go to its own TensorBoard run. (``log.curvature`` jobs run
-alone: ``stack.groups``.)"""
+inspection. Each job's values then go to its own TensorBoard run; ``log.curvature`` per job,
+on the job's own model."""
 
 import time
 from typing import Any, Optional
@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 import microtrain
+from microtrain.monitor import curvature
 from microtrain.monitor.activations import hidden_layers
 from microtrain.monitor.parameters import grid
 from microtrain.monitor.statistics import add_histogram_row, histograms, unit_fractions
@@ -39,6 +40,7 @@ class StackedInspector:
         self.auto = log.inspect_every_n_steps == "auto"
         self.every, self.histogram_every = grid(planned) if self.auto else (int(log.inspect_every_n_steps),) * 2
         self.budget = log.inspect_budget
+        self.curvature = bool(log.curvature)
         self.last: Optional[int] = None
         self._cost = 0.0
         # the MLP's hidden layer, fed by the model's first linear layer from the batch itself
@@ -49,9 +51,10 @@ class StackedInspector:
     def due(self, step: int) -> bool:
         return self.enabled and step % self.every == 0
 
-    def inspect(self, step: int, before: list[Tensor], grads: list[Tensor], x: Optional[Tensor] = None) -> None:
+    def inspect(self, step: int, before: list[Tensor], grads: list[Tensor], x: Optional[Tensor] = None, y: Optional[Tensor] = None) -> None:
         """The weights before this step's update, its gradients and the update's ratio, for all jobs
-        in one host copy (``x``: the step's batches, [K, B, features], for the hidden layer)."""
+        in one host copy (``x``, ``y``: the step's batches, [K, B, ...], for the hidden layer and
+        the gradient noise scale)."""
         started = time.perf_counter()
         rows = [norms(w) for w in before] + [norms(g) for g in grads] + [update_ratios(w, a) for w, a in zip(before, self.step.params)]
         drawing = self.histograms and step % self.histogram_every == 0
@@ -79,9 +82,31 @@ class StackedInspector:
                     add_histogram_row(out, f"activations/{layer}", layer_hists[k][2 * j + 1], step)
             out.add("lr", job.lr(), step)
         self._full_loss(step, before)
+        if self.curvature and drawing:
+            self._curvature(step, before, x, y)
         for job in self.jobs:
             job.scalars.flush(job.writer)
         self._schedule(step, time.perf_counter() - started)
+
+    def _curvature(self, step: int, weights: list[Tensor], x: Optional[Tensor], y: Optional[Tensor]) -> None:
+        """``log.curvature`` as each job's solo run computes it (``monitor.curvature`` on the job's own
+        model, with its weights of this step): one job after another, spaced by the budget as all inspection."""
+        train_x, train_y = self.train
+        loss_fn = self.jobs[0].prepared.module.loss_fn
+        for k, job in enumerate(self.jobs):
+            if not job.active:
+                continue
+            model = job.model.to(train_x.device, weights[0].dtype)
+            with torch.no_grad():
+                params = dict(model.named_parameters())
+                for name, stacked in zip(self.step.names, weights):
+                    params[name].copy_(stacked[k])
+            job.scalars.add("hessian_top_eigenvalue", curvature.top_hessian_eigenvalue(model, loss_fn, train_x, train_y, seed=step), step)
+            edge = curvature.edge_of_stability(job.optimizer)
+            if edge is not None:
+                job.scalars.add("edge_of_stability", edge, step)
+            if x is not None and y is not None:
+                job.scalars.add("gradient_noise_scale", curvature.gradient_noise_scale(model, loss_fn, x[k], y[k]), step)
 
     def _units(self, weights: list[Tensor], x: Optional[Tensor], drawing: bool) -> tuple[list[Tensor], list[str]]:
         """Per job: the hidden layer's dead or saturated fraction ([K] each) and, when drawing,

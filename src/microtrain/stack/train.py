@@ -182,7 +182,7 @@ class StackedRun:
             loss, grads = self.step(x, y)
             self.pending.append(loss.detach())
             if before is not None:
-                self.inspector.inspect(self.step_count, before, grads, x)
+                self.inspector.inspect(self.step_count, before, grads, x, y)
             self.step_count += 1
             done = b + 1
             if self.step_count % self.cfg.log.every_n_steps == 0:  # on the grid of multiples, as a resumed solo run
