@@ -522,16 +522,19 @@ def test_max_jobs_splits_a_group_and_memory_bounds_it(tmp_path, capsys, monkeypa
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5", "true"])
-def test_a_bad_max_jobs_is_one_line_before_anything_is_written(tmp_path, capsys, value):
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "hydra/launcher=stacked hydra.launcher.max_jobs",
+        "hydra/launcher=stacked_submitit_local hydra.launcher.max_jobs",
+        "hydra.sweeper.max_batch_size",
+    ],
+)
+def test_a_bad_max_jobs_is_one_line_before_anything_is_written(tmp_path, capsys, value, setting):
+    *choice, key = setting.split()
     code, out, err = run_in_process(
-        capsys,
-        "train.py",
-        "-m",
-        "hydra/launcher=stacked",
-        f"hydra.launcher.max_jobs={value}",
-        "optimizer.lr=0.01,0.1",
-        "device=cpu",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        capsys, "train.py", "-m", *choice, f"{key}={value}", "optimizer.lr=0.01,0.1", "device=cpu", f"hydra.sweep.dir={tmp_path / 'sweep'}"
     )
-    assert code == 2 and err.strip().splitlines() == [err.strip()] and "hydra.launcher.max_jobs" in err
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and f"error: {key}={value}" in err
+    assert "must be a whole number" in err or "could not be converted to Integer" in err  # the check's own, or the typed config's
     assert not (tmp_path / "sweep").exists()

@@ -20,6 +20,9 @@ class ComposedSweeper(BasicSweeper):
         # re-executes its module, and a process that scans twice (Hydra's test runners, a
         # notebook after them) would hold two BasicSweeper classes
         self.overrides: Optional[Sequence[Sequence[Sequence[str]]]] = None
+        from hydra_plugins.microtrain_stacked.stacked_launcher import whole_or_null
+
+        max_batch_size = whole_or_null("hydra.sweeper.max_batch_size", max_batch_size, "all jobs in one batch")
         self.batch_index, self.max_batch_size, self.params = 0, max_batch_size, params or {}
         self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None

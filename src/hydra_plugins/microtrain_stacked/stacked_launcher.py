@@ -37,16 +37,20 @@ class StackedConf:
 ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedConf, provider="microtrain")
 
 
-def checked_max_jobs(max_jobs: Any) -> Optional[int]:
-    """hydra.launcher.max_jobs, checked when Hydra builds the launcher, before any folder or file is written."""
-    if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int) or max_jobs < 1):
+def whole_or_null(key: str, value: Any, null: str) -> Optional[int]:
+    """A count setting of a launcher or sweeper (``hydra.launcher.max_jobs``), checked when Hydra
+    builds it, before any folder or file is written: one line and exit 2 if it is not one."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         from microtrain.console import error_console
 
-        error_console.print(
-            f"error: hydra.launcher.max_jobs={max_jobs!r} must be a whole number of at least 1, or null (as many jobs as fit in memory)", markup=False
-        )
+        written = str(value).lower() if isinstance(value, bool) else value  # as it was typed
+        error_console.print(f"error: {key}={written} must be a whole number of at least 1, or null ({null})", markup=False)
         sys.exit(2)
-    return max_jobs
+    return value
+
+
+def checked_max_jobs(max_jobs: Any) -> Optional[int]:
+    return whole_or_null("hydra.launcher.max_jobs", max_jobs, "as many jobs as fit in memory")
 
 
 class StackedLauncher(Launcher):

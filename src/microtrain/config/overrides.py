@@ -69,6 +69,9 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
     if found := re.match(r"Could not delete from config\. '([^']+)' does not exist", first):
         key = found.group(1)
         return f"~{key}: {key} is not a key of the config{did_you_mean(key, keys())}"
+    if found := re.match(r"Error merging override (\S+)", first):  # a value of the wrong type for a typed (structured) setting
+        cause = str(err.__cause__ or "").strip().splitlines()
+        return f"{found.group(1)} is refused: {cause[0] if cause else 'a value of another type is needed'}"
     if found := re.match(r"Ambiguous value for argument '([^']+)'", first):
         return f"{found.group(1)} lists several values: that is a sweep, so add -m (or give one value)"
     if found := re.match(r"Multiple values for (\S+)\. To override a value use 'override \S+ (\S+)'", first):
