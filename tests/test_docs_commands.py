@@ -4,7 +4,6 @@ run, in a folder of their own, their placeholders (a run folder, a sweep folder,
 filled from a real run this test makes first. The ones it skips say why."""
 
 import re
-import runpy
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests_helpers import ROOT
+from tests_helpers import ROOT, run_in_process
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -100,21 +99,8 @@ def run_command(command: str, cwd: Path, capsys) -> tuple[int, str]:
         return done.returncode, done.stderr
     args = argv_of(command, cwd)
     time.sleep(1 - time.time() % 1)  # runs name their folders by the second: pasted by hand, seconds apart
-    capsys.readouterr()
-    saved_argv, saved_cwd = sys.argv, Path.cwd()
-    sys.argv = [str(ROOT / "scripts" / script), *args]
-    try:
-        import os
-
-        os.chdir(cwd)
-        runpy.run_path(sys.argv[0], run_name="__main__")
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    finally:
-        sys.argv = saved_argv
-        os.chdir(saved_cwd)
-    return code, capsys.readouterr().err
+    code, _, err = run_in_process(capsys, script, *args, cwd=cwd)
+    return code, err
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ import hashlib
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
@@ -35,23 +36,28 @@ def run_script(script: str, *args: str, cwd: Path, timeout: int = 180) -> subpro
     )
 
 
-def run_in_process(capsys, script: str, *args: str) -> tuple[int, str, str]:
-    """Run a script's Hydra main in this process (as `python scripts/<script> args` would): (exit code, stdout, stderr).
+def run_in_process(capsys, script: str, *args: str, cwd: Optional[Path] = None) -> tuple[int, str, str]:
+    """Run a script's Hydra main in this process (as `python scripts/<script> args` would, from
+    ``cwd`` if given): (exit code, stdout, stderr).
 
     Much faster than a subprocess (no second `import lightning`), for the long tables of cases.
     """
+    import os
     import runpy
 
     capsys.readouterr()
-    saved = sys.argv
+    saved, here = sys.argv, Path.cwd()
     sys.argv = [str(ROOT / "scripts" / script), *args]
     try:
+        if cwd is not None:
+            os.chdir(cwd)
         runpy.run_path(sys.argv[0], run_name="__main__")
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
     finally:
         sys.argv = saved
+        os.chdir(here)
     out, err = capsys.readouterr()
     return code, out, err
 
