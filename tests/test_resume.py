@@ -109,6 +109,25 @@ def _wait_for(path: Path, seconds: float = 120) -> None:
         time.sleep(0.05)
 
 
+def _kill_frozen_when(process: subprocess.Popen, last: Path, wanted, seconds: float = 120) -> int:
+    """SIGSTOP the run each time last.ckpt changes, read its step, SIGKILL it (still frozen, so
+    nothing more is written) when wanted(step); the step it was killed at."""
+    deadline, seen = time.time() + seconds, None
+    while time.time() < deadline:
+        assert process.poll() is None, "the run finished before it could be killed"
+        stamp = last.stat().st_mtime_ns if last.exists() else None
+        if stamp is not None and stamp != seen:
+            process.send_signal(signal.SIGSTOP)
+            step = torch.load(last, weights_only=True)["global_step"]  # written whole: tmp + rename
+            if wanted(step):
+                process.kill()
+                return step
+            seen = stamp
+            process.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError(f"{last} never held the checkpoint wanted")
+
+
 def job(sweep: Path, lr: str) -> Path:
     """The sweep's job folder of this learning rate (Hydra names it by all its overrides)."""
     deadline = time.time() + 120
@@ -146,14 +165,18 @@ def test_a_run_stopped_by_a_signal_resumes_bitwise_from_its_folder_alone(tmp_pat
     extra = [f"checkpoint.every_n_steps={every_n_steps}"] if every_n_steps else []
     run = tmp_path / "run"
     process = _train(*STOPPED, *extra, f"hydra.run.dir={run}")
-    _wait_for(run / "checkpoints" / "last.ckpt")
-    process.send_signal(how)
-    _, err = process.communicate(timeout=60)
     if how == signal.SIGKILL:
+        # A fast machine runs 150 steps between two polls: freeze the run to read which
+        # checkpoint it wrote last, and kill it only on the kind this case is about.
+        killed_at = _kill_frozen_when(process, run / "checkpoints" / "last.ckpt", lambda step: step % 300 != 0 if every_n_steps else True)
+        _, err = process.communicate(timeout=60)
         assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-        killed_at = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-        assert 0 < killed_at < 3000 and (killed_at % 300 != 0 if every_n_steps else killed_at % 300 == 0)
+        assert 0 < killed_at < 3000 and (killed_at % 150 == 0 if every_n_steps else killed_at % 300 == 0)
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == killed_at
     else:
+        _wait_for(run / "checkpoints" / "last.ckpt")
+        process.send_signal(how)
+        _, err = process.communicate(timeout=60)
         assert process.returncode == 128 + how and "Traceback" not in err
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["status"] == "interrupted" and metrics["signal"] == signal.Signals(how).name
