@@ -26,6 +26,11 @@ MLP = ["model=mlp", "model.hidden=16", "trainer.max_epochs=3"]
 EARLY = [*MLP, "trainer.max_epochs=30", "callbacks=early_stopping", "callbacks.early_stopping.patience=2", "checkpoint.budget=0"]
 
 
+class Killed(BaseException):
+    """A crash as a kill is one: no handler of microtrain's or Lightning's catches it (Lightning
+    turns a KeyboardInterrupt into a graceful exit)."""
+
+
 def largest_difference(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
@@ -214,11 +219,11 @@ def test_a_job_early_stopping_ended_stays_stopped_when_its_crashed_group_resumes
     def crash_at_epoch_10(run, batches_done):
         ended(run, batches_done)
         if run.epoch == 10:
-            raise KeyboardInterrupt
+            raise Killed
 
     monkeypatch.setattr(stack_train.StackedRun, "_epoch_end", crash_at_epoch_10)
     crashed = [tmp_path / f"crashed{i}" for i in range(2)]
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         train_group([make_cfg(*job) for job in jobs], crashed, [False, False])
     monkeypatch.undo()
     assert not (crashed[0] / "metrics.json").exists()
@@ -276,11 +281,11 @@ def test_step_checkpoints_stack_and_a_group_that_crashed_mid_epoch_resumes_bitwi
     def crash_after_step_32(run, batches_done):
         written(run, batches_done)
         if run.step_count == 32:  # 7 batches into the second epoch (25 steps each)
-            raise KeyboardInterrupt
+            raise Killed
 
     monkeypatch.setattr(stack_train.StackedRun, "_checkpoint_mid_epoch", crash_after_step_32)
     crashed = [tmp_path / f"crashed{i}" for i in range(2)]
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         train_group([make_cfg(*job) for job in jobs], crashed, [False, False])
     monkeypatch.undo()
     assert torch.load(crashed[0] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 32

@@ -102,13 +102,13 @@ class StepLoop:
         if self.compiled is not None:
             self.compiled.skip_guards(False)
 
-    def compiled_now(self, group: list) -> bool:
+    def whole_step_now(self, group: list) -> bool:
         """Whether this step runs as the compiled graph: a plain step of one batch the graph fits."""
         return self.compiled is not None and self._plain() and self.compiled.ready(group[0][0])
 
-    def compiled_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def whole_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward, loss, backward and step as one graph; counted as any plain step is."""
-        assert self._module is not None and self.compiled is not None  # start() ran; compiled_now() said so
+        assert self._module is not None and self.compiled is not None  # start() ran; whole_step_now() said so
         optimizer = self._module.optimizers()
         internals.before_step(optimizer)  # what LightningOptimizer.step does around the step
         try:

@@ -28,6 +28,7 @@ from microtrain.run.checkpoints import InterruptCheckpoint, checkpoint_callbacks
 from microtrain.data.prepare import describe as describe_data
 from microtrain.engine.build import Prepared, multiply_adds_per_step, prepare
 from microtrain.monitor.progress import StepProgressBar
+from microtrain.engine.bypass import StepLoop
 from microtrain.engine.module import Trainee
 from microtrain.engine.trainer import build_callbacks, build_trainer, trainer_arguments
 
@@ -176,7 +177,7 @@ def _final_metrics(prepared: Prepared, trainer: L.Trainer, seconds: float) -> di
         **_progress(trainer),
         "seconds": round(seconds, 3),
     }
-    compiled = module.loop.compiled
+    compiled = cast(StepLoop, module.loop).compiled  # a solo run's
     if compiled is not None and compiled.compile_seconds is not None:
         metrics["compile_seconds"] = round(compiled.compile_seconds, 3)  # included in seconds
     if prepared.optimum is not None:

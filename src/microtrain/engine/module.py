@@ -3,10 +3,14 @@
 Optimization is manual so the four moves stay visible: forward, loss, backward, step.
 Lightning still owns devices, precision, DDP gradient sync and checkpoints; how each step goes
 around Lightning's per-step machinery lives in ``engine.bypass``.
+
+Every run is this module under a Lightning ``Trainer.fit``: a solo run's steps are taken by
+``engine.bypass.StepLoop``; a stacked group of K jobs (``stack.train.StackedRun``) takes each
+step of its K models whole, as one functional call (the same update rules, ``engine.step``).
 """
 
-from collections.abc import Callable
-from typing import Any, Optional, cast
+from collections.abc import Callable, Iterator
+from typing import Any, Optional, Protocol, cast
 
 import lightning as L
 import torch
@@ -16,6 +20,24 @@ from torchmetrics import MetricCollection
 
 from microtrain.data.batches import Batch
 from microtrain.engine.bypass import LossWindow, StepLoop
+
+
+class Steps(Protocol):
+    """What takes ``Trainee``'s steps: ``engine.bypass.StepLoop`` or ``stack.train.StackedRun``."""
+
+    step_count: int
+    accumulate: int
+    batch: list
+
+    def start(self, module: Any) -> None: ...
+    def call_started(self) -> None: ...
+    def release(self) -> None: ...
+    def groups(self, batches: list) -> Iterator[list[Batch]]: ...
+    def whole_step_now(self, group: list[Batch]) -> bool: ...
+    def whole_step(self, x: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]: ...
+    def backward(self, loss: torch.Tensor) -> None: ...
+    def step(self) -> None: ...
+    def clip(self) -> None: ...
 
 
 class Trainee(L.LightningModule):
@@ -29,7 +51,7 @@ class Trainee(L.LightningModule):
         make_scheduler: Optional[Callable[..., Any]] = None,
         val_metrics: Optional[MetricCollection] = None,
         test_metrics: Optional[MetricCollection] = None,
-        loop: Optional[StepLoop] = None,
+        loop: Optional[Steps] = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -37,7 +59,7 @@ class Trainee(L.LightningModule):
         self.loss_fn = loss_fn
         self.make_optimizer = make_optimizer
         self.make_scheduler = make_scheduler
-        self.loop = loop or StepLoop()
+        self.loop: Steps = loop or StepLoop()
         self.loss_window = LossWindow()
         self.val_metrics = val_metrics
         self.test_metrics = test_metrics
@@ -54,8 +76,9 @@ class Trainee(L.LightningModule):
         ``loop.steps_per_call`` (Lightning's ~0.3 ms per call is paid once for many steps)."""
         model, loss_fn, loop = self.model, self.loss_fn, self.loop
         for group in loop.groups(batches):  # gradients cleared before each group
-            if loop.compiled_now(group):  # loop.compile: the four moves below as one graph
-                self.loss_window.add(loop.compiled_step(*group[0]), loop.step_count, len(group[0][0]))
+            if loop.whole_step_now(group):  # loop.compile, or K stacked jobs: the four moves below as one call
+                if (loss := loop.whole_step(*group[0])) is not None:  # a stack keeps each job's losses itself
+                    self.loss_window.add(loss, loop.step_count, len(group[0][0]))
                 continue
             total = None
             for x, y in group:
@@ -135,6 +158,8 @@ class Trainee(L.LightningModule):
         return isinstance(self.loss_fn, nn.CrossEntropyLoss)
 
     def configure_optimizers(self) -> Any:
+        if not any(True for _ in self.model.parameters()):  # a stack: its step holds the K optimizers' states, stacked
+            return None
         optimizer = self.make_optimizer(self.model.parameters())
         if self.make_scheduler is None:
             return optimizer

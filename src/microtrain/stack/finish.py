@@ -38,7 +38,7 @@ def finished(run: "StackedRun", k: int, job: StackedJob, seconds: float, threads
         metrics: dict[str, Any] = {"status": job.status, "error": job.error, **job.diverged}
         job.finish(metrics)
         return metrics
-    params, _ = run.step.job_state(k)
+    params, _ = run.stacked.job_state(k)
     job.model.load_state_dict(params)
     steps, epochs, seconds = job.stopped or (run.step_count, run.epoch, seconds)  # early stopping: where it stopped
     metrics = {
@@ -49,8 +49,8 @@ def finished(run: "StackedRun", k: int, job: StackedJob, seconds: float, threads
         "epochs": epochs,
         "seconds": round(seconds, 3),
     }
-    if run.step.compile_seconds is not None:
-        metrics["compile_seconds"] = round(run.step.compile_seconds, 3)
+    if run.stacked.compile_seconds is not None:
+        metrics["compile_seconds"] = round(run.stacked.compile_seconds, 3)
     if job.prepared.optimum is not None:
         metrics["train_loss_optimum"] = job.prepared.optimum
         metrics["optimality_gap"] = metrics["train_loss"] - job.prepared.optimum

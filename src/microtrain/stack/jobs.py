@@ -2,6 +2,7 @@
 ``config.yaml``, ``data_info.json``, its TensorBoard run (the same tags), ``checkpoints/last.ckpt``
 and ``best.ckpt`` in Lightning's format, and ``metrics.json``."""
 
+import math
 from pathlib import Path
 from typing import Any, Optional, cast
 
@@ -136,6 +137,23 @@ class StackedJob:
         self.error = f"training diverged at step {step}: loss={loss} ({where}); lower optimizer.lr or use a smaller init"
         self.diverged = {"diverged_at_step": step, "parameter": name}
         self.scalars.flush(self.writer, force=True)
+
+    def read_losses(self, losses: list[float], first: int, log_at: Optional[int], rate: float, names: list[str], grads: list[torch.Tensor]) -> bool:
+        """Its losses of steps first+1... (one host copy for the group): into its epoch's and its
+        log window's, the window's mean logged at step ``log_at``; or diverged (True) at the first
+        that is not finite (``grads``: its own, of the last step)."""
+        bad = next((i for i, value in enumerate(losses) if not math.isfinite(value)), None)
+        if bad is not None:
+            self.diverge(first + bad + 1, losses[bad], names, grads)
+            return True
+        self.epoch_losses += losses
+        self.window += losses
+        if log_at is not None:
+            self.scalars.add("train_loss_step", sum(self.window) / len(self.window), log_at)
+            self.scalars.add("samples_per_s", rate, log_at)
+            self.window = []
+        self.scalars.flush(self.writer)
+        return False
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

@@ -144,3 +144,16 @@ class StackedStep:
         params = {name: p[k].detach().cpu().clone() for name, p in zip(self.names, self.params)}
         state = [{key: value[k].detach().cpu().clone() for key, value in slot.items()} for slot in self.state]
         return params, state
+
+
+class StackedModel(nn.Module):
+    """The K jobs' models as one module for ``Trainee``: x ``[K, B, ...]`` -> ``[K, B, outputs]``.
+    The weights are the stacked step's tensors, kept unregistered: Lightning moves and casts none
+    of them (the step placed them) and builds no optimizer over them."""
+
+    def __init__(self, step: StackedStep):
+        super().__init__()
+        self.stacked = step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.func.vmap(self.stacked.forward)(self.stacked.params, x)

@@ -1,27 +1,37 @@
 """``train_group``: K jobs that agree on everything but their hyper-parameters, trained as one
-stacked model, each ending with the files, curves and metrics of its solo run."""
+stacked model, each ending with the files, curves and metrics of its solo run.
+
+The group is a run of the one engine: ``engine.module.Trainee`` under a Lightning
+``Trainer.fit``, its steps taken by ``StackedRun`` (each one functional call of the K models,
+``stack.step``), which is also the Lightning callback that ends each epoch for every job."""
 
 import math
+import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional, cast
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 from omegaconf import DictConfig
 
 from microtrain import device as devices
-from microtrain.data.batches import TensorBatches
+from microtrain.data.batches import Batch
 from microtrain.run import folder as run_folder
 from microtrain.run import interrupt
+from microtrain.stack.batches import StackedBatches, on_device
 from microtrain.stack.best import BestEpochs
+from microtrain.stack.epoch_end import end_epoch
 from microtrain.stack.finish import finished, interrupted
 from microtrain.stack.inspect import StackedInspector
 from microtrain.stack.jobs import StackedJob
-from microtrain.stack.step import StackedStep
+from microtrain.stack.step import StackedModel, StackedStep
 from microtrain.stack.validate import split_metrics
 from microtrain.engine.build import multiply_adds_per_step, steps_per_call
-from microtrain.internals import early_stop
+from microtrain.engine.module import Trainee
+from microtrain.engine.trainer import build_trainer
 from microtrain.run.checkpoints import CheckpointBudget
 
 # loop.compile=auto compiles the stacked step when it saves more than it costs: ~26 us a job-step
@@ -43,7 +53,11 @@ def train_group(
     return StackedRun(jobs).run()
 
 
-class StackedRun:
+class StackedRun(L.Callback):
+    """The group's steps for ``Trainee`` (``engine.module.Steps``) and its epoch ends, as a callback."""
+
+    accumulate = 1  # trainer.accumulate_grad_batches>1 runs alone (stack.groups)
+
     def __init__(self, jobs: list[StackedJob]):
         self.jobs = jobs
         cfg = jobs[0].cfg
@@ -52,11 +66,10 @@ class StackedRun:
         self.device = torch.device("cuda" if plan.accelerator == "cuda" else "cpu")
         self.dtype = torch.float64 if str(cfg.device.precision) in ("64", "64-true") else torch.float32
         splits = jobs[0].prepared.splits
-        self.train_x, self.train_y = self._on_device(splits.train)
-        self.val = None if splits.val is None else self._on_device(splits.val)
-        batches = [TensorBatches(*splits.train, cfg.data.batch_size, True, job.cfg.seed) for job in jobs]
-        self.samplers = [b.sampler for b in batches]
-        self.batch_size, self.batches_per_epoch = batches[0].batch_size, batches[0].batches_per_epoch
+        self.data = StackedBatches(splits.train, [job.cfg.seed for job in jobs], cfg.data.batch_size, self.device, self.dtype)
+        self.train = self.data.x, self.data.y
+        self.val = None if splits.val is None else on_device(splits.val, self.device, self.dtype)
+        self.batch_size, self.batches_per_epoch = self.data.batch_size, self.data.batches_per_epoch
         model = jobs[0].model
         self.multiply_adds = multiply_adds_per_step(cfg, model, splits)
         per_call = steps_per_call(cfg, model, splits)
@@ -73,7 +86,7 @@ class StackedRun:
         wanted = cfg.loop.compile
         compile = wanted is True or (wanted == "auto" and planned * len(jobs) >= COMPILE_FROM_JOB_STEPS and self.multiply_adds <= 1_000_000)
         clip = cfg.trainer.get("gradient_clip_val")
-        self.step = StackedStep(
+        self.stacked = StackedStep(
             [j.model for j in jobs],
             [j.optimizer for j in jobs],
             jobs[0].prepared.module.loss_fn,
@@ -86,11 +99,11 @@ class StackedRun:
         )
         self.loss_fn = jobs[0].prepared.module.loss_fn
         self.budget = CheckpointBudget(cfg.checkpoint.budget)
-        self.inspector = StackedInspector(self.jobs, self.step, cfg.log, self.step_count, (self.train_x, self.train_y), planned)
+        self.inspector = StackedInspector(self.jobs, self.stacked, cfg.log, self.step_count, self.train, planned)
         self.pending: list[torch.Tensor] = []
-        self.best = BestEpochs(self.step)
+        self.best = BestEpochs(self.stacked)
         if not all(job.active for job in jobs):  # a resumed job early stopping had ended stays frozen
-            self.step.set_lr([job.lr() if job.active else 0.0 for job in jobs])
+            self.stacked.set_lr([job.lr() if job.active else 0.0 for job in jobs])
         self.pending_first = self.step_count
         self.stopping = False  # a signal came: the group stops at this epoch's end (_epoch_end)
         # +trainer.max_time: Lightning's own Timer (its duration formats, its state in each checkpoint),
@@ -101,11 +114,11 @@ class StackedRun:
         for job in jobs:
             job.timer = self.timer
         self.timed_out = False
-
-    def _on_device(self, pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = pair
-        y = y.to(self.device, self.dtype) if y.is_floating_point() else y.to(self.device)
-        return x.to(self.device, self.dtype), y
+        self.plan = plan
+        self.trainer: Optional[L.Trainer] = None
+        self.batch: list[Batch] = []
+        self.batches_done = 0  # of the epoch going on
+        self.grads: list[torch.Tensor] = []
 
     def _planned_steps(self) -> int:
         by_epochs = self.max_epochs * self.batches_per_epoch if self.max_epochs is not None and self.max_epochs >= 0 else math.inf
@@ -113,7 +126,7 @@ class StackedRun:
         planned = min(by_epochs, by_steps)
         return int(planned) if planned != math.inf else 10**9
 
-    def _done(self) -> bool:
+    def done(self) -> bool:
         """Run length reached, time up, or every job stopped (early stopping, divergence)."""
         return (
             0 < self.max_steps <= self.step_count
@@ -137,20 +150,18 @@ class StackedRun:
         if self.timer is not None:
             self.timer.on_train_start(None, None)  # type: ignore[arg-type]  # it reads neither; its clock starts (a resumed group's time carries on)
         try:
-            while not self._done():
-                self._epoch()
-                if self.stopping:  # SIGTERM or Ctrl-C before the last epoch: this epoch's last.ckpt was written
-                    break
-            else:
-                self._end([k for k, job in enumerate(self.jobs) if job.active])
+            if not self.done():
+                self._fit()
+            if not self.stopping:  # not SIGTERM or Ctrl-C before the last epoch (its last.ckpt was written)
+                self.end_jobs([k for k, job in enumerate(self.jobs) if job.active])
         finally:
             torch.set_num_threads(threads_before)
         seconds = time.perf_counter() - started
         # the final weights on the whole train and validation splits, all jobs in one pass each
         # (a frozen job's weights are those it stopped with: its learning rate is 0 since)
-        self.final = split_metrics(self.step, (self.train_x, self.train_y), self.loss_fn, self.jobs[0], "train_", only_loss=True)
+        self.final = split_metrics(self.stacked, self.train, self.loss_fn, self.jobs[0], "train_", only_loss=True)
         if self.val is not None:
-            self.final |= split_metrics(self.step, self.val, self.loss_fn, self.jobs[0], "val_", only_loss=True)
+            self.final |= split_metrics(self.stacked, self.val, self.loss_fn, self.jobs[0], "val_", only_loss=True)
         if self.stopping:  # jobs early stopping had ended are done: they finish ok
             return [
                 finished(self, k, job, seconds, threads) if job.stopped and job.status == "ok" else interrupted(job, self.step_count)
@@ -158,7 +169,7 @@ class StackedRun:
             ]
         return [finished(self, k, job, seconds, threads) for k, job in enumerate(self.jobs)]
 
-    def _end(self, jobs: list[int]) -> None:
+    def end_jobs(self, jobs: list[int]) -> None:
         """What a solo run writes as it ends (``on_train_end``): the final weights' inspection and the last steps' window."""
         self.inspector.final(self.step_count, jobs)
         for k in jobs:
@@ -167,42 +178,93 @@ class StackedRun:
                 job.scalars.add("train_loss_step", sum(job.window) / len(job.window), self.step_count)
                 job.window = []
 
-    def _epoch(self) -> None:
-        for sampler in self.samplers:
-            sampler.set_epoch(self.epoch)
-        orders = torch.stack([s.order() for s in self.samplers]).to(self.device)
-        batch_size, done, grads = self.batch_size, 0, cast("list[torch.Tensor]", [])
-        first, self.first_batch = self.first_batch, 0  # a group resumed from a mid-epoch checkpoint goes on from there
-        for b in range(first, self.batches_per_epoch):
+    def _fit(self) -> None:
+        """The group's epochs under Lightning's fit loop: its count of epochs and steps is the
+        group's own (a resumed group's go on from its checkpoints), and it stops the fit itself."""
+        module = Trainee(StackedModel(self.stacked), self.loss_fn, self.jobs[0].prepared.module.make_optimizer, loop=self)
+        trainer = build_trainer(
+            {"max_epochs": -1, "limit_val_batches": 0, "enable_progress_bar": False},  # epochs, validation: _epoch_end
+            accelerator=self.plan.accelerator,
+            devices=1,
+            precision="64-true" if self.dtype == torch.float64 else "32-true",
+            logger=False,  # each job has its own TensorBoard run
+            callbacks=[self],
+            enable_checkpointing=False,  # each job has its own checkpoints, written by _epoch_end
+            default_root_dir=self.jobs[0].run_dir,
+        )
+        batches = self.data.serve(self.shape["steps_per_call"], lambda: self.epoch, (self.epoch, self.first_batch))
+        with warnings.catch_warnings():  # what a stack is by design: no Lightning optimizer, validation in _epoch_end
+            warnings.filterwarnings("ignore", message=".*configure_optimizers` returned `None`.*")
+            warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
+            trainer.fit(module, train_dataloaders=batches)
+
+    # engine.module.Steps: each step of the K jobs is taken whole (stack.step clips inside it);
+    # StepLoop's other moves have nothing to do here
+    def start(self, module: Any) -> None: ...
+    def call_started(self) -> None: ...
+    def release(self) -> None: ...
+    def clip(self) -> None: ...
+    def backward(self, loss: torch.Tensor) -> None: ...
+    def step(self) -> None: ...
+
+    def whole_step_now(self, group: list[Batch]) -> bool:
+        return True
+
+    def groups(self, batches: list[Batch]) -> Any:
+        """The call's grid steps, one at a time, while the run has steps and time left."""
+        for x, y in batches:
             if 0 < self.max_steps <= self.step_count or self._out_of_time():
-                break
-            index = orders[:, b * batch_size : (b + 1) * batch_size]
-            x, y = self.train_x[index], self.train_y[index]
-            before = [p.clone() for p in self.step.params] if self.inspector.due(self.step_count) else None
-            loss, grads = self.step(x, y)
-            self.pending.append(loss.detach())
-            if before is not None:
-                self.inspector.inspect(self.step_count, before, grads, x, y)
-            self.step_count += 1
-            done = b + 1
-            if self.step_count % self.cfg.log.every_n_steps == 0:  # on the grid of multiples, as a resumed solo run
-                self._drain(grads)
-            every = self.cfg.checkpoint.every_n_steps  # inside the epoch (its end writes its own), as a solo run
-            if every and self.step_count % every == 0 and done < self.batches_per_epoch and not 0 < self.max_steps <= self.step_count:
-                self._drain(grads)  # read first: no checkpoint holds a diverged job
-                self._checkpoint_mid_epoch(done)
-        self._drain(grads, epoch_end=True)
+                cast(L.Trainer, self.trainer).should_stop = True  # Lightning ends the epoch: _epoch_end
+                return
+            self.batch = [(x, y)]
+            yield self.batch
+
+    def whole_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One grid step of the K jobs: forward, loss, backward and update each (``stack.step``)."""
+        before = [p.clone() for p in self.stacked.params] if self.inspector.due(self.step_count) else None
+        loss, self.grads = self.stacked(x, y)
+        self.pending.append(loss.detach())
+        if before is not None:
+            self.inspector.inspect(self.step_count, before, self.grads, x, y)
+        self.step_count += 1
+        self.batches_done += 1
+        if self.step_count % self.cfg.log.every_n_steps == 0:  # on the grid of multiples, as a resumed solo run
+            self._drain(self.grads)
+        every = self.cfg.checkpoint.every_n_steps  # inside the epoch (its end writes its own), as a solo run
+        done = self.batches_done
+        if every and self.step_count % every == 0 and done < self.batches_per_epoch and not 0 < self.max_steps <= self.step_count:
+            self._drain(self.grads)  # read first: no checkpoint holds a diverged job
+            self._checkpoint_mid_epoch(done)
+
+    # Lightning's hooks (StackedRun is the fit's one callback)
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """One process: SIGTERM is noted, and acted on at the epoch's end, rather than raising
+        Lightning's SIGTERMException at the next call's end (as run.checkpoints.InterruptCheckpoint)."""
+        self.trainer = trainer
+        signal.signal(signal.SIGTERM, interrupt._note)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.batches_done, self.first_batch, self.grads = self.first_batch, 0, []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._drain(self.grads, epoch_end=True)
         self.epoch += 1
-        self._epoch_end(done)
+        self._epoch_end(self.batches_done)
+        if self.stopping or self.done():
+            trainer.should_stop = True
 
     def _checkpoint_mid_epoch(self, batches_done: int) -> None:
-        """checkpoint.every_n_steps: every training job's last.ckpt after this step, in one atomic batch."""
+        """checkpoint.every_n_steps: every training job's last.ckpt after this step."""
+        self.write_last([k for k, job in enumerate(self.jobs) if job.active], batches_done, mid_epoch=True)
+
+    def write_last(self, ks: list[int], batches_done: Optional[int], mid_epoch: bool = False) -> None:
+        """Jobs ks' last.ckpt (and best.ckpt after a better epoch) of now, all in one atomic batch:
+        a stacked resume finds the group's checkpoints all of one moment."""
         files = []
-        for k, job in enumerate(self.jobs):
-            if job.active:
-                params, state = self.step.job_state(k)
-                snap = job.snapshot(params, state, self.epoch, self.step_count, batches_done, mid_epoch=True)
-                files += job.checkpoint_files(snap, self.shape, lambda k=k: self.best.of(k))
+        for k in ks:
+            params, state = self.stacked.job_state(k)
+            snap = self.jobs[k].snapshot(params, state, self.epoch, self.step_count, batches_done, mid_epoch=mid_epoch)
+            files += self.jobs[k].checkpoint_files(snap, self.shape, lambda k=k: self.best.of(k))
         run_folder.write_all_atomic(files)
 
     def _drain(self, grads: list[torch.Tensor], epoch_end: bool = False) -> None:
@@ -211,72 +273,16 @@ class StackedRun:
             return
         losses = torch.stack(self.pending).double().cpu()  # [steps, K]
         first, self.pending, self.pending_first = self.pending_first, [], self.step_count
-        every = self.cfg.log.every_n_steps
-        for k, job in enumerate(self.jobs):
-            if not job.active:
-                continue
-            column = losses[:, k].tolist()
-            bad = next((i for i, value in enumerate(column) if not math.isfinite(value)), None)
-            if bad is not None:
-                job.diverge(first + bad + 1, column[bad], self.step.names, [g[k] for g in grads])
-                lrs = self.step.varying["lr"].clone()
-                lrs[k] = 0.0  # frozen: its neighbours go on
-                self.step.set_lr(lrs.tolist())
-                continue
-            job.epoch_losses += column
-            job.window += column
-            if self.step_count % every == 0 or epoch_end and (0 < self.max_steps <= self.step_count or self.timed_out):
-                job.scalars.add("train_loss_step", sum(job.window) / len(job.window), self.step_count)
-                elapsed = time.perf_counter() - self.started
-                job.scalars.add("samples_per_s", self.step_count * self.batch_size / max(elapsed, 1e-9), self.step_count)
-                job.window = []
-            job.scalars.flush(job.writer)
+        log_now = self.step_count % self.cfg.log.every_n_steps == 0 or epoch_end and (0 < self.max_steps <= self.step_count or self.timed_out)
+        rate = self.step_count * self.batch_size / max(time.perf_counter() - self.started, 1e-9)  # samples/s
+        diverged = [
+            k
+            for k, job in enumerate(self.jobs)
+            if job.active
+            and job.read_losses(losses[:, k].tolist(), first, self.step_count if log_now else None, rate, self.stacked.names, [g[k] for g in grads])
+        ]
+        if diverged:  # frozen: its neighbours go on
+            self.stacked.set_lr([0.0 if k in diverged else lr for k, lr in enumerate(self.stacked.varying["lr"].tolist())])
 
     def _epoch_end(self, batches_done: int) -> None:
-        active = [k for k, job in enumerate(self.jobs) if job.active]
-        for k in active:
-            job = self.jobs[k]
-            if job.epoch_losses:
-                job.scalars.add("train_loss", sum(job.epoch_losses) / len(job.epoch_losses), self.step_count)
-            job.epoch_losses = []
-        every_val = self.cfg.trainer.get("check_val_every_n_epoch", 1) or 1
-        validate = self.val is not None and self.epoch % every_val == 0
-        if validate and self.val is not None:  # validate implies a val split
-            values = split_metrics(self.step, self.val, self.loss_fn, self.jobs[0], "val_")
-            for k in active:
-                for name, column in values.items():
-                    self.jobs[k].scalars.add(name, column[k], self.step_count)
-        last_epoch_done = batches_done if batches_done < self.batches_per_epoch else None
-        if validate:
-            improved = [k for k in active if self.jobs[k].improves(values["val_loss"][k])]
-            self.best.keep(improved)
-            for k in active:
-                moment = self.jobs[k].moment(self.epoch, self.step_count, last_epoch_done) if k in improved else None
-                self.jobs[k].record_val(values["val_loss"][k], moment)
-        # each job's scheduler on its own optimizer, before last.ckpt as under Lightning (the module's
-        # epoch-end hook runs before the checkpoint callback's); best.ckpt was taken at validation
-        for k in active:
-            if (scheduler := self.jobs[k].scheduler) is not None:
-                scheduler.step()
-        # callbacks=early_stopping, after the scheduler as under Lightning (a monitoring callback):
-        # each job's own EarlyStopping; a job it stops is frozen and its neighbours go on
-        stopped = [k for k in active if validate and any([early_stop(s, values[s.monitor][k], self.epoch - 1) for s in self.jobs[k].stoppers])]
-        for k in stopped:
-            self.jobs[k].stopped = (self.step_count, self.epoch, time.perf_counter() - self.started)
-        if stopped or any(job.scheduler is not None for job in self.jobs):
-            self.step.set_lr([job.lr() if job.active else 0.0 for job in self.jobs])
-        # read once: the checkpoint written below and the stop after it agree on whether to stop
-        self.stopping = interrupt.stop_signal() is not None and not self._done()
-        if self.budget.due_now(self._done() or self.stopping or bool(stopped)):
-            written = time.perf_counter()
-            files = []
-            for k in active:
-                params, state = self.step.job_state(k)
-                snap = self.jobs[k].snapshot(params, state, self.epoch, self.step_count, last_epoch_done)
-                files += self.jobs[k].checkpoint_files(snap, self.shape, lambda k=k: self.best.of(k))
-            run_folder.write_all_atomic(files)  # the group's checkpoints all of one epoch, for a stacked resume
-            self.budget.record(written)
-        if stopped:
-            self._end(stopped)
-        for k in active:
-            self.jobs[k].scalars.flush(self.jobs[k].writer)
+        end_epoch(self, batches_done)

@@ -1,0 +1,59 @@
+"""How each job of a stacked group ends an epoch, in the order a solo run's Lightning hooks do:
+its epoch's train_loss, validation (all jobs in one pass), best.ckpt's moment, its scheduler,
+its early stopping (a job it stops is frozen, its neighbours go on), then last.ckpt."""
+
+import time
+from typing import TYPE_CHECKING
+
+from microtrain.internals import early_stop
+from microtrain.run import interrupt
+from microtrain.stack.validate import split_metrics
+
+if TYPE_CHECKING:  # the group: its jobs, stacked weights, counters and checkpoint budget
+    from microtrain.stack.train import StackedRun
+
+
+def end_epoch(run: "StackedRun", batches_done: int) -> None:
+    """The epoch that ended after ``batches_done`` of its batches (fewer: stopped mid-epoch)."""
+    active = [k for k, job in enumerate(run.jobs) if job.active]
+    for k in active:
+        job = run.jobs[k]
+        if job.epoch_losses:
+            job.scalars.add("train_loss", sum(job.epoch_losses) / len(job.epoch_losses), run.step_count)
+        job.epoch_losses = []
+    every_val = run.cfg.trainer.get("check_val_every_n_epoch", 1) or 1
+    validate = run.val is not None and run.epoch % every_val == 0
+    if validate and run.val is not None:  # validate implies a val split
+        values = split_metrics(run.stacked, run.val, run.loss_fn, run.jobs[0], "val_")
+        for k in active:
+            for name, column in values.items():
+                run.jobs[k].scalars.add(name, column[k], run.step_count)
+    last_epoch_done = batches_done if batches_done < run.batches_per_epoch else None
+    if validate:
+        improved = [k for k in active if run.jobs[k].improves(values["val_loss"][k])]
+        run.best.keep(improved)
+        for k in active:
+            moment = run.jobs[k].moment(run.epoch, run.step_count, last_epoch_done) if k in improved else None
+            run.jobs[k].record_val(values["val_loss"][k], moment)
+    # each job's scheduler on its own optimizer, before last.ckpt as under Lightning (the module's
+    # epoch-end hook runs before the checkpoint callback's); best.ckpt was taken at validation
+    for k in active:
+        if (scheduler := run.jobs[k].scheduler) is not None:
+            scheduler.step()
+    # callbacks=early_stopping, after the scheduler as under Lightning (a monitoring callback):
+    # each job's own EarlyStopping; a job it stops is frozen and its neighbours go on
+    stopped = [k for k in active if validate and any([early_stop(s, values[s.monitor][k], run.epoch - 1) for s in run.jobs[k].stoppers])]
+    for k in stopped:
+        run.jobs[k].stopped = (run.step_count, run.epoch, time.perf_counter() - run.started)
+    if stopped or any(job.scheduler is not None for job in run.jobs):
+        run.stacked.set_lr([job.lr() if job.active else 0.0 for job in run.jobs])
+    # read once: the checkpoint written below and the stop after it agree on whether to stop
+    run.stopping = interrupt.stop_signal() is not None and not run.done()
+    if run.budget.due_now(run.done() or run.stopping or bool(stopped)):
+        written = time.perf_counter()
+        run.write_last(active, last_epoch_done)
+        run.budget.record(written)
+    if stopped:
+        run.end_jobs(stopped)
+    for k in active:
+        run.jobs[k].scalars.flush(run.jobs[k].writer)
