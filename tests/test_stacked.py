@@ -236,6 +236,40 @@ def test_a_job_early_stopping_ended_stays_stopped_when_its_crashed_group_resumes
     assert largest_difference(checkpoint_weights(crashed[1]), checkpoint_weights(tmp_path / "whole1")) < 1e-6
 
 
+def test_a_signal_mid_epoch_stops_a_group_at_the_next_call_and_it_resumes_bitwise(tmp_path, monkeypatch):
+    """A real SIGTERM to this process at step 37 of a 100-step epoch, in Lightning calls of 10
+    steps: every job's last.ckpt of step 40, mid-epoch, each job interrupted; resumed, the group
+    ends bitwise equal to the uninterrupted one."""
+    from microtrain.run import interrupt
+    from microtrain.stack import train as stack_train
+
+    jobs = [MLP + ["data.n_samples=4000", "loop.steps_per_call=10", f"optimizer.lr={lr}", f"seed={seed}"] for lr, seed in ((0.01, 0), (0.03, 1))]
+    whole = train_group([make_cfg(*job) for job in jobs], [tmp_path / f"whole{i}" for i in range(2)], [False, False])
+    assert [m["steps"] for m in whole] == [300, 300]
+    stepped = stack_train.StackedRun.whole_step
+
+    def signalled_at_step_37(run, x, y):
+        stepped(run, x, y)
+        if run.step_count == 37:
+            os.kill(os.getpid(), signal.SIGTERM)  # noted by the group's handler, acted on at the call's end
+
+    monkeypatch.setattr(stack_train.StackedRun, "whole_step", signalled_at_step_37)
+    stopped = [tmp_path / f"stopped{i}" for i in range(2)]
+    try:
+        metrics = train_group([make_cfg(*job) for job in jobs], stopped, [False, False])
+    finally:
+        interrupt.forget()  # this process's handlers back, and no signal noted
+    monkeypatch.undo()
+    assert [m["status"] for m in metrics] == ["interrupted"] * 2 and all(m["signal"] == "SIGTERM" for m in metrics)
+    saved = torch.load(stopped[0] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 40 and saved["epoch"] == 0  # mid-epoch, at the next call's end
+    resumed = train_group([make_cfg(*job, "resume=true") for job in jobs], stopped, [True, True])
+    assert [(m["status"], m["steps"]) for m in resumed] == [("ok", 300)] * 2
+    for folder, uninterrupted in zip(stopped, [tmp_path / f"whole{i}" for i in range(2)]):
+        ours, theirs = checkpoint_weights(folder), checkpoint_weights(uninterrupted)
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_curvature_stacks_and_each_job_logs_its_solo_twins_values(tmp_path):
     jobs = [
         MLP + ["log.curvature=true", "log.inspect_every_n_steps=10", "optimizer.momentum=0.9", f"optimizer.lr={lr}", f"seed={seed}"]

@@ -14,9 +14,8 @@ if TYPE_CHECKING:  # the group's final losses, step count and device
 
 def interrupted(job: StackedJob, step: int) -> dict[str, Any]:
     """A signal: each job that was training ends as a single run does (``interrupted``, its
-    last.ckpt of the epoch just ended, the command that resumes it); a diverged one keeps its status.
-    A stacked group stops at its epoch's end, not at the next step as a solo run does: its
-    resume starts from an epoch boundary (a tiny model's epoch takes milliseconds)."""
+    last.ckpt of the step boundary it stopped at, the command that resumes it); a diverged one
+    keeps its status."""
     if not job.active:
         metrics = {"status": job.status, "error": job.error, **job.diverged}
     else:

@@ -105,7 +105,7 @@ class StackedRun(L.Callback):
         if not all(job.active for job in jobs):  # a resumed job early stopping had ended stays frozen
             self.stacked.set_lr([job.lr() if job.active else 0.0 for job in jobs])
         self.pending_first = self.step_count
-        self.stopping = False  # a signal came: the group stops at this epoch's end (_epoch_end)
+        self.stopping = False  # a signal came: the group stops at the next step boundary (a call's end)
         # +trainer.max_time: Lightning's own Timer (its duration formats, its state in each checkpoint),
         # checked at every step, where a solo run checks it after each Lightning call
         self.timer = Timer(cfg.trainer.max_time) if cfg.trainer.get("max_time") else None
@@ -246,7 +246,19 @@ class StackedRun(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.batches_done, self.first_batch, self.grads = self.first_batch, 0, []
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """A signal mid-epoch: each training job's last.ckpt of this step boundary, then the fit
+        stops without the epoch's end (its validation, scheduler and early stopping come when the
+        resumed group ends the epoch). At the epoch's last call, _epoch_end stops the group."""
+        if interrupt.stop_signal() is None or self.batches_done >= self.batches_per_epoch or self.done():
+            return
+        self._drain(self.grads)
+        self._checkpoint_mid_epoch(self.batches_done)
+        self.stopping = trainer.should_stop = True
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.stopping:  # stopped mid-epoch by a signal (on_train_batch_end)
+            return
         self._drain(self.grads, epoch_end=True)
         self.epoch += 1
         self._epoch_end(self.batches_done)
