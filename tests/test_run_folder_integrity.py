@@ -226,3 +226,34 @@ def test_two_stacked_sweeps_into_one_folder_the_second_is_refused(tmp_path):
     finally:
         first.kill()
         first.wait()
+
+
+def test_config_files_are_the_text_omegaconf_writes():
+    """run.folder.yaml_text (libyaml's emitter) against OmegaConf.to_yaml: a run's config, Hydra's
+    own config of a job (enums), and strings that read back as other types unless quoted."""
+    from dataclasses import dataclass, field
+    from enum import Enum
+    from typing import Optional
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from microtrain.run.folder import yaml_text
+    from tests_helpers import CONF
+
+    class Mode(Enum):
+        RUN = 1
+
+    @dataclass
+    class Tricky:
+        mode: Mode = Mode.RUN
+        texts: list = field(default_factory=lambda: ["1e5", "yes", "Off", "null", "", "nan", "-3", "0x1", "a: b", "é", "${x}", "1_000", "~"])
+        value: float = 1e-5
+        missing: str = "???"
+        nothing: Optional[int] = None
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        hydra_cfg = compose("train", overrides=["model=mlp", "optimizer.lr=0.01"], return_hydra_config=True)
+    for cfg in (hydra_cfg, OmegaConf.structured(Tricky)):
+        assert yaml_text(cfg) == OmegaConf.to_yaml(cfg)
+        assert OmegaConf.load(__import__("io").StringIO(yaml_text(cfg))) == OmegaConf.create(OmegaConf.to_yaml(cfg))

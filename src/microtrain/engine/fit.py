@@ -11,7 +11,7 @@ from typing import Any, Optional, cast
 import lightning as L
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from microtrain import device
 from microtrain.config import schema
@@ -70,7 +70,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = 
     if ckpt_path and trainer.is_global_zero:
         resume.record(run_dir, resume_changes or [], resumed_step)
     if trainer.is_global_zero:
-        run_folder.write_text_atomic(run_dir / run_folder.CONFIG, OmegaConf.to_yaml(cfg))
+        run_folder.write_text_atomic(run_dir / run_folder.CONFIG, run_folder.yaml_text(cfg))
         run_folder.write_json_atomic(run_dir / run_folder.DATA_INFO, prepared.data_info)
         if prepared.dataset.truth:
             run_folder.write_json_atomic(run_dir / run_folder.DATA_TRUTH, prepared.dataset.truth)

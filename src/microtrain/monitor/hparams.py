@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence, cast
 from omegaconf import DictConfig, OmegaConf
 
 from microtrain.monitor import tags
+from microtrain.run.folder import yaml_text
 
 # (column, config key) of what every run shows, when its config has the key
 COLUMNS = (
@@ -103,7 +104,7 @@ def log_hparams(
     if experiment:
         file_writer.add_summary(experiment_pb([params], [final]))
     file_writer.add_summary(hp.hparams_pb(params, trial_id=str(Path(logger.save_dir).name), start_time_secs=time.time()))
-    writer.add_text("config", "```yaml\n" + OmegaConf.to_yaml(cfg) + "```")
+    writer.add_text("config", "```yaml\n" + yaml_text(cfg) + "```")
     logger.save()  # the events flushed, and hparams.yaml
 
 

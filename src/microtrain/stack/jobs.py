@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from microtrain.errors import ConfigError
 from microtrain.monitor import tags
@@ -107,7 +107,7 @@ class StackedJob:
         # logger writes the run's end (HParams, the layout, hparams.yaml) after them, with no purge of its own
         self.events = EventFile(tags.events_folder(self.run_dir), purge)
         self.logger = RunLogger(self.run_dir, layout=tensorboard_layout(self.cfg, self.prepared))
-        run_folder.write_text_atomic(self.run_dir / run_folder.CONFIG, OmegaConf.to_yaml(self.cfg))
+        run_folder.write_text_atomic(self.run_dir / run_folder.CONFIG, run_folder.yaml_text(self.cfg))
         run_folder.write_json_atomic(self.run_dir / run_folder.DATA_INFO, self.prepared.data_info)
         if self.prepared.dataset.truth:
             run_folder.write_json_atomic(self.run_dir / run_folder.DATA_TRUTH, self.prepared.dataset.truth)
