@@ -198,3 +198,24 @@ def test_tensorboard_server_shows_runs_layout_hparams_and_histograms(capsys, tmp
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_event_checksums_are_tensorboards_own_and_its_reader_accepts_them(tmp_path):
+    """monitor.events.masked_crc32c (C, google-crc32c) against TensorBoard's pure-Python one,
+    and a file written with it read back by TensorBoard's reader, which checks every record."""
+    import os
+
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboards
+    from tensorboard.summary.writer import record_writer
+
+    from microtrain.monitor.events import EventFile, masked_crc32c
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    for size in (0, 1, 8, 100, 4097):
+        data = os.urandom(size)
+        assert masked_crc32c(data) == tensorboards(data)
+    assert record_writer.masked_crc32c is masked_crc32c  # what every writer of the process uses
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    EventFile(tmp_path).add_summaries([(Summary(value=[Summary.Value(tag="x", simple_value=float(step))]), step, 0.0) for step in range(5)])
+    assert [e.value for e in EventAccumulator(str(tmp_path)).Reload().Scalars("x")] == [0.0, 1.0, 2.0, 3.0, 4.0]

@@ -15,11 +15,28 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import google_crc32c
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer import record_writer
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 _numbers = itertools.count()
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TensorBoard's checksum of an event record (its ``masked_crc32c``), computed in C by
+    google-crc32c. TensorBoard's own, which its writers use when TensorFlow is not installed, is
+    a Python loop over the bytes: 119 us for a 1 kB histogram record against 0.4 us (measured
+    here), 0.7 s of a 64-job stacked group's 4.5 s of training (cProfile, 1,000 steps).
+    ``tests/test_report_and_tensorboard.py`` checks both give the same numbers."""
+    x = google_crc32c.value(data)
+    return (((x >> 15) | ((x << 17) & 0xFFFFFFFF)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+# Every TensorBoard writer of the process uses it: this module's and SummaryWriter's (a solo run's
+# logger, through Lightning), which both frame records with tensorboard's RecordWriter.
+record_writer.masked_crc32c = masked_crc32c
 
 
 class EventFile:

@@ -9,6 +9,7 @@ from typing import Any, Optional
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from microtrain.monitor import events  # noqa: F401 -- its checksums for this logger's writer too
 from microtrain.monitor import tags
 from microtrain.monitor.activations import hidden_layers
 
