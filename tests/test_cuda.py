@@ -92,6 +92,18 @@ def test_mixed_precision_trains_like_float32(tmp_path, precision):
     assert mixed.metrics["val_loss"] == pytest.approx(full.metrics["val_loss"], rel=0.2)
 
 
+def test_bf16_mixed_jobs_stack_on_the_gpu(tmp_path):
+    from microtrain.stack.train import train_group
+
+    jobs = [[*SMALL, "device.precision=bf16-mixed", f"optimizer.lr={lr}", f"seed={seed}"] for lr, seed in ((0.01, 0), (0.03, 1))]
+    metrics = train_group([cuda_cfg(*job) for job in jobs], [tmp_path / "a", tmp_path / "b"], [False, False])
+    assert [m["status"] for m in metrics] == ["ok", "ok"]
+    solo = train(cuda_cfg(*jobs[0]), tmp_path / "solo")
+    stacked = checkpoint_weights(tmp_path / "a")
+    ours = {k.removeprefix("model."): v for k, v in stacked.items()}
+    assert max((ours[k].double() - v.double()).abs().max().item() for k, v in final_weights(solo).items()) < 1e-2
+
+
 def test_gpu_memory_peak_is_logged(tmp_path):
     train(cuda_cfg(*SMALL), tmp_path)
     peaks = [s.value for s in read_events(tmp_path).Scalars("gpu_memory_peak_mib")]

@@ -97,6 +97,23 @@ def test_float64_stacked_jobs_match_solo_runs_within_1e_12(tmp_path):
     assert largest_difference(stacked, checkpoint_weights(tmp_path / "solo0")) < 1e-12
 
 
+def test_bf16_mixed_jobs_stack_under_the_trainers_autocast(tmp_path):
+    """device.precision=bf16-mixed stacks: the group's Trainer runs each call's steps and its
+    validation under Lightning's autocast, as a solo run's. bfloat16 rounds at other places in a
+    batched matrix product than in a plain one, so a job agrees with its solo twin to bfloat16's
+    precision (7e-4 measured after 75 steps), not to float32's."""
+    jobs = [MLP + ["device.precision=bf16-mixed", f"optimizer.lr={lr}", f"seed={seed}"] for lr, seed in ((0.01, 0), (0.03, 1))]
+    assert [g.jobs for g in group_jobs([make_cfg(*job) for job in jobs], [0, 0])[0]] == [[0, 1]]
+    metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[0])
+    assert [m["status"] for m in metrics] == ["ok", "ok"]
+    full = [[o for o in job if not o.startswith("device.precision")] for job in jobs]
+    train_group([make_cfg(*job) for job in full], [tmp_path / "fp32_0", tmp_path / "fp32_1"], [False, False])
+    mixed = checkpoint_weights(folders[0])
+    assert all(w.dtype == torch.float32 for w in mixed.values())  # the weights stay float32
+    assert largest_difference(mixed, checkpoint_weights(tmp_path / "solo0")) < 1e-2
+    assert largest_difference(mixed, checkpoint_weights(tmp_path / "fp32_0")) > 1e-5  # autocast was on
+
+
 def _structure(node):
     """A checkpoint with tensors replaced by their shapes and dtypes, and paths by file names."""
     if isinstance(node, dict):

@@ -3,6 +3,7 @@ its epoch's train_loss, validation (all jobs in one pass), best.ckpt's moment, i
 its early stopping (a job it stops is frozen, its neighbours go on), then last.ckpt."""
 
 import time
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from microtrain.internals import early_stop
@@ -24,7 +25,8 @@ def end_epoch(run: "StackedRun", batches_done: int) -> None:
     every_val = run.cfg.trainer.get("check_val_every_n_epoch", 1) or 1
     validate = run.val is not None and run.epoch % every_val == 0
     if validate and run.val is not None:  # validate implies a val split
-        values = split_metrics(run.stacked, run.val, run.loss_fn, run.jobs[0], "val_")
+        with run.trainer.precision_plugin.val_step_context() if run.trainer else nullcontext():  # bf16-mixed: autocast, as a solo run's validation
+            values = split_metrics(run.stacked, run.val, run.loss_fn, run.jobs[0], "val_")
         for k in active:
             for name, column in values.items():
                 run.jobs[k].scalars.add(name, column[k], run.step_count)

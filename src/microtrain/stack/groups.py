@@ -108,8 +108,8 @@ def why_alone(cfg: DictConfig) -> Optional[str]:
             return f"trainer.{key} is carried out by Lightning, which runs one model"
     if cfg.trainer.devices not in (1, "1") or cfg.trainer.num_nodes != 1 or cfg.trainer.strategy != "auto":
         return "several devices or a strategy train one model per process"
-    if str(cfg.device.precision) in ("16-mixed", "bf16-mixed"):
-        return f"device.precision={cfg.device.precision} scales losses per model"
+    if str(cfg.device.precision) == "16-mixed":
+        return "device.precision=16-mixed scales losses per model (bf16-mixed stacks)"
     return None
 
 

@@ -186,7 +186,7 @@ class StackedRun(L.Callback):
             {"max_epochs": -1, "limit_val_batches": 0, "enable_progress_bar": False},  # epochs, validation: _epoch_end
             accelerator=self.plan.accelerator,
             devices=1,
-            precision="64-true" if self.dtype == torch.float64 else "32-true",
+            precision=self.plan.precision,  # bf16-mixed: Lightning's autocast around each call's steps, as a solo run's
             logger=False,  # each job has its own TensorBoard run
             callbacks=[self],
             enable_checkpointing=False,  # each job has its own checkpoints, written by _epoch_end
