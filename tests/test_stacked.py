@@ -522,9 +522,13 @@ def test_a_stopped_stacked_sweep_resumes_bitwise_and_keeps_finished_jobs(tmp_pat
     second: list[Path] = []
     while time.monotonic() < deadline and not (len(second) == 2 and all((f / "checkpoints" / "last.ckpt").exists() for f in second)):
         second = sorted(killed.glob("*model.hidden=16*"))
-        time.sleep(0.05)
-    time.sleep(0.2)
+        time.sleep(0.01)
+    # frozen as soon as the second group checkpointed (a fast machine ends its 500 steps in well
+    # under a second), then signalled: a SIGTERM stays pending until the sweep goes on
+    process.send_signal(signal.SIGSTOP)
+    assert not any((f / "metrics.json").exists() for f in second), "the second group ended before the signal"
     os.kill(process.pid, how)
+    process.send_signal(signal.SIGCONT)
     out, err = process.communicate(timeout=120)
     if how == signal.SIGKILL:
         assert len(second) == 2 and not any((f / "metrics.json").exists() for f in second), "the sweep ended before the kill"
