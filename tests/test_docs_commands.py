@@ -25,6 +25,7 @@ SKIPPED = {
     r"hparams_search=optuna|n_trials": "a search of many trials (test_sweeps.py runs a 3-trial one)",
     r"hydra/launcher=joblib": "parallel worker processes (test_sweeps.py runs them)",
     r"loop.compile=true": "compiles for several seconds (test_compiled.py)",
+    r"seed=range\(0,16\)": "a 1,024-job sweep of ~50 s (test_stacked.py runs small stacked sweeps, test_cuda.py 1,024 jobs)",
 }
 PLACEHOLDER_RUN = re.compile(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d")
 PLACEHOLDER_SWEEP = re.compile(r"multirun/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d")

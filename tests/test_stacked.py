@@ -505,6 +505,7 @@ def uninterrupted_stacked_sweep(tmp_path_factory) -> Path:
         [sys.executable, str(ROOT / "scripts" / "train.py"), *STACKED_GRID, f"hydra.sweep.dir={folder}"], capture_output=True, text=True, timeout=300
     )
     assert whole.returncode == 0, whole.stderr
+    assert not whole.stderr.strip(), whole.stderr  # Lightning's banner, tips and warnings quieted, as in a solo run
     return folder
 
 

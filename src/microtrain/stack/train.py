@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Timer
 from omegaconf import DictConfig
 
 from microtrain import device as devices
+from microtrain.console import quiet_libraries
 from microtrain.data.batches import Batch
 from microtrain.run import folder as run_folder
 from microtrain.run import interrupt
@@ -43,6 +44,7 @@ def train_group(
     cfgs: list[DictConfig], run_dirs: list[Path], resume: list[bool], overrides: Optional[list[list[str]]] = None
 ) -> list[dict[str, Any]]:
     """Train the jobs stacked; returns each job's metrics (also in its metrics.json)."""
+    quiet_libraries()  # as a solo run: no "GPU available" lines, tips or known warnings of Lightning's
     overrides = overrides or [[] for _ in cfgs]
     jobs: list[StackedJob] = []
     for cfg, run_dir, job_overrides in zip(cfgs, run_dirs, overrides):
