@@ -247,13 +247,37 @@ def test_config_files_are_the_text_omegaconf_writes():
     @dataclass
     class Tricky:
         mode: Mode = Mode.RUN
-        texts: list = field(default_factory=lambda: ["1e5", "yes", "Off", "null", "", "nan", "-3", "0x1", "a: b", "é", "${x}", "1_000", "~"])
+        texts: list = field(
+            default_factory=lambda: [
+                "1e5",
+                "yes",
+                "Off",
+                "yEs",
+                "null",
+                "",
+                "nan",
+                "-3",
+                "0x1",
+                "a: b",
+                "é",
+                "${x}",
+                "1_000",
+                "~",
+                "two\nlines",
+            ]
+        )
         value: float = 1e-5
         missing: str = "???"
         nothing: Optional[int] = None
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         hydra_cfg = compose("train", overrides=["model=mlp", "optimizer.lr=0.01"], return_hydra_config=True)
-    for cfg in (hydra_cfg, OmegaConf.structured(Tricky)):
+
+    @dataclass
+    class WithPath:  # libyaml cannot represent a Path: OmegaConf writes it
+        path: Path = Path("/tmp/x")
+
+    beyond_the_first_plane = OmegaConf.create({"emoji": "😀"})  # libyaml would escape it: OmegaConf writes it
+    for cfg in (hydra_cfg, OmegaConf.structured(Tricky), OmegaConf.structured(WithPath), beyond_the_first_plane):
         assert yaml_text(cfg) == OmegaConf.to_yaml(cfg)
         assert OmegaConf.load(__import__("io").StringIO(yaml_text(cfg))) == OmegaConf.create(OmegaConf.to_yaml(cfg))

@@ -287,6 +287,71 @@ def test_a_signal_mid_epoch_stops_a_group_at_the_next_call_and_it_resumes_bitwis
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_a_sigterm_while_lightning_sets_the_group_up_ends_its_jobs_interrupted(tmp_path, monkeypatch):
+    """A SIGTERM between the fit's start and on_train_start reaches Lightning's own handler, whose
+    SIGTERMException (a SystemExit) would end the process with status 0 and no metrics: the jobs
+    end interrupted instead, as at any other moment."""
+    from microtrain.run import interrupt
+    from microtrain.stack.batches import StackedBatches
+
+    served = StackedBatches.__iter__
+
+    def signalled_while_set_up(batches):
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's data set-up asks for the first batch before on_train_start
+        yield from served(batches)
+
+    monkeypatch.setattr(StackedBatches, "__iter__", signalled_while_set_up)
+    try:
+        metrics = train_group([make_cfg(*MLP, f"optimizer.lr={lr}") for lr in (0.01, 0.03)], [tmp_path / "a", tmp_path / "b"], [False, False])
+    finally:
+        interrupt.forget()
+    assert [(m["status"], m["signal"]) for m in metrics] == [("interrupted", "SIGTERM")] * 2
+
+
+def test_inside_a_slurm_job_lightning_does_not_take_usr1_for_the_group(tmp_path, monkeypatch):
+    """Lightning's SLURM auto-requeue would save the group's Trainee (which holds none of the jobs'
+    state) on USR1 and requeue it: a group's Trainer is not in Lightning's SLURM environment (its
+    jobs resume from their own checkpoints, stacked_slurm's submitit does the requeueing)."""
+    from microtrain.stack import train as stack_train
+
+    for key, value in {
+        "SLURM_NTASKS": "1",
+        "SLURM_JOB_NAME": "sweep",
+        "SLURM_JOB_ID": "7",
+        "SLURM_NODELIST": "node1",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+    }.items():
+        monkeypatch.setenv(key, value)
+    before, during = signal.getsignal(signal.SIGUSR1), []
+    stepped = stack_train.StackedRun.whole_step
+
+    def watched(run, x, y):
+        during.append(signal.getsignal(signal.SIGUSR1))
+        stepped(run, x, y)
+
+    monkeypatch.setattr(stack_train.StackedRun, "whole_step", watched)
+    metrics = train_group([make_cfg(*MLP, f"optimizer.lr={lr}") for lr in (0.01, 0.03)], [tmp_path / "a", tmp_path / "b"], [False, False])
+    assert [m["status"] for m in metrics] == ["ok", "ok"] and during and all(h == before for h in during)
+
+
+def test_a_group_trains_in_a_thread_other_than_the_main_one(tmp_path):
+    """Signal handlers can be set in the main thread only: a group trained from another thread
+    (a notebook's background job) trains without them."""
+    import threading
+
+    found: list = []
+    worker = threading.Thread(
+        target=lambda: found.extend(
+            train_group([make_cfg(*MLP, f"optimizer.lr={lr}") for lr in (0.01, 0.03)], [tmp_path / "a", tmp_path / "b"], [False, False])
+        )
+    )
+    worker.start()
+    worker.join(timeout=120)
+    assert [m["status"] for m in found] == ["ok", "ok"]
+
+
 def test_curvature_stacks_and_each_job_logs_its_solo_twins_values(tmp_path):
     jobs = [
         MLP + ["log.curvature=true", "log.inspect_every_n_steps=10", "optimizer.momentum=0.9", f"optimizer.lr={lr}", f"seed={seed}"]

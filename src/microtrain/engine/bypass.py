@@ -56,6 +56,8 @@ class StepLoop:
     With ``loop.compile`` the plain steps are one ``engine.compiled.CompiledStep`` call each.
     """
 
+    holds_optimizer_state = False  # Trainee.configure_optimizers builds the run's optimizer
+
     def __init__(self, clip_val: Optional[float] = None, clip_algorithm: str = "norm", accumulate: int = 1, compile: Any = False):
         self.clip_val, self.clip_algorithm, self.accumulate = clip_val, clip_algorithm, accumulate
         self.wants_compile = compile  # true | false | "auto"

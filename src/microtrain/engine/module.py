@@ -28,6 +28,7 @@ class Steps(Protocol):
     step_count: int
     accumulate: int
     batch: list
+    holds_optimizer_state: bool  # True: Trainee builds no optimizer (a stack's step holds the K jobs' states)
 
     def start(self, module: Any) -> None: ...
     def call_started(self) -> None: ...
@@ -158,7 +159,7 @@ class Trainee(L.LightningModule):
         return isinstance(self.loss_fn, nn.CrossEntropyLoss)
 
     def configure_optimizers(self) -> Any:
-        if not any(True for _ in self.model.parameters()):  # a stack: its step holds the K optimizers' states, stacked
+        if self.loop.holds_optimizer_state:  # a stack: its step holds the K optimizers' states, stacked
             return None
         optimizer = self.make_optimizer(self.model.parameters())
         if self.make_scheduler is None:

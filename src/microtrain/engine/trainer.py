@@ -73,6 +73,28 @@ def build_trainer(args: dict[str, Any], **owned: Any) -> L.Trainer:
         raise ConfigError(f"Lightning refused the trainer settings: {str(err).splitlines()[0]}") from None
 
 
+def stack_trainer(plan: Any, deterministic: bool, callback: L.Callback, scratch: str) -> L.Trainer:
+    """The Trainer of a stacked group (``stack.train``): the group counts its epochs and steps,
+    validates and checkpoints each job itself (``callback``), and stops the fit itself."""
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    return build_trainer(
+        {"max_epochs": -1, "limit_val_batches": 0, "enable_progress_bar": False},
+        accelerator=plan.accelerator,
+        devices=1,
+        precision=plan.precision,  # bf16-mixed: Lightning's autocast around each call's steps, as a solo run's
+        deterministic=deterministic,
+        logger=False,  # each job has its own TensorBoard run
+        callbacks=[callback],
+        enable_checkpointing=False,  # each job has its own checkpoints
+        # not Lightning's SLURM environment: its USR1 requeue would save and resume the group's
+        # Trainee, which holds none of the jobs' state (they resume from their own checkpoints)
+        plugins=[LightningEnvironment()],
+        # a scratch folder: Lightning resumes by itself from an hpc_ckpt_*.ckpt it finds in default_root_dir
+        default_root_dir=scratch,
+    )
+
+
 def build_callbacks(cfg: Any, logged: list[str]) -> list[L.Callback]:
     """The ``callbacks`` group's entries, each ``{_target_: ..., **arguments}``; ``logged`` are
     the metrics a callback may monitor (none starting with val_ without a validation split)."""

@@ -109,13 +109,17 @@ def tensorboard_command(logdir: Path) -> str:
     return f"tensorboard --logdir {shlex.quote(str(logdir))}"
 
 
+# the spellings YAML 1.1 reads as booleans, which OmegaConf's dumper quotes (it is case-sensitive: yEs stays plain)
+_YAML_BOOLS = {f(word) for word in ("y", "yes", "n", "no", "true", "false", "on", "off") for f in (str.lower, str.capitalize, str.upper)}
+
+
 class _YamlDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # libyaml's C emitter where PyYAML has it
     pass
 
 
 def _string(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
     """Quoted when it would read back as a bool or a number ('1e5', 'yes'), as OmegaConf's dumper does."""
-    typed = text.lower() in ("y", "yes", "n", "no", "true", "false", "on", "off")
+    typed = text in _YAML_BOOLS
     try:
         float(text)
         typed = True
@@ -130,11 +134,20 @@ _YamlDumper.add_representer(str, _string)
 def yaml_text(cfg: Any) -> str:
     """``OmegaConf.to_yaml(cfg)``'s text, emitted by libyaml: 7.3 ms against 1.1 ms for a sweep
     job's ``.hydra/hydra.yaml``, ~13 ms of each job's ~100 ms start-up in a stacked sweep (measured
-    here). ``tests/test_run_folder_integrity.py`` checks that both write the same text."""
+    here). ``tests/test_run_folder_integrity.py`` checks that both write the same text. OmegaConf
+    writes it where libyaml would not: a value libyaml cannot represent (a Path in a structured
+    config), and text outside Unicode's first plane, which libyaml escapes (an emoji)."""
     from omegaconf import OmegaConf
 
     container = OmegaConf.to_container(cfg, enum_to_str=True) if OmegaConf.is_config(cfg) else cfg
-    return yaml.dump(container, Dumper=_YamlDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
+    text: Optional[str]
+    try:
+        text = yaml.dump(container, Dumper=_YamlDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
+    except yaml.representer.RepresenterError:
+        text = None
+    if text is None or "\\U" in text:  # libyaml's escape of a character beyond U+FFFF (or the text \U itself)
+        return OmegaConf.to_yaml(cfg if OmegaConf.is_config(cfg) else OmegaConf.create(cfg))
+    return text
 
 
 def write_hydra_record(run_dir: Path, hydra_cfg: Any, task_cfg: Any) -> None:

@@ -39,6 +39,11 @@ def _note(signum: int, frame: Optional[FrameType]) -> None:
             pass
 
 
+def note(signum: int) -> None:
+    """A signal learnt of otherwise than through ``install``'s handlers (Lightning's SIGTERMException)."""
+    _note(signum, None)
+
+
 def stop_signal() -> Optional[int]:
     """The signal this process received, or SIGTERM when its sweep's process received one (the
     stop file exists); None otherwise. A stat every Lightning call: microseconds."""

@@ -34,6 +34,12 @@ class StackedBatches:
         self.steps, self.epoch_of, self.resume_at = steps, epoch_of, resume_at
         return self
 
+    def planned_steps(self, max_epochs: Optional[int], max_steps: int) -> int:
+        """The steps trainer.max_epochs and trainer.max_steps allow (10**9 for neither)."""
+        by_epochs = max_epochs * self.batches_per_epoch if max_epochs is not None and max_epochs >= 0 else math.inf
+        planned = min(by_epochs, max_steps if max_steps > 0 else math.inf)
+        return int(planned) if planned != math.inf else 10**9
+
     def __len__(self) -> int:
         return math.ceil(self.batches_per_epoch / self.steps)
 

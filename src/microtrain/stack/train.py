@@ -7,6 +7,8 @@ The group is a run of the one engine: ``engine.module.Trainee`` under a Lightnin
 
 import math
 import signal
+import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any, Optional, cast
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from microtrain import device as devices
@@ -32,7 +35,7 @@ from microtrain.stack.step import StackedModel, StackedStep
 from microtrain.stack.validate import split_metrics
 from microtrain.engine.build import multiply_adds_per_step, steps_per_call
 from microtrain.engine.module import Trainee
-from microtrain.engine.trainer import build_trainer
+from microtrain.engine.trainer import stack_trainer
 from microtrain.run.checkpoints import CheckpointBudget
 
 # loop.compile=auto compiles the stacked step when it saves more than it costs: ~26 us a job-step
@@ -59,6 +62,7 @@ class StackedRun(L.Callback):
     """The group's steps for ``Trainee`` (``engine.module.Steps``) and its epoch ends, as a callback."""
 
     accumulate = 1  # trainer.accumulate_grad_batches>1 runs alone (stack.groups)
+    holds_optimizer_state = True  # Trainee builds no optimizer: the stacked step holds the K jobs' states
 
     def __init__(self, jobs: list[StackedJob]):
         self.jobs = jobs
@@ -84,7 +88,7 @@ class StackedRun(L.Callback):
         }
         self.step_count, self.epoch, self.first_batch = jobs[0].start_step, jobs[0].start_epoch, jobs[0].start_batch
         self.max_steps, self.max_epochs = cfg.trainer.max_steps, cfg.trainer.max_epochs
-        planned = self._planned_steps()
+        planned = self.data.planned_steps(self.max_epochs, self.max_steps)
         wanted = cfg.loop.compile
         compile = wanted is True or (wanted == "auto" and planned * len(jobs) >= COMPILE_FROM_JOB_STEPS and self.multiply_adds <= 1_000_000)
         clip = cfg.trainer.get("gradient_clip_val")
@@ -122,12 +126,6 @@ class StackedRun(L.Callback):
         self.batches_done = 0  # of the epoch going on
         self.grads: list[torch.Tensor] = []
 
-    def _planned_steps(self) -> int:
-        by_epochs = self.max_epochs * self.batches_per_epoch if self.max_epochs is not None and self.max_epochs >= 0 else math.inf
-        by_steps = self.max_steps if self.max_steps > 0 else math.inf
-        planned = min(by_epochs, by_steps)
-        return int(planned) if planned != math.inf else 10**9
-
     def done(self) -> bool:
         """Run length reached, time up, or every job stopped (early stopping, divergence)."""
         return (
@@ -147,8 +145,7 @@ class StackedRun(L.Callback):
         threads = devices.use_threads(self.cfg.device.threads, self.multiply_adds * len(self.jobs))
         for job in self.jobs:
             job.open()
-        started = time.perf_counter()
-        self.started = started
+        started = self.started = time.perf_counter()
         if self.timer is not None:
             self.timer.on_train_start(None, None)  # type: ignore[arg-type]  # it reads neither; its clock starts (a resumed group's time carries on)
         try:
@@ -184,21 +181,17 @@ class StackedRun(L.Callback):
         """The group's epochs under Lightning's fit loop: its count of epochs and steps is the
         group's own (a resumed group's go on from its checkpoints), and it stops the fit itself."""
         module = Trainee(StackedModel(self.stacked), self.loss_fn, self.jobs[0].prepared.module.make_optimizer, loop=self)
-        trainer = build_trainer(
-            {"max_epochs": -1, "limit_val_batches": 0, "enable_progress_bar": False},  # epochs, validation: _epoch_end
-            accelerator=self.plan.accelerator,
-            devices=1,
-            precision=self.plan.precision,  # bf16-mixed: Lightning's autocast around each call's steps, as a solo run's
-            logger=False,  # each job has its own TensorBoard run
-            callbacks=[self],
-            enable_checkpointing=False,  # each job has its own checkpoints, written by _epoch_end
-            default_root_dir=self.jobs[0].run_dir,
-        )
         batches = self.data.serve(self.shape["steps_per_call"], lambda: self.epoch, (self.epoch, self.first_batch))
-        with warnings.catch_warnings():  # what a stack is by design: no Lightning optimizer, validation in _epoch_end
+        with tempfile.TemporaryDirectory(prefix="microtrain-stack-") as scratch, warnings.catch_warnings():
+            # what a stack is by design: no Lightning optimizer, validation in _epoch_end
             warnings.filterwarnings("ignore", message=".*configure_optimizers` returned `None`.*")
             warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
-            trainer.fit(module, train_dataloaders=batches)
+            trainer = stack_trainer(self.plan, self.cfg.trainer.get("deterministic", False), self, scratch)
+            try:
+                trainer.fit(module, train_dataloaders=batches)
+            except SIGTERMException:  # SIGTERM before on_train_start took it over: Lightning's own stop
+                interrupt.note(signal.SIGTERM)
+                self.stopping = True
 
     # engine.module.Steps: each step of the K jobs is taken whole (stack.step clips inside it);
     # StepLoop's other moves have nothing to do here
@@ -230,6 +223,8 @@ class StackedRun(L.Callback):
             self.inspector.inspect(self.step_count, before, self.grads, x, y)
         self.step_count += 1
         self.batches_done += 1
+        if 0 < self.max_steps <= self.step_count:
+            cast(L.Trainer, self.trainer).should_stop = True  # no further call: its batches would be cut for nothing
         if self.step_count % self.cfg.log.every_n_steps == 0:  # on the grid of multiples, as a resumed solo run
             self._drain(self.grads)
         every = self.cfg.checkpoint.every_n_steps  # inside the epoch (its end writes its own), as a solo run
@@ -240,10 +235,12 @@ class StackedRun(L.Callback):
 
     # Lightning's hooks (StackedRun is the fit's one callback)
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """One process: SIGTERM is noted, and acted on at the epoch's end, rather than raising
-        Lightning's SIGTERMException at the next call's end (as run.checkpoints.InterruptCheckpoint)."""
+        """One process: SIGTERM is noted and acted on at the next call's end (on_train_batch_end),
+        where Lightning's own handler would raise its SIGTERMException, without checkpoints (as
+        run.checkpoints.InterruptCheckpoint). Signals can be handled in the main thread only."""
         self.trainer = trainer
-        signal.signal(signal.SIGTERM, interrupt._note)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, interrupt._note)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.batches_done, self.first_batch, self.grads = self.first_batch, 0, []
