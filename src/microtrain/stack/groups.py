@@ -25,7 +25,7 @@ PER_JOB = (
     "resume",
     "callbacks.",
 )
-# Trainer arguments the stacked loop carries out itself; any other one runs its job alone.
+# Trainer arguments a stacked group carries out for each of its jobs; any other one runs its job alone.
 STACKED_TRAINER = {
     "max_epochs",
     "max_steps",
@@ -39,7 +39,7 @@ STACKED_TRAINER = {
     "gradient_clip_val",
     "gradient_clip_algorithm",
 }
-# Callbacks the stacked loop runs for each job (each job its own instance): EarlyStopping freezes
+# Callbacks a stacked group runs for each job (each job its own instance): EarlyStopping freezes
 # the job it stops while its neighbours go on. Any other callback runs its job alone.
 STACKED_CALLBACKS = (
     "lightning.pytorch.callbacks.EarlyStopping",
@@ -99,10 +99,10 @@ def why_alone(cfg: DictConfig) -> Optional[str]:
         if cfg.optimizer.get(key):
             return f"optimizer.{key}={cfg.optimizer[key]} has no stacked update"
     if cfg.scheduler and "ReduceLROnPlateau" in str(cfg.scheduler.get("_target_", "")):
-        return "ReduceLROnPlateau steps on a metric, which the stacked loop does not hand it"
+        return "ReduceLROnPlateau steps on a metric, which a stacked group does not hand it"
     for name, spec in (cfg.callbacks or {}).items():
         if str(spec.get("_target_") if hasattr(spec, "get") else spec) not in STACKED_CALLBACKS:
-            return f"callbacks.{name} is a Lightning callback the stacked loop does not run (it runs EarlyStopping per job)"
+            return f"callbacks.{name} is a Lightning callback a stacked group does not run for each job (it runs EarlyStopping per job)"
     for key in cfg.trainer:
         if key not in STACKED_TRAINER:
             return f"trainer.{key} is carried out by Lightning, which runs one model"
