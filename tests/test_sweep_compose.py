@@ -7,7 +7,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from microtrain.config.sweep_jobs import SweepConfigs
 from tests_helpers import CONF
@@ -21,6 +21,19 @@ SWEEPS = {
     "dict_values_and_quotes": ["model=mlp", "model.init_values={fc2.bias:[0.5]},{fc2.bias:[1.5]}", "+note='a b','c=d'"],
     "override_dirname_excluded_keys": ["seed=0,1", "resume=false", "trainer.enable_progress_bar=true,false", "optimizer.lr=0.3"],
 }
+
+
+def _shape(node, path: str = "") -> list:
+    """Every node's path, node class, object and reference types and struct/readonly flags."""
+    meta = node._metadata
+    found = [(path, type(node).__name__, str(meta.object_type), str(meta.ref_type), node._get_node_flag("struct"), node._get_node_flag("readonly"))]
+    if isinstance(node, DictConfig) and not node._is_none() and not node._is_missing():
+        for key in node.keys():
+            found += _shape(node._get_node(key), f"{path}.{key}")
+    elif isinstance(node, ListConfig) and not node._is_none() and not node._is_missing():
+        for index in range(len(node)):
+            found += _shape(node._get_node(index), f"{path}[{index}]")
+    return found
 
 
 @pytest.mark.parametrize("sweep", sorted(SWEEPS))
@@ -39,6 +52,7 @@ def test_every_job_is_the_config_hydra_composes(sweep):
             assert OmegaConf.to_container(derived) == OmegaConf.to_container(theirs), overrides
             assert OmegaConf.to_yaml(derived) == OmegaConf.to_yaml(theirs)
             assert derived.hydra.job.override_dirname == theirs.hydra.job.override_dirname
+            assert _shape(derived) == _shape(theirs)  # flags and node types too: the copy keeps them
         if sweep in ("groups_and_values", "add_and_delete", "interpolation_values", "override_dirname_excluded_keys"):
             assert ours.composed < len(jobs)  # the value-only jobs were derived
         if sweep == "groups_and_values":

@@ -31,7 +31,6 @@ OWNED = {
     "default_root_dir": "hydra.run.dir",
     "enable_checkpointing": "checkpoint.every_n_steps and checkpoint.budget",
 }
-IN_THE_STEP = ("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches")
 # Arguments that count Lightning's calls, which take up to loop.steps_per_call optimizer steps each
 # in microtrain: they would not mean what they say.
 COUNT_CALLS = {
