@@ -215,6 +215,11 @@ def test_digits_mlp_accuracy(tmp_path):
     assert result.metrics["test_acc"] >= 0.95 and result.metrics["seconds"] < 60
 
 
+def patients(table) -> list[str]:
+    """The overrides that read ``spreadsheet``'s table: diagnosis from the rest, rows with gaps dropped."""
+    return ["data=csv", f"data.path={table}", "data.target=diagnosis", "data.exclude=[patient_id]", "data.missing=drop", "loss=cross_entropy"]
+
+
 def spreadsheet(path, n=160, seed=0):
     """What an Excel export looks like: ';'-separated, a BOM, NA and blank cells, a text column,
     an id column and string class labels (M/B) that depend on two numbers and the text column."""
@@ -237,12 +242,7 @@ def test_a_spreadsheet_with_text_missing_cells_and_string_labels_trains_and_pred
     table = spreadsheet(tmp_path / "patients.csv")
     run = tmp_path / "run"
     args = [
-        "data=csv",
-        f"data.path={table}",
-        "data.target=diagnosis",
-        "data.exclude=[patient_id]",
-        "data.missing=drop",
-        "loss=cross_entropy",
+        *patients(table),
         "model=mlp",
         "optimizer=adam",
         "trainer.max_epochs=40",
@@ -303,12 +303,7 @@ def test_test_metrics_are_in_the_targets_units(tmp_path):
 def test_categories_sep_and_npz_inputs_for_predictions(tmp_path):
     table = spreadsheet(tmp_path / "patients.csv")
     base = [
-        "data=csv",
-        f"data.path={table}",
-        "data.target=diagnosis",
-        "data.exclude=[patient_id]",
-        "data.missing=drop",
-        "loss=cross_entropy",
+        *patients(table),
         "trainer.max_epochs=2",
         "data.sep=';'",
     ]

@@ -31,6 +31,26 @@ class Killed(BaseException):
     turns a KeyboardInterrupt into a graceful exit)."""
 
 
+def crash_group(monkeypatch, hook: str, when, jobs: list[list[str]], tmp_path: Path) -> list[Path]:
+    """Train ``jobs`` stacked and kill the group right after StackedRun.<hook> once ``when(run)``;
+    the jobs' folders (crashed0, crashed1, ...)."""
+    from microtrain.stack import train as stack_train
+
+    original = getattr(stack_train.StackedRun, hook)
+
+    def then_killed(run, *args):
+        original(run, *args)
+        if when(run):
+            raise Killed
+
+    monkeypatch.setattr(stack_train.StackedRun, hook, then_killed)
+    crashed = [tmp_path / f"crashed{i}" for i in range(len(jobs))]
+    with pytest.raises(Killed):
+        train_group([make_cfg(*job) for job in jobs], crashed, [False] * len(jobs))
+    monkeypatch.undo()
+    return crashed
+
+
 def largest_difference(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
@@ -226,23 +246,11 @@ def test_early_stopping_stacks_and_each_job_stops_at_its_solo_twins_epoch(tmp_pa
 def test_a_job_early_stopping_ended_stays_stopped_when_its_crashed_group_resumes(tmp_path, monkeypatch):
     """Killed after one job stopped but before the group ended (its metrics.json not yet written):
     resumed, that job stays frozen at its stop and ends as in the uninterrupted group."""
-    from microtrain.stack import train as stack_train
 
     jobs = [EARLY + [f"optimizer.lr={lr}", f"seed={seed}"] for lr, seed in ((0.2, 3), (0.01, 2))]
     whole = train_group([make_cfg(*job) for job in jobs], [tmp_path / f"whole{i}" for i in range(2)], [False, False])
     assert whole[0]["epochs"] < 10 < whole[1]["epochs"]  # the first stops early (epoch 6), the second runs on
-    ended = stack_train.StackedRun._epoch_end
-
-    def crash_at_epoch_10(run, batches_done):
-        ended(run, batches_done)
-        if run.epoch == 10:
-            raise Killed
-
-    monkeypatch.setattr(stack_train.StackedRun, "_epoch_end", crash_at_epoch_10)
-    crashed = [tmp_path / f"crashed{i}" for i in range(2)]
-    with pytest.raises(Killed):
-        train_group([make_cfg(*job) for job in jobs], crashed, [False, False])
-    monkeypatch.undo()
+    crashed = crash_group(monkeypatch, "_epoch_end", lambda run: run.epoch == 10, jobs, tmp_path)
     assert not (crashed[0] / "metrics.json").exists()
     resumed = [train_group([make_cfg(*job, "resume=true")], [folder], [True])[0] for job, folder in zip(jobs, crashed)]
     for ours, theirs in zip(resumed, whole):
@@ -382,7 +390,6 @@ def test_step_checkpoints_stack_and_a_group_that_crashed_mid_epoch_resumes_bitwi
     step 32 resumes from it bitwise; a job's mid-epoch checkpoint also resumes as a solo run. Every
     8 steps: Lightning calls of 8 steps, which do not divide the 25-step epochs, so the checkpoint's
     loop counters must count calls as a solo run's loop does."""
-    from microtrain.stack import train as stack_train
 
     jobs = [
         MLP + ["checkpoint.every_n_steps=8", "optimizer=torch", "optimizer.name=RMSprop", f"optimizer.lr={lr}", f"seed={seed}"]
@@ -392,18 +399,8 @@ def test_step_checkpoints_stack_and_a_group_that_crashed_mid_epoch_resumes_bitwi
     metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[0])
     assert largest_difference(checkpoint_weights(folders[0]), checkpoint_weights(tmp_path / "solo0")) < 1e-6 and metrics[0]["steps"] == 75
 
-    written = stack_train.StackedRun._checkpoint_mid_epoch
-
-    def crash_after_step_32(run, batches_done):
-        written(run, batches_done)
-        if run.step_count == 32:  # 7 batches into the second epoch (25 steps each)
-            raise Killed
-
-    monkeypatch.setattr(stack_train.StackedRun, "_checkpoint_mid_epoch", crash_after_step_32)
-    crashed = [tmp_path / f"crashed{i}" for i in range(2)]
-    with pytest.raises(Killed):
-        train_group([make_cfg(*job) for job in jobs], crashed, [False, False])
-    monkeypatch.undo()
+    # killed after the mid-epoch checkpoint of step 32: 7 batches into the second epoch (25 steps each)
+    crashed = crash_group(monkeypatch, "_checkpoint_mid_epoch", lambda run: run.step_count == 32, jobs, tmp_path)
     assert torch.load(crashed[0] / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 32
     shutil.copytree(crashed[1], tmp_path / "solo_resumed" / "run")
     resumed = train_group([make_cfg(*job, "resume=true") for job in jobs], crashed, [True, True])
