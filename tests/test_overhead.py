@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from microtrain.run import checkpoints
 from microtrain.run.checkpoint_io import AtomicCheckpointIO
+from microtrain.engine.module import Trainee
 from microtrain.engine.build import steps_per_call
 from microtrain.monitor.scalars import ScalarBuffer
 from microtrain.engine.fit import train
@@ -47,14 +49,42 @@ def test_a_tight_budget_still_writes_the_first_and_the_final_epoch(tmp_path, che
     assert all(torch.equal(saved["state_dict"][k], weights[k]) for k in weights)
 
 
-def test_default_budget_skips_writes_on_millisecond_epochs_only(tmp_path, checkpoint_writes):
+@pytest.fixture
+def step_clock(monkeypatch, checkpoint_writes):
+    """The checkpoint budget's clock, in work done rather than wall time (which a loaded machine
+    bends): each training step takes 1 ms and each checkpoint write 1 ms."""
+    clock = SimpleNamespace(steps=0, writes=0)
+    step, save = Trainee.training_step, AtomicCheckpointIO.save_checkpoint
+
+    def timed_step(self, *args):
+        step(self, *args)
+        clock.steps = self.loop.step_count
+
+    def timed_save(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        clock.writes += 1
+
+    monkeypatch.setattr(Trainee, "training_step", timed_step)
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", timed_save)
+    monkeypatch.setattr(checkpoints, "time", SimpleNamespace(perf_counter=lambda: (clock.steps + clock.writes) * 1e-3))
+    return clock
+
+
+def test_default_budget_skips_writes_on_millisecond_epochs_only(tmp_path, checkpoint_writes, step_clock):
+    # a write of 1 ms is due once 50 ms (2 %) were trained since the last: with 32-step epochs,
+    # every other epoch, and always the first and the final one
     train(make_cfg(*SHORT_EPOCHS, "trainer.max_epochs=40"), tmp_path / "short")
-    short = list(checkpoint_writes)
-    assert short[0] == 32 and short[-1] == 1280 and len(short) < 40
+    assert checkpoint_writes == [*range(32, 1280, 64), 1280]
     checkpoint_writes.clear()
     # epochs of 800 steps take far longer than 50 writes: every one is written
     train(make_cfg(*SHORT_EPOCHS, "data.n_samples=25600", "trainer.max_epochs=3"), tmp_path / "long")
     assert checkpoint_writes == [800, 1600, 2400]
+
+
+def test_the_default_budget_skips_writes_of_a_real_tiny_run(tmp_path, checkpoint_writes):
+    """On the wall clock: a tiny model's 32-step epochs (a few ms) are far shorter than 50 writes."""
+    train(make_cfg(*SHORT_EPOCHS, "trainer.max_epochs=40"), tmp_path)
+    assert checkpoint_writes[0] == 32 and checkpoint_writes[-1] == 1280 and len(checkpoint_writes) < 40
 
 
 def test_with_validation_best_and_last_are_both_kept(tmp_path):
