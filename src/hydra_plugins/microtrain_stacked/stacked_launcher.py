@@ -108,7 +108,11 @@ class StackedLauncher(Launcher):
             with open_dict(configs[index]):
                 configs[index].resume = False
         ran = dict(zip(alone, self.run_alone([configs[i] for i in alone], [initial_job_idx + i for i in alone])))
-        return [ran[i] if result is None else self._trained(config, views[i], result) for i, (config, result) in enumerate(zip(configs, results))]
+        returns = [ran[i] if result is None else self._trained(config, views[i], result) for i, (config, result) in enumerate(zip(configs, results))]
+        # Hydra's logging back once, not after each job as run_job's callers do (1 ms a job here):
+        # nothing logs between two jobs' records
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return returns
 
     def train_chunks(self) -> Optional[Any]:
         """How the groups train: here, one after another (``stack.plan``); a cluster launcher sends them away."""
@@ -157,7 +161,6 @@ class StackedLauncher(Launcher):
             ret.status = JobStatus.COMPLETED
         ret.task_name = JobRuntime.instance().get("name")
         self.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
 
