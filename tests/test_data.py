@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import zipfile
 
 from microtrain.data.bundled import BUNDLED
 from microtrain.errors import ConfigError, DataError
@@ -193,8 +194,16 @@ def test_bad_npz(tmp_path):
     with pytest.raises(DataError, match=r"x\[1, 0\] is nan"):
         prepare_data(make_cfg("data=npz", f"data.path={tmp_path / 'b.npz'}"))
     (tmp_path / "c.npz").write_text("not a zip")
-    with pytest.raises(DataError, match="not a readable .npz file"):
-        prepare_data(make_cfg("data=npz", f"data.path={tmp_path / 'c.npz'}"))
+    np.save(tmp_path / "d.npy", np.ones((3, 2)))  # one array, not an archive: numpy would try it as a pickle
+    for name in ("c.npz", "d.npy"):
+        with pytest.raises(DataError, match=r"not an \.npz archive; write one with numpy\.savez") as refused:
+            prepare_data(make_cfg("data=npz", f"data.path={tmp_path / name}"))
+        assert "pickle" not in str(refused.value)
+    with zipfile.ZipFile(tmp_path / "e.npz", "w") as archive:  # an archive whose arrays are not .npy data
+        archive.writestr("x.npy", "not an array")
+        archive.writestr("y.npy", "not an array")
+    with pytest.raises(DataError, match="x and y are not arrays numpy.savez wrote"):
+        prepare_data(make_cfg("data=npz", f"data.path={tmp_path / 'e.npz'}"))
 
 
 def test_non_numeric_csv_refused_by_the_script(capsys, tmp_path):

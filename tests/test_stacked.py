@@ -5,6 +5,7 @@ TensorBoard's reader."""
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from microtrain.errors import ConfigError
 from microtrain.stack.groups import group_jobs
 from microtrain.stack.train import train_group
 from microtrain.engine.fit import train
@@ -66,6 +68,26 @@ def stacked_and_solo(tmp_path: Path, jobs: list[list[str]], solo: list[int]) -> 
     return metrics, folders
 
 
+def test_a_job_naming_a_metric_the_run_does_not_report_fails_alone(tmp_path):
+    """optimize.metric=val_acc on a regression: the job's solo run refuses it once the data is
+    known; stacked, that job fails with the same words and its neighbour trains on."""
+    jobs = [[*MLP, "trainer.max_epochs=1", "optimize.metric=val_acc"], [*MLP, "trainer.max_epochs=1", "optimize.metric=val_r2", "seed=1"]]
+    metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[])
+    refusal = "optimize.metric=val_acc is not reported by this run; pick one of: auto, train_loss, val_loss, val_mae, val_mse, val_r2, val_rmse"
+    assert metrics[0] == {"status": "failed", "error": refusal} == json.loads((folders[0] / "metrics.json").read_text())
+    with pytest.raises(ConfigError, match=re.escape(refusal)):
+        train(make_cfg(*jobs[0]), tmp_path / "solo")
+    assert metrics[1]["status"] == "ok" and -1 < metrics[1]["val_r2"] <= 1
+
+
+def test_a_stacked_classifier_reports_its_solo_runs_validation_accuracy(tmp_path):
+    jobs = [["model=mlp", "data=iris", "loss=cross_entropy", "trainer.max_epochs=3", f"optimizer.lr={lr}"] for lr in (0.05, 0.2)]
+    metrics, _ = stacked_and_solo(tmp_path, jobs, solo=[0, 1])
+    for i in (0, 1):
+        solo = json.loads((tmp_path / f"solo{i}" / "metrics.json").read_text())
+        assert metrics[i]["val_acc"] == pytest.approx(solo["val_acc"]) and metrics[i]["val_loss"] == pytest.approx(solo["val_loss"], rel=1e-5)
+
+
 OPTIMIZERS = {
     "rmsprop": [
         ["optimizer=rmsprop", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.weight_decay={wd}", f"optimizer.alpha={alpha}"]
@@ -98,7 +120,9 @@ def test_each_stacked_job_ends_within_1e_5_of_its_solo_run(tmp_path, optimizer):
     for i in (0, 1):
         assert largest_difference(checkpoint_weights(folders[i]), checkpoint_weights(tmp_path / f"solo{i}")) < 1e-5
         solo = json.loads((tmp_path / f"solo{i}" / "metrics.json").read_text())
-        assert metrics[i]["val_loss"] == pytest.approx(solo["val_loss"], rel=1e-4)
+        validation = [key for key in solo if key.startswith("val_")]  # what optimize.metric may name
+        assert validation == [key for key in metrics[i] if key.startswith("val_")] == ["val_loss", "val_mae", "val_mse", "val_r2", "val_rmse"]
+        assert [metrics[i][key] for key in validation] == pytest.approx([solo[key] for key in validation], rel=1e-4, abs=1e-6)
         assert metrics[i]["steps"] == solo["steps"] and metrics[i]["epochs"] == solo["epochs"]
         stacked_opt = torch.load(folders[i] / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]
         solo_opt = torch.load(tmp_path / f"solo{i}" / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]
@@ -642,6 +666,41 @@ def test_max_jobs_splits_a_group_and_memory_bounds_it(tmp_path, capsys, monkeypa
     assert 1 <= fits < 10_000  # a 16-unit MLP with batch 32 takes ~10 KiB a job: ~100 fit in a quarter of 4 MiB
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (64 * 1024**3, 80 * 1024**3))
     assert plan._jobs_that_fit(cfg, 10_000) == 10_000
+
+
+def test_a_launcher_chosen_without_a_sweep_says_it_is_one_run(tmp_path, capsys):
+    code, out, err = run_in_process(capsys, "train.py", "hydra/launcher=stacked", "trainer.max_epochs=1", "device=cpu", f"hydra.run.dir={tmp_path}")
+    assert code == 0 and "note: hydra/launcher=stacked launches the jobs of a sweep (-m); without -m this is one run" in out
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "choice, override, message",
+    [
+        (
+            "stacked",
+            "hydra.launcher.max_job=4",
+            "hydra.launcher.max_job is not a key of the config (did you mean hydra.launcher.max_jobs?); hydra.launcher takes: max_jobs",
+        ),
+        (
+            "stacked",
+            "+hydra.launcher.max_job=4",
+            "hydra.launcher.max_job is not a setting of StackedLauncher (did you mean max_jobs?); it takes: max_jobs",
+        ),
+        (
+            "joblib",
+            "hydra.launcher.n_job=2",
+            "hydra.launcher.n_job is not a key of the config (did you mean hydra.launcher.n_jobs?); hydra.launcher takes: n_jobs, ",
+        ),
+    ],
+)
+def test_a_misspelled_launcher_setting_names_the_ones_it_takes(tmp_path, capsys, choice, override, message):
+    """A launcher takes no key it does not name: Hydra's way out (+key=value) would fail at its start."""
+    code, out, err = run_in_process(
+        capsys, "train.py", "-m", f"hydra/launcher={choice}", override, "seed=0,1", "device=cpu", f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    )
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and err.startswith(f"error: {message}")
+    assert not (tmp_path / "sweep").exists()
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5", "true"])

@@ -74,12 +74,16 @@ def test_submitit_local_launcher(tmp_path):
     assert list(tmp_path.glob(".submitit/*/*_log.out"))
 
 
-def test_optuna_search_three_trials(tmp_path):
-    done, rows = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
+@pytest.mark.parametrize("metric, mode", [("auto", "min"), ("val_r2", "max")])
+def test_optuna_search_three_trials(tmp_path, metric, mode):
+    """optimize.mode sets the study's direction (maximize for val_r2), and the summary ranks alike."""
+    done, rows = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=3", f"optimize.metric={metric}", f"optimize.mode={mode}")
     assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
     result = (tmp_path / "optimization_results.yaml").read_text()
-    best = min(float(r["val_loss"]) for r in rows)
-    assert f"best_value: {best}"[:20] in result
+    values = [float(r["val_loss" if metric == "auto" else metric]) for r in rows]  # the summary has the metric's column
+    assert values == sorted(values, reverse=mode == "max")
+    assert f"best_value: {values[0]}"[:20] in result
+    assert f"best {'val_loss' if metric == 'auto' else metric} first" in done.stdout
     assert all("optimizer.lr=" in r["overrides"] and "model.hidden=" in r["overrides"] for r in rows)
 
 

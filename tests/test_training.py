@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from microtrain.errors import ConfigError
+from microtrain.engine.build import prepare
 from microtrain.engine.fit import train
 from tests_helpers import make_cfg, read_events
 
@@ -142,6 +143,20 @@ def test_auto_inspection_spaces_itself_within_budget(tmp_path):
     gaps = [b - a for a, b in zip(steps, steps[1:])]
     assert steps[0] == 0 and len(steps) >= 3 and max(gaps) <= 1000
     assert max(gaps) > 1  # a tiny model is not inspected at every step
+
+
+def test_metrics_json_holds_the_final_weights_validation_metrics(tmp_path):
+    """What optimize.metric may name (val_acc): the final weights on the whole validation split,
+    as counted by hand and as the last epoch's validation logged it."""
+    cfg = make_cfg("model=mlp", "data=iris", "loss=cross_entropy", "trainer.max_epochs=3")
+    result = train(cfg, tmp_path)
+    module = result.module
+    x, y = module.to_model(*prepare(cfg).splits.val)
+    with torch.no_grad():
+        by_hand = (module.model(x).argmax(dim=1) == y).double().mean().item()
+    assert [k for k in result.metrics if k.startswith("val_")] == ["val_loss", "val_acc"]
+    assert result.metrics["val_acc"] == pytest.approx(by_hand) and 0 < by_hand < 1
+    assert read_events(tmp_path).Scalars("val_acc")[-1].value == pytest.approx(result.metrics["val_acc"])
 
 
 def test_steps_per_call_must_divide_step_checkpoints(tmp_path):

@@ -21,7 +21,7 @@ from microtrain import usage
 from microtrain.console import console, error_console, fmt, one_line, print_start, quiet_libraries, start_up_collection_paused
 from microtrain.run import folder as run_folder
 from microtrain.errors import ConfigError, FolderBusy, Interrupted, MicrotrainError, TrainingDiverged, WriteFailed
-from microtrain.sweep_summary import objective
+from microtrain.sweep_summary import objective, sweeper_direction
 
 
 def train_command(cfg: DictConfig) -> float:
@@ -64,6 +64,9 @@ def train_command(cfg: DictConfig) -> float:
             # command in each child rank, and each would start a sweep of its own.
             console.print("note: trainer.strategy=ddp inside a sweep runs as ddp_spawn")
             cfg.trainer.strategy = "ddp_spawn"
+        launcher = HydraConfig.get().runtime.choices.get("hydra/launcher")
+        if not multirun and launcher not in (None, "basic"):  # Hydra itself ignores it without a word
+            console.print(f"note: hydra/launcher={launcher} launches the jobs of a sweep (-m); without -m this is one run")
         schema.check(cfg)
         trainer_arguments(cfg.trainer)  # a Trainer argument Lightning does not have: one line, before the tree
         first_rank = not int(os.environ.get("LOCAL_RANK", 0)) and not int(os.environ.get("NODE_RANK", 0))
@@ -227,6 +230,8 @@ def predict_command(cfg: DictConfig) -> None:
 
 CONFIGS = "pkg://microtrain.conf"  # conf/ of the source tree, installed as the package microtrain.conf
 usage.register()  # the --help page's resolver (conf/train.yaml: hydra.help.template)
+if not OmegaConf.has_resolver("microtrain_direction"):  # Optuna's direction from optimize.mode (conf/hparams_search/optuna*.yaml)
+    OmegaConf.register_new_resolver("microtrain_direction", sweeper_direction)
 
 
 def train_main() -> None:

@@ -1,7 +1,7 @@
 """The private Lightning attributes microtrain reads, here only (``tests/test_core.py`` checks
 that no other module touches them, and fails loudly if a Lightning upgrade moves them).
 
-A lower layer than ``train/`` and ``run/``: both use it, and it imports nothing of microtrain.
+A lower layer than ``engine/``, ``stack/`` and ``run/``: they use it, and it imports nothing of microtrain.
 """
 
 from typing import Any

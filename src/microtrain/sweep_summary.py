@@ -31,6 +31,15 @@ def objective(metrics: dict[str, Any], name: str) -> tuple[str, float]:
     return name, float(value) if isinstance(value, (int, float)) else math.nan
 
 
+def sweeper_direction(mode: str) -> str:
+    """``optimize.mode`` as Optuna's study direction (``conf/hparams_search/optuna*.yaml``), so a
+    search maximises val_acc when the summary ranks it highest first."""
+    directions = {"min": "minimize", "max": "maximize"}
+    if mode not in directions:
+        raise ValueError(f"optimize.mode={mode} must be min or max")
+    return directions[mode]
+
+
 def collect(sweep_dir: Path, optimize: Any, hidden_keys: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """A row per job folder (one with .hydra/overrides.yaml); ``hidden_keys`` are left out of its overrides."""
     import yaml
@@ -46,7 +55,7 @@ def collect(sweep_dir: Path, optimize: Any, hidden_keys: tuple[str, ...] = ()) -
             else {"status": "failed", "error": "the job ended without writing metrics.json"}
         )
         name, value = objective(metrics, optimize.metric)
-        row = {key: metrics.get(key) for key in COLUMNS if key in metrics}
+        row = {key: metrics.get(key) for key in [*COLUMNS, name] if key in metrics}
         rows.append(row | {"overrides": " ".join(overrides) or "(none)", "folder": str(folder), "objective": value, "metric": name})
     return rows
 
@@ -61,14 +70,24 @@ def rank(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     return rows
 
 
+def with_metric(columns: list[str], rows: list[dict[str, Any]]) -> list[str]:
+    """The columns, and the optimized metric after status when it is none of them (val_acc)."""
+    metric = rows[0]["metric"] if rows else None
+    if metric is None or metric in columns:
+        return columns
+    at = columns.index("status") + 1
+    return [*columns[:at], metric, *columns[at:]]
+
+
 def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
+    columns = with_metric(COLUMNS, rows)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     run_folder.write_text_atomic(sweep_dir / "summary.csv", buffer.getvalue())
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |" for row in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
     run_folder.write_text_atomic(sweep_dir / "summary.md", "\n".join(lines) + "\n")
 
 
@@ -86,10 +105,11 @@ def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, console: Optional
 
     metric = rows[0]["metric"] if rows else "metric"
     table = Table(title=f"sweep {sweep_dir}: {len(rows)} jobs, best {metric} first")
-    for column in ("best", "overrides", "status", "train_loss", "val_loss", "test_loss"):
+    columns = with_metric(["best", "overrides", "status", "train_loss", "val_loss", "test_loss"], rows)
+    for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in ("best", "overrides", "status", "train_loss", "val_loss", "test_loss")))
+        table.add_row(*(_cell(row.get(c)) for c in columns))
     # a log file or a pipe gets a wide table rather than rich's 80 columns
     console = console or Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     console.print(table)

@@ -14,6 +14,9 @@ Examples:
   microtrain-train model=mlp optimizer.lr=0.1
   microtrain-train -m optimizer.lr=0.01,0.1 model=linear,mlp      (a sweep)
   microtrain-train --config-dir=my_configs model=wide             (your own configs)
+Sweeps (-m) run on hydra/launcher=basic (one job after another, the default), stacked (jobs that
+differ only in hyper-parameters as one stacked model), joblib, submitit_local, submitit_slurm,
+stacked_submitit_local or stacked_slurm; hparams_search=optuna|optuna_stacked searches.
 """,
     "predict": """microtrain-predict run=<run folder> data.path=<table.csv or arrays.npz> [key=value ...]   (also scripts/predict.py)
 Predict with a finished run: one prediction per input row, in the input's row order, written as CSV.

@@ -49,6 +49,8 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
             return f"{key} is neither a config group nor a key{did_you_mean(key, groups)}; see --help for the groups and keys"
         append = re.search(r"use (\+\S+)", text)
         add = f"; to add a new key write {append.group(1)}" if append else ""
+        if key.startswith(("hydra.launcher.", "hydra.sweeper.")):  # a plugin takes no key it does not name
+            add = f"; {key.rsplit('.', 1)[0]} takes: {', '.join(k.rsplit('.', 1)[1] for k in keys() if k.startswith(key.rsplit('.', 1)[0] + '.') and not k.endswith('._target_'))}"
         group, _, rest = key.partition(".")
         owners = _options_with(group, rest) if rest else []
         if owners:  # model.activation with model=linear: the key of another option of the group
@@ -94,6 +96,15 @@ def outside_a_job(err: Exception, config_name: str) -> tuple[str, int]:
     if not isinstance(err, COMPOSITION_ERRORS):
         text = str(err).strip()
         first = text.splitlines()[0] if text else "no message"
+        unknown = re.search(r"target '([\w.]+)'.*unexpected keyword argument '(\w+)'.*full_key: ([\w.]+)", text, flags=re.S)
+        if unknown:  # +hydra.launcher.max_job=4: the plugin's class does not take that setting
+            import inspect
+
+            from hydra.utils import get_class
+
+            target, key, node = unknown.groups()
+            taken = [p for p in inspect.signature(get_class(target)).parameters if p not in ("self", "args", "kwargs")]
+            return f"{node}.{key} is not a setting of {target.rsplit('.', 1)[1]}{did_you_mean(key, taken)}; it takes: {', '.join(taken)}", 2
         return f"{type(err).__name__}: {first} (HYDRA_FULL_ERROR=1 shows the traceback)", 2 if isinstance(err, HydraException) else 1
     folder = sweep_summary.started
     if folder is not None and folder.is_dir() and {p.name for p in folder.iterdir()} <= {"multirun.yaml"}:
@@ -107,9 +118,13 @@ def config_keys(config_name: str) -> list[str]:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    import sys
+
+    # the Hydra plugins the command chose (hydra/launcher=stacked), so their settings are keys too
+    chosen = [a for a in sys.argv[1:] if re.fullmatch(r"hydra/\w+=[\w.-]+", a)]
     GlobalHydra.instance().clear()
     with initialize_config_module("microtrain.conf", version_base="1.3"):
-        cfg = OmegaConf.to_container(compose(config_name), resolve=False)
+        cfg = OmegaConf.to_container(compose(config_name, overrides=chosen, return_hydra_config=True), resolve=False)
     keys: list[str] = []
 
     def walk(node: Any, prefix: str) -> None:

@@ -4,6 +4,7 @@ Every problem is a DataError naming the file and, where it applies, the entry. N
 file is ever executed (NPZ is read with ``allow_pickle=False``).
 """
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ def existing_file(path: Any, key: str = "data.path") -> Path:
 
 def read_npz(path: Path, need_y: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """x and y (for predictions y may be absent: then an empty column)."""
+    if not zipfile.is_zipfile(path):  # numpy would read it as a pickle and suggest allow_pickle=True: never for data
+        raise DataError(f"{path}: not an .npz archive; write one with numpy.savez(path, x=..., y=...)")
     try:
         with np.load(path, allow_pickle=False) as arrays:
             if "x" not in arrays or (need_y and "y" not in arrays):
@@ -32,6 +35,8 @@ def read_npz(path: Path, need_y: bool = True) -> tuple[np.ndarray, np.ndarray]:
             y = arrays["y"] if "y" in arrays else np.zeros((len(x), 1))
     except (ValueError, OSError) as err:
         raise DataError(f"{path}: not a readable .npz file ({str(err).splitlines()[0]})") from None
+    if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):  # numpy hands back a member that is no .npy as bytes
+        raise DataError(f"{path}: x and y are not arrays numpy.savez wrote; write the file with numpy.savez(path, x=..., y=...)")
     if not np.issubdtype(x.dtype, np.number) or not np.issubdtype(y.dtype, np.number):
         raise DataError(f"{path}: x and y must be numeric arrays, got {x.dtype} and {y.dtype}")
     for name, array in (("x", x), ("y", y)):

@@ -53,7 +53,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = 
     plan = device.resolve(cfg.device)
     trainer_args, loop = trainer_arguments(cfg.trainer, cfg.loop.compile)
     prepared = prepare(cfg, loop)
-    _check_optimize_metric(cfg, prepared)
+    check_optimize_metric(cfg, prepared)
     if int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0:
         print(describe_data(prepared.data_info), flush=True)
     loop.multiply_adds = multiply_adds_per_step(cfg, prepared.module.model, prepared.splits)
@@ -140,7 +140,7 @@ def _logged(prepared: Prepared) -> list[str]:
     return ["val_loss", *(cast("Iterable[str]", prepared.module.val_metrics.keys()) if prepared.module.val_metrics is not None else [])]
 
 
-def _check_optimize_metric(cfg: DictConfig, prepared: Prepared) -> None:
+def check_optimize_metric(cfg: DictConfig, prepared: Prepared) -> None:
     """optimize.metric must be one the run reports: a name it does not would sort sweeps by nothing."""
     wanted = cfg.optimize.metric
     if wanted == "auto":
@@ -170,10 +170,26 @@ def _final_metrics(prepared: Prepared, trainer: L.Trainer, seconds: float) -> di
         x, y = module.to_model(*pair)
         return float(module.loss_fn(module.model(x), y))
 
+    def val_metrics() -> dict[str, float]:
+        """val_acc, val_r2, ... as validation logs them (torchmetrics, in the model's units): what
+        optimize.metric may name. Every rank holds the whole split: no sync across processes."""
+        collection = module.val_metrics
+        if prepared.splits.val is None or collection is None:
+            return {}
+        x, y = module.to_model(*prepared.splits.val)
+        for metric in collection.values():
+            metric.sync_on_compute = False
+        collection.reset()
+        collection.update(module.predict_targets(module.model(x)), y)
+        values = {name: float(value) for name, value in sorted(collection.compute().items())}
+        collection.reset()
+        return values
+
     metrics: dict[str, Any] = {
         "status": "ok",
         "train_loss": loss_on(prepared.splits.train),
         "val_loss": loss_on(prepared.splits.val),
+        **val_metrics(),
         **_progress(trainer),
         "seconds": round(seconds, 3),
     }

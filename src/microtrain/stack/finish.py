@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, cast
 from microtrain.run import folder as run_folder
 from microtrain.run import interrupt
 from microtrain.stack.jobs import StackedJob
-from microtrain.stack.validate import test_metrics
+from microtrain.stack.validate import split_metrics, test_metrics
 
 if TYPE_CHECKING:  # the group's final losses, step count and device
     from microtrain.stack.train import StackedRun
@@ -44,6 +44,7 @@ def finished(run: "StackedRun", k: int, job: StackedJob, seconds: float, threads
         "status": "ok",
         "train_loss": run.final["train_loss"][k],
         "val_loss": run.final["val_loss"][k] if "val_loss" in run.final else None,
+        **{name: run.final[name][k] for name in sorted(run.final) if name.startswith("val_") and name != "val_loss"},  # by name, as a solo run's
         "steps": steps,
         "epochs": epochs,
         "seconds": round(seconds, 3),
@@ -59,3 +60,18 @@ def finished(run: "StackedRun", k: int, job: StackedJob, seconds: float, threads
     metrics["stacked"] = {"jobs": len(run.jobs), "job": k}
     job.finish(metrics)
     return metrics
+
+
+def finish_jobs(run: "StackedRun", seconds: float, threads: int) -> list[dict[str, Any]]:
+    """Every job's end: its final losses and validation metrics (the final weights on the whole
+    train and validation splits, all jobs in one pass each; a frozen job's are those it stopped
+    with, its learning rate 0 since), then its metrics.json, or ``interrupted`` after a signal."""
+    run.final = split_metrics(run.stacked, run.train, run.loss_fn, run.jobs[0], "train_", only_loss=True)
+    if run.val is not None:
+        run.final |= split_metrics(run.stacked, run.val, run.loss_fn, run.jobs[0], "val_")  # val_acc, val_r2...: optimize.metric
+    if run.stopping:  # jobs early stopping had ended are done: they finish ok
+        return [
+            finished(run, k, job, seconds, threads) if job.stopped and job.status == "ok" else interrupted(job, run.step_count)
+            for k, job in enumerate(run.jobs)
+        ]
+    return [finished(run, k, job, seconds, threads) for k, job in enumerate(run.jobs)]

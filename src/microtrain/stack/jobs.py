@@ -22,6 +22,7 @@ from microtrain.monitor.scalars import ScalarBuffer
 from microtrain.run import folder as run_folder
 from microtrain.run.checkpoints import checkpoint_callbacks
 from microtrain.engine.build import Prepared, prepare
+from microtrain.engine.fit import check_optimize_metric
 from microtrain.engine.trainer import build_callbacks
 from microtrain.run.checkpoint_format import epoch_end_checkpoint
 from microtrain.run.checksums import sealed
@@ -37,6 +38,7 @@ class StackedJob:
         self.overrides = overrides or []  # its command-line overrides: HParams shows the keys they set
         # the seeded model and the data, as its solo run has them (the data prepared once a group: ``like``)
         self.prepared: Prepared = prepare(cfg, like=like.prepared if like is not None else None)
+        check_optimize_metric(cfg, self.prepared)  # a name the run does not report would rank the sweep by nothing
         module = self.prepared.module
         self.model = module.model
         self.optimizer = module.make_optimizer(self.model.parameters())

@@ -23,16 +23,16 @@ from omegaconf import DictConfig
 from microtrain import device as devices
 from microtrain.console import quiet_libraries
 from microtrain.data.batches import Batch
+from microtrain.errors import ConfigError
 from microtrain.run import folder as run_folder
 from microtrain.run import interrupt
 from microtrain.stack.batches import StackedBatches, on_device
 from microtrain.stack.best import BestEpochs
 from microtrain.stack.epoch_end import end_epoch
-from microtrain.stack.finish import finished, interrupted
+from microtrain.stack.finish import finish_jobs
 from microtrain.stack.inspect import StackedInspector
 from microtrain.stack.jobs import StackedJob
 from microtrain.stack.step import StackedModel, StackedStep
-from microtrain.stack.validate import split_metrics
 from microtrain.engine.build import multiply_adds_per_step, steps_per_call
 from microtrain.engine.module import Trainee
 from microtrain.engine.trainer import stack_trainer
@@ -50,12 +50,19 @@ def train_group(
     quiet_libraries()  # as a solo run: no "GPU available" lines, tips or known warnings of Lightning's
     overrides = overrides or [[] for _ in cfgs]
     jobs: list[StackedJob] = []
-    for cfg, run_dir, job_overrides in zip(cfgs, run_dirs, overrides):
-        jobs.append(StackedJob(cfg, run_dir, job_overrides, like=jobs[0] if jobs else None))
-    for job, again in zip(jobs, resume):
+    refused: dict[int, dict[str, Any]] = {}
+    for k, (cfg, run_dir, job_overrides) in enumerate(zip(cfgs, run_dirs, overrides)):
+        try:
+            jobs.append(StackedJob(cfg, run_dir, job_overrides, like=jobs[0] if jobs else None))
+        except ConfigError as err:  # what its solo run refuses once its data is known (optimize.metric): it alone fails
+            refused[k] = {"status": "failed", "error": str(err)}
+            Path(run_dir).mkdir(parents=True, exist_ok=True)
+            run_folder.write_json_atomic(Path(run_dir) / run_folder.METRICS, refused[k])
+    for job, again in zip(jobs, [again for k, again in enumerate(resume) if k not in refused]):
         if again:
             job.resume()
-    return StackedRun(jobs).run()
+    trained = iter(StackedRun(jobs).run() if jobs else [])
+    return [refused[k] if k in refused else next(trained) for k in range(len(cfgs))]
 
 
 class StackedRun(L.Callback):
@@ -109,6 +116,7 @@ class StackedRun(L.Callback):
         self.budget = CheckpointBudget(cfg.checkpoint.budget)
         self.inspector = StackedInspector(self.jobs, self.stacked, cfg.log, self.step_count, self.train, planned)
         self.pending: list[torch.Tensor] = []
+        self.final: dict[str, list[float]] = {}  # the final weights' losses and metrics, per job (stack.finish)
         self.best = BestEpochs(self.stacked)
         if not all(job.active for job in jobs):  # a resumed job early stopping had ended stays frozen
             self.stacked.set_lr([job.lr() if job.active else 0.0 for job in jobs])
@@ -157,18 +165,7 @@ class StackedRun(L.Callback):
                 self.end_jobs([k for k, job in enumerate(self.jobs) if job.active])
         finally:
             torch.set_num_threads(threads_before)
-        seconds = time.perf_counter() - started
-        # the final weights on the whole train and validation splits, all jobs in one pass each
-        # (a frozen job's weights are those it stopped with: its learning rate is 0 since)
-        self.final = split_metrics(self.stacked, self.train, self.loss_fn, self.jobs[0], "train_", only_loss=True)
-        if self.val is not None:
-            self.final |= split_metrics(self.stacked, self.val, self.loss_fn, self.jobs[0], "val_", only_loss=True)
-        if self.stopping:  # jobs early stopping had ended are done: they finish ok
-            return [
-                finished(self, k, job, seconds, threads) if job.stopped and job.status == "ok" else interrupted(job, self.step_count)
-                for k, job in enumerate(self.jobs)
-            ]
-        return [finished(self, k, job, seconds, threads) for k, job in enumerate(self.jobs)]
+        return finish_jobs(self, time.perf_counter() - started, threads)
 
     def end_jobs(self, jobs: list[int]) -> None:
         """What a solo run writes as it ends (``on_train_end``): the final weights' inspection and the last steps' window."""
