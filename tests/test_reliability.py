@@ -251,3 +251,12 @@ def test_checkpoints_load_without_running_code(tmp_path):
     torch.save({"state_dict": {}, "extra": Payload()}, path)
     with pytest.raises(Exception, match="Weights only load failed"):
         AtomicCheckpointIO().load_checkpoint(path)
+
+
+def test_a_search_with_an_unknown_optimize_mode_is_one_line_before_it_starts(capsys, tmp_path):
+    """Optuna's direction comes from optimize.mode (conf/hparams_search/optuna.yaml): a mode that is
+    neither min nor max stops the search before its first trial, with no sweep folder."""
+    sweep = tmp_path / "sweep"
+    code, out, err = run_in_process(capsys, "train.py", "-m", "hparams_search=optuna", "optimize.mode=maximum", f"hydra.sweep.dir={sweep}")
+    assert code == 2 and err.strip() == "error: optimize.mode=maximum must be min or max"
+    assert not sweep.exists()

@@ -96,6 +96,8 @@ def outside_a_job(err: Exception, config_name: str) -> tuple[str, int]:
     if not isinstance(err, COMPOSITION_ERRORS):
         text = str(err).strip()
         first = text.splitlines()[0] if text else "no message"
+        if resolving := re.search(r"raised while resolving interpolation: (.+)", first):  # a resolver's own refusal
+            return resolving.group(1), 2
         unknown = re.search(r"target '([\w.]+)'.*unexpected keyword argument '(\w+)'.*full_key: ([\w.]+)", text, flags=re.S)
         if unknown:  # +hydra.launcher.max_job=4: the plugin's class does not take that setting
             import inspect
