@@ -52,6 +52,37 @@ def test_a_conflicting_override_on_resume_is_refused_and_writes_nothing(capsys, 
     assert files_of(finished) == before
 
 
+@pytest.mark.parametrize("override, reached", [("trainer.max_epochs=2", "the 3 epochs"), ("trainer.max_steps=10", "the 75 steps")])
+def test_a_run_length_below_what_the_run_reached_is_refused_and_writes_nothing(capsys, finished, override, reached):
+    """Lightning would refuse the lower max_epochs only after config.yaml, metrics.json and the
+    events were rewritten (and every later resume=true with it), and end past a lower max_steps."""
+    before = files_of(finished)
+    code, out, err = run_in_process(capsys, "train.py", "resume=true", f"hydra.run.dir={finished}", override)
+    assert code == 2 and f"error: {override} is below {reached} this run has reached (step 75, epoch 3)" in err
+    assert len(err.strip().splitlines()) == 1 and files_of(finished) == before
+
+
+def test_a_key_of_the_runs_model_on_resume_is_refused_as_a_change(capsys, finished):
+    """resume=true composes on the default model (linear), not the run's (an MLP): model.hidden is
+    refused as what resume cannot change, not as a key of another model; restating model=mlp is no change."""
+    code, _, err = run_in_process(capsys, "train.py", "resume=true", f"hydra.run.dir={finished}", "model.hidden=16")
+    assert code == 2 and err.strip() == (
+        "error: resume=true keeps the run's model settings (its config.yaml): drop model.hidden to resume, or start a new run in another hydra.run.dir"
+    )
+    code, _, err = run_in_process(capsys, "train.py", "resume=true", f"hydra.run.dir={finished}", "model=mlp", "model.hidden=16")
+    assert code == 2 and "cannot change model.hidden (8 in the run, 16 given) in mid-run" in err and "model (" not in err
+
+
+def test_a_resume_says_where_it_goes_on_from_and_counts_the_epoch_it_is_in(capsys, tmp_path):
+    run = tmp_path / "run"
+    assert run_in_process(capsys, "train.py", *QUICK, "trainer.max_steps=40", f"hydra.run.dir={run}")[0] == 0  # 25 steps an epoch: in epoch 2
+    code, _, err = run_in_process(capsys, "train.py", "resume=true", f"hydra.run.dir={run}", "trainer.max_steps=-1", "trainer.max_epochs=1")
+    assert code == 2 and "trainer.max_epochs=1 is below the 2 epochs this run has reached (step 40, epoch 2)" in err
+    code, out, _ = run_in_process(capsys, "train.py", "resume=true", f"hydra.run.dir={run}", "trainer.max_steps=60")
+    assert code == 0 and f"resume: from step 40 (epoch 2) of {run}" in out
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 60
+
+
 def test_a_rejected_rerun_into_a_finished_folder_writes_nothing(capsys, finished):
     before = files_of(finished)
     code, _, err = run_in_process(capsys, "train.py", "optimizer=adam", "optimizer.betas=[2,0.9]", f"hydra.run.dir={finished}")

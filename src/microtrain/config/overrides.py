@@ -4,6 +4,7 @@ Hydra's own messages take 5-10 lines with its search path; these name the closes
 
 import difflib
 import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
             add = f"; {key.rsplit('.', 1)[0]} takes: {', '.join(k.rsplit('.', 1)[1] for k in keys() if k.startswith(key.rsplit('.', 1)[0] + '.') and not k.endswith('._target_'))}"
         group, _, rest = key.partition(".")
         owners = _options_with(group, rest) if rest else []
+        if owners and any(re.fullmatch(r"\+?resume=[Tt]rue", a) for a in sys.argv[1:]):  # composed on the default option, not the run's
+            return f"resume=true keeps the run's {group} settings (its config.yaml): drop {key} to resume, or start a new run in another hydra.run.dir"
         if owners:  # model.activation with model=linear: the key of another option of the group
             return f"{key} is a key of {' and '.join(f'{group}={o}' for o in owners)}, not of this run's {group}: add {group}={owners[0]}"
         known = keys()
@@ -119,8 +122,6 @@ def config_keys(config_name: str) -> list[str]:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
-
-    import sys
 
     # the Hydra plugins the command chose (hydra/launcher=stacked), so their settings are keys too
     chosen = [a for a in sys.argv[1:] if re.fullmatch(r"hydra/\w+=[\w.-]+", a)]

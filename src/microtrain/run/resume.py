@@ -65,8 +65,8 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> 
             continue
         new, old = OmegaConf.select(cfg, key, default=None), OmegaConf.select(saved, key, default=None)
         plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
-        if plain(new) == plain(old):
-            continue
+        if plain(new) == plain(old) or (isinstance(plain(old), dict) and "." not in key and _shown(plain(new)) == _shown(plain(old))):
+            continue  # model=mlp on an MLP run restates its option: its keys are compared one by one
         if not _mutable(key):
             refused.append(f"{key} ({_shown(plain(old))} in the run, {_shown(plain(new))} given)")
             continue
@@ -126,7 +126,11 @@ def plan_resume(
             return cfg, [], None
     resumed, changes = resumed_config(cfg, run_dir, overrides)
     last = last_checkpoint(run_dir)  # loads, and matches its checksum: checked before anything is written
-    _check_shapes(resumed, run_dir, last)
+    import torch
+
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    _check_shapes(resumed, run_dir, last, saved["state_dict"])
+    step, epoch = _check_limits(resumed, saved)
     longer = any(c.startswith(("trainer.max_epochs:", "trainer.max_steps:")) for c in changes)
     if status == "ok" and not longer:  # nothing left to train: every file stays as it is
         ignored = f" (the changes take effect only with more steps: {', '.join(changes)})" if changes else ""
@@ -135,15 +139,31 @@ def plan_resume(
             f"raise trainer.max_epochs or trainer.max_steps to train on{ignored}"
         )
         return resumed, changes, objective(metrics, resumed.optimize.metric)[1]
+    say(f"resume: from step {step} (epoch {epoch}) of {run_dir}")
     return resumed, changes, None
 
 
-def _check_shapes(cfg: DictConfig, run_dir: Path, last: Path) -> None:
+def _check_limits(cfg: DictConfig, saved: dict[str, Any]) -> tuple[int, int]:
+    """(the checkpoint's step, the epochs the run has begun): a run length below them is refused
+    before anything is written. Lightning would refuse a lower trainer.max_epochs only after the
+    folder's files were rewritten, and end at the restored step, past a lower trainer.max_steps."""
+    step = int(saved["global_step"])
+    progress = saved.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    epochs = int(progress.get("started", saved.get("epoch", 0) + 1))  # a checkpoint mid-epoch has begun its epoch
+    max_epochs, max_steps = cfg.trainer.max_epochs, cfg.trainer.max_steps
+    for key, limit, reached in (("max_epochs", max_epochs, epochs), ("max_steps", max_steps, step)):
+        if limit is not None and 0 <= limit < reached and not (key == "max_steps" and limit == 0):
+            raise ConfigError(
+                f"trainer.{key}={limit} is below the {reached} {key[4:]} this run has reached (step {step}, epoch {epochs}); "
+                f"resume with trainer.{key}={reached} or more, or leave it out: nothing was written"
+            )
+    return step, epochs
+
+
+def _check_shapes(cfg: DictConfig, run_dir: Path, last: Path, state: dict[str, Any]) -> None:
     """The checkpoint holds the model that config.yaml describes (a checkpoint copied from another
     run, or a config.yaml edited to another shape, would fail only once training starts, after
     the folder's files were rewritten): checked before anything is written."""
-    import torch
-
     from microtrain import models
 
     info_file = run_dir / run_folder.DATA_INFO
@@ -151,7 +171,6 @@ def _check_shapes(cfg: DictConfig, run_dir: Path, last: Path) -> None:
         return
     info = json.loads(info_file.read_text())
     model = models.build_model(cfg.model, len(info["features"]), info["n_outputs"])
-    state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
     try:
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     except RuntimeError as err:
