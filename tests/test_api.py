@@ -3,6 +3,7 @@ at, one-line errors as ConfigError, nothing of a call left behind in the process
 tutorial notebook executed by a real Jupyter kernel."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 
 import microtrain as mt
+from microtrain.errors import DataError
 from tests_helpers import ROOT, read_events, run_in_process
 
 TINY = ["model=mlp", "model.hidden=8", "trainer.max_epochs=3", "trainer.enable_progress_bar=false"]
@@ -51,6 +53,33 @@ def test_predict_gives_what_predict_py_writes(run, tmp_path, capsys):
         run.predict(np.zeros((2, 4)))
 
 
+def test_predict_refuses_what_predict_py_refuses_in_the_callers_terms(run, tmp_path):
+    """Non-finite or non-numeric arrays, a DataFrame's bad cell by its row and missing=, an unknown
+    checkpoint with the ones there are, and a run that did not finish (unless allowed)."""
+    rows = pd.DataFrame({"x0": [0.5, None], "x1": [0.0, 2.0], "x2": [1.5, "a"]})
+    for x, message in [
+        (np.array([[0.5, np.inf, 1.0]]), r"x\[0, 1\] is inf; remove or fill non-finite values"),
+        ([["a", "b", "c"]], "x must be numbers, rows x features"),
+        (rows[["x0", "x1"]].assign(x2=1.0), r"x: row 1 \(by position\), column 'x0' is empty; fill it, or set missing=drop or missing=mean"),
+        (rows, r"x: row 1 \(by position\), column 'x2': 'a' is not a number"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            run.predict(x)
+    kept = run.predict(rows[["x0", "x1"]].assign(x2=1.0), missing="drop")
+    assert not np.isnan(kept[0, 0]) and np.isnan(kept[1, 0])  # the dropped row predicts nothing
+    assert kept[0, 0] == pytest.approx(run.predict(np.array([[0.5, 0.0, 1.0]]))[0, 0])
+    with pytest.raises(mt.ConfigError, match=r"has no checkpoints/bogus.ckpt; checkpoint= names one of its checkpoints: best, last"):
+        run.predict(np.zeros((1, 3)), checkpoint="bogus")
+    copy = tmp_path / "interrupted"
+    shutil.copytree(run.folder, copy)
+    (copy / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
+    with pytest.raises(
+        mt.ConfigError, match=r": its status is interrupted \(metrics.json\); predict from a finished run, or allow it with allow_status"
+    ):
+        mt.load(copy).predict(np.zeros((1, 3)))
+    assert mt.load(copy).predict(np.zeros((1, 3)), allow_status=("ok", "interrupted")).shape == (1, 1)
+
+
 def test_plot_and_html_show_the_run(run):
     import matplotlib.pyplot as plt
 
@@ -73,6 +102,25 @@ def test_bad_input_raises_config_error_with_the_command_lines_line(tmp_path, cap
         mt.explain_step("model=cnn")
     with pytest.raises(mt.ConfigError, match="not a run folder"):
         mt.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: mt.train(["model=mlp"]),
+            r"\['model=mlp'\] is not an override: give each as a string, like train\('model=mlp', 'optimizer.lr=0.1'\) \(unpack a list with \*\)",
+        ),
+        (lambda: mt.train("model=mlp", 3), r"3 is not an override: give each as a string"),
+        (lambda: mt.sweep("-m", "optimizer.lr=0.1,0.2"), r"-m is a command-line flag, not an override: sweep\(\) runs a sweep \(-m\) itself"),
+        (lambda: mt.explain_step(("model=mlp",)), r"\('model=mlp',\) is not an override"),
+        (lambda: mt.train("hydra.run.dir=/tmp/a", run_dir="/tmp/b"), r"hydra.run.dir=/tmp/a and run_dir=/tmp/b name two folders: give one"),
+        (lambda: mt.sweep("hydra.sweep.dir=/tmp/a", sweep_dir="/tmp/b"), r"hydra.sweep.dir=/tmp/a and sweep_dir=/tmp/b name two folders: give one"),
+    ],
+)
+def test_arguments_python_would_take_but_the_command_line_cannot_are_config_errors(call, message):
+    with pytest.raises(mt.ConfigError, match=message):
+        call()
 
 
 LEAK_CHECK = """

@@ -268,7 +268,7 @@ def test_predict_refuses_a_run_that_did_not_finish(capsys, tmp_path, finished):
     try:
         (finished / "metrics.json").write_text(json.dumps(metrics | {"status": "diverged"}))
         code, _, err = run_in_process(capsys, "predict.py", f"run={finished}", f"data.path={data}", f"output={tmp_path / 'p.csv'}")
-        assert code == 2 and "is a diverged run" in err and "allow_status=[ok,diverged]" in err
+        assert code == 2 and "its status is diverged (metrics.json)" in err and "allow_status=[ok,diverged]" in err
         code, _, err = run_in_process(
             capsys, "predict.py", f"run={finished}", f"data.path={data}", f"output={tmp_path / 'p.csv'}", "allow_status=[ok,diverged]"
         )

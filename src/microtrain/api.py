@@ -42,7 +42,9 @@ def train(*overrides: str, run_dir: Optional[PathLike] = None, config_dir: Optio
     Without ``run_dir`` it goes where the command line's run would (``outputs/<date>/<time>``;
     a second run in the same second gets ``_1``, ``_2``, ...)."""
     extra = _search_path(config_dir)
-    given = _given(overrides, "hydra.run.dir")  # resume=true, overwrite=true: the folder as named
+    given = _given(_checked(overrides), "hydra.run.dir")  # resume=true, overwrite=true: the folder as named
+    if given is not None and run_dir is not None and Path(run_dir) != given:
+        raise ConfigError(f"hydra.run.dir={given} and run_dir={run_dir} name two folders: give one")
     if given is not None and run_dir is None:
         _run("train_main", [*overrides, *extra])
         return Run(given)
@@ -58,7 +60,9 @@ def sweep(*overrides: str, launcher: str = "stacked", sweep_dir: Optional[PathLi
     import pandas as pd
 
     extra = _search_path(config_dir)
-    given = _given(overrides, "hydra.sweep.dir")
+    given = _given(_checked(overrides), "hydra.sweep.dir")
+    if given is not None and sweep_dir is not None and Path(sweep_dir) != given:
+        raise ConfigError(f"hydra.sweep.dir={given} and sweep_dir={sweep_dir} name two folders: give one")
     folder = Path(sweep_dir) if sweep_dir is not None else given if given is not None else _free(_default_folder("sweep", overrides, extra))
     mine = [o for o in overrides if _given([o], "hydra.sweep.dir") is None]
     _run("train_main", ["-m", f"hydra/launcher={launcher}", *mine, *extra, _set("hydra.sweep.dir", folder.absolute())])
@@ -82,7 +86,7 @@ def explain_step(*overrides: str, config_dir: Optional[PathLike] = None) -> Any:
     update, and ``.chain``, the backward pass layer by layer. Nothing is written."""
     from microtrain.explain.step import explain_step as explain
 
-    cfg = compose("explain", overrides, config_dir)
+    cfg = compose("explain", _checked(overrides), config_dir)
     with _contained():
         try:
             return explain(cfg)
@@ -150,6 +154,17 @@ def _default_folder(kind: str, overrides: Sequence[str], extra: list[str]) -> Pa
             return Path(str(OmegaConf.select(cfg, f"hydra.{kind}.dir")))
     except Exception:  # noqa: BLE001 -- a bad override: the run itself says what is wrong, in its one line
         return Path("outputs" if kind == "run" else "multirun") / "api"
+
+
+def _checked(overrides: Sequence[Any]) -> Sequence[str]:
+    """Each override a string, as one word of the command line (``"optimizer.lr=0.1"``)."""
+    for override in overrides:
+        if not isinstance(override, str):
+            unpack = " (unpack a list with *)" if isinstance(override, (list, tuple)) else ""
+            raise ConfigError(f"{override!r} is not an override: give each as a string, like train('model=mlp', 'optimizer.lr=0.1'){unpack}")
+        if override.startswith("-"):
+            raise ConfigError(f"{override} is a command-line flag, not an override: sweep() runs a sweep (-m) itself")
+    return overrides
 
 
 def _given(overrides: Sequence[str], key: str) -> Optional[Path]:

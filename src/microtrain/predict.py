@@ -27,6 +27,9 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best", trusted: bool = 
         weights = weights.with_name("last.ckpt")  # a run without validation keeps only its last weights
     needed = [run_dir / run_folder.CONFIG, run_dir / run_folder.DATA_INFO, weights]
     for path in needed:
+        if path == weights and not path.is_file() and needed[0].is_file():
+            there = sorted(p.stem for p in weights.parent.glob("*.ckpt"))
+            raise ConfigError(f"{run_dir} has no {path.relative_to(run_dir)}; checkpoint= names one of its checkpoints: {', '.join(there) or 'none'}")
         if not path.is_file():
             raise ConfigError(f"run={run_dir} has no {path.relative_to(run_dir)}; point run= at a finished run folder")
     problem = check_checkpoint(weights)  # loads without running code, and matches its checksum
@@ -68,7 +71,9 @@ def predict_file(
     metrics_file = Path(run_dir) / "metrics.json"
     status = json.loads(metrics_file.read_text()).get("status") if metrics_file.is_file() else "unfinished"
     if status not in allow_status:
-        raise ConfigError(f"{run_dir} is a {status} run (metrics.json); predict from a finished one, or allow it with 'allow_status=[ok,{status}]'")
+        raise ConfigError(
+            f"{run_dir}: its status is {status} (metrics.json); predict from a finished run, or allow it with 'allow_status=[ok,{status}]'"
+        )
     if missing not in (None, "error", "drop", "mean"):
         raise ConfigError(f"data.missing={missing!r} must be error, drop or mean (or left out: as the run trained)")
     out = Path(output) if output else Path(run_dir) / "predictions.csv"

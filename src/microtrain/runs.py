@@ -2,9 +2,11 @@
 
 import html
 import json
+import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -47,30 +49,48 @@ class Run:
         frame.index.name = "step"
         return frame[sorted(frame.columns)]
 
-    def predict(self, x: Any, checkpoint: str = "best") -> Any:
+    def predict(self, x: Any, checkpoint: str = "best", missing: Optional[str] = None, allow_status: Sequence[str] = ("ok",)) -> Any:
         """Predictions for ``x``: a NumPy array of the model's inputs (rows x features, in the
         training's feature order), or a pandas DataFrame whose columns are matched by name and
-        encoded as ``predict.py`` encodes a CSV's (categories, standardization). Regression: the
-        targets in their own units (rows x targets); classification: the predicted class of each row."""
+        encoded as ``predict.py`` encodes a CSV's (categories, standardization; ``missing``: drop
+        or mean for its empty cells, as ``data.missing``, a dropped row predicting NaN). Regression:
+        the targets in their own units (rows x targets); classification: the predicted class of
+        each row. A run whose status is not in ``allow_status`` is refused, as by ``predict.py``."""
         import pandas as pd
 
+        from microtrain.errors import ConfigError, DataError
         from microtrain.predict import load_trained_model, predict
 
+        status = self.metrics.get("status", "unfinished")
+        if status not in allow_status:
+            raise ConfigError(
+                f"{self.folder}: its status is {status} (metrics.json); predict from a finished run, or allow it with allow_status=('ok', '{status}')"
+            )
         model, info = load_trained_model(self.folder, checkpoint)
         if isinstance(x, pd.DataFrame):
-            x = _encoded(x, info)
-        inputs = np.asarray(x, dtype=np.float64)
+            inputs = _encoded(x, info, missing)
+        else:
+            try:
+                inputs = np.asarray(x, dtype=np.float64)
+            except (TypeError, ValueError) as err:
+                raise DataError(f"x must be numbers, rows x features (or a pandas DataFrame with the features' columns): {err}") from None
+            if bad := np.argwhere(~np.isfinite(inputs)).tolist():
+                raise DataError(
+                    f"x{bad[0]} is {inputs[tuple(bad[0])]}; remove or fill non-finite values (a DataFrame's empty cells may take missing='mean')"
+                )
         if inputs.ndim != 2 or inputs.shape[1] != len(info["features"]):
-            from microtrain.errors import DataError
-
             raise DataError(
                 f"x has shape {list(inputs.shape)} but the model takes rows of {len(info['features'])} features ({', '.join(info['features'])})"
             )
-        outputs = predict(model, info, inputs)
+        dropped = np.isnan(inputs).any(axis=1)  # missing='drop': no prediction for that row
+        outputs = predict(model, info, np.nan_to_num(inputs))
         if info["task"] != "classification":
+            outputs[dropped] = np.nan
             return outputs
         labels = outputs.argmax(axis=1)
-        return np.asarray(info["classes"], dtype=object)[labels] if info.get("classes") else labels
+        named = np.asarray(info["classes"], dtype=object)[labels] if info.get("classes") else labels.astype(object)
+        named[dropped] = None
+        return named if dropped.any() or info.get("classes") else labels
 
     def plot(self) -> Any:
         """The panels of ``report.png`` (losses, norms, update ratios, histograms, landscape) as a
@@ -93,14 +113,22 @@ class Run:
         return f"<b>microtrain run</b> <code>{html.escape(str(self.folder))}</code><table>{cells}</table>"
 
 
-def _encoded(frame: Any, info: dict) -> np.ndarray:
-    """A DataFrame's model inputs, as ``predict.py`` encodes a CSV's: written to a CSV and read back the same way."""
+def _encoded(frame: Any, info: dict, missing: Optional[str]) -> np.ndarray:
+    """A DataFrame's model inputs, as ``predict.py`` encodes a CSV's: written to a CSV and read
+    back the same way; an error names the DataFrame's row (by position) and ``missing=``."""
     import tempfile
 
+    from microtrain.errors import ConfigError, DataError
     from microtrain.predict import _table_inputs
 
+    if missing not in (None, "error", "drop", "mean"):
+        raise ConfigError(f"missing={missing!r} must be error, drop or mean (or None: as the run trained)")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "rows.csv"
         frame.to_csv(path, index=False)
-        x, _, _, _ = _table_inputs(path, info)
+        try:
+            x, _, _, _ = _table_inputs(path, info, missing)
+        except DataError as err:  # the CSV's line numbers count its header: row 2 is the DataFrame's first
+            text = str(err).replace(f"{path}: ", "x: ").replace("data.missing=", "missing=")
+            raise DataError(re.sub(r"\brow (\d+)", lambda m: f"row {int(m.group(1)) - 2} (by position)", text)) from None
     return x
