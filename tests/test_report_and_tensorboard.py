@@ -70,6 +70,16 @@ def test_final_histograms_show_the_final_weights(mlp_run):
     assert read_events(mlp_run).Histograms("weights/fc1.weight")[-1].step == last_step
 
 
+def test_a_sweep_of_runs_shorter_than_the_loss_interval_shows_their_one_point(capsys, tmp_path):
+    sweep = ["-m", "optimizer.lr=0.01,0.1", "trainer.max_epochs=1", "device=cpu", "trainer.enable_progress_bar=false"]
+    code, out, err = run_in_process(capsys, "train.py", *sweep, f"hydra.sweep.dir={tmp_path}")
+    assert code == 0, err
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    assert len(read_run(jobs[0]).Scalars("train_loss_step")) == 1  # 25 steps, read every 50: the final window
+    lines = panel(sweep_figure(tmp_path, jobs), "training loss, every job (2)").get_lines()
+    assert [len(line.get_xdata()) for line in lines] == [1, 1] and all(line.get_marker() == "." for line in lines)  # visible
+
+
 def test_sweep_report(capsys, tmp_path):
     code, out, err = run_in_process(
         capsys,

@@ -57,6 +57,8 @@ def _curve(ax: Any, events: Events, tag: str, label: str, **style: Any) -> bool:
     if tag not in events.Tags()["scalars"]:
         return False
     points = events.Scalars(tag)
+    if len(points) == 1:  # a line of one point draws nothing (a run shorter than log.every_n_steps reads one window)
+        style.setdefault("marker", ".")
     ax.plot([p.step for p in points], [p.value for p in points], label=label, **style)
     return True
 
