@@ -55,7 +55,9 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
         group, _, rest = key.partition(".")
         owners = _options_with(group, rest) if rest else []
         if owners and any(re.fullmatch(r"\+?resume=[Tt]rue", a) for a in sys.argv[1:]):  # composed on the default option, not the run's
-            return f"resume=true keeps the run's {group} settings (its config.yaml): drop {key} to resume, or start a new run in another hydra.run.dir"
+            return (
+                f"resume=true keeps the run's {group} settings (its config.yaml): drop {key} to resume, or start a new run in another hydra.run.dir"
+            )
         if owners:  # model.activation with model=linear: the key of another option of the group
             return f"{key} is a key of {' and '.join(f'{group}={o}' for o in owners)}, not of this run's {group}: add {group}={owners[0]}"
         known = keys()
