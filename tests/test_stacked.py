@@ -460,6 +460,21 @@ def test_jobs_group_by_what_must_match_and_say_why_the_rest_run_alone():
     assert describe([Group([0, 1, 2, 3, 7])], {}, 5)[1] == "  group 1: 5 jobs (#0-#3, #7)"
 
 
+def test_a_job_that_runs_alone_names_its_nearest_job_and_its_overrides():
+    """The keys one job lacks count as differences (an MLP's model.hidden beside a linear model):
+    the nearest job is the one that differs least, named by its number in the sweep."""
+    from microtrain.stack.groups import describe
+
+    jobs = [[f"model={m}", f"optimizer={o}", f"data.batch_size={b}"] for m in ("linear", "mlp") for o in ("sgd", "adam") for b in (16, 32)]
+    groups, alone = group_jobs([make_cfg(*job) for job in jobs], [0] * len(jobs), numbers=[10 + i for i in range(len(jobs))])
+    assert groups == [] and sorted(alone) == list(range(8))
+    lines = describe(groups, alone, len(jobs), [" ".join(job) for job in jobs])
+    assert lines[5] == (
+        "  job #4 (model=mlp optimizer=sgd data.batch_size=16) runs alone: "
+        "no other job shares all its settings; the nearest, #15, differs in data.batch_size"
+    )
+
+
 def test_stacked_sweep_through_hydra_gives_every_job_its_own_run(tmp_path, capsys):
     code, out, err = run_in_process(
         capsys,
@@ -505,7 +520,7 @@ def test_a_one_job_stacked_sweep_is_its_solo_run_bitwise(tmp_path, capsys):
         capsys, "train.py", "-m", "hydra/launcher=stacked", *MLP, "optimizer.lr=0.05", "device=cpu", f"hydra.sweep.dir={tmp_path / 'sweep'}"
     )
     assert code == 0, err
-    assert "stacked: 0 of 1 jobs" in out and "job #0 runs alone" in out  # a stack of one is the solo run itself
+    assert "stacked: 0 of 1 jobs" in out and "runs alone: it is the only job that can stack" in out  # a stack of one is the solo run itself
     code, _, err = run_in_process(capsys, "train.py", *MLP, "optimizer.lr=0.05", "device=cpu", f"hydra.run.dir={tmp_path / 'solo'}")
     assert code == 0, err
     (job,) = [p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith(".")]

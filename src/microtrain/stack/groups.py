@@ -113,9 +113,10 @@ def why_alone(cfg: DictConfig) -> Optional[str]:
     return None
 
 
-def group_jobs(cfgs: Sequence[DictConfig], resumed_at: Sequence[int]) -> tuple[list[Group], dict[int, str]]:
+def group_jobs(cfgs: Sequence[DictConfig], resumed_at: Sequence[int], numbers: Optional[Sequence[int]] = None) -> tuple[list[Group], dict[int, str]]:
     """(groups of two or more jobs that stack, {job: why it runs alone}). Jobs resumed from
-    different steps stack apart; a group of one runs alone."""
+    different steps stack apart; a group of one runs alone. ``numbers``: the jobs' numbers in
+    the sweep, for the reasons (their positions here by default)."""
     alone: dict[int, str] = {}
     groups: list[Group] = []
     for index, cfg in enumerate(cfgs):
@@ -136,17 +137,23 @@ def group_jobs(cfgs: Sequence[DictConfig], resumed_at: Sequence[int]) -> tuple[l
     singles = [g for g in groups if len(g.jobs) == 1 and not g.shared["(resumed at step)"]]
     for group in singles:
         others = [g for g in groups if g is not group]
-        alone[group.jobs[0]] = "no other job agrees with it on " + _differences(group, others)
+        alone[group.jobs[0]] = _differences(group, others, numbers or range(len(cfgs)))
     return [g for g in groups if g not in singles], alone
 
 
-def _differences(single: Group, others: list[Group]) -> str:
-    """The keys in which the job differs from the nearest other job (or group)."""
+def _differences(single: Group, others: list[Group], numbers: Sequence[int]) -> str:
+    """Why a job has no group: the nearest other job (or group) and the keys it differs in, a
+    key one of them lacks included (model.hidden of an MLP beside a linear model)."""
     if not others:
-        return "what stacked jobs share (it is the only stackable job)"
-    nearest = min(others, key=lambda g: sum(single.shared.get(k) != v for k, v in g.shared.items()))
-    keys = sorted(k for k in single.shared.keys() | nearest.shared.keys() if single.shared.get(k) != nearest.shared.get(k))
-    return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+        return "it is the only job that can stack"
+
+    def apart(group: Group) -> list[str]:
+        return sorted(k for k in single.shared.keys() | group.shared.keys() if single.shared.get(k) != group.shared.get(k))
+
+    nearest = min(others, key=lambda g: len(apart(g)))
+    keys = apart(nearest)
+    shown = ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+    return f"no other job shares all its settings; the nearest, {_numbers([numbers[j] for j in nearest.jobs])}, differs in {shown}"
 
 
 def _numbers(jobs: list[int]) -> str:
@@ -160,8 +167,9 @@ def _numbers(jobs: list[int]) -> str:
     return ", ".join(", ".join(f"#{j}" for j in r) if len(r) < 3 else f"#{r[0]}-#{r[-1]}" for r in runs)
 
 
-def describe(groups: list[Group], alone: dict[int, str], n_jobs: int) -> list[str]:
-    """What the sweep stacked, and why the rest did not: printed at its start."""
+def describe(groups: list[Group], alone: dict[int, str], n_jobs: int, names: Optional[Sequence[str]] = None) -> list[str]:
+    """What the sweep stacked, and why the rest did not: printed at its start (``names``: each
+    job's overrides, shown beside a job that runs alone)."""
     lines = [f"stacked: {sum(len(g.jobs) for g in groups)} of {n_jobs} jobs in {len(groups)} group(s)"]
     for number, group in enumerate(groups):
         lines.append(f"  group {number + 1}: {len(group.jobs)} jobs ({_numbers(group.jobs)})")
@@ -169,5 +177,6 @@ def describe(groups: list[Group], alone: dict[int, str], n_jobs: int) -> list[st
         keys = sorted(k for k in groups[0].shared if any(g.shared.get(k) != groups[0].shared[k] for g in groups[1:]))
         lines.append(f"  the groups differ in {', '.join(keys)}")
     for index, reason in sorted(alone.items()):
-        lines.append(f"  job #{index} runs alone: {reason}")
+        named = f" ({names[index]})" if names and names[index] else ""
+        lines.append(f"  job #{index}{named} runs alone: {reason}")
     return lines

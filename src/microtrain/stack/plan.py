@@ -70,11 +70,11 @@ def run_stacked(
     skipped = sum(r is not None for r in results)
     if skipped:
         console.print(f"resume: {skipped} job(s) already finished (status ok) are not run again")
-    groups, alone = group_jobs([cfgs[i] for i in candidates], resumed_at)
+    groups, alone = group_jobs([cfgs[i] for i in candidates], resumed_at, candidates)
     alone = {candidates[i]: why for i, why in alone.items()} | refused
     for group in groups:
         group.jobs = [candidates[i] for i in group.jobs]
-    for line in describe(groups, alone, len(cfgs) - skipped):
+    for line in describe(groups, alone, len(cfgs) - skipped, [" ".join(o) for o in overrides] if overrides else None):
         console.print(line, markup=False)
     chunks: list[tuple[int, list[int]]] = []  # (group number, its jobs), at most as many jobs as fit in memory
     for number, group in enumerate(groups):
@@ -136,8 +136,9 @@ def _report(
         return
     (number, jobs), (metrics, seconds) = chunk, outcome
     ok = sum(m["status"] == "ok" for m in metrics)
-    steps = next((m["steps"] for m in metrics if "steps" in m), 0)
-    console.print(f"group {number + 1}: {len(jobs)} jobs stacked, {steps} steps each, {ok} ok, {seconds:.1f} s")
+    steps = sorted({m["steps"] for m in metrics if "steps" in m})  # early stopping ends jobs apart; an interrupted job has none
+    trained = f"{steps[0]} steps each, " if len(steps) == 1 else f"{steps[0]}-{steps[-1]} steps, " if steps else ""
+    console.print(f"group {number + 1}: {len(jobs)} jobs stacked, {trained}{ok} ok, {seconds:.1f} s")
     for i, m in zip(jobs, metrics):
         if m["status"] != "ok":
             console.print(f"error: job #{i}: {m['error']}", markup=False)
