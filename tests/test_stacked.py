@@ -429,6 +429,9 @@ def test_step_checkpoints_stack_and_a_group_that_crashed_mid_epoch_resumes_bitwi
     shutil.copytree(crashed[1], tmp_path / "solo_resumed" / "run")
     resumed = train_group([make_cfg(*job, "resume=true") for job in jobs], crashed, [True, True])
     assert [m["steps"] for m in resumed] == [75, 75]
+    for folder in crashed:  # its history, as a solo run's resume writes it
+        (entry,) = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+        assert entry["resumed_at_step"] == 32 and entry["changed"] == []
     for folder, whole in zip(crashed, folders):
         ours, theirs = checkpoint_weights(folder), checkpoint_weights(whole)
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
@@ -643,7 +646,7 @@ def test_a_stopped_stacked_sweep_resumes_bitwise_and_keeps_finished_jobs(tmp_pat
     finished_before = first.stat().st_mtime_ns
     resumed = subprocess.run([*command, f"hydra.sweep.dir={killed}", "resume=true"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert "2 job(s) already finished" in resumed.stdout
+    assert "2 job(s) already finished" in resumed.stdout and "resume: 2 job(s) go on from their last.ckpt, from step" in resumed.stdout
     assert first.stat().st_mtime_ns == finished_before
     for folder in uninterrupted_stacked_sweep.iterdir():
         if folder.is_dir():

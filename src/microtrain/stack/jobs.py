@@ -20,6 +20,7 @@ from microtrain.monitor.hparams import log_hparams
 from microtrain.monitor.logger import RunLogger, tensorboard_layout
 from microtrain.monitor.scalars import ScalarBuffer
 from microtrain.run import folder as run_folder
+from microtrain.run import resume as run_resume
 from microtrain.run.checkpoints import checkpoint_callbacks
 from microtrain.engine.build import Prepared, prepare
 from microtrain.engine.fit import check_optimize_metric
@@ -98,6 +99,7 @@ class StackedJob:
         if any(s.stopped_epoch > 0 or s.wait_count >= s.patience for s in self.stoppers):
             # early stopping had ended it (its last.ckpt is of that epoch): it stays stopped, frozen
             self.stopped = (self.start_step, self.start_epoch, 0.0)
+        run_resume.record(self.run_dir, [], self.start_step)  # history.jsonl, as a solo run's resume
 
     def open(self) -> None:
         """The job's TensorBoard run and its config files; a resumed run hides the steps it redoes."""

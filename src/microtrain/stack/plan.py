@@ -70,6 +70,11 @@ def run_stacked(
     skipped = sum(r is not None for r in results)
     if skipped:
         console.print(f"resume: {skipped} job(s) already finished (status ok) are not run again")
+    if going_on := sorted(step for step in resumed_at if step > 0):
+        console.print(
+            f"resume: {len(going_on)} job(s) go on from their last.ckpt, from step {going_on[0]}"
+            + (f" to {going_on[-1]}" if going_on[-1] != going_on[0] else "")
+        )
     groups, alone = group_jobs([cfgs[i] for i in candidates], resumed_at, candidates)
     alone = {candidates[i]: why for i, why in alone.items()} | refused
     for group in groups:
