@@ -291,6 +291,14 @@ def test_missing_cells_can_take_the_training_means(tmp_path):
     assert float(train_x[:, 0].mean()) == pytest.approx(means[0], rel=1e-5)  # filled cells sit at the mean
 
 
+def test_dropping_rows_that_leaves_none_names_the_empty_column(tmp_path):
+    table = write_csv(tmp_path / "t.csv", ["a", "blank", "y"], [[str(i), "", str(i)] for i in range(30)])
+    with pytest.raises(
+        DataError, match=r"data.missing=drop leaves no row: 'blank' is empty in every row; fill it, or leave it out with 'data.exclude=\[blank\]'"
+    ):
+        prepare_data(make_cfg("data=csv", f"data.path={table}", "data.target=y", "data.missing=drop"))
+
+
 def test_table_mistakes_are_one_line(tmp_path):
     dup = tmp_path / "dup.csv"
     dup.write_text("a,a,y\n1,2,3\n4,5,6\n")

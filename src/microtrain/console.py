@@ -30,6 +30,9 @@ def quiet_libraries() -> None:
     # checkpoint.every_n_steps: microtrain's step checkpoints land between steps, after an update
     # is whole, which is what the warning asks for (the note about pre-optimization state)
     warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
+    # a stacked Adam step: torch.func has no batching rule for lerp_ (the op torch.optim.Adam's
+    # moments use, kept for bitwise equality) and loops over the jobs for it; nothing to act on
+    warnings.filterwarnings("ignore", message=".*not yet implemented the batching rule for aten::lerp_.*")
 
 
 @contextmanager

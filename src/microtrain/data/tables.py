@@ -209,6 +209,16 @@ def handle_missing(x: np.ndarray, y: np.ndarray, table: Any, path: Path, columns
         return x, y
     if columns.missing == "drop" or (columns.missing == "mean" and np.isnan(y).any()):
         keep = ~holes if columns.missing == "drop" else ~np.isnan(y).any(axis=1)
+        if not keep.any():  # else the split would say it has 0 rows, not why
+            empty = [c for c in [*columns.numeric, *columns.categorical, *targets] if table[c].isna().all()]
+            why = (
+                f"{', '.join(repr(c) for c in empty)} {'is' if len(empty) == 1 else 'are'} empty in every row"
+                if empty
+                else "every row has an empty cell"
+            )
+            raise DataError(
+                f"{path}: data.missing={columns.missing} leaves no row: {why}; fill it, or leave it out with 'data.exclude=[{(empty or ['...'])[0]}]'"
+            )
         return x[keep], y[keep]
     if columns.missing == "mean":
         return x, y
