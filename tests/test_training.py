@@ -75,6 +75,22 @@ def test_hparams_carry_real_final_metrics(tmp_path):
     assert start.session_start_info.hparams["model"].string_value == "linear"
 
 
+def test_hparams_name_the_swept_groups_and_the_precision():
+    """callbacks=none,early_stopping or device.precision=32,64 must tell a sweep's sessions apart;
+    where a run trains (device=cpu, its threads) is no hyper-parameter."""
+    from microtrain.monitor.hparams import hparams_of
+
+    swept = ["callbacks=early_stopping", "scheduler=cosine", "device.precision=64", "device=cpu", "device.threads=2"]
+    params = hparams_of(make_cfg(*swept), swept)
+    assert {k: params[k] for k in ("callbacks", "scheduler", "device.precision")} == {
+        "callbacks": "early_stopping",
+        "scheduler": "cosine",
+        "device.precision": 64,
+    }
+    assert [k for k in params if k.startswith("device")] == ["device.precision"]
+    assert hparams_of(make_cfg("callbacks=none"), ["callbacks=none"])["callbacks"] == "none"
+
+
 def test_same_seed_same_weights_other_seed_differs(tmp_path):
     def weights(seed, folder):
         result = train(make_cfg(f"seed={seed}", "model=mlp", "trainer.max_epochs=2"), tmp_path / folder)

@@ -40,7 +40,8 @@ COLUMNS = (
     ("seed", "seed"),
 )
 GROUPS = {"model": "model.name", "loss": "loss.name", "data": "data.name", "optimizer": "optimizer._target_"}
-NOT_HPARAMS = ("hydra", "resume", "hparams_search", "trainer.enable_progress_bar", "device")
+# where a run trains, not what it learns (device.precision is a hyper-parameter: it changes the numbers)
+NOT_HPARAMS = ("hydra", "resume", "hparams_search", "trainer.enable_progress_bar", "device.type", "device.threads", "device=")
 METRICS = ("val_loss", "train_loss", "test_loss")
 
 
@@ -55,12 +56,16 @@ def hparams_of(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         key = GROUPS.get(key, key)
-        if key in shown or key.startswith(NOT_HPARAMS) or "=" not in override:
+        if key in shown or f"{key}=".startswith(NOT_HPARAMS) or key.startswith(NOT_HPARAMS) or "=" not in override:
             continue
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not OmegaConf.is_config(value):
             params[key] = _plain(value, key)
-            shown.add(key)
+        elif "." not in key:  # a config group's option (callbacks=early_stopping, scheduler=none): by its name
+            params[key] = override.split("=", 1)[1]
+        else:
+            continue
+        shown.add(key)
     return params
 
 
