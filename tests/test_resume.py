@@ -315,3 +315,16 @@ def test_something_unexpected_is_one_line_with_the_traceback_in_the_log(capsys, 
     assert code == 2 and "KeyError: 'a bug' (unexpected: the traceback is in" in err and "Traceback" not in err
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
     assert "Traceback" in (tmp_path / "train.log").read_text()
+
+
+def test_a_sweep_resumed_with_a_changed_setting_is_refused_not_started_anew(capsys, tmp_path):
+    """trainer.max_epochs=2 names other job folders than the sweep's (1 epoch): resume=true would
+    start new jobs beside the ones it was to finish, so it is refused and nothing is written."""
+    sweep = ["-m", *QUICK, "optimizer.lr=0.01,0.1", "device=cpu", f"hydra.sweep.dir={tmp_path}"]
+    assert run_in_process(capsys, "train.py", *sweep, "trainer.max_epochs=1")[0] == 0
+    before = files_of(tmp_path)
+    code, out, err = run_in_process(capsys, "train.py", *sweep, "trainer.max_epochs=2", "resume=true")
+    assert code == 2 and err.strip().startswith(f"error: resume=true: none of these 2 jobs has a folder in {tmp_path}, which holds 2 other jobs")
+    assert files_of(tmp_path) == before
+    code, out, err = run_in_process(capsys, "train.py", *sweep, "trainer.max_epochs=1", "resume=true")
+    assert code == 0 and out.count("finished already; not run again") == 2

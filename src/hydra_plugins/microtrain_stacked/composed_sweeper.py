@@ -4,11 +4,12 @@ jobs that differ only in values from one composition (``microtrain.config.sweep_
 hands those configs to the launcher instead of having it compose them all again."""
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, cast
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
     from hydra.core.config_loader import ConfigLoader
@@ -45,11 +46,42 @@ class ComposedSweeper(BasicSweeper):
 
         assert self.hydra_context is not None and self.config is not None  # both set by setup, which Hydra calls first
         configs = SweepConfigs(self.hydra_context.config_loader, self.config)
+        composed = []
         for overrides in batch:
-            self.composed_once.held[tuple(overrides)] = configs.load(overrides)
+            composed.append(configs.load(overrides))
+            self.composed_once.held[tuple(overrides)] = composed[-1]
+        _refuse_a_resume_of_other_jobs(composed)
 
     def sweep(self, arguments: list[str]) -> Any:
+        from microtrain.errors import ConfigError
+
+        assert self.config is not None  # set by setup
+        record = Path(str(self.config.hydra.sweep.dir)) / "multirun.yaml"
+        kept = record.read_bytes() if record.is_file() else None  # Hydra rewrites it before the first batch
         try:
             return super().sweep(arguments)
+        except ConfigError:
+            if kept is not None:  # a refused resume leaves the sweep's record as it was
+                record.write_bytes(kept)
+            raise
         finally:
             self.composed_once.held.clear()
+
+
+def _refuse_a_resume_of_other_jobs(configs: list[DictConfig]) -> None:
+    """resume=true whose jobs have none of the sweep folder's job folders: a changed setting
+    (trainer.max_epochs=50) names other folders, and would start new jobs beside the ones it was
+    to finish, which a solo run's resume refuses."""
+    from microtrain.errors import ConfigError
+
+    if not configs or not all(cfg.get("resume") for cfg in configs):
+        return
+    sweep_dir = Path(str(OmegaConf.select(configs[0], "hydra.sweep.dir")))
+    ours = {sweep_dir / str(OmegaConf.select(cfg, "hydra.sweep.subdir")) for cfg in configs}
+    theirs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()) if sweep_dir.is_dir() else []
+    if theirs and not any(folder.is_dir() for folder in ours):
+        raise ConfigError(
+            f"resume=true: none of these {len(ours)} jobs has a folder in {sweep_dir}, which holds {len(theirs)} other jobs "
+            f"(such as {theirs[0].name}); a changed setting names new folders: resume with the sweep's own overrides, "
+            "or leave out resume=true to start these jobs"
+        )

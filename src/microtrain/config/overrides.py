@@ -98,6 +98,10 @@ def outside_a_job(err: Exception, config_name: str) -> tuple[str, int]:
 
     if isinstance(err, OSError) and err.filename:  # Hydra making the run or sweep folder: read-only, full, not allowed
         return str(run_folder.write_failed(Path(err.filename), err)).split(", then resume")[0] + " (or another hydra.run.dir / hydra.sweep.dir)", 2
+    from microtrain.errors import MicrotrainError
+
+    if isinstance(err, MicrotrainError):  # microtrain's own refusal before any job (a sweeper's): its line
+        return str(err), 2
     if not isinstance(err, COMPOSITION_ERRORS):
         text = str(err).strip()
         first = text.splitlines()[0] if text else "no message"
