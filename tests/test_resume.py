@@ -43,6 +43,8 @@ def finished(tmp_path_factory):
         ("data.batch_size=8", "data.batch_size (32 in the run, 8 given)"),
         ("model.activation=tanh", "model.activation ('relu' in the run, 'tanh' given)"),
         ("loss=l1", "loss (mse in the run, l1 given)"),
+        ("device=cuda", "device.type ('auto' in the run, 'cuda' given)"),  # a group without a name: the keys it changes
+        ("callbacks=early_stopping", "callbacks.early_stopping (None in the run, EarlyStopping given)"),
     ],
 )
 def test_a_conflicting_override_on_resume_is_refused_and_writes_nothing(capsys, finished, override, named):
@@ -328,3 +330,18 @@ def test_a_sweep_resumed_with_a_changed_setting_is_refused_not_started_anew(caps
     assert files_of(tmp_path) == before
     code, out, err = run_in_process(capsys, "train.py", *sweep, "trainer.max_epochs=1", "resume=true")
     assert code == 0 and out.count("finished already; not run again") == 2
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [["hydra.sweep.subdir=${hydra.job.num}"], ["hydra.sweeper.max_batch_size=1"]],
+    ids=["folders by job number", "batches of one"],
+)
+def test_a_sweep_resumed_with_new_values_starts_them(capsys, tmp_path, setting):
+    """Folders named by job number are not known before the jobs run (no check), and a batch
+    without folders yet after one that has them is no changed setting: both go on."""
+    sweep = ["-m", *QUICK, "device=cpu", "trainer.max_epochs=1", *setting, f"hydra.sweep.dir={tmp_path}"]
+    assert run_in_process(capsys, "train.py", *sweep, "optimizer.lr=0.01")[0] == 0
+    code, out, err = run_in_process(capsys, "train.py", *sweep, "optimizer.lr=0.01,0.1", "resume=true")
+    assert code == 0, err
+    assert out.count("finished already; not run again") == 1 and len([p for p in tmp_path.iterdir() if (p / "metrics.json").is_file()]) == 2

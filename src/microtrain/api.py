@@ -43,7 +43,7 @@ def train(*overrides: str, run_dir: Optional[PathLike] = None, config_dir: Optio
     a second run in the same second gets ``_1``, ``_2``, ...)."""
     extra = _search_path(config_dir)
     given = _given(_checked(overrides), "hydra.run.dir")  # resume=true, overwrite=true: the folder as named
-    if given is not None and run_dir is not None and Path(run_dir) != given:
+    if given is not None and run_dir is not None and Path(run_dir).resolve() != given.resolve():
         raise ConfigError(f"hydra.run.dir={given} and run_dir={run_dir} name two folders: give one")
     if given is not None and run_dir is None:
         _run("train_main", [*overrides, *extra])
@@ -61,7 +61,7 @@ def sweep(*overrides: str, launcher: str = "stacked", sweep_dir: Optional[PathLi
 
     extra = _search_path(config_dir)
     given = _given(_checked(overrides), "hydra.sweep.dir")
-    if given is not None and sweep_dir is not None and Path(sweep_dir) != given:
+    if given is not None and sweep_dir is not None and Path(sweep_dir).resolve() != given.resolve():
         raise ConfigError(f"hydra.sweep.dir={given} and sweep_dir={sweep_dir} name two folders: give one")
     folder = Path(sweep_dir) if sweep_dir is not None else given if given is not None else _free(_default_folder("sweep", overrides, extra))
     mine = [o for o in overrides if _given([o], "hydra.sweep.dir") is None]

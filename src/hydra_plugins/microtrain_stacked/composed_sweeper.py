@@ -46,11 +46,10 @@ class ComposedSweeper(BasicSweeper):
 
         assert self.hydra_context is not None and self.config is not None  # both set by setup, which Hydra calls first
         configs = SweepConfigs(self.hydra_context.config_loader, self.config)
-        composed = []
+        if self.batch_index == 1 and self.overrides is not None:  # before the first job: every batch's jobs
+            _refuse_a_resume_of_other_jobs(self.config, [job for jobs in self.overrides for job in jobs], configs.parser)
         for overrides in batch:
-            composed.append(configs.load(overrides))
-            self.composed_once.held[tuple(overrides)] = composed[-1]
-        _refuse_a_resume_of_other_jobs(composed)
+            self.composed_once.held[tuple(overrides)] = configs.load(overrides)
 
     def sweep(self, arguments: list[str]) -> Any:
         from microtrain.errors import ConfigError
@@ -68,16 +67,22 @@ class ComposedSweeper(BasicSweeper):
             self.composed_once.held.clear()
 
 
-def _refuse_a_resume_of_other_jobs(configs: list[DictConfig]) -> None:
+def _refuse_a_resume_of_other_jobs(config: DictConfig, jobs: list[Sequence[str]], parser: Any) -> None:
     """resume=true whose jobs have none of the sweep folder's job folders: a changed setting
     (trainer.max_epochs=50) names other folders, and would start new jobs beside the ones it was
-    to finish, which a solo run's resume refuses."""
+    to finish, which a solo run's resume refuses. Folders named otherwise than by the jobs'
+    overrides (hydra.sweep.subdir=${hydra.job.num}) are not known before the jobs run: no check."""
+    from microtrain.config.sweep_jobs import overrides_dirname
     from microtrain.errors import ConfigError
 
-    if not configs or not all(cfg.get("resume") for cfg in configs):
+    sweep = cast(dict, OmegaConf.to_container(config.hydra.sweep, resolve=False))
+    if config.get("resume") is not True or not jobs or sweep.get("subdir") != "${hydra.job.override_dirname}":
         return
-    sweep_dir = Path(str(OmegaConf.select(configs[0], "hydra.sweep.dir")))
-    ours = {sweep_dir / str(OmegaConf.select(cfg, "hydra.sweep.subdir")) for cfg in configs}
+    sweep_dir, naming = Path(str(config.hydra.sweep.dir)), config.hydra.job.config.override_dirname
+    ours = set()
+    for overrides in jobs:
+        task = [o for o in parser.parse_overrides(list(overrides)) if not o.is_hydra_override()]
+        ours.add(sweep_dir / overrides_dirname(task, list(naming.exclude_keys), naming.item_sep, naming.kv_sep))
     theirs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()) if sweep_dir.is_dir() else []
     if theirs and not any(folder.is_dir() for folder in ours):
         raise ConfigError(

@@ -216,9 +216,8 @@ def handle_missing(x: np.ndarray, y: np.ndarray, table: Any, path: Path, columns
                 if empty
                 else "every row has an empty cell"
             )
-            raise DataError(
-                f"{path}: data.missing={columns.missing} leaves no row: {why}; fill it, or leave it out with 'data.exclude=[{(empty or ['...'])[0]}]'"
-            )
+            way_out = "choose another data.target" if empty and empty[0] in targets else f"leave it out with 'data.exclude=[{(empty or ['...'])[0]}]'"
+            raise DataError(f"{path}: data.missing={columns.missing} leaves no row: {why}; fill it, or {way_out}")
         return x[keep], y[keep]
     if columns.missing == "mean":
         return x, y
