@@ -33,6 +33,24 @@ def test_linear_1x1_one_sgd_step():
     assert values(r.params_after["weight"]) == pytest.approx([1.0495], **NOTEBOOK)
 
 
+def test_a_clipped_step_says_so_and_updates_with_the_clipped_gradient():
+    """+trainer.gradient_clip_val=1.0: the step's gradient is the unclipped one (the closed form)
+    scaled to norm 1, and the report says which checks are of which."""
+    r = explain("+experiment=linear_1x1_sgd", "+trainer.gradient_clip_val=1.0")
+    unclipped = torch.cat([r.closed_form_grads[n].flatten() for n in ("weight", "bias")])
+    clipped = torch.cat([r.grads[n].flatten() for n in ("weight", "bias")])
+    assert clipped.norm().item() == pytest.approx(1.0, rel=1e-5)
+    assert values(clipped) == pytest.approx(values(unclipped / unclipped.norm()), rel=1e-4)
+    assert r.clipping.startswith(f"gradient_clip_val=1 (norm): the total norm {unclipped.norm().item():.6g} scaled to 1 (×")
+    assert "grad and the update are the clipped gradients" in r.clipping and r.rules["weight"].holds
+    assert explain("+experiment=linear_1x1_sgd").clipping == ""
+
+
+def test_a_skipped_gradient_check_says_why():
+    r = explain("model=mlp", "model.hidden=2000")
+    assert not r.gradcheck and r.gradcheck_skipped.startswith("skipped: 10001 parameters, above 5000 (explain.gradcheck=true")
+
+
 def test_backward_ones_probe():
     r = explain("+experiment=linear_1x1_ones_probe")
     assert values(r.grads["weight"]) == pytest.approx([10.0])

@@ -86,9 +86,11 @@ def test_saturated_units_for_tanh(tmp_path):
     assert values and values[0] > 0.5  # weights of std 10 push most tanh units into their flat tails
 
 
-def test_curvature_of_least_squares_is_its_closed_form(tmp_path):
-    """A linear model's MSE has the constant Hessian 2/N·[X 1]ᵀ[X 1]: its top eigenvalue is known."""
-    cfg = make_cfg("trainer.max_epochs=2", "log.curvature=true", "log.inspect_every_n_steps=5", "optimizer.lr=0.02")
+@pytest.mark.parametrize("histograms", ["true", "false"])
+def test_curvature_of_least_squares_is_its_closed_form(tmp_path, histograms):
+    """A linear model's MSE has the constant Hessian 2/N·[X 1]ᵀ[X 1]: its top eigenvalue is known.
+    Curvature follows the histograms' grid, drawn or not (log.histograms=false)."""
+    cfg = make_cfg("trainer.max_epochs=2", "log.curvature=true", "log.inspect_every_n_steps=5", "optimizer.lr=0.02", f"log.histograms={histograms}")
     x, _ = prepare(cfg).splits.train
     design = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
     expected = torch.linalg.eigvalsh(2 / len(x) * design.T @ design)[-1].item()
@@ -99,6 +101,7 @@ def test_curvature_of_least_squares_is_its_closed_form(tmp_path):
     assert all(e.value == pytest.approx(2 / 0.02) for e in events.Scalars("edge_of_stability"))
     noise = events.Scalars("gradient_noise_scale")
     assert noise and all(n.value > 0 and math.isfinite(n.value) for n in noise)
+    assert bool(events.Tags()["histograms"]) == (histograms == "true")
 
 
 def test_power_iteration_finds_the_exact_top_eigenvalue_above_the_exact_limit():

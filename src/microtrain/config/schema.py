@@ -255,6 +255,8 @@ def check(cfg: Mapping[str, Any]) -> None:
     for name, rules in SECTIONS.items():
         if name in cfg or name != "explain":
             _section(cfg, name, rules)
+    if cfg["log"]["curvature"] and not cfg["log"]["inspect"]:
+        raise ConfigError("log.curvature=true is computed at inspections: it needs log.inspect=true (the default)")
     for name, spec in (cfg["callbacks"] or {}).items():
         if not isinstance(spec, Mapping) or "_target_" not in spec:
             raise ConfigError(f"callbacks.{name} needs a _target_ naming a Lightning callback class, like conf/callbacks/early_stopping.yaml")

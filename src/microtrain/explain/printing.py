@@ -20,6 +20,8 @@ def print_report(report: StepReport, console: Console) -> None:
     console.print(f"one step on the first batch ({report.batch_rows} rows) with {report.optimizer}")
     console.print(f"prediction (forward): {show(report.prediction)}")
     console.print(f"loss before the step: {report.loss:.6g}")
+    if report.clipping:
+        console.print(f"clipping: {report.clipping}", markup=False)
     for name, before in report.params_before.items():
         console.print(f"\n[bold]{name}[/bold]  shape {list(before.shape)}")
         console.print(f"  before  {show(before)}")
@@ -41,6 +43,8 @@ def print_report(report: StepReport, console: Console) -> None:
             console.print(f"  {term.name:<28} {show(term.value)}", markup=False)
             console.print(f"  {'':<28} = {term.formula}", markup=False)
         console.print(f"  parameter gradients from the chain against autograd: max |diff| {report.chain_vs_autograd:.2e}")
+    if report.gradcheck_skipped:
+        console.print(f"\ngradient check: {report.gradcheck_skipped}")
     if report.gradcheck:
         console.print("\ngradient check: autograd vs central differences (float64, h=1e-6)")
         for check in report.gradcheck:

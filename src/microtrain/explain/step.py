@@ -42,6 +42,8 @@ class StepReport:
     batch_rows: int = 0
     chain: list[Term] = field(default_factory=list)  # the backward pass, layer by layer (explain.chain)
     chain_vs_autograd: Optional[float] = None  # the largest |chain − autograd| of the parameter gradients
+    clipping: str = ""  # trainer.gradient_clip_val: what clipping did to the step's gradients
+    gradcheck_skipped: str = ""  # why no finite differences were taken
 
     def __repr__(self) -> str:
         grads = ", ".join(f"{name} {list(g.shape)} norm {g.norm().item():.4g}" for name, g in self.grads.items())
@@ -66,6 +68,7 @@ class StepReport:
             "closed_form_grads": {k: v.tolist() for k, v in self.closed_form_grads.items()},
             "chain": [term.to_json() for term in self.chain],
             "chain_vs_autograd": self.chain_vs_autograd,
+            "clipping": self.clipping,
         }
 
 
@@ -105,6 +108,14 @@ def explain_step(cfg: DictConfig, run_dir: Optional[Path] = None) -> StepReport:
     report = StepReport(loss.item(), loss_after, prediction, before, grads, after, rules, optimizer=_describe(optimizer), batch_rows=len(x))
     if _wants_gradcheck(cfg, model):
         report.gradcheck = check_gradients(_model_at(model, before), loss_fn, x, y)
+    else:
+        report.gradcheck_skipped = (
+            "skipped (explain.gradcheck=false)"
+            if cfg.explain.gradcheck is False
+            else f"skipped: {n_parameters(model)} parameters, above {GRADCHECK_AUTO_LIMIT} (explain.gradcheck=true takes two forward passes per parameter)"
+        )
+    if loop.clip_val:
+        report.clipping = _clipping(_model_at(model, before), loss_fn, x, y, loop.clip_val, loop.clip_algorithm)
     report.chain = chain(model, loss_fn, x, y, before)
     report.chain_vs_autograd = against_autograd(model, loss_fn, x, y, before, report.chain)
     if closed_form.applies(cfg.model.name, cfg.loss.name):
@@ -113,6 +124,26 @@ def explain_step(cfg: DictConfig, run_dir: Optional[Path] = None) -> StepReport:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         run_folder.write_json_atomic(Path(run_dir) / "step.json", report.to_json())
     return report
+
+
+def _clipping(model: torch.nn.Module, loss_fn: Any, x: torch.Tensor, y: torch.Tensor, clip_val: float, algorithm: str) -> str:
+    """What trainer.gradient_clip_val did: the step updates with the clipped gradients (grad
+    below), while the finite differences, closed form and chain rule are of the unclipped ones."""
+    raw = torch.autograd.grad(loss_fn(model(x), y), list(model.parameters()))
+    if algorithm == "value":
+        clipped = sum(int((g.abs() > clip_val).sum()) for g in raw)
+        done = f"{clipped} of {sum(g.numel() for g in raw)} entries cut to ±{clip_val:g}"
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in raw])).item()
+        done = (
+            f"the total norm {norm:.6g} scaled to {clip_val:g} (×{clip_val / norm:.4g})"
+            if norm > clip_val
+            else f"the total norm {norm:.6g} is within it: no change"
+        )
+    return (
+        f"gradient_clip_val={clip_val:g} ({algorithm}): {done}; grad and the update are the clipped gradients, "
+        "the gradient checks, closed form and chain rule the unclipped ones"
+    )
 
 
 def _wants_gradcheck(cfg: DictConfig, model: torch.nn.Module) -> bool:

@@ -50,9 +50,8 @@ def _sgd(group: dict, p: torch.Tensor, g: torch.Tensor) -> tuple[str, torch.Tens
     if momentum:
         state["momentum_buffer"] = d  # the first step starts the buffer at d, without dampening
         d = d + momentum * d if group["nesterov"] else d
-        rule = f"buf = {'grad + weight_decay·before' if wd else 'grad'} (first step); " + (
-            "after = before − lr·(d + momentum·buf)" if group["nesterov"] else "after = before − lr·buf"
-        )
+        d_is = "grad + weight_decay·before" if wd else "grad"
+        rule = f"d = {d_is}; buf = d (first step); " + ("after = before − lr·(d + momentum·buf)" if group["nesterov"] else "after = before − lr·buf")
     return rule, p - lr * d, state
 
 
@@ -67,7 +66,8 @@ def _adam(group: dict, p: torch.Tensor, g: torch.Tensor, decoupled: bool) -> tup
     m_hat, v_hat = m / (1 - beta1), v / (1 - beta2)
     after = p_decayed - lr * m_hat / (v_hat.sqrt() + eps)
     decay = "before·(1 − lr·weight_decay)" if decoupled else "before"
-    rule = f"m = (1−β1)·g, v = (1−β2)·g², m̂ = m/(1−β1), v̂ = v/(1−β2); after = {decay} − lr·m̂/(√v̂ + eps)"
+    g_is = "g = grad + weight_decay·before; " if wd and not decoupled else "g = grad; "
+    rule = f"{g_is}m = (1−β1)·g, v = (1−β2)·g², m̂ = m/(1−β1), v̂ = v/(1−β2); after = {decay} − lr·m̂/(√v̂ + eps)"
     return rule, after, {"exp_avg": m, "exp_avg_sq": v}
 
 
@@ -84,12 +84,15 @@ def _rmsprop(group: dict, p: torch.Tensor, g: torch.Tensor) -> tuple[str, torch.
     step = g / avg  # with momentum the buffer starts at 0, so the first step is the same
     if momentum:
         state["momentum_buffer"] = step
-    centered = "√(v − ḡ²)" if group["centered"] else "√v"
-    return f"v = (1−α)·g² (first step); after = before − lr·g/({centered} + eps)", p - lr * step, state
+    centered = "√(v − ḡ², ḡ = (1−α)·g)" if group["centered"] else "√v"
+    g_is = "g = grad + weight_decay·before; " if wd else "g = grad; "
+    buffered = f"; with momentum buf = g/({centered} + eps) (first step), after = before − lr·buf" if momentum else ""
+    return f"{g_is}v = (1−α)·g² (first step); after = before − lr·g/({centered} + eps){buffered}", p - lr * step, state
 
 
 def _adagrad(group: dict, p: torch.Tensor, g: torch.Tensor) -> tuple[str, torch.Tensor, dict]:
     lr, eps, wd, start = group["lr"], group["eps"], group["weight_decay"], group["initial_accumulator_value"]
     g = g + wd * p
     total = start + g * g
-    return "s = initial + g² (first step); after = before − lr·g/(√s + eps)", p - lr * g / (total.sqrt() + eps), {"sum": total}
+    g_is = "g = grad + weight_decay·before; " if wd else "g = grad; "
+    return f"{g_is}s = initial + g² (first step); after = before − lr·g/(√s + eps)", p - lr * g / (total.sqrt() + eps), {"sum": total}

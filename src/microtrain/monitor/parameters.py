@@ -201,7 +201,8 @@ class ParameterInspector(L.Callback):
         scalars = [([f"weight_norm/{n}" for n in names], foreach_norms(params))]
         if have_grads:
             scalars.append(([f"grad_norm/{n}" for n in names], foreach_norms(grads)))
-        drawing = self.histograms and (final or step % self.histogram_every == 0)
+        scheduled = final or step % self.histogram_every == 0  # histograms and curvature: every few inspections
+        drawing = self.histograms and scheduled
         hists = []
         if drawing:
             hists.append(([f"weights/{n}" for n in names], histograms_of(params)))
@@ -218,7 +219,7 @@ class ParameterInspector(L.Callback):
                 full = pl_module.loss_fn(pl_module.model(self.train[0]), self.train[1]).item()
             self.scalars.add("train_loss_full", full, step)
             self.scalars.add("optimality_gap", full - self.optimum, step)
-        if self.curvature and drawing and have_grads:
+        if self.curvature and scheduled and have_grads:
             self._curvature(pl_module, optimizer, step)
         if have_grads and not final:
             self._before = [p.clone() for p in params]  # the update ratio follows in stepped()

@@ -57,7 +57,8 @@ class StackedInspector:
         the gradient noise scale)."""
         started = time.perf_counter()
         rows = [norms(w) for w in before] + [norms(g) for g in grads] + [update_ratios(w, a) for w, a in zip(before, self.step.params)]
-        drawing = self.histograms and step % self.histogram_every == 0
+        scheduled = step % self.histogram_every == 0  # histograms and curvature (log.histograms=false or not)
+        drawing = self.histograms and scheduled
         units, unit_names = self._units(before, x, drawing)
         values = torch.stack(rows + [u for u in units if u.dim() == 1]).T.tolist()  # [K, 3 * parameters + fractions]
         hists = torch.stack([histograms(t) for t in (*before, *grads)], dim=1).tolist() if drawing else None
@@ -82,7 +83,7 @@ class StackedInspector:
                     add_histogram_row(out, f"activations/{layer}", layer_hists[k][2 * j + 1], step)
             out.add("lr", job.lr(), step)
         self._full_loss(step, before)
-        if self.curvature and drawing:
+        if self.curvature and scheduled:
             self._curvature(step, before, x, y)
         for job in self.jobs:
             job.scalars.flush(job.writer)
