@@ -6,7 +6,7 @@ Each rule is computed from the parameter before the step and its gradient, indep
 """
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -40,6 +40,11 @@ def check_first_step(optimizer: torch.optim.Optimizer, param: torch.Tensor, befo
     return RuleCheck(rule, worst, worst <= 1e-6 + 1e-5 * before.abs().max().item())
 
 
+def _gradient(decayed: Any) -> str:
+    """The rule's g: with (coupled) weight decay, the gradient plus weight_decay·before."""
+    return "g = grad + weight_decay·before; " if decayed else "g = grad; "
+
+
 def _sgd(group: dict, p: torch.Tensor, g: torch.Tensor) -> tuple[str, torch.Tensor, dict]:
     lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
     rule, d = "after = before − lr·grad", g
@@ -66,7 +71,7 @@ def _adam(group: dict, p: torch.Tensor, g: torch.Tensor, decoupled: bool) -> tup
     m_hat, v_hat = m / (1 - beta1), v / (1 - beta2)
     after = p_decayed - lr * m_hat / (v_hat.sqrt() + eps)
     decay = "before·(1 − lr·weight_decay)" if decoupled else "before"
-    g_is = "g = grad + weight_decay·before; " if wd and not decoupled else "g = grad; "
+    g_is = _gradient(wd and not decoupled)
     rule = f"{g_is}m = (1−β1)·g, v = (1−β2)·g², m̂ = m/(1−β1), v̂ = v/(1−β2); after = {decay} − lr·m̂/(√v̂ + eps)"
     return rule, after, {"exp_avg": m, "exp_avg_sq": v}
 
@@ -85,7 +90,7 @@ def _rmsprop(group: dict, p: torch.Tensor, g: torch.Tensor) -> tuple[str, torch.
     if momentum:
         state["momentum_buffer"] = step
     centered = "√(v − ḡ², ḡ = (1−α)·g)" if group["centered"] else "√v"
-    g_is = "g = grad + weight_decay·before; " if wd else "g = grad; "
+    g_is = _gradient(wd)
     buffered = f"; with momentum buf = g/({centered} + eps) (first step), after = before − lr·buf" if momentum else ""
     return f"{g_is}v = (1−α)·g² (first step); after = before − lr·g/({centered} + eps){buffered}", p - lr * step, state
 
@@ -94,5 +99,5 @@ def _adagrad(group: dict, p: torch.Tensor, g: torch.Tensor) -> tuple[str, torch.
     lr, eps, wd, start = group["lr"], group["eps"], group["weight_decay"], group["initial_accumulator_value"]
     g = g + wd * p
     total = start + g * g
-    g_is = "g = grad + weight_decay·before; " if wd else "g = grad; "
+    g_is = _gradient(wd)
     return f"{g_is}s = initial + g² (first step); after = before − lr·g/(√s + eps)", p - lr * g / (total.sqrt() + eps), {"sum": total}
