@@ -7,7 +7,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from microtrain.config.sweep_jobs import SweepConfigs
 from tests_helpers import CONF
@@ -57,3 +57,40 @@ def test_every_job_is_the_config_hydra_composes(sweep):
             assert ours.composed < len(jobs)  # the value-only jobs were derived
         if sweep == "groups_and_values":
             assert ours.composed == 4  # one per choice of model and optimizer, for 16 jobs
+
+
+@pytest.mark.parametrize("sweep", ["groups_and_values", "experiment_recipe", "dict_values_and_quotes"])
+def test_a_stacked_jobs_hydra_record_and_task_are_what_hydras_set_config_gives(sweep, tmp_path):
+    """The stacked launcher holds each job's own config in HydraConfig instead of Hydra's
+    ``set_config`` copy of its ``hydra`` node: ``.hydra/hydra.yaml``, ``HydraConfig.get()`` and
+    the resolved task config are still those of Hydra's copy."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from hydra_plugins.microtrain_stacked.stacked_launcher import _job_view
+    from microtrain.run.folder import write_hydra_record
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration(
+            "train", overrides=["hydra/launcher=stacked", f"hydra.sweep.dir={tmp_path}", *SWEEPS[sweep]], run_mode=RunMode.MULTIRUN
+        )
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(list(master.hydra.overrides.task))
+        (jobs,) = BasicSweeper.split_arguments(parsed, None)
+        ours = SweepConfigs(loader, master)
+        for number, overrides in enumerate(jobs):
+            derived = ours.load(overrides)
+            theirs = loader.load_sweep_config(master, list(overrides))
+            for config in (derived, theirs):
+                with open_dict(config):
+                    config.hydra.job.id = config.hydra.job.num = number
+            folder, task, hydra_cfg = _job_view(derived)
+            assert HydraConfig.get().job.override_dirname == theirs.hydra.job.override_dirname
+            write_hydra_record(folder, hydra_cfg, task)
+            HydraConfig.instance().set_config(theirs)  # Hydra's own, as run_job sets it
+            with read_write(HydraConfig.instance().cfg.hydra.runtime):
+                HydraConfig.instance().cfg.hydra.runtime.output_dir = str(folder)
+            assert (folder / ".hydra" / "hydra.yaml").read_text() == OmegaConf.to_yaml(HydraConfig.instance().cfg), overrides
+            solo_task = OmegaConf.masked_copy(theirs, [k for k in theirs if k != "hydra"])
+            OmegaConf.resolve(solo_task)
+            assert (folder / ".hydra" / "config.yaml").read_text() == OmegaConf.to_yaml(solo_task), overrides

@@ -47,7 +47,7 @@ class ComposedSweeper(BasicSweeper):
         assert self.hydra_context is not None and self.config is not None  # both set by setup, which Hydra calls first
         configs = SweepConfigs(self.hydra_context.config_loader, self.config)
         if self.batch_index == 1 and self.overrides is not None:  # before the first job: every batch's jobs
-            _refuse_a_resume_of_other_jobs(self.config, [job for jobs in self.overrides for job in jobs], configs.parser)
+            _refuse_a_resume_of_other_jobs(self.config, [job for jobs in self.overrides for job in jobs], configs.parse)
         for overrides in batch:
             self.composed_once.held[tuple(overrides)] = configs.load(overrides)
 
@@ -67,7 +67,7 @@ class ComposedSweeper(BasicSweeper):
             self.composed_once.held.clear()
 
 
-def _refuse_a_resume_of_other_jobs(config: DictConfig, jobs: list[Sequence[str]], parser: Any) -> None:
+def _refuse_a_resume_of_other_jobs(config: DictConfig, jobs: list[Sequence[str]], parse: Any) -> None:
     """resume=true whose jobs have none of the sweep folder's job folders: a changed setting
     (trainer.max_epochs=50) names other folders, and would start new jobs beside the ones it was
     to finish, which a solo run's resume refuses. Folders named otherwise than by the jobs'
@@ -81,7 +81,7 @@ def _refuse_a_resume_of_other_jobs(config: DictConfig, jobs: list[Sequence[str]]
     sweep_dir, naming = Path(str(config.hydra.sweep.dir)), config.hydra.job.config.override_dirname
     ours = set()
     for overrides in jobs:
-        task = [o for o in parser.parse_overrides(list(overrides)) if not o.is_hydra_override()]
+        task = [o for o in parse(overrides) if not o.is_hydra_override()]
         ours.add(sweep_dir / overrides_dirname(task, list(naming.exclude_keys), naming.item_sep, naming.kv_sep))
     theirs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()) if sweep_dir.is_dir() else []
     if theirs and not any(folder.is_dir() for folder in ours):

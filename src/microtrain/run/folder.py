@@ -131,21 +131,26 @@ def _string(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
 _YamlDumper.add_representer(str, _string)
 
 
-def yaml_text(cfg: Any) -> str:
-    """``OmegaConf.to_yaml(cfg)``'s text, emitted by libyaml: 7.3 ms against 1.1 ms for a sweep
-    job's ``.hydra/hydra.yaml``, ~13 ms of each job's ~100 ms start-up in a stacked sweep (measured
-    here). ``tests/test_run_folder_integrity.py`` checks that both write the same text. OmegaConf
+def yaml_text(cfg: Any, key: Optional[str] = None) -> str:
+    """``OmegaConf.to_yaml(cfg)``'s text (with ``key``: of ``{key: cfg[key]}`` alone), emitted by
+    libyaml: 7.3 ms against 1.1 ms for a sweep job's ``.hydra/hydra.yaml``, ~13 ms of each job's
+    ~100 ms start-up in a stacked sweep (measured here). ``tests/test_run_folder_integrity.py`` checks that both write the same text. OmegaConf
     writes it where libyaml would not: a value libyaml cannot represent (a Path in a structured
     config), and text outside Unicode's first plane, which libyaml escapes (an emoji)."""
     from omegaconf import OmegaConf
 
-    container = OmegaConf.to_container(cfg, enum_to_str=True) if OmegaConf.is_config(cfg) else cfg
+    if key is not None:
+        container: Any = {key: OmegaConf.to_container(cfg[key], enum_to_str=True)}
+    else:
+        container = OmegaConf.to_container(cfg, enum_to_str=True) if OmegaConf.is_config(cfg) else cfg
     text: Optional[str]
     try:
         text = yaml.dump(container, Dumper=_YamlDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
     except yaml.representer.RepresenterError:
         text = None
     if text is None or "\\U" in text:  # libyaml's escape of a character beyond U+FFFF (or the text \U itself)
+        if key is not None:
+            return OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, key))
         return OmegaConf.to_yaml(cfg if OmegaConf.is_config(cfg) else OmegaConf.create(cfg))
     return text
 
@@ -154,11 +159,12 @@ def write_hydra_record(run_dir: Path, hydra_cfg: Any, task_cfg: Any) -> None:
     """``.hydra/``: Hydra's record of the job (its overrides, Hydra's config, the job's config),
     written by microtrain once the run is valid (``hydra.output_subdir: null`` stops Hydra from
     writing it at the job's start, before any check: a rejected re-run would rewrite it).
-    ``hydra_cfg``: ``HydraConfig.instance().cfg``, Hydra's own ``{hydra: ...}`` copy, written as it is."""
+    ``hydra_cfg``: ``HydraConfig.instance().cfg``, Hydra's own ``{hydra: ...}`` copy (or a stacked
+    job's whole config, ``hydra_plugins.microtrain_stacked``): its ``hydra`` node is written as it is."""
     record = Path(run_dir) / ".hydra"
     record.mkdir(parents=True, exist_ok=True)
     write_text_atomic(record / "overrides.yaml", yaml_text(list(hydra_cfg.hydra.overrides.task)))
-    write_text_atomic(record / "hydra.yaml", yaml_text(hydra_cfg))
+    write_text_atomic(record / "hydra.yaml", yaml_text(hydra_cfg, key="hydra"))
     if task_cfg is not None:
         write_text_atomic(record / "config.yaml", yaml_text(task_cfg))
 

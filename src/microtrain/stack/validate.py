@@ -89,6 +89,7 @@ def test_metrics(job: StackedJob, device: torch.device, dtype: torch.dtype) -> d
     x = x.to(device, dtype)
     y = y.to(device, dtype) if y.is_floating_point() else y.to(device)
     metrics = module.test_metrics.to(device)
+    metrics.reset()  # shared by the group's jobs (engine.build.prepare)
     with torch.no_grad():
         out = model(x)
         loss = float(module.loss_fn(out, y))
