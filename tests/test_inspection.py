@@ -4,6 +4,7 @@ with TensorBoard's own reader (the TensorBoard server: test_report_and_tensorboa
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,3 +176,41 @@ def test_landscape_of_an_mlp_passes_through_its_final_loss(default_mlp):
     final = json.loads((default_mlp / "metrics.json").read_text())["train_loss"]
     assert view.loss[j, i].item() == pytest.approx(final, rel=1e-4)
     assert view.loss.min().item() > 0 and view.loss.max().item() > 2 * final  # a valley, not a flat plane
+
+
+def _inspected(run: Path) -> int:
+    return len(read_events(run).Scalars("weight_norm/fc1.weight"))
+
+
+BUDGETED = ["model=mlp", "model.hidden=8", "trainer.max_epochs=4", "log.inspect_budget=0.0001", "trainer.enable_progress_bar=false"]
+
+
+def test_a_python_call_budgets_inspection_from_the_call_not_from_the_import(tmp_path):
+    """An hour after ``import microtrain`` in a notebook, a run's inspection budget is a share of
+    its own call's time, not of the hour: with a budget of 0.01 %, auto inspection thins out to
+    a few points of 100 steps (it kept all 100 when the hour counted)."""
+    import microtrain as mt
+
+    mt.STARTED -= 3600  # as a notebook's process an hour after its import
+    run = mt.train(*BUDGETED, run_dir=tmp_path / "late")
+    assert run.metrics["steps"] == 100 and 2 <= _inspected(run.folder) < 30
+
+
+def test_each_job_of_a_sweep_in_one_process_budgets_its_own_time(tmp_path, capsys):
+    """A basic-launcher sweep runs its jobs in one process: each job's budget is a share of its
+    own time (the first one's counts the start-up), not of the sweep's time so far; so are the
+    groups of a stacked sweep."""
+    import microtrain
+
+    microtrain.STARTED -= 3600  # the process started long ago (this test session did)
+    code, _, err = run_in_process(capsys, "train.py", "-m", *BUDGETED, "seed=0,1,2", f"hydra.sweep.dir={tmp_path / 'basic'}")
+    assert code == 0, err
+    counts = [_inspected(next((tmp_path / "basic").glob(f"*seed={n}*"))) for n in range(3)]
+    assert all(c < 30 for c in counts[1:]), counts  # the first ran on the hour's budget
+    microtrain.STARTED -= 3600
+    code, _, err = run_in_process(
+        capsys, "train.py", "-m", "hydra/launcher=stacked", *BUDGETED, "optimizer=sgd,adam", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'stacked'}"
+    )
+    assert code == 0, err
+    second_group = list((tmp_path / "stacked").glob("*optimizer=adam*"))  # the grid's second value: the group trained second
+    assert len(second_group) == 2 and all(_inspected(p) < 30 for p in second_group), [_inspected(p) for p in second_group]

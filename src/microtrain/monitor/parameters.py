@@ -21,7 +21,7 @@ inspection, and written in bursts (``monitor.scalars.ScalarBuffer``).
 With ``log.inspect_every_n_steps=auto`` the run is inspected on a grid of about
 INSPECT_POINTS points over its planned steps, with HISTOGRAM_SLICES of them also drawing
 histograms; the grid is widened (doubled) whenever inspection has taken more than
-``log.inspect_budget`` of the command's wall clock so far. Measured here on the default
+``log.inspect_budget`` of the run's wall clock so far (``microtrain.STARTED``). Measured here on the default
 ``model=mlp`` run (500 steps): 250 points, 26 histogram slices, ~3 % of its wall clock.
 """
 
@@ -291,7 +291,7 @@ class ParameterInspector(L.Callback):
             self.scalars.add("gradient_noise_scale", curvature.gradient_noise_scale(model, loss_fn, *batch[0]), step)
 
     def _maybe_widen(self) -> None:
-        """auto: double the grid while inspection took more than the budget of the command so far."""
+        """auto: double the grid while inspection took more than the budget of the run so far."""
         if self.widen and self._cost > self.budget * (time.perf_counter() - microtrain.STARTED):
             self.every_n_steps *= 2
             self.histogram_every = self.every_n_steps * max(1, math.ceil(self.histogram_every / self.every_n_steps))

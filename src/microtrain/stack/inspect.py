@@ -156,8 +156,9 @@ class StackedInspector:
                 job.scalars.add("optimality_gap", full[k] - job.prepared.optimum, step)
 
     def _schedule(self, step: int, cost: float) -> None:
-        """auto: the grid doubles while inspection took more than the budget of the command so far
-        (the stacked step is compiled or not for the whole run, so timing cannot break bitwise resume)."""
+        """auto: the grid doubles while inspection took more than the budget of the run so far
+        (``microtrain.STARTED``); the stacked step is compiled or not for the whole run, so timing
+        cannot break bitwise resume."""
         self.last, self._cost = step, self._cost + cost
         if self.auto and self._cost > self.budget * (time.perf_counter() - microtrain.STARTED):
             self.every *= 2
