@@ -251,6 +251,8 @@ def _contained() -> Iterator[None]:
         for name, lg in [("", logging.getLogger()), *logging.Logger.manager.loggerDict.items()]
         if isinstance(lg, logging.Logger)
     }
+    if not frozen:  # what the process holds (torch, Lightning, the caller's objects) stays out of the
+        gc.freeze()  # command's collections, as a command's start-up leaves it: a sweep's composing took 0.45 s, not 0.11
     try:
         with _hydra_kept(), warnings.catch_warnings():  # the warning filters as they were (quiet_libraries adds some)
             yield
