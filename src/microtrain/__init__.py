@@ -5,21 +5,32 @@ From Python: ``run = microtrain.train("model=mlp")``, ``microtrain.sweep(...)``,
 """
 
 import time
-from typing import Any
+from typing import Any, Optional
 
 __version__ = "0.2.0"
-# Inspection's budget (log.inspect_budget) counts from here: the command's start (its first import
-# of microtrain, so a short run's budget includes the start-up it waited for), a call of the
-# Python API, or the end of the run before it in this process (a sweep's next job).
-STARTED = time.perf_counter()
+STARTED = time.perf_counter()  # the command's start: its first import of microtrain (a Python call restarts it)
+START_UP: Optional[float] = None  # the seconds from STARTED to this process's first run: imports, composing
 
 
 def restart_clock() -> None:
-    """The next run of this process counts its budget from now: counted from the process's start,
-    a notebook's run an hour after its import had 180 s of budget, and each job of a basic or
-    stacked sweep run in one process the whole sweep's time so far (inspection never thinned out)."""
+    """A Python call is a command that starts now: its start-up counts from here, not from the
+    import (a notebook's first call an hour after ``import microtrain``)."""
     global STARTED
-    STARTED = time.perf_counter()
+    if START_UP is None:
+        STARTED = time.perf_counter()
+
+
+def start_up() -> float:
+    """At a run's start: the seconds its process's first run waited for (imports, composing), which
+    a run's inspection budget (``log.inspect_budget``) counts besides the run's own time. A
+    command's single run counts its imports, so a short run still gets a dense grid; every later
+    run of the process (a sweep's jobs and groups, a notebook's calls) gets the same allowance
+    instead of the process's age (with which later jobs never thinned out, and a notebook's run an
+    hour after its import had 180 s of budget)."""
+    global START_UP
+    if START_UP is None:
+        START_UP = time.perf_counter() - STARTED
+    return START_UP
 
 
 __all__ = ["train", "sweep", "load", "explain_step", "Run", "ConfigError"]

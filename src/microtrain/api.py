@@ -199,7 +199,7 @@ def _quoted(text: str) -> str:
 def _run(main: str, args: list[str]) -> None:
     """The command ``microtrain.cli.<main>`` with these arguments, in this process; its error line raised."""
     errors = io.StringIO()
-    microtrain.restart_clock()  # the command starts now, not when this process imported microtrain
+    microtrain.restart_clock()  # the command starts now, not when this process imported microtrain (its first call)
     with _contained(), _tee_stderr(errors):
         from microtrain import cli  # inside: its first import pauses and then freezes the garbage collector
 

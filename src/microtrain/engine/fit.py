@@ -13,7 +13,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import torch
 from omegaconf import DictConfig
 
-import microtrain
 from microtrain import device
 from microtrain.config import schema
 from microtrain.console import quiet_libraries
@@ -83,7 +82,6 @@ def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = 
     finally:
         loop.release()  # dynamo's guards back on, whatever happened
         torch.set_num_threads(threads_before)
-        microtrain.restart_clock()  # a sweep's next job in this process budgets its own time
     metrics = _final_metrics(prepared, trainer, time.perf_counter() - started) | {"threads": threads}
     if prepared.splits.test is not None:
         metrics.update(_test_best_checkpoint(trainer, prepared))

@@ -43,6 +43,7 @@ class StackedInspector:
         self.curvature = bool(log.curvature)
         self.last: Optional[int] = None
         self._cost = 0.0
+        self.started, self.start_up = time.perf_counter(), microtrain.start_up()  # what the budget is a share of
         # the MLP's hidden layer, fed by the model's first linear layer from the batch itself
         layers = hidden_layers(jobs[0].model) if log.activations else []
         first_linear = next((n for n, m in jobs[0].model.named_modules() if isinstance(m, torch.nn.Linear)), None)
@@ -157,10 +158,10 @@ class StackedInspector:
 
     def _schedule(self, step: int, cost: float) -> None:
         """auto: the grid doubles while inspection took more than the budget of the run so far
-        (``microtrain.STARTED``); the stacked step is compiled or not for the whole run, so timing
+        and the start-up (``microtrain.start_up``); the stacked step is compiled or not for the whole run, so timing
         cannot break bitwise resume."""
         self.last, self._cost = step, self._cost + cost
-        if self.auto and self._cost > self.budget * (time.perf_counter() - microtrain.STARTED):
+        if self.auto and self._cost > self.budget * (time.perf_counter() - self.started + self.start_up):
             self.every *= 2
             self.histogram_every = self.every * max(1, -(-self.histogram_every // self.every))
 

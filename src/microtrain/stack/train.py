@@ -20,7 +20,6 @@ from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-import microtrain
 from microtrain import device as devices
 from microtrain.console import quiet_libraries
 from microtrain.data.batches import Batch
@@ -166,7 +165,6 @@ class StackedRun(L.Callback):
                 self.end_jobs([k for k, job in enumerate(self.jobs) if job.active])
         finally:
             torch.set_num_threads(threads_before)
-            microtrain.restart_clock()  # the next group budgets its own time
         return finish_jobs(self, time.perf_counter() - started, threads)
 
     def end_jobs(self, jobs: list[int]) -> None:
