@@ -80,6 +80,31 @@ def test_a_job_naming_a_metric_the_run_does_not_report_fails_alone(tmp_path):
     assert metrics[1]["status"] == "ok" and -1 < metrics[1]["val_r2"] <= 1
 
 
+def test_a_job_with_a_missing_value_fails_alone_in_a_stacked_sweep(tmp_path, capsys):
+    """optimizer.lr=??? in one job of a stacked sweep: that job fails with its solo run's line,
+    and the others train on (the schema check's fast read of the config must not end the sweep)."""
+    code, out, err = run_in_process(
+        capsys, "train.py", "-m", "hydra/launcher=stacked", *MLP, "trainer.max_epochs=1", "optimizer.lr=0.01,0.02,???", f"hydra.sweep.dir={tmp_path}"
+    )
+    assert code == 0, err
+    with open(tmp_path / "summary.csv") as handle:
+        rows = {row["overrides"].split("optimizer.lr=")[1].split()[0]: row for row in csv.DictReader(handle)}
+    assert rows["0.01"]["status"] == rows["0.02"]["status"] == "ok" and rows["???"]["status"] == "failed"
+    assert "optimizer.lr is missing; add it to the optimizer config" in rows["???"]["error"]
+
+
+def test_a_users_hydra_callback_sees_hydras_own_view_of_a_stacked_job(tmp_path, capsys):
+    """A Hydra callback of the user's gets ``job_return.hydra_cfg`` as Hydra's ``run_job`` gives
+    it, ``{hydra: ...}`` alone (microtrain's own callbacks read only its ``hydra`` node)."""
+    callback = "+hydra.callbacks.keys._target_=tests_helpers.HydraKeysSeen"
+    code, _, err = run_in_process(
+        capsys, "train.py", "-m", "hydra/launcher=stacked", *MLP, "trainer.max_epochs=1", "seed=0,1", callback, f"hydra.sweep.dir={tmp_path}"
+    )
+    assert code == 0, err
+    seen = [p.read_text() for p in tmp_path.glob("*/hydra_keys.txt")]
+    assert seen == ["hydra", "hydra"]
+
+
 def test_a_stacked_classifier_reports_its_solo_runs_validation_accuracy(tmp_path):
     jobs = [["model=mlp", "data=iris", "loss=cross_entropy", "trainer.max_epochs=3", f"optimizer.lr={lr}"] for lr in (0.05, 0.2)]
     metrics, _ = stacked_and_solo(tmp_path, jobs, solo=[0, 1])

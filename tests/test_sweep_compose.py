@@ -59,11 +59,13 @@ def test_every_job_is_the_config_hydra_composes(sweep):
             assert ours.composed == 4  # one per choice of model and optimizer, for 16 jobs
 
 
+@pytest.mark.parametrize("hydras_own", [False, True])
 @pytest.mark.parametrize("sweep", ["groups_and_values", "experiment_recipe", "dict_values_and_quotes"])
-def test_a_stacked_jobs_hydra_record_and_task_are_what_hydras_set_config_gives(sweep, tmp_path):
+def test_a_stacked_jobs_hydra_record_and_task_are_what_hydras_set_config_gives(sweep, hydras_own, tmp_path):
     """The stacked launcher holds each job's own config in HydraConfig instead of Hydra's
-    ``set_config`` copy of its ``hydra`` node: ``.hydra/hydra.yaml``, ``HydraConfig.get()`` and
-    the resolved task config are still those of Hydra's copy."""
+    ``set_config`` copy of its ``hydra`` node (unless a user's Hydra callback may read it all:
+    ``hydras_own``): ``.hydra/hydra.yaml``, ``HydraConfig.get()`` and the resolved task config are
+    still those of Hydra's copy."""
     from hydra.core.hydra_config import HydraConfig
 
     from hydra_plugins.microtrain_stacked.stacked_launcher import _job_view
@@ -84,8 +86,9 @@ def test_a_stacked_jobs_hydra_record_and_task_are_what_hydras_set_config_gives(s
             for config in (derived, theirs):
                 with open_dict(config):
                     config.hydra.job.id = config.hydra.job.num = number
-            folder, task, hydra_cfg = _job_view(derived)
+            folder, task, hydra_cfg = _job_view(derived, hydras_own)
             assert HydraConfig.get().job.override_dirname == theirs.hydra.job.override_dirname
+            assert (list(hydra_cfg.keys()) == ["hydra"]) == hydras_own
             write_hydra_record(folder, hydra_cfg, task)
             HydraConfig.instance().set_config(theirs)  # Hydra's own, as run_job sets it
             with read_write(HydraConfig.instance().cfg.hydra.runtime):

@@ -76,3 +76,12 @@ def checkpoint_weights(run: Path, name: str = "last") -> dict:
     import torch
 
     return torch.load(run / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+class HydraKeysSeen:
+    """A user's Hydra callback (``hydra.experimental.callback.Callback``'s ``on_job_end``): writes the
+    top-level keys of the job's ``job_return.hydra_cfg`` into the job's folder."""
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        folder = Path(job_return.hydra_cfg.hydra.runtime.output_dir)
+        (folder / "hydra_keys.txt").write_text(" ".join(job_return.hydra_cfg.keys()))

@@ -99,7 +99,9 @@ class StackedLauncher(Launcher):
             with open_dict(config):
                 config.hydra.job.id = config.hydra.job.num = initial_job_idx + offset
             configs.append(config)
-        views = [_job_view(config) for config in configs]
+        # Hydra's own {hydra: ...} view only where a user's Hydra callback may read all of it
+        hydras_own = any(not type(c).__module__.startswith("microtrain") for c in self.hydra_context.callbacks.callbacks)
+        views = [_job_view(config, hydras_own) for config in configs]
         folders, tasks = [v[0] for v in views], [v[1] for v in views]
         task_overrides = [list(config.hydra.overrides.task) for config in configs]
         results, fresh = plan.run_stacked(tasks, folders, self.max_jobs, console, task_overrides, train_chunks=self.train_chunks())
@@ -164,22 +166,29 @@ class StackedLauncher(Launcher):
         return ret
 
 
-def _job_view(config: DictConfig) -> tuple[Path, DictConfig, DictConfig]:
+def _job_view(config: DictConfig, hydras_own: bool = False) -> tuple[Path, DictConfig, DictConfig]:
     """(where ``run_job`` would put the job, its config as its task function would see it: without
     ``hydra``, resolved, and the config whose ``hydra`` node is its Hydra config). Hydra's
-    ``set_config`` would copy that node (3 ms a job here, 0.2 s of a 64-job sweep) into a
+    ``set_config`` copies that node (3 ms a job here, 0.2 s of a 64-job sweep) into a
     ``{hydra: ...}`` of its own; the job's config is already its own copy (``config.sweep_jobs``),
     so ``HydraConfig`` holds it as it is, its node read-only as ``set_config`` leaves it: every
-    reader (the ``hydra:`` resolver, ``HydraConfig.get()``, callbacks' ``hydra_cfg.hydra``) reads
-    the ``hydra`` node, and ``.hydra/hydra.yaml`` is written from that node alone."""
-    OmegaConf.set_readonly(config.hydra, True)
-    HydraConfig.instance().cfg = config  # type: ignore[assignment]  # Hydra declares HydraConf; set_config stores a DictConfig too
-    subdir = str(OmegaConf.select(config, "hydra.sweep.subdir"))
+    reader of microtrain's (the ``hydra:`` resolver, ``HydraConfig.get()``, the sweep summary)
+    reads the ``hydra`` node, and ``.hydra/hydra.yaml`` is written from that node alone.
+    ``hydras_own``: Hydra's own ``{hydra: ...}`` view, for Hydra callbacks of the user's, which
+    may read the whole of ``job_return.hydra_cfg``."""
+    if hydras_own:
+        HydraConfig.instance().set_config(config)
+    else:
+        OmegaConf.set_readonly(config.hydra, True)
+        HydraConfig.instance().cfg = config  # type: ignore[assignment]  # Hydra declares HydraConf; set_config stores a DictConfig too
+    hydra_cfg = cast(DictConfig, HydraConfig.instance().cfg)
+    subdir = str(OmegaConf.select(config, "hydra.sweep.subdir"))  # after HydraConfig: it may read ${hydra:job.num}
     folder = Path(os.path.abspath(os.path.join(str(OmegaConf.select(config, "hydra.sweep.dir")), subdir)))
-    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
-        config.hydra.runtime.output_dir = str(folder)
+    for node in [config] if hydra_cfg is config else [config, hydra_cfg]:
+        with read_write(node.hydra.runtime), open_dict(node.hydra.runtime):
+            node.hydra.runtime.output_dir = str(folder)
     task = OmegaConf.masked_copy(config, cast("list[str]", [key for key in config if key != "hydra"]))  # a copy of the task's keys only
     with read_write(task), open_dict(task):
         OmegaConf.resolve(task)
     OmegaConf.set_struct(task, True)  # as run_job's copy of the config is
-    return folder, task, config
+    return folder, task, hydra_cfg
