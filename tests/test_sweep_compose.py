@@ -86,9 +86,9 @@ def test_a_stacked_jobs_hydra_record_and_task_are_what_hydras_set_config_gives(s
             for config in (derived, theirs):
                 with open_dict(config):
                     config.hydra.job.id = config.hydra.job.num = number
-            folder, task, hydra_cfg = _job_view(derived, hydras_own)
+            folder, task, hydra_cfg, resolved = _job_view(derived, hydras_own)
             assert HydraConfig.get().job.override_dirname == theirs.hydra.job.override_dirname
-            assert (list(hydra_cfg.keys()) == ["hydra"]) == hydras_own
+            assert resolved and (list(hydra_cfg.keys()) == ["hydra"]) == hydras_own
             write_hydra_record(folder, hydra_cfg, task)
             HydraConfig.instance().set_config(theirs)  # Hydra's own, as run_job sets it
             with read_write(HydraConfig.instance().cfg.hydra.runtime):

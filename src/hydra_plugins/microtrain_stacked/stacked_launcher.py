@@ -18,6 +18,7 @@ from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, en
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,12 @@ class StackedLauncher(Launcher):
                 config.hydra.job.id = config.hydra.job.num = initial_job_idx + offset
             configs.append(config)
         # Hydra's own {hydra: ...} view only where a user's Hydra callback may read all of it
-        hydras_own = any(not type(c).__module__.startswith("microtrain") for c in self.hydra_context.callbacks.callbacks)
+        hydras_own = any(type(c).__module__.split(".")[0] != "microtrain" for c in self.hydra_context.callbacks.callbacks)
         views = [_job_view(config, hydras_own) for config in configs]
         folders, tasks = [v[0] for v in views], [v[1] for v in views]
         task_overrides = [list(config.hydra.overrides.task) for config in configs]
-        results, fresh = plan.run_stacked(tasks, folders, self.max_jobs, console, task_overrides, train_chunks=self.train_chunks())
+        unresolved = frozenset(i for i, view in enumerate(views) if not view[3])
+        results, fresh = plan.run_stacked(tasks, folders, self.max_jobs, console, task_overrides, self.train_chunks(), unresolved)
         alone = [i for i, result in enumerate(results) if result is None]
         for index in fresh:  # resume=true for a job that never wrote a checkpoint: it starts
             with open_dict(configs[index]):
@@ -137,7 +139,7 @@ class StackedLauncher(Launcher):
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return runs
 
-    def _trained(self, config: DictConfig, view: tuple[Path, DictConfig, DictConfig], result: dict[str, Any]) -> JobReturn:
+    def _trained(self, config: DictConfig, view: tuple[Path, DictConfig, DictConfig, bool], result: dict[str, Any]) -> JobReturn:
         """What Hydra's ``run_job`` does for a job, for one that already trained stacked: its
         ``.hydra/`` record, its log (``train.log``), the Hydra callbacks, and its objective for
         the sweeper (infinity for a diverged or failed job, as a solo job in a sweep). Without
@@ -146,7 +148,7 @@ class StackedLauncher(Launcher):
         from microtrain.run import folder as run_folder
 
         assert self.hydra_context is not None and self.task_function is not None and self.config is not None  # set by setup
-        folder, task, hydra_cfg = view
+        folder, task, hydra_cfg, _ = view
         HydraConfig.instance().cfg = hydra_cfg  # type: ignore[assignment]  # the job's own, as run_job sets it; Hydra declares HydraConf
         ret = JobReturn(
             overrides=list(config.hydra.overrides.task),
@@ -166,7 +168,7 @@ class StackedLauncher(Launcher):
         return ret
 
 
-def _job_view(config: DictConfig, hydras_own: bool = False) -> tuple[Path, DictConfig, DictConfig]:
+def _job_view(config: DictConfig, hydras_own: bool = False) -> tuple[Path, DictConfig, DictConfig, bool]:
     """(where ``run_job`` would put the job, its config as its task function would see it: without
     ``hydra``, resolved, and the config whose ``hydra`` node is its Hydra config). Hydra's
     ``set_config`` copies that node (3 ms a job here, 0.2 s of a 64-job sweep) into a
@@ -175,7 +177,7 @@ def _job_view(config: DictConfig, hydras_own: bool = False) -> tuple[Path, DictC
     reader of microtrain's (the ``hydra:`` resolver, ``HydraConfig.get()``, the sweep summary)
     reads the ``hydra`` node, and ``.hydra/hydra.yaml`` is written from that node alone.
     ``hydras_own``: Hydra's own ``{hydra: ...}`` view, for Hydra callbacks of the user's, which
-    may read the whole of ``job_return.hydra_cfg``."""
+    may read the whole of ``job_return.hydra_cfg``. Last: whether the task config resolved."""
     if hydras_own:
         HydraConfig.instance().set_config(config)
     else:
@@ -188,7 +190,10 @@ def _job_view(config: DictConfig, hydras_own: bool = False) -> tuple[Path, DictC
         with read_write(node.hydra.runtime), open_dict(node.hydra.runtime):
             node.hydra.runtime.output_dir = str(folder)
     task = OmegaConf.masked_copy(config, cast("list[str]", [key for key in config if key != "hydra"]))  # a copy of the task's keys only
-    with read_write(task), open_dict(task):
-        OmegaConf.resolve(task)
+    try:
+        with read_write(task), open_dict(task):
+            OmegaConf.resolve(task)
+    except OmegaConfBaseException:  # ${oc.env:UNSET}: left unresolved, the job runs alone and fails there (stack.plan)
+        return folder, task, hydra_cfg, False
     OmegaConf.set_struct(task, True)  # as run_job's copy of the config is
-    return folder, task, hydra_cfg
+    return folder, task, hydra_cfg, True

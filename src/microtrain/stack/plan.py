@@ -31,6 +31,7 @@ def run_stacked(
     console: Any,
     overrides: Optional[list[list[str]]] = None,
     train_chunks: Optional[Callable[[list[tuple]], list[Any]]] = None,
+    unresolved: frozenset[int] = frozenset(),
 ) -> tuple[list[Optional[Result]], set[int]]:
     """([each job's result, or None for a job to run alone through its task function], the jobs
     of a resumed sweep that never started, which start afresh). ``train_chunks``: trains the
@@ -42,6 +43,8 @@ def run_stacked(
     refused: dict[int, str] = {}
     for index, (cfg, folder) in enumerate(zip(cfgs, folders)):
         try:
+            if index in unresolved:  # an interpolation of its config fails (${oc.env:UNSET}): alone, it fails as a basic launcher's job
+                raise MicrotrainError("does not resolve")
             schema.check(cfg)
             trainer_arguments(cfg.trainer)
             run_folder.refuse_links(folder)
