@@ -20,6 +20,7 @@ BAD_INPUTS = [
     (["optimizer.lr=0"], "optimizer.lr=0 must be greater than 0"),
     (["optimizer.lr=abc"], "optimizer.lr='abc' is not a number"),
     (["optimizer.lr=???"], "optimizer.lr is missing; add it to the optimizer config"),
+    (["optimizer.lr=${oc.env:MICROTRAIN_NOT_SET}"], "optimizer.lr cannot be resolved: \"Environment variable 'MICROTRAIN_NOT_SET' not found\""),
     (["optimizer.momentum=-1"], "optimizer.momentum=-1 must be at least 0.0"),
     (["optimizer=adam", "optimizer.betas=[0.9,2.0]"], "optimizer.betas[1]=2.0 must be below 1"),
     (["optimizer._target_=torch.optim.Nope"], "cannot be built"),

@@ -16,10 +16,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from microtrain import usage
 from microtrain.console import console, error_console, fmt, one_line, print_start, quiet_libraries, start_up_collection_paused
 from microtrain.run import folder as run_folder
+from microtrain.config.overrides import unresolvable
 from microtrain.errors import ConfigError, FolderBusy, Interrupted, MicrotrainError, TrainingDiverged, WriteFailed
 from microtrain.sweep_summary import objective, sweeper_direction
 
@@ -47,7 +49,7 @@ def train_command(cfg: DictConfig) -> float:
     interrupt.install()  # from here a signal ends the run with a status, never a traceback
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    overrides = list(HydraConfig.get().overrides.task)
+    overrides = cast("list[str]", OmegaConf.to_container(HydraConfig.get().overrides.task))  # as typed: list() would resolve ${...} in them
     changes: list[str] = []
     # Hydra made the folder just now (or it was empty): a run refused before training removes it again
     fresh = not multirun and run_dir.is_dir() and not any(run_dir.iterdir())
@@ -94,6 +96,8 @@ def train_command(cfg: DictConfig) -> float:
         return _interrupted(Interrupted("interrupted by SIGINT", signal.SIGINT), run_dir)
     except MicrotrainError as err:
         return _fail(err, run_dir, overrides_record=not cfg.resume, fresh=fresh)
+    except InterpolationResolutionError as err:  # optimizer.lr=${oc.env:UNSET}: bad input, one line
+        return _fail(unresolvable(err), run_dir, overrides_record=not cfg.resume, fresh=fresh)
     except Exception as err:  # noqa: BLE001 -- anything unexpected: one line here, the traceback in train.log
         # at INFO: the job log's file takes INFO, its console only warnings (hydra/job_logging=quiet)
         logging.getLogger("microtrain").info("unexpected error", exc_info=True)

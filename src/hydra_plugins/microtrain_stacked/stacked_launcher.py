@@ -104,7 +104,7 @@ class StackedLauncher(Launcher):
         hydras_own = any(type(c).__module__.split(".")[0] != "microtrain" for c in self.hydra_context.callbacks.callbacks)
         views = [_job_view(config, hydras_own) for config in configs]
         folders, tasks = [v.folder for v in views], [v.task for v in views]
-        task_overrides = [list(config.hydra.overrides.task) for config in configs]
+        task_overrides = [cast("list[str]", OmegaConf.to_container(config.hydra.overrides.task)) for config in configs]  # as typed
         unresolved = frozenset(i for i, view in enumerate(views) if not view.resolved)
         results, fresh = plan.run_stacked(tasks, folders, self.max_jobs, console, task_overrides, self.train_chunks(), unresolved)
         alone = [i for i, result in enumerate(results) if result is None]
@@ -151,7 +151,7 @@ class StackedLauncher(Launcher):
         folder, task, hydra_cfg = view.folder, view.task, view.hydra_cfg
         HydraConfig.instance().cfg = hydra_cfg  # type: ignore[assignment]  # the job's own, as run_job sets it; Hydra declares HydraConf
         ret = JobReturn(
-            overrides=list(config.hydra.overrides.task),
+            overrides=cast("list[str]", OmegaConf.to_container(config.hydra.overrides.task)),
             cfg=task,
             hydra_cfg=hydra_cfg,
             working_dir=str(folder) if hydra_cfg.hydra.job.chdir else os.getcwd(),

@@ -70,7 +70,10 @@ class _StackedSubmitit(StackedLauncher, BaseSubmititLauncher):
         """As the plugin runs any job: one submitit job each, Hydra's run_job inside."""
         if not configs:
             return []
-        params = [(list(c.hydra.overrides.task), "hydra.sweep.dir", n, f"job_id_for_{n}", Singleton.get_state()) for c, n in zip(configs, numbers)]
+        params = [
+            (OmegaConf.to_container(c.hydra.overrides.task), "hydra.sweep.dir", n, f"job_id_for_{n}", Singleton.get_state())
+            for c, n in zip(configs, numbers)
+        ]
         return [job.results()[0] for job in self._executor().map_array(self, *zip(*params))]
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
+from microtrain.errors import ConfigError
+
 COMPOSITION_ERRORS = (ConfigCompositionException, MissingConfigException, OverrideParseException)
 
 
@@ -85,6 +87,15 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
         group, option = found.groups()
         return f"{group} is a config group: choose its option with {group}={option}, without +"
     return first
+
+
+def unresolvable(err: Exception) -> ConfigError:
+    """A job's config whose interpolation fails (``optimizer.lr=${oc.env:UNSET}``): its key and the
+    resolver's own reason, in one line."""
+    first = (str(err).strip().splitlines() or ["no message"])[0]
+    reason = found.group(1) if (found := re.search(r"raised while resolving interpolation: (.+)", first)) else first
+    key = getattr(err, "full_key", None)
+    return ConfigError(f"{key or 'a config value'} cannot be resolved: {reason}; set what it refers to, or give the value itself")
 
 
 def outside_a_job(err: Exception, config_name: str) -> tuple[str, int]:

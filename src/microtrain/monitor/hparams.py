@@ -158,7 +158,7 @@ def _hydra_job() -> tuple[bool, list[str]]:
         from hydra.types import RunMode
 
         config = HydraConfig.get()
-        return config.mode == RunMode.MULTIRUN, list(config.overrides.task)
+        return config.mode == RunMode.MULTIRUN, cast("list[str]", OmegaConf.to_container(config.overrides.task))  # as typed
     except (ImportError, ValueError):
         return False, []
 

@@ -163,7 +163,7 @@ def write_hydra_record(run_dir: Path, hydra_cfg: Any, task_cfg: Any) -> None:
     job's whole config, ``hydra_plugins.microtrain_stacked``): its ``hydra`` node is written as it is."""
     record = Path(run_dir) / ".hydra"
     record.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(record / "overrides.yaml", yaml_text(list(hydra_cfg.hydra.overrides.task)))
+    write_text_atomic(record / "overrides.yaml", yaml_text(hydra_cfg.hydra.overrides.task))  # as typed, as Hydra writes them
     write_text_atomic(record / "hydra.yaml", yaml_text(hydra_cfg, key="hydra"))
     if task_cfg is not None:
         write_text_atomic(record / "config.yaml", yaml_text(task_cfg))
