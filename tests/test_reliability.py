@@ -263,3 +263,17 @@ def test_a_search_with_an_unknown_optimize_mode_is_one_line_before_it_starts(cap
     code, out, err = run_in_process(capsys, "train.py", "-m", "hparams_search=optuna", "optimize.mode=maximum", f"hydra.sweep.dir={sweep}")
     assert code == 2 and err.strip() == "error: optimize.mode=maximum must be min or max"
     assert not sweep.exists()
+
+
+@pytest.mark.parametrize(
+    "script, args, key",
+    [
+        ("explain_step.py", ["model=mlp", "optimizer.lr=${oc.env:MICROTRAIN_NOT_SET}"], "optimizer.lr"),
+        ("predict.py", ["run=${oc.env:MICROTRAIN_NOT_SET}", "data.path=rows.csv"], "run"),
+    ],
+)
+def test_a_value_that_does_not_resolve_is_one_line_in_every_command(capsys, tmp_path, script, args, key):
+    code, _, err = run_in_process(capsys, script, *args, cwd=tmp_path)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"error: {key} cannot be resolved: \"Environment variable 'MICROTRAIN_NOT_SET' not found\"")

@@ -195,8 +195,8 @@ def explain_command(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         report = explain_step(cfg, run_dir)
-    except MicrotrainError as err:
-        _fail(err, run_dir)
+    except (MicrotrainError, InterpolationResolutionError) as err:
+        _fail(err if isinstance(err, MicrotrainError) else unresolvable(err), run_dir)
         return
     except Exception as err:  # noqa: BLE001 -- e.g. optimizer.lr=1e300: one line here, the traceback in the job's log
         logging.getLogger("microtrain").info("unexpected error", exc_info=True)
@@ -224,8 +224,8 @@ def predict_command(cfg: DictConfig) -> None:
         out, notes = predict_file(
             Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint, cfg.probabilities, allowed, cfg.data.get("missing"), cfg.trust_run_config
         )
-    except MicrotrainError as err:
-        error_console.print(f"error: {err}", markup=False, soft_wrap=True)
+    except (MicrotrainError, InterpolationResolutionError) as err:
+        error_console.print(f"error: {err if isinstance(err, MicrotrainError) else unresolvable(err)}", markup=False, soft_wrap=True)
         sys.exit(2)
     for note in notes:
         console.print(f"note: {note}")
