@@ -21,6 +21,7 @@ BAD_INPUTS = [
     (["optimizer.lr=abc"], "optimizer.lr='abc' is not a number"),
     (["optimizer.lr=???"], "optimizer.lr is missing; add it to the optimizer config"),
     (["optimizer.lr=${oc.env:MICROTRAIN_NOT_SET}"], "optimizer.lr cannot be resolved: \"Environment variable 'MICROTRAIN_NOT_SET' not found\""),
+    (["resume=${oc.env:MICROTRAIN_NOT_SET}"], "resume cannot be resolved: \"Environment variable 'MICROTRAIN_NOT_SET' not found\""),
     (["optimizer.momentum=-1"], "optimizer.momentum=-1 must be at least 0.0"),
     (["optimizer=adam", "optimizer.betas=[0.9,2.0]"], "optimizer.betas[1]=2.0 must be below 1"),
     (["optimizer._target_=torch.optim.Nope"], "cannot be built"),
@@ -270,6 +271,7 @@ def test_a_search_with_an_unknown_optimize_mode_is_one_line_before_it_starts(cap
     [
         ("explain_step.py", ["model=mlp", "optimizer.lr=${oc.env:MICROTRAIN_NOT_SET}"], "optimizer.lr"),
         ("predict.py", ["run=${oc.env:MICROTRAIN_NOT_SET}", "data.path=rows.csv"], "run"),
+        ("predict.py", ["run=.", "data.path=rows.csv", "data.missing=${oc.env:MICROTRAIN_NOT_SET}"], "data.missing"),
     ],
 )
 def test_a_value_that_does_not_resolve_is_one_line_in_every_command(capsys, tmp_path, script, args, key):

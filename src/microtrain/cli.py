@@ -97,7 +97,8 @@ def train_command(cfg: DictConfig) -> float:
     except MicrotrainError as err:
         return _fail(err, run_dir, overrides_record=not cfg.resume, fresh=fresh)
     except InterpolationResolutionError as err:  # optimizer.lr=${oc.env:UNSET}: bad input, one line
-        return _fail(unresolvable(err), run_dir, overrides_record=not cfg.resume, fresh=fresh)
+        resuming = OmegaConf.select(cfg, "resume", throw_on_resolution_failure=False) is True  # resume=${oc.env:UNSET} too
+        return _fail(unresolvable(err), run_dir, overrides_record=not resuming, fresh=fresh)
     except Exception as err:  # noqa: BLE001 -- anything unexpected: one line here, the traceback in train.log
         # at INFO: the job log's file takes INFO, its console only warnings (hydra/job_logging=quiet)
         logging.getLogger("microtrain").info("unexpected error", exc_info=True)
@@ -222,7 +223,14 @@ def predict_command(cfg: DictConfig) -> None:
         if not isinstance(cfg.trust_run_config, bool):
             raise ConfigError(f"trust_run_config={cfg.trust_run_config!r} must be true or false")
         out, notes = predict_file(
-            Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint, cfg.probabilities, allowed, cfg.data.get("missing"), cfg.trust_run_config
+            Path(cfg.run),
+            cfg.data.path,
+            cfg.output,
+            cfg.checkpoint,
+            cfg.probabilities,
+            allowed,
+            cfg.data["missing"] if "missing" in cfg.data else None,
+            cfg.trust_run_config,
         )
     except (MicrotrainError, InterpolationResolutionError) as err:
         error_console.print(f"error: {err if isinstance(err, MicrotrainError) else unresolvable(err)}", markup=False, soft_wrap=True)

@@ -226,7 +226,7 @@ OTHERS = ("model", "loss", "optimizer", "scheduler", "data", "trainer", "callbac
 def check_run_mode(cfg: Mapping[str, Any]) -> None:
     """``resume`` and ``overwrite``, before anything reads the run folder they decide about."""
     for key in ("resume", "overwrite"):
-        if not isinstance(cfg.get(key, False), bool):
+        if not isinstance(cfg[key] if key in cfg else False, bool):  # not .get: a failing ${...} then names no key
             raise ConfigError(f"{key}={cfg[key]!r} must be true or false")
     if cfg["resume"] and cfg.get("overwrite"):
         raise ConfigError("resume=true continues the run in the folder and overwrite=true replaces it: choose one")
