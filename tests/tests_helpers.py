@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from hydra import compose, initialize_config_dir
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from microtrain.monitor.tags import Events
 
@@ -78,9 +79,9 @@ def checkpoint_weights(run: Path, name: str = "last") -> dict:
     return torch.load(run / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
-class HydraKeysSeen:
-    """A user's Hydra callback (``hydra.experimental.callback.Callback``'s ``on_job_end``): writes the
-    top-level keys of the job's ``job_return.hydra_cfg`` into the job's folder."""
+class HydraKeysSeen(Callback):
+    """A user's Hydra callback: writes the top-level keys of each job's ``job_return.hydra_cfg``
+    into the job's folder."""
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         folder = Path(job_return.hydra_cfg.hydra.runtime.output_dir)

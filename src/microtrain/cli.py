@@ -222,16 +222,8 @@ def predict_command(cfg: DictConfig) -> None:
             raise ConfigError(f"allow_status={allowed!r} must be a list of statuses, e.g. '[ok,interrupted]'")
         if not isinstance(cfg.trust_run_config, bool):
             raise ConfigError(f"trust_run_config={cfg.trust_run_config!r} must be true or false")
-        out, notes = predict_file(
-            Path(cfg.run),
-            cfg.data.path,
-            cfg.output,
-            cfg.checkpoint,
-            cfg.probabilities,
-            allowed,
-            cfg.data["missing"] if "missing" in cfg.data else None,
-            cfg.trust_run_config,
-        )
+        missing = cfg.data["missing"] if "missing" in cfg.data else None  # not .get: a failing ${...} then names no key
+        out, notes = predict_file(Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint, cfg.probabilities, allowed, missing, cfg.trust_run_config)
     except (MicrotrainError, InterpolationResolutionError) as err:
         error_console.print(f"error: {err if isinstance(err, MicrotrainError) else unresolvable(err)}", markup=False, soft_wrap=True)
         sys.exit(2)
