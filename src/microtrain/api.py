@@ -242,7 +242,8 @@ def _tee_stderr(copy: io.StringIO) -> Iterator[None]:
 @contextlib.contextmanager
 def _contained() -> Iterator[None]:
     """Everything a command sets for its process, put back when it ends (the global random
-    generators excepted: ``seed`` seeds them, as the command line does)."""
+    generators excepted: ``seed`` seeds them, as the command line does; and glibc's malloc
+    thresholds, ``microtrain.memory``, which glibc cannot report to restore)."""
     signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     argv, environ, cwd, hook = sys.argv[:], dict(os.environ), os.getcwd(), threading.excepthook
     raise_exceptions, frozen, collecting = logging.raiseExceptions, gc.get_freeze_count(), gc.isenabled()
