@@ -3,6 +3,7 @@ its epoch's train_loss, validation (all jobs in one pass), best.ckpt's moment, i
 its early stopping (a job it stops is frozen, its neighbours go on), then last.ckpt."""
 
 import time
+import warnings
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
@@ -39,9 +40,11 @@ def end_epoch(run: "StackedRun", batches_done: int) -> None:
             run.jobs[k].record_val(values["val_loss"][k], moment)
     # each job's scheduler on its own optimizer, before last.ckpt as under Lightning (the module's
     # epoch-end hook runs before the checkpoint callback's); best.ckpt was taken at validation
-    for k in active:
-        if (scheduler := run.jobs[k].scheduler) is not None:
-            scheduler.step()
+    with warnings.catch_warnings():  # torch.optim's "before optimizer.step()": the stacked step took the steps
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+        for k in active:
+            if (scheduler := run.jobs[k].scheduler) is not None:
+                scheduler.step()
     # callbacks=early_stopping, after the scheduler as under Lightning (a monitoring callback):
     # each job's own EarlyStopping; a job it stops is frozen and its neighbours go on
     stopped = [k for k in active if validate and any([early_stop(s, values[s.monitor][k], run.epoch - 1) for s in run.jobs[k].stoppers])]
