@@ -136,7 +136,7 @@ def test_help_lists_every_group_and_the_commented_keys(capsys):
 
 # microtrain's layers, lowest first: a module may import its own layer and the ones below
 LAYERS = [
-    {"microtrain", "errors", "console", "internals", "device", "models", "losses", "optimizers", "closed_form", "usage"},
+    {"microtrain", "errors", "console", "internals", "device", "models", "losses", "optimizers", "closed_form", "usage", "memory"},
     {"data", "config"},
     {"run"},
     {"monitor"},

@@ -170,6 +170,32 @@ def test_each_stacked_job_ends_within_1e_5_of_its_solo_run(tmp_path, optimizer):
                 assert torch.allclose(slot[key].double(), solo_slot[key].double(), atol=1e-5), key
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["+trainer.gradient_clip_val=0.05"],
+        ["+trainer.gradient_clip_val=0.01", "+trainer.gradient_clip_algorithm=value"],
+        ["+trainer.accumulate_grad_batches=3"],  # 25 batches an epoch: its last step takes 1
+        ["+trainer.accumulate_grad_batches=2", "+trainer.gradient_clip_val=0.05", "optimizer=adam"],
+    ],
+    ids=["clip_norm", "clip_value", "accumulate", "accumulate_clip_adam"],
+)
+def test_clipping_and_accumulation_stack_and_match_the_solo_runs(tmp_path, recwarn, extra):
+    """Each stacks with its neighbours (stack.groups), clipped and accumulated as its solo run's
+    step does: the same steps, weights within 1e-5, the same curve of train_loss."""
+    jobs = [[*MLP, *extra, f"optimizer.lr={lr}", f"seed={seed}"] for lr, seed in ((0.05, 0), (0.02, 1))]
+    assert group_jobs([make_cfg(*job) for job in jobs], [0, 0])[1] == {}  # none runs alone
+    metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[0, 1])
+    for i in (0, 1):
+        solo = json.loads((tmp_path / f"solo{i}" / "metrics.json").read_text())
+        assert metrics[i]["stacked"]["jobs"] == 2 and metrics[i]["steps"] == solo["steps"] and metrics[i]["epochs"] == solo["epochs"]
+        assert largest_difference(checkpoint_weights(folders[i]), checkpoint_weights(tmp_path / f"solo{i}")) < 1e-5
+        ours, theirs = read_events(folders[i]).Scalars("train_loss"), read_events(tmp_path / f"solo{i}").Scalars("train_loss")
+        assert [e.step for e in ours] == [e.step for e in theirs]
+        assert [e.value for e in ours] == pytest.approx([e.value for e in theirs], rel=1e-5)
+    assert not [w for w in recwarn if "batching rule" in str(w.message)]  # clamp_ under vmap fell back to a loop, and said so
+
+
 def test_float64_stacked_jobs_match_solo_runs_within_1e_12(tmp_path):
     jobs = [MLP + ["device.precision=64", *job] for job in (OPTIMIZERS["sgd_momentum"][1], OPTIMIZERS["sgd_momentum"][2])]
     _, folders = stacked_and_solo(tmp_path, jobs, solo=[0])
@@ -210,8 +236,8 @@ def _structure(node):
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["data.val_fraction=0", "scheduler=step", "scheduler.step_size=1"], ["trainer.max_steps=60"]],
-    ids=["default", "no_validation_with_scheduler", "max_steps_mid_epoch"],
+    [[], ["data.val_fraction=0", "scheduler=step", "scheduler.step_size=1"], ["trainer.max_steps=60"], ["+trainer.accumulate_grad_batches=3"]],
+    ids=["default", "no_validation_with_scheduler", "max_steps_mid_epoch", "accumulate"],
 )
 def test_checkpoints_are_the_ones_lightning_writes(tmp_path, extra, recwarn):
     """Key by key, counter by counter, as Lightning's own last.ckpt and best.ckpt of the solo run."""
@@ -471,6 +497,29 @@ def test_step_checkpoints_stack_and_a_group_that_crashed_mid_epoch_resumes_bitwi
     for folder in crashed:  # its history, as a solo run's resume writes it
         (entry,) = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
         assert entry["resumed_at_step"] == 32 and entry["changed"] == []
+    for folder, whole in zip(crashed, folders):
+        ours, theirs = checkpoint_weights(folder), checkpoint_weights(whole)
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    train(make_cfg(*jobs[1], "resume=true"), tmp_path / "solo_resumed" / "run")
+    assert largest_difference(checkpoint_weights(tmp_path / "solo_resumed" / "run"), checkpoint_weights(folders[1])) < 1e-6
+
+
+def test_an_accumulating_group_that_crashed_mid_epoch_resumes_bitwise(tmp_path, monkeypatch):
+    """+trainer.accumulate_grad_batches=2 (13 steps an epoch of 25 batches) with a checkpoint
+    every 5 steps: killed after step 20 (14 batches into the second epoch), the group resumes
+    from that batch bitwise, and a job's checkpoint resumes as its solo run, within 1e-6."""
+    jobs = [
+        [*MLP, "+trainer.accumulate_grad_batches=2", "checkpoint.every_n_steps=5", f"optimizer.lr={lr}", f"seed={seed}"]
+        for lr, seed in ((0.05, 0), (0.02, 1))
+    ]
+    metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[])
+    assert [m["steps"] for m in metrics] == [39, 39]
+    crashed = crash_group(monkeypatch, "_checkpoint_mid_epoch", lambda run: run.step_count == 20, jobs, tmp_path)
+    saved = torch.load(crashed[0] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 20 and saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["position"] == 14
+    shutil.copytree(crashed[1], tmp_path / "solo_resumed" / "run")
+    resumed = train_group([make_cfg(*job, "resume=true") for job in jobs], crashed, [True, True])
+    assert [m["steps"] for m in resumed] == [39, 39]
     for folder, whole in zip(crashed, folders):
         ours, theirs = checkpoint_weights(folder), checkpoint_weights(whole)
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -253,8 +253,8 @@ def clip_gradients(grads: Sequence[Tensor], max_value: Optional[float], algorith
         return
     with torch.no_grad():
         if algorithm == "value":
-            for grad in grads:
-                grad.clamp_(-max_value, max_value)
+            for grad in grads:  # clamp, then copy: vmap has no batching rule for clamp_ (a slow fallback, and a warning)
+                grad.copy_(grad.clamp(-max_value, max_value))
             return
         total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
         scale = (max_value / (total + 1e-6)).clamp(max=1.0)  # no host sync: the scale stays a tensor

@@ -34,9 +34,11 @@ class StackedBatches:
         self.steps, self.epoch_of, self.resume_at = steps, epoch_of, resume_at
         return self
 
-    def planned_steps(self, max_epochs: Optional[int], max_steps: int) -> int:
-        """The steps trainer.max_epochs and trainer.max_steps allow (10**9 for neither)."""
-        by_epochs = max_epochs * self.batches_per_epoch if max_epochs is not None and max_epochs >= 0 else math.inf
+    def planned_steps(self, max_epochs: Optional[int], max_steps: int, accumulate: int = 1) -> int:
+        """The steps trainer.max_epochs and trainer.max_steps allow (10**9 for neither), of
+        ``accumulate`` batches each (an epoch's last step takes what is left)."""
+        per_epoch = math.ceil(self.batches_per_epoch / accumulate)
+        by_epochs = max_epochs * per_epoch if max_epochs is not None and max_epochs >= 0 else math.inf
         planned = min(by_epochs, max_steps if max_steps > 0 else math.inf)
         return int(planned) if planned != math.inf else 10**9
 

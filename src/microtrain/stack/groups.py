@@ -38,6 +38,7 @@ STACKED_TRAINER = {
     "check_val_every_n_epoch",
     "gradient_clip_val",
     "gradient_clip_algorithm",
+    "accumulate_grad_batches",
 }
 # Callbacks a stacked group runs for each job (each job its own instance): EarlyStopping freezes
 # the job it stops while its neighbours go on. Any other callback runs its job alone.

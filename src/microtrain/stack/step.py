@@ -39,6 +39,7 @@ class StackedStep:
         clip_val: Optional[float] = None,
         clip_algorithm: str = "norm",
         start_step: int = 0,
+        accumulate: int = 1,
     ):
         self.names = [name for name, _ in models[0].named_parameters()]
         self.device, self.dtype = device, dtype
@@ -55,9 +56,8 @@ class StackedStep:
         self.constants, self.varying = self._hyper(groups, keys)
         self.rows: Optional[int] = None  # the batch size the compiled graph is for
         self.forward = functional_forward(models[0])
-        one = partial(
-            self._one, forward=self.forward, loss_fn=loss_fn, rule=rule, constants=self.constants, clip_val=clip_val, clip_algorithm=clip_algorithm
-        )
+        forward, loss = (self.forward, loss_fn) if accumulate == 1 else accumulated(self.forward, loss_fn, accumulate)
+        one = partial(self._one, forward=forward, loss_fn=loss, rule=rule, constants=self.constants, clip_val=clip_val, clip_algorithm=clip_algorithm)
         self._eager = torch.func.vmap(one)
         # dynamic=False: a graph for the full batch; an epoch's shorter last batch runs eager
         # rather than compiling a second graph (seconds) for one step an epoch.
@@ -144,6 +144,24 @@ class StackedStep:
         params = {name: p[k].detach().cpu().clone() for name, p in zip(self.names, self.params)}
         state = [{key: value[k].detach().cpu().clone() for key, value in slot.items()} for slot in self.state]
         return params, state
+
+
+def accumulated(forward: Any, loss_fn: Any, accumulate: int) -> tuple[Any, Any]:
+    """``trainer.accumulate_grad_batches``: a step's batches (lists of tensors) as one forward and
+    one loss, each batch's loss divided by ``accumulate`` and summed, as a solo run's step adds
+    theirs. Its gradient is the sum of theirs (the backward adds them in its own order: within
+    float rounding of the solo run's, ``tests/test_stacked.py``)."""
+
+    def forward_all(params: Any, xs: list[Tensor]) -> list[Tensor]:
+        return [forward(params, x) for x in xs]
+
+    def loss_all(outputs: list[Tensor], ys: list[Tensor]) -> Tensor:
+        total = loss_fn(outputs[0], ys[0]) / accumulate
+        for out, y in zip(outputs[1:], ys[1:]):
+            total = total + loss_fn(out, y) / accumulate
+        return total
+
+    return forward_all, loss_all
 
 
 class StackedModel(nn.Module):

@@ -34,7 +34,7 @@ from microtrain.stack.inspect import StackedInspector
 from microtrain.stack.jobs import StackedJob
 from microtrain.stack.step import StackedModel, StackedStep
 from microtrain.engine.build import multiply_adds_per_step, steps_per_call
-from microtrain.engine.module import Trainee
+from microtrain.engine.module import Trainee, WholeSteps
 from microtrain.engine.trainer import stack_trainer
 from microtrain.run.checkpoints import CheckpointBudget
 
@@ -65,10 +65,10 @@ def train_group(
     return [refused[k] if k in refused else next(trained) for k in range(len(cfgs))]
 
 
-class StackedRun(L.Callback):
-    """The group's steps for ``Trainee`` (``engine.module.Steps``) and its epoch ends, as a callback."""
+class StackedRun(L.Callback, WholeSteps):
+    """The group's steps for ``Trainee`` (``engine.module.Steps``: each step of the K jobs taken
+    whole, ``stack.step`` clipping inside it) and its epoch ends, as a callback."""
 
-    accumulate = 1  # trainer.accumulate_grad_batches>1 runs alone (stack.groups)
     holds_optimizer_state = True  # Trainee builds no optimizer: the stacked step holds the K jobs' states
 
     def __init__(self, jobs: list[StackedJob]):
@@ -85,7 +85,8 @@ class StackedRun(L.Callback):
         self.batch_size, self.batches_per_epoch = self.data.batch_size, self.data.batches_per_epoch
         model = jobs[0].model
         self.multiply_adds = multiply_adds_per_step(cfg, model, splits)
-        per_call = steps_per_call(cfg, model, splits)
+        self.accumulate = cfg.trainer.get("accumulate_grad_batches", 1)  # batches a step, as StepLoop's
+        per_call = steps_per_call(cfg, model, splits) * self.accumulate
         val_rows = 0 if splits.val is None else len(splits.val[0])
         eval_rows = max(cfg.data.batch_size or val_rows, 4096)
         self.shape = {
@@ -97,9 +98,13 @@ class StackedRun(L.Callback):
         self.max_steps, self.max_epochs = cfg.trainer.max_steps, cfg.trainer.max_epochs
         # read at every step: kept as ints (a read from the config takes 16 us, measured)
         self.log_every, self.checkpoint_every = cfg.log.every_n_steps, cfg.checkpoint.every_n_steps
-        planned = self.data.planned_steps(self.max_epochs, self.max_steps)
+        planned = self.data.planned_steps(self.max_epochs, self.max_steps, self.accumulate)
         wanted = cfg.loop.compile
         compile = wanted is True or (wanted == "auto" and planned * len(jobs) >= COMPILE_FROM_JOB_STEPS and self.multiply_adds <= 1_000_000)
+        if compile and self.accumulate > 1:  # eager, as a solo run's (engine.compiled)
+            if wanted is True:
+                print("note: trainer.accumulate_grad_batches is not compiled; training eager", flush=True)
+            compile = False
         clip = cfg.trainer.get("gradient_clip_val")
         self.stacked = StackedStep(
             [j.model for j in jobs],
@@ -111,6 +116,7 @@ class StackedRun(L.Callback):
             clip,
             cfg.trainer.get("gradient_clip_algorithm", "norm"),
             start_step=self.step_count,
+            accumulate=self.accumulate,
         )
         self.loss_fn = jobs[0].prepared.module.loss_fn
         self.budget = CheckpointBudget(cfg.checkpoint.budget)
@@ -192,36 +198,27 @@ class StackedRun(L.Callback):
                 interrupt.note(signal.SIGTERM)
                 self.stopping = True
 
-    # engine.module.Steps: each step of the K jobs is taken whole (stack.step clips inside it);
-    # StepLoop's other moves have nothing to do here
-    def start(self, module: Any) -> None: ...
-    def call_started(self) -> None: ...
-    def release(self) -> None: ...
-    def clip(self) -> None: ...
-    def backward(self, loss: torch.Tensor) -> None: ...
-    def step(self) -> None: ...
-
-    def whole_step_now(self, group: list[Batch]) -> bool:
-        return True
-
     def groups(self, batches: list[Batch]) -> Any:
-        """The call's grid steps, one at a time, while the run has steps and time left."""
-        for x, y in batches:
+        """The call's grid steps, one at a time, while the run has steps and time left: a batch
+        each, or ``accumulate`` batches as lists (the epoch's last step takes what is left)."""
+        for start in range(0, len(batches), self.accumulate):
             if 0 < self.max_steps <= self.step_count or self._out_of_time():
                 cast(L.Trainer, self.trainer).should_stop = True  # Lightning ends the epoch: _epoch_end
                 return
-            self.batch = [(x, y)]
+            group = batches[start : start + self.accumulate]
+            self.batch = group if self.accumulate == 1 else [([x for x, _ in group], [y for _, y in group])]  # type: ignore[list-item]
             yield self.batch
 
-    def whole_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def whole_step(self, x: Any, y: Any) -> None:
         """One grid step of the K jobs: forward, loss, backward and update each (``stack.step``)."""
         before = [p.clone() for p in self.stacked.params] if self.inspector.due(self.step_count) else None
         loss, self.grads = self.stacked(x, y)
         self.pending.append(loss.detach())
+        first = (x[0], y[0]) if isinstance(x, list) else (x, y)  # the step's first batch, as a solo run inspects
         if before is not None:
-            self.inspector.inspect(self.step_count, before, self.grads, x, y)
+            self.inspector.inspect(self.step_count, before, self.grads, *first)
         self.step_count += 1
-        self.batches_done += 1
+        self.batches_done += len(x) if isinstance(x, list) else 1
         if 0 < self.max_steps <= self.step_count:
             cast(L.Trainer, self.trainer).should_stop = True  # no further call: its batches would be cut for nothing
         if self.step_count % self.log_every == 0:  # on the grid of multiples, as a resumed solo run
@@ -283,7 +280,7 @@ class StackedRun(L.Callback):
         losses = torch.stack(self.pending).double().cpu()  # [steps, K]
         first, self.pending, self.pending_first = self.pending_first, [], self.step_count
         log_now = self.step_count % self.log_every == 0 or epoch_end and (0 < self.max_steps <= self.step_count or self.timed_out)
-        rate = self.step_count * self.batch_size / max(time.perf_counter() - self.started, 1e-9)  # samples/s
+        rate = self.step_count * self.accumulate * self.batch_size / max(time.perf_counter() - self.started, 1e-9)  # samples/s
         diverged = [
             k
             for k, job in enumerate(self.jobs)
