@@ -267,6 +267,20 @@ def test_a_search_with_an_unknown_optimize_mode_is_one_line_before_it_starts(cap
 
 
 @pytest.mark.parametrize(
+    "args, line",
+    [
+        (["data.path=rows.csv"], "error: run is missing: name a finished run folder, e.g. run=outputs/2026-11-22/02-28-41"),
+        (["run=."], "error: data.path is missing: name a CSV or .npz, e.g. data.path=new.csv"),
+        (["run=no_such_run", "data.path=rows.csv"], "error: run=no_such_run is not a folder; point run= at a finished run folder"),
+    ],
+)
+def test_predict_without_its_run_or_data_is_one_line(capsys, tmp_path, args, line):
+    code, _, err = run_in_process(capsys, "predict.py", *args, cwd=tmp_path)
+    assert code == 2 and err.strip() == line, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     "script, args, key",
     [
         ("explain_step.py", ["model=mlp", "optimizer.lr=${oc.env:MICROTRAIN_NOT_SET}"], "optimizer.lr"),

@@ -104,6 +104,26 @@ def test_resume_needs_no_other_override_and_applies_a_new_lr(capsys, tmp_path):
     assert "model" in (run / "config.yaml").read_text() and "hidden: 8" in (run / "config.yaml").read_text()
 
 
+def test_a_resume_and_predict_use_the_values_the_run_trained_with_not_its_interpolations(capsys, tmp_path, monkeypatch):
+    """config.yaml holds values, not ${...}: a resume in a shell whose environment changed, or
+    with a new lr that another key referred to, trains on the model and settings it started with."""
+    run = tmp_path / "run"
+    monkeypatch.setenv("MICROTRAIN_TEST_ACTIVATION", "tanh")
+    started = ("model.activation=${oc.env:MICROTRAIN_TEST_ACTIVATION}", "optimizer.weight_decay=${optimizer.lr}")
+    assert run_in_process(capsys, "train.py", *QUICK, *started, "trainer.max_epochs=1", f"hydra.run.dir={run}")[0] == 0
+    saved = (run / "config.yaml").read_text()
+    assert "activation: tanh" in saved and "weight_decay: 0.05" in saved and "${" not in saved
+    monkeypatch.setenv("MICROTRAIN_TEST_ACTIVATION", "relu")
+    code, out, _ = run_in_process(capsys, "train.py", "resume=true", f"hydra.run.dir={run}", "trainer.max_epochs=2", "optimizer.lr=0.01")
+    assert code == 0 and "activation=tanh" in out and "resume: optimizer.lr: 0.05 -> 0.01" in out
+    groups = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]["param_groups"]
+    assert groups[0]["weight_decay"] == 0.05  # as it started: the reference was resolved when the run began
+    monkeypatch.delenv("MICROTRAIN_TEST_ACTIVATION")
+    rows = tmp_path / "rows.csv"
+    rows.write_text("x0,x1,x2\n0.1,0.2,0.3\n")
+    assert run_in_process(capsys, "predict.py", f"run={run}", f"data.path={rows}")[0] == 0
+
+
 def test_a_second_run_into_a_busy_folder_is_refused(capsys, tmp_path):
     tmp_path.mkdir(exist_ok=True)
     with open(tmp_path / ".lock", "a+") as held:  # what a run still going holds

@@ -575,6 +575,7 @@ def test_stacked_sweep_through_hydra_gives_every_job_its_own_run(tmp_path, capsy
         *MLP,
         "optimizer=sgd,adam",
         "optimizer.lr=0.01,0.03",
+        "optimizer.weight_decay=${optimizer.lr}",  # config.yaml holds its value, stacked or solo
         "seed=0,1",
         "device=cpu",
         f"hydra.sweep.dir={tmp_path}",

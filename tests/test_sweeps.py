@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests_helpers import ROOT, read_events, run_script
+from tests_helpers import ROOT, read_events, run_in_process, run_script
 
 pytestmark = pytest.mark.slow
 QUICK = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "device=cpu"]
@@ -181,3 +181,25 @@ def test_sigterm_to_a_joblib_sweep_reaches_its_workers_and_resume_finishes_it(tm
     again = subprocess.run([*args, "resume=true"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert sorted(job_metrics(folder)["status"] for folder in tmp_path.iterdir() if folder.is_dir()) == ["ok"] * 4
+
+
+def test_a_second_sweep_into_a_folder_sums_up_its_own_jobs_and_overwrite_replaces_them(tmp_path, capsys):
+    """The summary (and HParams) lists this sweep's jobs, not those an earlier sweep left in the
+    folder; overwrite=true is not part of a job's folder name, so it replaces the job's folder."""
+    folder = tmp_path / "sweep"
+
+    def swept(*args: str) -> list[dict]:
+        code, _, err = run_in_process(capsys, "train.py", "-m", "hydra/launcher=stacked", *args, *QUICK, f"hydra.sweep.dir={folder}")
+        assert code == 0, err
+        with open(folder / "summary.csv") as handle:
+            return list(csv.DictReader(handle))
+
+    assert len(swept("optimizer.lr=0.04,0.05")) == 2
+    rows = swept("optimizer.lr=0.01,0.02", "seed=1")
+    assert sorted(r["overrides"].split()[:2] for r in rows) == [[f"optimizer.lr={lr}", "seed=1"] for lr in ("0.01", "0.02")]
+    assert len([p for p in folder.iterdir() if p.is_dir()]) == 4
+    earlier = {p.name: (p / "metrics.json").stat().st_mtime_ns for p in folder.iterdir() if p.is_dir()}
+    rows = swept("optimizer.lr=0.01,0.02", "seed=1", "overwrite=true")
+    assert {Path(r["folder"]).name for r in rows} == {name for name in earlier if "seed=1" in name}
+    now = {p.name: (p / "metrics.json").stat().st_mtime_ns for p in folder.iterdir() if p.is_dir()}
+    assert now.keys() == earlier.keys() and [name for name in now if now[name] != earlier[name]] == [r for r in now if "seed=1" in r]

@@ -21,7 +21,7 @@ from omegaconf.errors import InterpolationResolutionError
 from microtrain import usage
 from microtrain.console import console, error_console, fmt, one_line, print_start, quiet_libraries, start_up_collection_paused
 from microtrain.run import folder as run_folder
-from microtrain.config.overrides import unresolvable
+from microtrain.config.overrides import resolve, unresolvable
 from microtrain.errors import ConfigError, FolderBusy, Interrupted, MicrotrainError, TrainingDiverged, WriteFailed
 from microtrain.memory import keep_freed_memory
 from microtrain.sweep_summary import objective, sweeper_direction
@@ -70,6 +70,7 @@ def train_command(cfg: DictConfig) -> float:
         launcher = HydraConfig.get().runtime.choices.get("hydra/launcher")
         if not multirun and launcher not in (None, "basic"):  # Hydra itself ignores it without a word
             console.print(f"note: hydra/launcher={launcher} launches the jobs of a sweep (-m); without -m this is one run")
+        resolve(cfg)  # config.yaml holds the values used, not ${...} that resume or predict would read again
         schema.check(cfg)
         trainer_arguments(cfg.trainer)  # a Trainer argument Lightning does not have: one line, before the tree
         first_rank = not int(os.environ.get("LOCAL_RANK", 0)) and not int(os.environ.get("NODE_RANK", 0))
@@ -212,19 +213,10 @@ def explain_command(cfg: DictConfig) -> None:
 
 
 def predict_command(cfg: DictConfig) -> None:
-    from microtrain.predict import predict_file
+    from microtrain.predict import predict_command_line
 
     try:
-        if not isinstance(cfg.probabilities, bool):
-            raise ConfigError(f"probabilities={cfg.probabilities!r} must be true or false")
-        allowed = cfg.allow_status
-        allowed = [allowed] if isinstance(allowed, str) else list(allowed) if OmegaConf.is_list(allowed) else [allowed]
-        if not all(isinstance(a, str) for a in allowed):
-            raise ConfigError(f"allow_status={allowed!r} must be a list of statuses, e.g. '[ok,interrupted]'")
-        if not isinstance(cfg.trust_run_config, bool):
-            raise ConfigError(f"trust_run_config={cfg.trust_run_config!r} must be true or false")
-        missing = cfg.data["missing"] if "missing" in cfg.data else None  # not .get: a failing ${...} then names no key
-        out, notes = predict_file(Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint, cfg.probabilities, allowed, missing, cfg.trust_run_config)
+        out, notes = predict_command_line(cfg)
     except (MicrotrainError, InterpolationResolutionError) as err:
         error_console.print(f"error: {err if isinstance(err, MicrotrainError) else unresolvable(err)}", markup=False, soft_wrap=True)
         sys.exit(2)

@@ -53,6 +53,25 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best", trusted: bool = 
     return model.eval(), info
 
 
+def predict_command_line(cfg: DictConfig) -> tuple[Path, list[str]]:
+    """``microtrain-predict``'s settings (``conf/predict.yaml``), checked, then ``predict_file``."""
+    for key, example in (
+        ("run", "a finished run folder, e.g. run=outputs/2026-11-22/02-28-41"),
+        ("data.path", "a CSV or .npz, e.g. data.path=new.csv"),
+    ):
+        if OmegaConf.select(cfg, key, throw_on_missing=False) is None:
+            raise ConfigError(f"{key} is missing: name {example}")
+    for key in ("probabilities", "trust_run_config"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key}={cfg[key]!r} must be true or false")
+    allowed = cfg.allow_status
+    allowed = [allowed] if isinstance(allowed, str) else list(allowed) if OmegaConf.is_list(allowed) else [allowed]
+    if not all(isinstance(a, str) for a in allowed):
+        raise ConfigError(f"allow_status={allowed!r} must be a list of statuses, e.g. '[ok,interrupted]'")
+    missing = cfg.data["missing"] if "missing" in cfg.data else None  # not .get: a failing ${...} then names no key
+    return predict_file(Path(cfg.run), cfg.data.path, cfg.output, cfg.checkpoint, cfg.probabilities, allowed, missing, cfg.trust_run_config)
+
+
 def predict_file(
     run_dir: Path,
     path: str,
@@ -68,6 +87,8 @@ def predict_file(
     A CSV's columns are matched by name, in any order, and encoded as in training (categories,
     missing cells); other columns are copied through. Targets need not be there. A run whose
     status is not in ``allow_status`` (a diverged, failed or interrupted one) is refused."""
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"run={run_dir} is not a folder; point run= at a finished run folder")
     metrics_file = Path(run_dir) / "metrics.json"
     status = json.loads(metrics_file.read_text()).get("status") if metrics_file.is_file() else "unfinished"
     if status not in allow_status:

@@ -40,13 +40,17 @@ def sweeper_direction(mode: str) -> str:
     return directions[mode]
 
 
-def collect(sweep_dir: Path, optimize: Any, hidden_keys: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-    """A row per job folder (one with .hydra/overrides.yaml); ``hidden_keys`` are left out of its overrides."""
+def collect(sweep_dir: Path, optimize: Any, hidden_keys: tuple[str, ...] = (), only: Optional[set[Path]] = None) -> list[dict[str, Any]]:
+    """A row per job folder (one with .hydra/overrides.yaml), of the folders ``only`` when given
+    (this sweep's jobs: an earlier sweep into the same folder left others); ``hidden_keys`` are
+    left out of its overrides."""
     import yaml
 
     rows = []
     for overrides_file in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
         folder = overrides_file.parent.parent
+        if only is not None and folder.resolve() not in only:
+            continue
         overrides = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if o.split("=")[0].lstrip("+~") not in hidden_keys]
         metrics_file = folder / run_folder.METRICS
         metrics = (
@@ -121,12 +125,15 @@ def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, console: Optional
 
 
 started: Optional[Path] = None  # the sweep folder of this process's sweep: a sweep refused at its start removes it
+# the job folders of this process's sweep, as its sweeper got them back from the launcher
+# (hydra/sweeper=microtrain, the default); None: every job folder of the sweep folder (Optuna's)
+launched: Optional[set[Path]] = None
 
 
 class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global started
-        started = Path(config.hydra.sweep.dir)
+        global started, launched
+        started, launched = Path(config.hydra.sweep.dir), None
         from microtrain.run import interrupt
 
         interrupt.start_sweep(started)  # SIGTERM to this process reaches the launcher's worker processes too
@@ -138,7 +145,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         optimize = config.optimize
         hidden = tuple(config.hydra.job.config.override_dirname.exclude_keys)
-        rows = rank(collect(sweep_dir, optimize, hidden), optimize.mode)
+        rows = rank(collect(sweep_dir, optimize, hidden, launched), optimize.mode)
         write_summary(sweep_dir, rows)
         from microtrain.monitor.hparams import write_sweep_experiment  # imports torch: only at a sweep's end
 

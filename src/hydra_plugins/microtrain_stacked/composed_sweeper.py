@@ -58,7 +58,12 @@ class ComposedSweeper(BasicSweeper):
         record = Path(str(self.config.hydra.sweep.dir)) / "multirun.yaml"
         kept = record.read_bytes() if record.is_file() else None  # Hydra rewrites it before the first batch
         try:
-            return super().sweep(arguments)
+            returns = super().sweep(arguments)
+            from microtrain import sweep_summary
+
+            # the summary lists these jobs, not others an earlier sweep left in the same folder
+            sweep_summary.launched = {Path(str(r.hydra_cfg.hydra.runtime.output_dir)).resolve() for batch in returns for r in batch if r.hydra_cfg}
+            return returns
         except ConfigError:
             if kept is not None:  # a refused resume leaves the sweep's record as it was
                 record.write_bytes(kept)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from microtrain.errors import ConfigError
 
@@ -98,6 +100,32 @@ def unresolvable(err: Exception) -> ConfigError:
     return ConfigError(f"{key or 'a config value'} cannot be resolved: {reason}; set what it refers to, or give the value itself")
 
 
+def resolve(cfg: DictConfig) -> None:
+    """Every ``${...}`` of a job's config replaced by its value, in place, as a stacked job's is:
+    ``config.yaml`` then holds the values the run used, which ``resume=true`` and ``predict.py``
+    read again (an ``${oc.env:...}`` read again in another shell would change the model unseen).
+    ConfigError naming the first key that does not resolve (``OmegaConf.resolve`` names none)."""
+    try:
+        OmegaConf.resolve(cfg)
+    except InterpolationResolutionError as err:
+        leaves: list[str] = []
+        _walk(OmegaConf.to_container(cfg, resolve=False), "", leaves)
+        for key in leaves:
+            try:
+                OmegaConf.select(cfg, key)
+            except InterpolationResolutionError as keyed:
+                raise unresolvable(keyed) from None
+        raise unresolvable(err) from None
+
+
+def _walk(node: Any, prefix: str, out: list[str]) -> None:
+    if isinstance(node, (dict, list)):
+        for key, value in node.items() if isinstance(node, dict) else enumerate(node):
+            _walk(value, f"{prefix}{key}.", out)
+    else:
+        out.append(prefix[:-1])
+
+
 def outside_a_job(err: Exception, config_name: str) -> tuple[str, int]:
     """(the one line, the exit code) for an error Hydra raised before any job ran: exit 2 for
     Hydra's own (a config it cannot compose), 1 for anything else. A sweep refused before its
@@ -138,7 +166,6 @@ def config_keys(config_name: str) -> list[str]:
     """The dotted keys of the command's default config, for "did you mean" (composed again: only on a typo)."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
     # the Hydra plugins the command chose (hydra/launcher=stacked), so their settings are keys too
     chosen = [a for a in sys.argv[1:] if re.fullmatch(r"hydra/\w+=[\w.-]+", a)]
@@ -161,8 +188,6 @@ def _options_with(group: str, key: str) -> list[str]:
     """The options of a config group (conf/<group>/*.yaml) that have ``key``."""
     from importlib.resources import files
 
-    from omegaconf import OmegaConf
-
     folder = files("microtrain.conf") / group
     if not folder.is_dir():
         return []
@@ -177,7 +202,5 @@ def _options_with(group: str, key: str) -> list[str]:
 
 def _option_keys(group: str, option: str) -> list[str]:
     from importlib.resources import files
-
-    from omegaconf import OmegaConf
 
     return [str(k) for k in OmegaConf.create((files("microtrain.conf") / group / f"{option}.yaml").read_text()).keys()]
