@@ -261,3 +261,25 @@ def test_the_chain_rule_matches_autograd_for_every_model_and_activation(override
     assert set(grads) == set(report.grads)  # every parameter's gradient comes out of the chain
     assert report.chain_vs_autograd < 1e-6
     assert all(torch.allclose(grads[n], report.grads[n], atol=1e-6) for n in grads)  # and equals the step's own
+
+
+def test_explain_step_into_a_run_folder_explains_that_runs_first_step(tmp_path, capsys):
+    """hydra.run.dir=<a run's folder>: the run's own config (an MLP here, the command's default
+    being the linear model), its first step from the same seeded weights; an override that
+    contradicts the run is one line, and the run's files stay as they were."""
+    from tests_helpers import files_of, run_in_process
+
+    run = tmp_path / "run"
+    assert run_in_process(capsys, "train.py", "model=mlp", "model.hidden=8", "trainer.max_epochs=1", f"hydra.run.dir={run}")[0] == 0
+    assert run_in_process(capsys, "explain_step.py", f"hydra.run.dir={run}")[0] == 0
+    step = json.loads((run / "step.json").read_text())
+    solo = explain_step(make_cfg("model=mlp", "model.hidden=8", config="explain"))
+    assert list(step["params_before"]) == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    assert step["loss"] == solo.loss and step["grads"]["fc1.weight"] == solo.grads["fc1.weight"].tolist()
+    before = files_of(run)
+    code, _, err = run_in_process(capsys, "explain_step.py", f"hydra.run.dir={run}", "model=linear")
+    assert code == 2 and err.strip() == (
+        f"error: {run} holds a run with model=mlp, not linear; explain_step.py explains a run's first step with the run's own config: "
+        "drop model, or choose another hydra.run.dir"
+    )
+    assert files_of(run) == before

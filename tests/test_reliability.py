@@ -12,6 +12,7 @@ from tests_helpers import run_in_process
 
 BAD_INPUTS = [
     (["model=cnn"], "model=cnn is not an option of model; choose one of: linear, mlp"),
+    (["experiment=linear_1x1_sgd"], "experiment is a config group with no default choice, so a choice is added: write +experiment=linear_1x1_sgd"),
     (["loss=hinge"], "loss=hinge is not an option of loss; choose one of:"),
     (["optimizer=lbfgs2"], "optimizer=lbfgs2 is not an option of optimizer; choose one of: adagrad, adam, adamw, rmsprop, sgd, torch"),
     (["data=imagenet"], "data=imagenet is not an option of data; choose one of:"),

@@ -191,12 +191,14 @@ def _fail(err: Exception, run_dir: Path, overrides_record: bool = True, fresh: b
 
 def explain_command(cfg: DictConfig) -> None:
     """Explain one step of the configured training and write step.json into the run folder."""
-    from microtrain.explain.step import explain_step
+    from microtrain.explain.step import config_of_run, explain_step
     from microtrain.explain.printing import print_report
 
     quiet_libraries()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        if (run_dir / run_folder.CONFIG).is_file():  # a run's folder: its step, with its config
+            cfg = config_of_run(cfg, run_dir / run_folder.CONFIG, cast("list[str]", OmegaConf.to_container(HydraConfig.get().overrides.task)))
         report = explain_step(cfg, run_dir)
     except (MicrotrainError, InterpolationResolutionError) as err:
         _fail(err if isinstance(err, MicrotrainError) else unresolvable(err), run_dir)

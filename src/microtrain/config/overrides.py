@@ -49,7 +49,12 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
         return f"{group}={option} is not an option of {group}{hint}; choose one of: {', '.join(options) or '(none)'}"
     if found := re.match(r"Could not override '([^']+)'", first):
         key = found.group(1)
-        if "No match in the defaults list" in text:  # a group that does not exist
+        if "No match in the defaults list" in text:  # a group that does not exist, or one with no default
+            from importlib.resources import files
+
+            if files("microtrain.conf").joinpath(key).is_dir():  # experiment=...: a recipe is added, not changed
+                given = next((a for a in sys.argv[1:] if a.startswith(f"{key}=")), f"{key}=<option>")
+                return f"{key} is a config group with no default choice, so a choice is added: write +{given}"
             groups = sorted({k.split(".")[0] for k in keys()})
             return f"{key} is neither a config group nor a key{did_you_mean(key, groups)}; see --help for the groups and keys"
         append = re.search(r"use (\+\S+)", text)

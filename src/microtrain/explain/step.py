@@ -8,12 +8,14 @@ pass written out layer by layer with the chain rule (``explain.chain``), checked
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from collections.abc import Sequence
+from typing import Any, Optional, cast
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from microtrain.config import schema
+from microtrain.config.targets import check_run_config
 from microtrain.errors import ConfigError
 from microtrain import closed_form
 from microtrain.run import folder as run_folder
@@ -70,6 +72,29 @@ class StepReport:
             "chain_vs_autograd": self.chain_vs_autograd,
             "clipping": self.clipping,
         }
+
+
+def config_of_run(cfg: DictConfig, saved_file: Path, overrides: Sequence[str]) -> DictConfig:
+    """``explain_step.py hydra.run.dir=<a run's folder>``: that run's first step, with the run's
+    own ``config.yaml`` (and this command's ``explain.*``), since its step.json lands beside the
+    run. An override that contradicts the run is refused rather than explained there."""
+    saved = cast(DictConfig, OmegaConf.load(saved_file))
+    check_run_config(saved, saved_file, bool(cfg.get("trust_run_config")))  # before any of its targets is built
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.split(".")[0] in ("hydra", "explain", "trust_run_config", "resume", "overwrite"):
+            continue
+        new, old = (OmegaConf.select(c, key, default=None) for c in (cfg, saved))
+        new, old = (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for v in (new, old))
+        if new != old:
+            shown = [(v.get("name") or str(v.get("_target_", "")).rsplit(".", 1)[-1]) if isinstance(v, dict) else repr(v) for v in (old, new)]
+            raise ConfigError(
+                f"{saved_file.parent} holds a run with {key}={shown[0]}, not {shown[1]}; explain_step.py explains a run's first step "
+                f"with the run's own config: drop {key}, or choose another hydra.run.dir"
+            )
+    with open_dict(saved):
+        saved.explain = cfg.explain
+    return saved
 
 
 def explain_step(cfg: DictConfig, run_dir: Optional[Path] = None) -> StepReport:
