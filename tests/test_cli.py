@@ -86,6 +86,12 @@ def test_help_cut_short_by_head_prints_no_traceback(tmp_path):
     assert done.stdout.startswith("microtrain-train [group=option ...]") and "Error" not in done.stderr
 
 
+def test_explain_help_is_its_own(tmp_path):
+    done = run_script("explain_step.py", "--help", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("microtrain-explain [the same group=option")
+    assert "gradcheck: auto" in done.stdout and "microtrain-train [group" not in done.stdout
+
+
 def test_predict_help_is_its_own(tmp_path):
     done = run_script("predict.py", "--help", cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("microtrain-predict run=<run folder> data.path=")

@@ -18,6 +18,14 @@ Sweeps (-m) run on hydra/launcher=basic (one job after another, the default), st
 differ only in hyper-parameters as one stacked model), joblib, submitit_local, submitit_slurm,
 stacked_submitit_local or stacked_slurm; hparams_search=optuna|optuna_stacked searches.
 """,
+    "explain": """microtrain-explain [the same group=option and key=value as microtrain-train]   (also scripts/explain_step.py)
+Explain one training step on the first batch: per parameter the value, gradient, update and new
+value, the optimizer's rule and the gradient checked, the chain rule layer by layer; step.json.
+Examples:
+  microtrain-explain +experiment=mlp_3_3_1_by_hand
+  microtrain-explain model=mlp optimizer=adam
+  microtrain-explain hydra.run.dir=<run folder>      (that run's first step, with its own config)
+""",
     "predict": """microtrain-predict run=<run folder> data.path=<table.csv or arrays.npz> [key=value ...]   (also scripts/predict.py)
 Predict with a finished run: one prediction per input row, in the input's row order, written as CSV.
 Examples:
@@ -37,7 +45,7 @@ def help_text(command: str = "train") -> str:
         text = "\n".join([HEADERS[command], "Keys (conf/predict.yaml), with their comments:", _without_hydra(top).split("\ndefaults:")[0]])
         return text.replace("$", "$$")
     sections = [
-        HEADERS["train"],
+        HEADERS[command],
         "Config groups (group=option):",
         "$APP_CONFIG_GROUPS",
         f"Keys of conf/{command}.yaml, with their comments:",
