@@ -118,11 +118,19 @@ def test_a_users_hydra_callback_sees_hydras_own_view_of_a_stacked_job(tmp_path, 
 
 
 def test_a_stacked_classifier_reports_its_solo_runs_validation_accuracy(tmp_path):
+    """Its metrics, and every scalar tag of its solo twin at the same steps: a run shorter than
+    log.every_n_steps (the last window's speed) and a test split's scalars included."""
     jobs = [["model=mlp", "data=iris", "loss=cross_entropy", "trainer.max_epochs=3", f"optimizer.lr={lr}"] for lr in (0.05, 0.2)]
-    metrics, _ = stacked_and_solo(tmp_path, jobs, solo=[0, 1])
+    metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[0, 1])
     for i in (0, 1):
         solo = json.loads((tmp_path / f"solo{i}" / "metrics.json").read_text())
         assert metrics[i]["val_acc"] == pytest.approx(solo["val_acc"]) and metrics[i]["val_loss"] == pytest.approx(solo["val_loss"], rel=1e-5)
+        ours, theirs = read_events(folders[i]), read_events(tmp_path / f"solo{i}")
+        assert sorted(ours.Tags()["scalars"]) == sorted(theirs.Tags()["scalars"])
+        for tag in theirs.Tags()["scalars"]:
+            assert [e.step for e in ours.Scalars(tag)] == [e.step for e in theirs.Scalars(tag)], tag
+        for tag in ("test_loss", "test_acc"):
+            assert ours.Scalars(tag)[-1].value == pytest.approx(theirs.Scalars(tag)[-1].value, rel=1e-5), tag
 
 
 OPTIMIZERS = {

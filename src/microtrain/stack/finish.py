@@ -55,7 +55,10 @@ def finished(run: "StackedRun", k: int, job: StackedJob, seconds: float, threads
         metrics["train_loss_optimum"] = job.prepared.optimum
         metrics["optimality_gap"] = metrics["train_loss"] - job.prepared.optimum
     if job.prepared.splits.test is not None:
-        metrics.update(test_metrics(job, run.device, run.dtype))
+        metrics.update(tested := test_metrics(job, run.device, run.dtype))
+        for name, value in tested.items():  # the scalars a solo run's trainer.test logs, at its last step
+            if isinstance(value, float):
+                job.scalars.add(name, value, steps)
     metrics["threads"] = threads
     metrics["stacked"] = {"jobs": len(run.jobs), "job": k}
     job.finish(metrics)

@@ -180,7 +180,12 @@ class StackedRun(L.Callback, WholeSteps):
             job = self.jobs[k]
             if job.window:
                 job.scalars.add("train_loss_step", sum(job.window) / len(job.window), self.step_count)
+                job.scalars.add("samples_per_s", self._rate(), self.step_count)
                 job.window = []
+
+    def _rate(self) -> float:
+        """Training samples a second of each job since the group started."""
+        return self.step_count * self.accumulate * self.batch_size / max(time.perf_counter() - self.started, 1e-9)
 
     def _fit(self) -> None:
         """The group's epochs under Lightning's fit loop: its count of epochs and steps is the
@@ -279,13 +284,13 @@ class StackedRun(L.Callback, WholeSteps):
             return
         losses = torch.stack(self.pending).double().cpu()  # [steps, K]
         first, self.pending, self.pending_first = self.pending_first, [], self.step_count
+        rate = self._rate()
         log_now = self.step_count % self.log_every == 0 or epoch_end and (0 < self.max_steps <= self.step_count or self.timed_out)
-        rate = self.step_count * self.accumulate * self.batch_size / max(time.perf_counter() - self.started, 1e-9)  # samples/s
+        at, names = self.step_count if log_now else None, self.stacked.names
         diverged = [
             k
             for k, job in enumerate(self.jobs)
-            if job.active
-            and job.read_losses(losses[:, k].tolist(), first, self.step_count if log_now else None, rate, self.stacked.names, [g[k] for g in grads])
+            if job.active and job.read_losses(losses[:, k].tolist(), first, at, rate, names, [g[k] for g in grads])
         ]
         if diverged:  # frozen: its neighbours go on
             self.stacked.set_lr([0.0 if k in diverged else lr for k, lr in enumerate(self.stacked.varying["lr"].tolist())])
