@@ -770,7 +770,8 @@ def test_max_jobs_splits_a_group_and_memory_bounds_it(tmp_path, capsys, monkeypa
         f"hydra.sweep.dir={tmp_path}",
     )
     assert code == 0, err
-    assert "group 1: 2 jobs stacked" in out and "group 1: 1 jobs stacked" in out
+    assert "group 1 trains in 2 parts of at most 2 jobs (hydra.launcher.max_jobs=2)" in out
+    assert "group 1, part 1: 2 jobs stacked" in out and "group 1, part 2: 1 job stacked" in out
     assert len(list(tmp_path.glob("*/checkpoints/last.ckpt"))) == 3
     from microtrain.stack import plan
 

@@ -84,10 +84,15 @@ def run_stacked(
         group.jobs = [candidates[i] for i in group.jobs]
     for line in describe(groups, alone, len(cfgs) - skipped, [" ".join(o) for o in overrides] if overrides else None):
         console.print(line, markup=False)
-    chunks: list[tuple[int, list[int]]] = []  # (group number, its jobs), at most as many jobs as fit in memory
+    chunks: list[tuple[str, list[int]]] = []  # (the group's name, its jobs), at most as many jobs as fit in memory
     for number, group in enumerate(groups):
-        limit = int(min(max_jobs or math.inf, _jobs_that_fit(cfgs[group.jobs[0]], len(group.jobs))))
-        chunks += [(number, group.jobs[start : start + limit]) for start in range(0, len(group.jobs), limit)]
+        fit = _jobs_that_fit(cfgs[group.jobs[0]], len(group.jobs))
+        limit = int(min(max_jobs or math.inf, fit))
+        parts = [group.jobs[start : start + limit] for start in range(0, len(group.jobs), limit)]
+        if len(parts) > 1:
+            why = f"hydra.launcher.max_jobs={max_jobs}" if max_jobs == limit else "what fits in memory"
+            console.print(f"group {number + 1} trains in {len(parts)} parts of at most {limit} jobs ({why})")
+        chunks += [(f"{number + 1}" + (f", part {p + 1}" if len(parts) > 1 else ""), part) for p, part in enumerate(parts)]
     work = [
         (
             [cfgs[i] for i in chunk],
@@ -133,7 +138,7 @@ def _trained_here(cfgs: list[DictConfig], folders: list[Path], resume: list[bool
 
 def _report(
     console: Any,
-    chunk: tuple[int, list[int]],
+    chunk: tuple[str, list[int]],
     outcome: Optional[tuple[list[Result], float]],
     folders: list[Path],
     cfgs: list[DictConfig],
@@ -142,11 +147,11 @@ def _report(
     """The chunk's line, its jobs' errors, and their results for the launcher."""
     if outcome is None:
         return
-    (number, jobs), (metrics, seconds) = chunk, outcome
+    (name, jobs), (metrics, seconds) = chunk, outcome
     ok = sum(m["status"] == "ok" for m in metrics)
     steps = sorted({m["steps"] for m in metrics if "steps" in m})  # early stopping ends jobs apart; an interrupted job has none
     trained = f"{steps[0]} steps each, " if len(steps) == 1 else f"{steps[0]}-{steps[-1]} steps, " if steps else ""
-    console.print(f"group {number + 1}: {len(jobs)} jobs stacked, {trained}{ok} ok, {seconds:.1f} s")
+    console.print(f"group {name}: {len(jobs)} job{'s' if len(jobs) > 1 else ''} stacked, {trained}{ok} ok, {seconds:.1f} s")
     for i, m in zip(jobs, metrics):
         if m["status"] != "ok":
             console.print(f"error: job #{i}: {m['error']}", markup=False)
