@@ -29,7 +29,10 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
     text = str(err).strip()
     first = text.splitlines()[0] if text else type(err).__name__
     if isinstance(err, OverrideParseException):
-        return f"an override cannot be read ({first}); close every bracket and quote what bash would expand, e.g. 'data.x=[[1.0],[2.0]]'"
+        return (
+            f"an override cannot be read ({first}); close every bracket, and quote a value that holds = or , "
+            "(hydra.run.dir='<a sweep job's folder>') or that bash would expand ('data.x=[[1.0],[2.0]]')"
+        )
     if found := re.search(r"Could not find '(.+)/([^/']+)'", text):
         group, option = found.groups()
         listed = text.split("Available options in", 1)[1] if "Available options in" in text else ""
