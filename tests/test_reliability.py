@@ -294,3 +294,21 @@ def test_a_value_that_does_not_resolve_is_one_line_in_every_command(capsys, tmp_
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith(f"error: {key} cannot be resolved: \"Environment variable 'MICROTRAIN_NOT_SET' not found\"")
+
+
+def test_a_number_from_the_environment_as_text_says_how_to_make_it_a_number(capsys, tmp_path, monkeypatch):
+    """${oc.env:...} gives text: the one line says so and how to decode it, and that way trains."""
+    monkeypatch.setenv("MICROTRAIN_TEST_LR", "0.03")
+    code, _, err = run_in_process(capsys, "train.py", "optimizer.lr=${oc.env:MICROTRAIN_TEST_LR}", f"hydra.run.dir={tmp_path / 'text'}")
+    assert code == 2 and err.strip() == (
+        "error: optimizer.lr='0.03' is not a number; set it like optimizer.lr=0.1 (this is text, as ${oc.env:...} gives; "
+        "for a number from the environment: optimizer.lr=\"'${oc.decode:${oc.env:NAME}}'\")"
+    )
+    code, out, err = run_in_process(
+        capsys,
+        "train.py",
+        "optimizer.lr='${oc.decode:${oc.env:MICROTRAIN_TEST_LR}}'",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={tmp_path / 'decoded'}",
+    )
+    assert code == 0 and "lr=0.03" in out, err

@@ -5,13 +5,13 @@ The defaults live in the YAML files of ``conf/`` and nowhere else; this module h
 naming the first bad key: a wrong type, a value out of range, a key the section does not have
 (a typo such as ``+log.histogram=false`` would otherwise be silently ignored), or a missing one.
 Code after the check reads ``cfg.section.key`` directly: no ``.get(key, default)`` elsewhere.
-
-``trainer.*`` is Lightning's: its keys are checked against ``lightning.Trainer``'s own signature
-when the Trainer is built (``engine.trainer``), and Lightning checks the values of the ones not
-listed here. Callbacks other than early stopping check their own arguments when built.
+``trainer.*`` is Lightning's: its keys are checked against ``lightning.Trainer``'s signature when
+the Trainer is built (``engine.trainer``), and Lightning checks the values of the ones not listed
+here. Callbacks other than early stopping check their own arguments when built.
 """
 
 import math
+import re
 from contextlib import suppress
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -28,6 +28,8 @@ Rule = Callable[[Any, str], None]
 
 
 def _fail(key: str, value: Any, wanted: str) -> None:
+    if isinstance(value, str) and wanted.startswith("is not a") and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*", value):
+        wanted += f" (this is text, as ${{oc.env:...}} gives; for a number from the environment: {key}=\"'${{oc.decode:${{oc.env:NAME}}}}'\")"
     raise ConfigError(f"{key}={repr(value) if isinstance(value, str) else value} {wanted}")
 
 
@@ -242,11 +244,8 @@ def check(cfg: Mapping[str, Any]) -> None:
             raise ConfigError(
                 f"{key} is not a microtrain setting; the top-level keys are: {', '.join([*TOP, *OPTIONAL_TOP, *SECTIONS, *OTHERS[:-3]])}"
             )
-    for key, rule in TOP.items():
+    for key, rule in [*TOP.items(), *((k, r) for k, r in OPTIONAL_TOP.items() if k in cfg)]:
         _value(cfg, key, rule)
-    for key, rule in OPTIONAL_TOP.items():
-        if key in cfg:
-            _value(cfg, key, rule)
     _section(cfg, "model", MODEL[_name(cfg, "model", MODEL)])
     _section(cfg, "loss", LOSS[_name(cfg, "loss", LOSS)])
     _section(cfg, "data", {**DATA[_name(cfg, "data", DATA)], **SPLITS})
