@@ -283,3 +283,14 @@ def test_explain_step_into_a_run_folder_explains_that_runs_first_step(tmp_path, 
         "drop model, or choose another hydra.run.dir"
     )
     assert files_of(run) == before
+    for same in (["model=mlp"], ["device=cpu", "log.inspect=false"]):  # the run's option restated; where it runs
+        assert run_in_process(capsys, "explain_step.py", f"hydra.run.dir={run}", *same)[0] == 0
+        assert json.loads((run / "step.json").read_text())["loss"] == solo.loss
+    code, _, err = run_in_process(capsys, "explain_step.py", f"hydra.run.dir={run}", "+experiment=mlp_3_3_1_by_hand")
+    assert code == 2 and "+experiment=mlp_3_3_1_by_hand sets a config of its own" in err
+    accumulating = tmp_path / "accumulating"
+    assert run_in_process(capsys, "train.py", "+trainer.accumulate_grad_batches=2", "trainer.max_epochs=1", f"hydra.run.dir={accumulating}")[0] == 0
+    code, _, err = run_in_process(capsys, "explain_step.py", f"hydra.run.dir={accumulating}")
+    assert code == 2 and err.strip().endswith(
+        "trains with trainer.accumulate_grad_batches=2, several batches a step; explain_step shows a step of one batch"
+    )

@@ -124,6 +124,16 @@ def test_a_resume_and_predict_use_the_values_the_run_trained_with_not_its_interp
     assert run_in_process(capsys, "predict.py", f"run={run}", f"data.path={rows}")[0] == 0
 
 
+def test_an_escaped_interpolation_stays_text(capsys, tmp_path):
+    """data.path='\\${x}.csv' names a file called ${x}.csv: resolving the config keeps it text."""
+    table = tmp_path / "${x}.csv"
+    table.write_text("a,b,y\n" + "".join(f"{i},{i % 3},{2 * i}\n" for i in range(20)))
+    run = tmp_path / "run"
+    code, _, err = run_in_process(capsys, "train.py", "data=csv", f"data.path={tmp_path}/\\${{x}}.csv", "data.target=y", f"hydra.run.dir={run}")
+    assert code == 0, err
+    assert f"path: {tmp_path}/\\${{x}}.csv" in (run / "config.yaml").read_text()
+
+
 def test_a_second_run_into_a_busy_folder_is_refused(capsys, tmp_path):
     tmp_path.mkdir(exist_ok=True)
     with open(tmp_path / ".lock", "a+") as held:  # what a run still going holds

@@ -535,6 +535,18 @@ def test_an_accumulating_group_that_crashed_mid_epoch_resumes_bitwise(tmp_path, 
     assert largest_difference(checkpoint_weights(tmp_path / "solo_resumed" / "run"), checkpoint_weights(folders[1])) < 1e-6
 
 
+def test_a_resumed_groups_speed_counts_only_the_steps_it_took(tmp_path):
+    """samples_per_s of a resumed group: the steps of this process over its time (the steps
+    before the checkpoint counted too would make it ~20x too high here)."""
+    folders = [tmp_path / f"j{i}" for i in range(2)]
+    jobs = [[*MLP, "trainer.max_epochs=20", f"optimizer.lr={lr}", "log.every_n_steps=100"] for lr in (0.05, 0.02)]
+    train_group([make_cfg(*job) for job in jobs], folders, [False, False])
+    earlier = [e.value for e in read_events(folders[0]).Scalars("samples_per_s")]
+    train_group([make_cfg(*job, "trainer.max_epochs=21", "resume=true") for job in jobs], folders, [True, True])
+    points = read_events(folders[0]).Scalars("samples_per_s")
+    assert points[-1].step == 525 and 0 < points[-1].value < 2 * max(earlier)
+
+
 def test_jobs_group_by_what_must_match_and_say_why_the_rest_run_alone():
     cfgs = [
         make_cfg(*job)

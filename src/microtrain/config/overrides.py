@@ -112,26 +112,35 @@ def resolve(cfg: DictConfig) -> None:
     """Every ``${...}`` of a job's config replaced by its value, in place, as a stacked job's is:
     ``config.yaml`` then holds the values the run used, which ``resume=true`` and ``predict.py``
     read again (an ``${oc.env:...}`` read again in another shell would change the model unseen).
-    ConfigError naming the first key that does not resolve (``OmegaConf.resolve`` names none)."""
-    try:
-        OmegaConf.resolve(cfg)
-    except InterpolationResolutionError as err:
-        leaves: list[str] = []
-        _walk(OmegaConf.to_container(cfg, resolve=False), "", leaves)
-        for key in leaves:
-            try:
-                OmegaConf.select(cfg, key)
-            except InterpolationResolutionError as keyed:
-                raise unresolvable(keyed) from None
-        raise unresolvable(err) from None
+    Value by value rather than ``OmegaConf.resolve``, which names no key when one fails and turns
+    an escaped ``\\${x}`` into ``${x}``, an interpolation again (a file named so could not load).
+    ConfigError naming the first key that does not resolve."""
+    leaves: list[tuple[str, Any]] = []
+    _walk(OmegaConf.to_container(cfg, resolve=False), "", leaves)
+    for key, raw in leaves:
+        if not isinstance(raw, str) or not INTERPOLATION.search(raw):
+            continue
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        except InterpolationResolutionError as err:
+            raise unresolvable(err) from None
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        elif isinstance(value, str):
+            value = value.replace("${", "\\${")  # text that holds ${ (an escaped one's value) stays text
+        OmegaConf.update(cfg, key, value, merge=False)
 
 
-def _walk(node: Any, prefix: str, out: list[str]) -> None:
+INTERPOLATION = re.compile(r"(?<!\\)\$\{")  # ${ not escaped as \${
+
+
+def _walk(node: Any, prefix: str, out: list[tuple[str, Any]]) -> None:
+    """(dotted key, raw value) of every leaf, a whole-node interpolation (``model: ${...}``) included."""
     if isinstance(node, (dict, list)):
         for key, value in node.items() if isinstance(node, dict) else enumerate(node):
             _walk(value, f"{prefix}{key}.", out)
     else:
-        out.append(prefix[:-1])
+        out.append((prefix[:-1], node))
 
 
 def outside_a_job(err: Exception, config_name: str) -> tuple[str, int]:

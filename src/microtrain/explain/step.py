@@ -77,21 +77,36 @@ class StepReport:
 def config_of_run(cfg: DictConfig, saved_file: Path, overrides: Sequence[str]) -> DictConfig:
     """``explain_step.py hydra.run.dir=<a run's folder>``: that run's first step, with the run's
     own ``config.yaml`` (and this command's ``explain.*``), since its step.json lands beside the
-    run. An override that contradicts the run is refused rather than explained there."""
+    run. Where it runs (``device``, ``log``, ``checkpoint``) may change, as under resume (a CUDA
+    run explained on a CPU: ``device=cpu``); restating the run's option (``model=mlp``) is no
+    change; anything else that contradicts the run, or a recipe, is refused."""
+    from microtrain.run.resume import option_name, shown
+
+    run = saved_file.parent
     saved = cast(DictConfig, OmegaConf.load(saved_file))
     check_run_config(saved, saved_file, bool(cfg.get("trust_run_config")))  # before any of its targets is built
+    plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key.split(".")[0] in ("hydra", "explain", "trust_run_config", "resume", "overwrite"):
+        top = key.split(".")[0]
+        if top in ("hydra", "explain", "trust_run_config", "resume", "overwrite"):
             continue
-        new, old = (OmegaConf.select(c, key, default=None) for c in (cfg, saved))
-        new, old = (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for v in (new, old))
-        if new != old:
-            shown = [(v.get("name") or str(v.get("_target_", "")).rsplit(".", 1)[-1]) if isinstance(v, dict) else repr(v) for v in (old, new)]
-            raise ConfigError(
-                f"{saved_file.parent} holds a run with {key}={shown[0]}, not {shown[1]}; explain_step.py explains a run's first step "
-                f"with the run's own config: drop {key}, or choose another hydra.run.dir"
-            )
+        if top == "experiment":
+            raise ConfigError(f"{override} sets a config of its own, and {run} holds a run: its own config is explained; drop {override}")
+        new, old = plain(OmegaConf.select(cfg, key, default=None)), plain(OmegaConf.select(saved, key, default=None))
+        if new == old or ("." not in key and option_name(new) is not None and option_name(new) == option_name(old)):
+            continue
+        if top in ("device", "log", "checkpoint") or key == "trainer.enable_progress_bar":  # not the step's numbers
+            OmegaConf.update(saved, key, new, merge=False, force_add=True)
+            continue
+        raise ConfigError(
+            f"{run} holds a run with {key}={shown(old)}, not {shown(new)}; explain_step.py explains a run's first step "
+            f"with the run's own config: drop {key}, or choose another hydra.run.dir"
+        )
+    if (batches := saved.trainer.get("accumulate_grad_batches", 1)) != 1:
+        raise ConfigError(
+            f"{run} trains with trainer.accumulate_grad_batches={batches}, several batches a step; explain_step shows a step of one batch"
+        )
     with open_dict(saved):
         saved.explain = cfg.explain
     return saved

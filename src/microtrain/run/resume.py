@@ -43,7 +43,7 @@ def _mutable(key: str) -> bool:
     return any(key == m or (m.endswith(".") and key.startswith(m)) for m in MUTABLE)
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """A value for the message: a config group by its option (sgd, mlp), not its whole dict."""
     if isinstance(value, dict):
         name = value.get("name") or str(value.get("_target_", "")).rsplit(".", 1)[-1]
@@ -51,7 +51,7 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
-def _named(value: Any) -> Optional[str]:
+def option_name(value: Any) -> Optional[str]:
     """A config group's option by its own name or class (model=mlp, optimizer=adam), if it has one."""
     return str(value.get("name") or value.get("_target_") or "") or None if isinstance(value, dict) else None
 
@@ -70,18 +70,20 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> 
             continue
         new, old = OmegaConf.select(cfg, key, default=None), OmegaConf.select(saved, key, default=None)
         plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
-        if plain(new) == plain(old) or ("." not in key and _named(plain(new)) is not None and _named(plain(new)) == _named(plain(old))):
+        if plain(new) == plain(old) or (
+            "." not in key and option_name(plain(new)) is not None and option_name(plain(new)) == option_name(plain(old))
+        ):
             continue  # model=mlp on an MLP run restates its option: its keys are compared one by one
         if not _mutable(key):
             was, now = plain(old), plain(new)
-            if isinstance(was, dict) and isinstance(now, dict) and _named(now) is None:  # device=cuda: the keys it changes
+            if isinstance(was, dict) and isinstance(now, dict) and option_name(now) is None:  # device=cuda: the keys it changes
                 refused += [
-                    f"{key}.{k} ({_shown(was.get(k))} in the run, {_shown(now.get(k))} given)"
+                    f"{key}.{k} ({shown(was.get(k))} in the run, {shown(now.get(k))} given)"
                     for k in sorted(was.keys() | now.keys())
                     if was.get(k) != now.get(k)
                 ]
             else:
-                refused.append(f"{key} ({_shown(was)} in the run, {_shown(now)} given)")
+                refused.append(f"{key} ({shown(was)} in the run, {shown(now)} given)")
             continue
         OmegaConf.update(saved, key, plain(new), force_add=True)
         changes.append(f"{key}: {plain(old)!r} -> {plain(new)!r}")

@@ -162,6 +162,7 @@ class StackedRun(L.Callback, WholeSteps):
         for job in self.jobs:
             job.open()
         started = self.started = time.perf_counter()
+        self.steps_before = self.step_count  # a resumed group's: its speed counts the steps taken here
         if self.timer is not None:
             self.timer.on_train_start(None, None)  # type: ignore[arg-type]  # it reads neither; its clock starts (a resumed group's time carries on)
         try:
@@ -184,8 +185,8 @@ class StackedRun(L.Callback, WholeSteps):
                 job.window = []
 
     def _rate(self) -> float:
-        """Training samples a second of each job since the group started."""
-        return self.step_count * self.accumulate * self.batch_size / max(time.perf_counter() - self.started, 1e-9)
+        """Training samples a second of each job since the group started (in this process)."""
+        return (self.step_count - self.steps_before) * self.accumulate * self.batch_size / max(time.perf_counter() - self.started, 1e-9)
 
     def _fit(self) -> None:
         """The group's epochs under Lightning's fit loop: its count of epochs and steps is the
