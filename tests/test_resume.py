@@ -132,6 +132,20 @@ def test_an_escaped_interpolation_stays_text(capsys, tmp_path):
     code, _, err = run_in_process(capsys, "train.py", "data=csv", f"data.path={tmp_path}/\\${{x}}.csv", "data.target=y", f"hydra.run.dir={run}")
     assert code == 0, err
     assert f"path: {tmp_path}/\\${{x}}.csv" in (run / "config.yaml").read_text()
+    sweep = tmp_path / "sweep"  # and as stacked jobs
+    code, out, err = run_in_process(
+        capsys,
+        "train.py",
+        "-m",
+        "hydra/launcher=stacked",
+        "data=csv",
+        f"data.path={tmp_path}/\\${{x}}.csv",
+        "data.target=y",
+        "optimizer.lr=0.01,0.02",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert code == 0 and "stacked: 2 of 2 jobs in 1 group(s)" in out, err
+    assert all(f"path: {tmp_path}/\\${{x}}.csv" in f.read_text() for f in sweep.glob("*/config.yaml"))
 
 
 def test_a_second_run_into_a_busy_folder_is_refused(capsys, tmp_path):

@@ -196,10 +196,13 @@ def _job_view(config: DictConfig, hydras_own: bool = False) -> JobView:
         with read_write(node.hydra.runtime), open_dict(node.hydra.runtime):
             node.hydra.runtime.output_dir = str(folder)
     task = OmegaConf.masked_copy(config, cast("list[str]", [key for key in config if key != "hydra"]))  # a copy of the task's keys only
+    from microtrain.config.overrides import resolve  # as a solo run's (an escaped \${x} stays text)
+    from microtrain.errors import ConfigError
+
     try:
         with read_write(task), open_dict(task):
-            OmegaConf.resolve(task)
-    except OmegaConfBaseException:  # ${oc.env:UNSET}: left unresolved, the job runs alone and fails there (stack.plan)
+            resolve(task)
+    except (ConfigError, OmegaConfBaseException):  # ${oc.env:UNSET}: left unresolved, the job runs alone and fails there (stack.plan)
         return JobView(folder, task, hydra_cfg, False)
     OmegaConf.set_struct(task, True)  # as run_job's copy of the config is
     return JobView(folder, task, hydra_cfg, True)
