@@ -133,6 +133,17 @@ def test_a_stacked_classifier_reports_its_solo_runs_validation_accuracy(tmp_path
             assert ours.Scalars(tag)[-1].value == pytest.approx(theirs.Scalars(tag)[-1].value, rel=1e-5), tag
 
 
+@pytest.mark.parametrize("every", [7, 3])
+def test_loss_window_points_fall_at_the_solo_runs_steps(tmp_path, every):
+    """log.every_n_steps that is not a multiple of a call's steps: a point at the end of each call
+    that passed a multiple, as a solo run writes it, with the same window's mean."""
+    jobs = [[*MLP, "trainer.max_epochs=2", "loop.steps_per_call=4", f"log.every_n_steps={every}", f"optimizer.lr={lr}"] for lr in (0.05, 0.02)]
+    _, folders = stacked_and_solo(tmp_path, jobs, solo=[0])
+    ours, theirs = read_events(folders[0]).Scalars("train_loss_step"), read_events(tmp_path / "solo0").Scalars("train_loss_step")
+    assert [e.step for e in ours] == [e.step for e in theirs] and len(theirs) > 4
+    assert [e.value for e in ours] == pytest.approx([e.value for e in theirs], rel=1e-4)
+
+
 OPTIMIZERS = {
     "rmsprop": [
         ["optimizer=rmsprop", f"optimizer.lr={lr}", f"seed={seed}", f"optimizer.weight_decay={wd}", f"optimizer.alpha={alpha}"]

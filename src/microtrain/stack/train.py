@@ -126,17 +126,15 @@ class StackedRun(L.Callback, WholeSteps):
         self.best = BestEpochs(self.stacked)
         if not all(job.active for job in jobs):  # a resumed job early stopping had ended stays frozen
             self.stacked.set_lr([job.lr() if job.active else 0.0 for job in jobs])
-        self.pending_first = self.step_count
+        self.pending_first = self.written_at = self.step_count  # a resumed group goes on with the grid of its first part
         self.stopping = False  # a signal came: the group stops at the next step boundary (a call's end)
-        # +trainer.max_time: Lightning's own Timer (its duration formats, its state in each checkpoint),
-        # checked at every step, where a solo run checks it after each Lightning call
+        # +trainer.max_time: Lightning's own Timer (its formats, its state in each checkpoint), checked at every step (a solo run: each call)
         self.timer = Timer(cfg.trainer.max_time) if cfg.trainer.get("max_time") else None
         if self.timer is not None:
             self.timer.load_state_dict(jobs[0].saved_callbacks.get(self.timer.state_key, {"time_elapsed": {}}))
         for job in jobs:
             job.timer = self.timer
-        self.timed_out = False
-        self.plan = plan
+        self.timed_out, self.plan = False, plan
         self.trainer: Optional[L.Trainer] = None
         self.batch: list[Batch] = []
         self.batches_done = 0  # of the epoch going on
@@ -227,8 +225,6 @@ class StackedRun(L.Callback, WholeSteps):
         self.batches_done += len(x) if isinstance(x, list) else 1
         if 0 < self.max_steps <= self.step_count:
             cast(L.Trainer, self.trainer).should_stop = True  # no further call: its batches would be cut for nothing
-        if self.step_count % self.log_every == 0:  # on the grid of multiples, as a resumed solo run
-            self._drain(self.grads)
         every, done = self.checkpoint_every, self.batches_done  # inside the epoch (its end writes its own), as a solo run
         if every and self.step_count % every == 0 and done < self.batches_per_epoch and not 0 < self.max_steps <= self.step_count:
             self._drain(self.grads)  # read first: no checkpoint holds a diverged job
@@ -247,9 +243,12 @@ class StackedRun(L.Callback, WholeSteps):
         self.batches_done, self.first_batch, self.grads = self.first_batch, 0, []
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """A signal mid-epoch: each training job's last.ckpt of this step boundary, then the fit
-        stops without the epoch's end (its validation, scheduler and early stopping come when the
-        resumed group ends the epoch). At the epoch's last call, _epoch_end stops the group."""
+        """A call's end: a train_loss_step point when it passed a multiple of log.every_n_steps, or
+        ended the run, as a solo run's (``monitor.loss``). A signal mid-epoch: each training job's
+        last.ckpt of this step boundary, then the fit stops without the epoch's end (its validation,
+        scheduler and early stopping come when the resumed group ends it)."""
+        if self.step_count // self.log_every > self.written_at // self.log_every or 0 < self.max_steps <= self.step_count:
+            self._drain(self.grads, log=True)
         if interrupt.stop_signal() is None or self.batches_done >= self.batches_per_epoch or self.done():
             return
         self._drain(self.grads)
@@ -279,14 +278,15 @@ class StackedRun(L.Callback, WholeSteps):
             files += self.jobs[k].checkpoint_files(snap, self.shape, lambda k=k: self.best.of(k))
         run_folder.write_all_atomic(files)
 
-    def _drain(self, grads: list[torch.Tensor], epoch_end: bool = False) -> None:
+    def _drain(self, grads: list[torch.Tensor], epoch_end: bool = False, log: bool = False) -> None:
         """Read the held losses (one host copy): each job's loss windows, and its divergence guard."""
         if not self.pending:
             return
         losses = torch.stack(self.pending).double().cpu()  # [steps, K]
         first, self.pending, self.pending_first = self.pending_first, [], self.step_count
         rate = self._rate()
-        log_now = self.step_count % self.log_every == 0 or epoch_end and (0 < self.max_steps <= self.step_count or self.timed_out)
+        log_now = log or epoch_end and (0 < self.max_steps <= self.step_count or self.timed_out)
+        self.written_at = self.step_count if log_now else self.written_at
         at, names = self.step_count if log_now else None, self.stacked.names
         diverged = [
             k
