@@ -80,12 +80,11 @@ def config_of_run(cfg: DictConfig, saved_file: Path, overrides: Sequence[str]) -
     run. Where it runs (``device``, ``log``, ``checkpoint``) may change, as under resume (a CUDA
     run explained on a CPU: ``device=cpu``); restating the run's option (``model=mlp``) is no
     change; anything else that contradicts the run, or a recipe, is refused."""
-    from microtrain.run.resume import option_name, shown
+    from microtrain.run.resume import compare, shown
 
     run = saved_file.parent
     saved = cast(DictConfig, OmegaConf.load(saved_file))
     check_run_config(saved, saved_file, bool(cfg.get("trust_run_config")))  # before any of its targets is built
-    plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         top = key.split(".")[0]
@@ -93,8 +92,8 @@ def config_of_run(cfg: DictConfig, saved_file: Path, overrides: Sequence[str]) -
             continue
         if top == "experiment":
             raise ConfigError(f"{override} sets a config of its own, and {run} holds a run: its own config is explained; drop {override}")
-        new, old = plain(OmegaConf.select(cfg, key, default=None)), plain(OmegaConf.select(saved, key, default=None))
-        if new == old or ("." not in key and option_name(new) is not None and option_name(new) == option_name(old)):
+        new, old, restated = compare(cfg, saved, key)
+        if restated:
             continue
         if top in ("device", "log", "checkpoint") or key == "trainer.enable_progress_bar":  # not the step's numbers
             OmegaConf.update(saved, key, new, merge=False, force_add=True)

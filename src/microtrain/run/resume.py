@@ -56,6 +56,14 @@ def option_name(value: Any) -> Optional[str]:
     return str(value.get("name") or value.get("_target_") or "") or None if isinstance(value, dict) else None
 
 
+def compare(cfg: DictConfig, saved: DictConfig, key: str) -> tuple[Any, Any, bool]:
+    """(the command's value of ``key``, the run's, whether the command only restates the run):
+    plain values; ``model=mlp`` on an MLP run restates its option, its keys compared one by one."""
+    plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
+    now, was = plain(OmegaConf.select(cfg, key, default=None)), plain(OmegaConf.select(saved, key, default=None))
+    return now, was, now == was or ("." not in key and option_name(now) is not None and option_name(now) == option_name(was))
+
+
 def resumed_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> tuple[DictConfig, list[str]]:
     """(the run's own config with the allowed overrides applied, what changed) — or ConfigError."""
     saved_file = run_dir / run_folder.CONFIG
@@ -68,14 +76,10 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> 
         key = _key(override)
         if key in ("resume", "trust_run_config"):
             continue
-        new, old = OmegaConf.select(cfg, key, default=None), OmegaConf.select(saved, key, default=None)
-        plain = lambda v: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v  # noqa: E731
-        if plain(new) == plain(old) or (
-            "." not in key and option_name(plain(new)) is not None and option_name(plain(new)) == option_name(plain(old))
-        ):
-            continue  # model=mlp on an MLP run restates its option: its keys are compared one by one
+        now, was, restated = compare(cfg, saved, key)
+        if restated:
+            continue
         if not _mutable(key):
-            was, now = plain(old), plain(new)
             if isinstance(was, dict) and isinstance(now, dict) and option_name(now) is None:  # device=cuda: the keys it changes
                 refused += [
                     f"{key}.{k} ({shown(was.get(k))} in the run, {shown(now.get(k))} given)"
@@ -85,8 +89,8 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> 
             else:
                 refused.append(f"{key} ({shown(was)} in the run, {shown(now)} given)")
             continue
-        OmegaConf.update(saved, key, plain(new), force_add=True)
-        changes.append(f"{key}: {plain(old)!r} -> {plain(new)!r}")
+        OmegaConf.update(saved, key, now, force_add=True)
+        changes.append(f"{key}: {was!r} -> {now!r}")
     if refused:
         raise ConfigError(
             f"resume=true cannot change {', '.join(refused)} in mid-run; drop it to resume, or start a new run in another "
