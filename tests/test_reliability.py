@@ -193,6 +193,66 @@ def test_bad_rerun_into_a_finished_folder_keeps_its_results(capsys, earlier_run)
     assert code == 2 and (earlier_run / "metrics.json").read_text() == before
 
 
+LATE_REFUSALS = [  # refused only once the run is built (its data, model, optimizer, Trainer), after the schema's checks
+    (["model.in_features=2"], "model.in_features=2 but the data has 3 features"),
+    (["optimizer=torch", "optimizer.name=Nope"], "optimizer._target_='torch.optim.Nope' cannot be built"),
+    (["+trainer.max_time=abc"], "is not a valid duration"),
+    (["callbacks=early_stopping", "data.val_fraction=0"], "monitors val_loss but the run has no validation split"),
+    (["data=csv", "data.path=/nonexistent/x.csv"], "no such file; check data.path"),
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A finished run (2 epochs of the default), made once: each test works on a copy."""
+    from tests_helpers import run_script
+
+    folder = tmp_path_factory.mktemp("trained") / "run"
+    done = run_script("train.py", f"hydra.run.dir={folder}", "trainer.max_epochs=2", cwd=folder.parent)
+    assert done.returncode == 0, done.stderr
+    return folder
+
+
+@pytest.mark.parametrize("args, message", LATE_REFUSALS, ids=[" ".join(a) for a, _ in LATE_REFUSALS])
+def test_overwrite_refused_once_built_keeps_the_earlier_run(capsys, tmp_path, trained_run, args, message):
+    """overwrite=true removes the earlier run's files only once the new run is built: a mistake
+    found then (not by the schema) leaves every file byte-identical (it deleted them all)."""
+    import shutil
+
+    from tests_helpers import files_of
+
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    before = files_of(run)
+    code, out, err = run_in_process(capsys, "train.py", f"hydra.run.dir={run}", "overwrite=true", *args)
+    assert code == 2 and message in err and "Traceback" not in err + out
+    assert files_of(run) == before
+
+
+@pytest.mark.parametrize("value", ["trainer.max_epochs=abc", "trainer.max_steps=abc", "trainer.max_epochs=1.5"])
+def test_resume_with_a_run_length_that_is_not_a_number_is_one_line(capsys, tmp_path, trained_run, value):
+    """The schema's line, before the resume's own checks read the value (a TypeError traceback
+    that rewrote metrics.json as failed)."""
+    import shutil
+
+    from tests_helpers import files_of
+
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    before = files_of(run)
+    code, out, err = run_in_process(capsys, "train.py", f"hydra.run.dir={run}", "resume=true", value)
+    assert code == 2 and "is not a whole number" in err and "Traceback" not in err + out
+    assert files_of(run) == before
+
+
+def test_overwrite_removes_the_earlier_runs_step_json(capsys, tmp_path, trained_run):
+    import shutil
+
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    (run / "step.json").write_text("{}")  # explain_step.py's, of the earlier run's model
+    code, _, err = run_in_process(capsys, "train.py", f"hydra.run.dir={run}", "overwrite=true", "trainer.max_epochs=1", "log.inspect=false")
+    assert code == 0, err
+    assert not (run / "step.json").exists() and json.loads((run / "metrics.json").read_text())["steps"] == 25
+
+
 def test_divergence_stops_with_one_line_and_keeps_a_good_checkpoint(capsys, tmp_path):
     code, out, err = run_in_process(capsys, "train.py", "optimizer.lr=1.2", f"hydra.run.dir={tmp_path}", "trainer.enable_progress_bar=false")
     assert code == 3

@@ -105,6 +105,22 @@ def test_a_job_with_a_missing_or_unresolvable_value_fails_alone_in_a_stacked_swe
     assert any(message in row["error"] for row in rows if row["status"] == "failed")
 
 
+def test_overwrite_refused_once_a_job_is_built_keeps_the_earlier_jobs_files(tmp_path, capsys):
+    """overwrite=true on a stacked sweep removes a job's earlier run only once the job is built:
+    a job refused then (model.in_features, known with the data) keeps every file, as a solo run does."""
+    from tests_helpers import files_of
+
+    sweep = ["-m", "hydra/launcher=stacked", *MLP, "trainer.max_epochs=1", "optimizer.lr=0.01,0.02", f"hydra.sweep.dir={tmp_path}"]
+    sweep.append("hydra.sweep.subdir=${hydra.job.num}")  # the same folders for the second command
+    code, _, err = run_in_process(capsys, "train.py", *sweep)
+    assert code == 0, err
+    before = {job: files_of(tmp_path / job) for job in ("0", "1")}
+    code, out, err = run_in_process(capsys, "train.py", *sweep, "overwrite=true", "model.in_features=2")
+    assert code == 0 and "error: job #0: model.in_features=2 but the data has 3 features" in out, err
+    # every file byte-identical, the sweep's HParams experiment (.sweep, the same jobs) included
+    assert {job: files_of(tmp_path / job) for job in ("0", "1")} == before
+
+
 def test_a_users_hydra_callback_sees_hydras_own_view_of_a_stacked_job(tmp_path, capsys):
     """A Hydra callback of the user's gets ``job_return.hydra_cfg`` as Hydra's ``run_job`` gives
     it, ``{hydra: ...}`` alone (microtrain's own callbacks read only its ``hydra`` node)."""
@@ -255,8 +271,14 @@ def _structure(node):
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["data.val_fraction=0", "scheduler=step", "scheduler.step_size=1"], ["trainer.max_steps=60"], ["+trainer.accumulate_grad_batches=3"]],
-    ids=["default", "no_validation_with_scheduler", "max_steps_mid_epoch", "accumulate"],
+    [
+        [],
+        ["data.val_fraction=0", "scheduler=step", "scheduler.step_size=1"],
+        ["scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5"],  # best.ckpt holds the epoch's scheduler stepped, as Lightning's
+        ["trainer.max_steps=60"],
+        ["+trainer.accumulate_grad_batches=3"],
+    ],
+    ids=["default", "no_validation_with_scheduler", "scheduler", "max_steps_mid_epoch", "accumulate"],
 )
 def test_checkpoints_are_the_ones_lightning_writes(tmp_path, extra, recwarn):
     """Key by key, counter by counter, as Lightning's own last.ckpt and best.ckpt of the solo run."""

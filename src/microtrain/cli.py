@@ -80,18 +80,24 @@ def train_command(cfg: DictConfig) -> float:
             raise ConfigError(f"{run_dir} holds {earlier}; resume=true continues it, overwrite=true replaces it, or choose another hydra.run.dir")
         run_folder.refuse_links(run_dir)
         lock.acquire(run_dir)  # every check above ran before this folder's first byte is written
-        if earlier:
-            run_folder.clear_run(run_dir)  # overwrite=true: no stale checkpoint or event file stays
-        if not cfg.resume and first_rank:  # the other ranks of a DDP run write nothing of their own
-            run_folder.write_hydra_record(run_dir, HydraConfig.instance().cfg, cfg)
-        log = logging.getLogger("microtrain")
-        log.info("%s %s (pid %d)", "resumed" if cfg.resume else "started", " ".join(overrides) or "(no overrides)", os.getpid())
+
+        def begin() -> None:
+            """Once the run is built (its data, model, optimizer and Trainer: their checks passed),
+            before its first write: an overwrite=true refused by a later check keeps the earlier run."""
+            if earlier:
+                run_folder.clear_run(run_dir)  # overwrite=true: no stale checkpoint or event file stays
+            if not cfg.resume and first_rank:  # the other ranks of a DDP run write nothing of their own
+                run_folder.write_hydra_record(run_dir, HydraConfig.instance().cfg, cfg)
+            log = logging.getLogger("microtrain")
+            log.info("%s %s (pid %d)", "resumed" if cfg.resume else "started", " ".join(overrides) or "(no overrides)", os.getpid())
+            for change in changes:
+                log.info("resume: %s", change)
+
         for change in changes:
             console.print(f"resume: {change}")
-            log.info("resume: %s", change)
         print_start(cfg)
         interrupt.check()
-        result = train(cfg, run_dir, resume_changes=changes)
+        result = train(cfg, run_dir, resume_changes=changes, begin=begin)
     except Interrupted as err:
         return _interrupted(err, run_dir)
     except KeyboardInterrupt:

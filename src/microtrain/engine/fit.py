@@ -3,7 +3,7 @@
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, cast
@@ -43,9 +43,10 @@ class RunResult:
     is_global_zero: bool = True  # False in the other ranks of a DDP run, which stay quiet
 
 
-def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = None) -> RunResult:
+def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = None, begin: Optional[Callable[[], None]] = None) -> RunResult:
     """``resume_changes``: what ``run.resume`` applied to a resumed run's config (recorded in its
-    history; a new lr or weight decay is set on the restored optimizer)."""
+    history; a new lr or weight decay is set on the restored optimizer). ``begin``: called once
+    everything is built and checked, before the run's first write into ``run_dir``."""
     schema.check(cfg)  # every key's type and range, before anything is built or written
     quiet_libraries()  # called from Python too: no "GPU available" lines, tips or known warnings
     run_dir = Path(run_dir)
@@ -67,6 +68,8 @@ def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = 
         }
     resumed_step = torch.load(ckpt_path, weights_only=True)["global_step"] if ckpt_path else None
     trainer = _build_trainer(cfg, trainer_args, plan, run_dir, prepared, resumed_step)
+    if begin is not None:
+        begin()
     if ckpt_path and trainer.is_global_zero:
         resume.record(run_dir, resume_changes or [], resumed_step)
     if trainer.is_global_zero:

@@ -188,8 +188,28 @@ def write_sweep_experiment(jobs: list[Path]) -> None:
         return
     summary = experiment_pb(runs, finals)
     for folder in folders:
-        for old in folder.glob("events.out.tfevents.*.sweep"):
+        earlier = list(folder.glob("events.out.tfevents.*.sweep"))
+        if [_experiment_in(path) for path in earlier] == [_experiment_of(summary)]:
+            continue  # the same experiment (a sweep refused or skipped this job): its file stays untouched
+        for old in earlier:
             old.unlink()  # a resumed sweep's experiment replaces the earlier one
         writer = FileWriter(str(folder), filename_suffix=".sweep")
         writer.add_summary(summary)
         writer.close()
+
+
+def _experiment_of(summary: Any) -> Any:
+    """An experiment summary's content, parsed: equal content serializes to other bytes."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    return plugin_data_pb2.HParamsPluginData.FromString(summary.value[0].metadata.plugin_data.content)
+
+
+def _experiment_in(path: Path) -> Any:
+    """The experiment a sweep's ``.sweep`` event file holds (None: unreadable)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    try:
+        return next((_experiment_of(e.summary) for e in EventFileLoader(str(path)).Load() if e.HasField("summary")), None)
+    except Exception:  # noqa: BLE001 -- a damaged file is replaced
+        return None

@@ -170,7 +170,7 @@ def write_hydra_record(run_dir: Path, hydra_cfg: Any, task_cfg: Any) -> None:
 
 
 # What a run writes into its folder: overwrite=true removes these and nothing else of the folder.
-RUN_FILES = (CONFIG, METRICS, DATA_INFO, DATA_TRUTH, "history.jsonl", "trajectory.pt", "report.png", "train.log", "predictions.csv")
+RUN_FILES = (CONFIG, METRICS, DATA_INFO, DATA_TRUTH, "history.jsonl", "trajectory.pt", "report.png", "train.log", "predictions.csv", "step.json")
 RUN_FOLDERS = (CHECKPOINTS, "tensorboard", ".hydra")
 
 

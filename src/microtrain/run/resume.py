@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Sequence, cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from microtrain.config import schema
 from microtrain.config.targets import check_run_config
 from microtrain.errors import ConfigError
 from microtrain.run import folder as run_folder
@@ -144,6 +145,7 @@ def plan_resume(
                 cfg.resume = False
             return cfg, [], None
     resumed, changes = resumed_config(cfg, run_dir, overrides)
+    schema.check(resumed)  # a typed value (trainer.max_epochs=abc) is one line before the checks below read it
     last = last_checkpoint(run_dir)  # loads, and matches its checksum: checked before anything is written
     import torch
 

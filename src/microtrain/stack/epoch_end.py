@@ -1,5 +1,5 @@
 """How each job of a stacked group ends an epoch, in the order a solo run's Lightning hooks do:
-its epoch's train_loss, validation (all jobs in one pass), best.ckpt's moment, its scheduler,
+its epoch's train_loss, validation (all jobs in one pass), its scheduler, best.ckpt's moment,
 its early stopping (a job it stops is frozen, its neighbours go on), then last.ckpt."""
 
 import time
@@ -32,19 +32,18 @@ def end_epoch(run: "StackedRun", batches_done: int) -> None:
             for name, column in values.items():
                 run.jobs[k].scalars.add(name, column[k], run.step_count)
     last_epoch_done = batches_done if batches_done < run.batches_per_epoch else None
-    if validate:
-        improved = [k for k in active if run.jobs[k].improves(values["val_loss"][k])]
-        run.best.keep(improved)
-        for k in active:
-            moment = run.jobs[k].moment(run.epoch, run.step_count, last_epoch_done) if k in improved else None
-            run.jobs[k].record_val(values["val_loss"][k], moment)
-    # each job's scheduler on its own optimizer, before last.ckpt as under Lightning (the module's
-    # epoch-end hook runs before the checkpoint callback's); best.ckpt was taken at validation
+    improved = [k for k in active if run.jobs[k].improves(values["val_loss"][k])] if validate else []
+    run.best.keep(improved)  # the weights of this validation
+    # each job's scheduler on its own optimizer, before its checkpoints as under Lightning (the
+    # module's epoch-end hook runs before the checkpoint callbacks'): best.ckpt too holds it stepped
     with warnings.catch_warnings():  # torch.optim's "before optimizer.step()": the stacked step took the steps
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
         for k in active:
             if (scheduler := run.jobs[k].scheduler) is not None:
                 scheduler.step()
+    for k in active if validate else []:
+        moment = run.jobs[k].moment(run.epoch, run.step_count, last_epoch_done) if k in improved else None
+        run.jobs[k].record_val(values["val_loss"][k], moment)
     # callbacks=early_stopping, after the scheduler as under Lightning (a monitoring callback):
     # each job's own EarlyStopping; a job it stops is frozen and its neighbours go on
     stopped = [k for k in active if validate and any([early_stop(s, values[s.monitor][k], run.epoch - 1) for s in run.jobs[k].stoppers])]

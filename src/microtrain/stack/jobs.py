@@ -105,6 +105,8 @@ class StackedJob:
     def open(self) -> None:
         """The job's TensorBoard run and its config files; a resumed run hides the steps it redoes."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.cfg.resume and self.cfg.get("overwrite") and run_folder.earlier_run(self.run_dir):
+            run_folder.clear_run(self.run_dir)  # overwrite=true, as a solo run: once the job is built, so a refused job keeps it
         # a resumed job hides what its first part logged after its checkpoint at step S (points of
         # steps > S); the points at S itself (that epoch's validation) came before it and stay, as in a solo run
         purge = self.start_step + 1 if self.start_step else None

@@ -53,8 +53,6 @@ def run_stacked(
         except MicrotrainError:
             refused[index] = "its config is refused (its error follows)"
             continue
-        if not cfg.resume and cfg.get("overwrite") and run_folder.earlier_run(folder):
-            run_folder.clear_run(folder)  # overwrite=true, as a solo run does it
         step = 0
         if cfg.resume:
             done = _finished(folder, cfg)

@@ -56,11 +56,11 @@ def train_group(
             jobs.append(StackedJob(cfg, run_dir, job_overrides, like=jobs[0] if jobs else None))
         except ConfigError as err:  # what its solo run refuses once its data is known (optimize.metric): it alone fails
             refused[k] = {"status": "failed", "error": str(err)}
-            Path(run_dir).mkdir(parents=True, exist_ok=True)
-            run_folder.write_json_atomic(Path(run_dir) / run_folder.METRICS, refused[k])
-    for job, again in zip(jobs, [again for k, again in enumerate(resume) if k not in refused]):
-        if again:
-            job.resume()
+            if not run_folder.earlier_run(Path(run_dir)):  # an earlier run there (overwrite=true) stays whole, as a solo run's
+                Path(run_dir).mkdir(parents=True, exist_ok=True)
+                run_folder.write_json_atomic(Path(run_dir) / run_folder.METRICS, refused[k])
+    for job in [job for job, again in zip(jobs, [again for k, again in enumerate(resume) if k not in refused]) if again]:
+        job.resume()
     trained = iter(StackedRun(jobs).run() if jobs else [])
     return [refused[k] if k in refused else next(trained) for k in range(len(cfgs))]
 
