@@ -376,6 +376,24 @@ def test_a_sweep_resumed_with_a_changed_setting_is_refused_not_started_anew(caps
     assert code == 0 and out.count("finished already; not run again") == 2
 
 
+@pytest.mark.parametrize("launcher", ["basic", "stacked"])
+def test_a_sweep_run_again_into_its_folder_is_refused_and_writes_nothing(capsys, tmp_path, launcher):
+    """The same sweep again, without resume=true or overwrite=true: one line and exit 2 before any
+    job, every file as it was (each job was refused alone, the sweep exited 0, its summary listed the
+    earlier runs as its own and its HParams files were rewritten)."""
+    sweep = ["-m", f"hydra/launcher={launcher}", *QUICK, "device=cpu", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}"]
+    assert run_in_process(capsys, "train.py", *sweep, "optimizer.lr=0.01,0.1")[0] == 0
+    before = files_of(tmp_path)
+    code, out, err = run_in_process(capsys, "train.py", *sweep, "optimizer.lr=0.1,0.2")
+    assert code == 2 and err.strip() == (
+        f"error: {tmp_path} holds runs of 1 of these 2 jobs (such as device=cpu,model.hidden=8,model=mlp,optimizer.lr=0.1,"
+        "trainer.max_epochs=1: a run with status ok, "
+        "25 steps); resume=true finishes the sweep (its finished jobs stay as they are), overwrite=true replaces them, "
+        "or choose another hydra.sweep.dir"
+    )
+    assert files_of(tmp_path) == before
+
+
 @pytest.mark.parametrize(
     "setting",
     [["hydra.sweep.subdir=${hydra.job.num}"], ["hydra.sweeper.max_batch_size=1"]],

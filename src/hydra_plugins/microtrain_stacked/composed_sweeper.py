@@ -47,7 +47,7 @@ class ComposedSweeper(BasicSweeper):
         assert self.hydra_context is not None and self.config is not None  # both set by setup, which Hydra calls first
         configs = SweepConfigs(self.hydra_context.config_loader, self.config)
         if self.batch_index == 1 and self.overrides is not None:  # before the first job: every batch's jobs
-            _refuse_a_resume_of_other_jobs(self.config, [job for jobs in self.overrides for job in jobs], configs.parse)
+            _refuse_what_a_solo_run_refuses(self.config, [job for jobs in self.overrides for job in jobs], configs.parse)
         for overrides in batch:
             self.composed_once.held[tuple(overrides)] = configs.load(overrides)
 
@@ -72,22 +72,37 @@ class ComposedSweeper(BasicSweeper):
             self.composed_once.held.clear()
 
 
-def _refuse_a_resume_of_other_jobs(config: DictConfig, jobs: list[Sequence[str]], parse: Any) -> None:
-    """resume=true whose jobs have none of the sweep folder's job folders: a changed setting
-    (trainer.max_epochs=50) names other folders, and would start new jobs beside the ones it was
-    to finish, which a solo run's resume refuses. Folders named otherwise than by the jobs'
-    overrides (hydra.sweep.subdir=${hydra.job.num}) are not known before the jobs run: no check."""
+def _refuse_what_a_solo_run_refuses(config: DictConfig, jobs: list[Sequence[str]], parse: Any) -> None:
+    """Before any job runs, what a solo run in one of these folders would refuse, for the sweep
+    as a whole (one line, nothing written), where the jobs' folders are named by their overrides
+    (the default ``hydra.sweep.subdir``; ``${hydra.job.num}`` is known only as the jobs run):
+
+    * without resume=true or overwrite=true, folders that hold runs already: each job would be
+      refused alone, and the summary would list the earlier runs as this sweep's;
+    * resume=true whose jobs have none of the sweep folder's job folders: a changed setting
+      (trainer.max_epochs=50) names other folders, and would start new jobs beside the ones it
+      was to finish."""
     from microtrain.config.sweep_jobs import overrides_dirname
     from microtrain.errors import ConfigError
+    from microtrain.run import folder as run_folder
 
     sweep = cast(dict, OmegaConf.to_container(config.hydra.sweep, resolve=False))
-    if config.get("resume") is not True or not jobs or sweep.get("subdir") != "${hydra.job.override_dirname}":
+    if not jobs or sweep.get("subdir") != "${hydra.job.override_dirname}" or config.get("overwrite") is True:
         return
     sweep_dir, naming = Path(str(config.hydra.sweep.dir)), config.hydra.job.config.override_dirname
     ours = set()
     for overrides in jobs:
         task = [o for o in parse(overrides) if not o.is_hydra_override()]
         ours.add(sweep_dir / overrides_dirname(task, list(naming.exclude_keys), naming.item_sep, naming.kv_sep))
+    if config.get("resume") is not True:
+        earlier = sorted((folder, what) for folder in ours if folder.is_dir() and (what := run_folder.earlier_run(folder)))
+        if earlier:
+            raise ConfigError(
+                f"{sweep_dir} holds runs of {len(earlier)} of these {len(ours)} jobs (such as {earlier[0][0].name}: {earlier[0][1]}); "
+                "resume=true finishes the sweep (its finished jobs stay as they are), overwrite=true replaces them, "
+                "or choose another hydra.sweep.dir"
+            )
+        return
     theirs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()) if sweep_dir.is_dir() else []
     if theirs and not any(folder.is_dir() for folder in ours):
         raise ConfigError(
