@@ -112,7 +112,18 @@ def test_bad_input_raises_config_error_with_the_command_lines_line(tmp_path, cap
             r"\['model=mlp'\] is not an override: give each as a string, like train\('model=mlp', 'optimizer.lr=0.1'\) \(unpack a list with \*\)",
         ),
         (lambda: mt.train("model=mlp", 3), r"3 is not an override: give each as a string"),
-        (lambda: mt.sweep("-m", "optimizer.lr=0.1,0.2"), r"-m is a command-line flag, not an override: sweep\(\) runs a sweep \(-m\) itself"),
+        (
+            lambda: mt.sweep("-m", "optimizer.lr=0.1,0.2"),
+            r"-m is a command-line flag, not an override: give overrides only \(sweep\(\) runs a sweep itself\)",
+        ),
+        (
+            lambda: mt.sweep("hydra/launcher=basic", "optimizer.lr=0.1,0.2"),
+            r"hydra/launcher=basic and launcher='stacked' name two launchers: give launcher='basic'",
+        ),
+        (
+            lambda: mt.train("optimizer.lr=0.1,0.2", "trainer.max_epochs=1"),
+            r"lists several values: that is a sweep, so call sweep\(\) \(or give one value\)",
+        ),
         (lambda: mt.explain_step(("model=mlp",)), r"\('model=mlp',\) is not an override"),
         (lambda: mt.train("hydra.run.dir=/tmp/a", run_dir="/tmp/b"), r"hydra.run.dir=/tmp/a and run_dir=/tmp/b name two folders: give one"),
         (lambda: mt.sweep("hydra.sweep.dir=/tmp/a", sweep_dir="/tmp/b"), r"hydra.sweep.dir=/tmp/a and sweep_dir=/tmp/b name two folders: give one"),

@@ -294,3 +294,37 @@ def test_explain_step_into_a_run_folder_explains_that_runs_first_step(tmp_path, 
     assert code == 2 and err.strip().endswith(
         "trains with trainer.accumulate_grad_batches=2, several batches a step; explain_step shows a step of one batch"
     )
+
+
+def test_explain_step_into_a_folder_that_holds_no_run_says_so(tmp_path, capsys):
+    """A sweep's folder is refused (its jobs' folders hold the runs) and keeps its files; a folder
+    named that holds no run (a typo of a run's, a new one) explains this command's config, with a
+    note saying so rather than silently; -m is one line (Hydra's plugin error, exit 1, before)."""
+    from tests_helpers import files_of, run_in_process
+
+    sweep = tmp_path / "sweep"
+    assert run_in_process(capsys, "train.py", "-m", "trainer.max_epochs=1", "seed=0,1", f"hydra.sweep.dir={sweep}")[0] == 0
+    before = files_of(sweep)
+    code, _, err = run_in_process(capsys, "explain_step.py", f"hydra.run.dir={sweep}")
+    assert code == 2 and err.strip() == (
+        f"error: {sweep} is a sweep's folder: point hydra.run.dir at one of its jobs' folders (such as {sweep / 'seed=0,trainer.max_epochs=1'})"
+    )
+    assert files_of(sweep) == before
+    code, out, _ = run_in_process(capsys, "explain_step.py", f"hydra.run.dir={tmp_path / 'typo'}")
+    assert code == 0 and f"note: {tmp_path / 'typo'} holds no run (no config.yaml): this explains the step of the config given here" in out
+    code, out, _ = run_in_process(capsys, "explain_step.py", cwd=tmp_path)  # the default folder: no note
+    assert code == 0 and "note:" not in out
+    for script in ("explain_step.py", "predict.py"):
+        code, _, err = run_in_process(capsys, script, "-m", "optimizer.lr=0.1,0.2")
+        assert code == 2 and err.strip() == "error: -m runs a sweep, which only train.py does: drop -m"
+
+
+@pytest.mark.parametrize("args", [[], ["a", "b"]])
+def test_report_with_no_folder_or_two_is_one_error_line(args):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from microtrain.cli import report_main; report_main()", *args], capture_output=True, text=True)
+    assert (
+        done.returncode == 2 and done.stderr.strip() == f"error: give one run or sweep folder, not {len(args)} arguments: microtrain-report <folder>"
+    )

@@ -26,6 +26,7 @@ BAD_INPUTS = [
     (["optimizer.momentum=-1"], "optimizer.momentum=-1 must be at least 0.0"),
     (["optimizer=adam", "optimizer.betas=[0.9,2.0]"], "optimizer.betas[1]=2.0 must be below 1"),
     (["optimizer._target_=torch.optim.Nope"], "cannot be built"),
+    (["optimizer=torch", "optimizer.name=LBFGS"], "optimizer torch.optim.LBFGS needs a closure that evaluates the loss again within its step"),
     (["model=mlp", "model.hidden=0"], "model.hidden=0 must be at least 1"),
     (["model=mlp", "model.hidden=1.5"], "model.hidden=1.5 is not a whole number"),
     (["model=mlp", "model.activation=gelu"], "model.activation='gelu' is not one of"),

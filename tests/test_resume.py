@@ -325,6 +325,16 @@ def test_predict_refuses_a_run_that_did_not_finish(capsys, tmp_path, finished):
     assert code == 2 and "allow_status=[5] must be a list of statuses" in err
     code, _, err = run_in_process(capsys, "predict.py", f"run={finished}", f"data.path={data}", "output=/proc/none/p.csv")
     assert code == 2 and "cannot write /proc/none/p.csv" in err
+    code, _, err = run_in_process(capsys, "predict.py", f"run={finished}", f"data.path={data}", "allow_status=[ok,bogus]")
+    assert code == 2 and "allow_status names bogus, which is not a run's status; choose from ok, diverged, failed, interrupted, unfinished" in err
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("{}")  # not a run, whose status would read "unfinished"
+    for folder, also in ((sweep, " (a sweep's folder: name one of its jobs' folders)"), (tmp_path, "")):
+        code, _, err = run_in_process(capsys, "predict.py", f"run={folder}", f"data.path={data}")
+        assert (
+            code == 2 and err.strip() == f"error: run={folder} is not a run folder: it has no config.yaml{also}; point run= at a run a training wrote"
+        )
 
 
 @pytest.mark.parametrize(

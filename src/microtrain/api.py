@@ -65,7 +65,10 @@ def sweep(*overrides: str, launcher: str = "stacked", sweep_dir: Optional[PathLi
     if given is not None and sweep_dir is not None and Path(sweep_dir).resolve() != given.resolve():
         raise ConfigError(f"hydra.sweep.dir={given} and sweep_dir={sweep_dir} name two folders: give one")
     folder = Path(sweep_dir) if sweep_dir is not None else given if given is not None else _free(_default_folder("sweep", overrides, extra))
-    mine = [o for o in overrides if _given([o], "hydra.sweep.dir") is None]
+    chosen = _given(overrides, "hydra/launcher")
+    if chosen is not None and str(chosen) != launcher:
+        raise ConfigError(f"hydra/launcher={chosen} and launcher={launcher!r} name two launchers: give launcher={str(chosen)!r}")
+    mine = [o for o in overrides if _given([o], "hydra.sweep.dir") is None and _given([o], "hydra/launcher") is None]
     _run("train_main", ["-m", f"hydra/launcher={launcher}", *mine, *extra, _set("hydra.sweep.dir", folder.absolute())])
     summary = folder / "summary.csv"
     if not summary.is_file():
@@ -164,7 +167,7 @@ def _checked(overrides: Sequence[Any]) -> Sequence[str]:
             unpack = " (unpack a list with *)" if isinstance(override, (list, tuple)) else ""
             raise ConfigError(f"{override!r} is not an override: give each as a string, like train('model=mlp', 'optimizer.lr=0.1'){unpack}")
         if override.startswith("-"):
-            raise ConfigError(f"{override} is a command-line flag, not an override: sweep() runs a sweep (-m) itself")
+            raise ConfigError(f"{override} is a command-line flag, not an override: give overrides only (sweep() runs a sweep itself)")
     return overrides
 
 
@@ -213,6 +216,7 @@ def _run(main: str, args: list[str]) -> None:
         return
     lines = [line for line in errors.getvalue().splitlines() if line.startswith("error: ")]
     message = lines[-1].removeprefix("error: ") if lines else f"the command exited with status {code}"
+    message = message.replace("so add -m (or give one value)", "so call sweep() (or give one value)")  # the command line's words, in Python's
     if code in (130, 143):
         raise KeyboardInterrupt(message)
     if code == 2:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from microtrain import usage
-from microtrain.console import console, error_console, fmt, one_line, print_start, quiet_libraries, start_up_collection_paused
+from microtrain.console import console, error_console, one_line, print_result, print_start, quiet_libraries, start_up_collection_paused
 from microtrain.run import folder as run_folder
 from microtrain.config.overrides import resolve, unresolvable
 from microtrain.errors import ConfigError, FolderBusy, Interrupted, MicrotrainError, TrainingDiverged, WriteFailed
@@ -123,21 +123,7 @@ def train_command(cfg: DictConfig) -> float:
     logging.getLogger("microtrain").info("final weights sha256 %s (rank %s)", digest, os.environ.get("NODE_RANK", "0"))
     if not result.is_global_zero:
         return objective(metrics, cfg.optimize.metric)[1]
-    console.print(f"run folder: {run_dir}")
-    losses = "  ".join(f"{k}={fmt(metrics[k])}" for k in ("train_loss", "val_loss") if k in metrics)
-    compiled = f", {metrics['compile_seconds']:.1f} s of it compiling" if "compile_seconds" in metrics else ""
-    threads = f", {metrics['threads']} thread{'s' if metrics['threads'] > 1 else ''}" if "threads" in metrics else ""
-    console.print(f"final: {losses}  ({metrics['steps']} steps, {metrics['seconds']:.1f} s{compiled}{threads})")
-    tested = "  ".join(f"{k}={fmt(v)}" for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float))
-    if tested:
-        # no best.ckpt when the run ended before its first validation: the final weights are tested
-        checkpoint = Path(metrics["test_checkpoint"]).name if metrics.get("test_checkpoint") else "none, the final weights"
-        console.print(f"test (checkpoint {checkpoint}): {tested}")
-    if "train_loss_optimum" in metrics:
-        console.print(f"least-squares optimum of the training loss: {fmt(metrics['train_loss_optimum'])} (gap {fmt(metrics['optimality_gap'])})")
-    if result.best_checkpoint:
-        console.print(f"best checkpoint: {result.best_checkpoint}")
-    console.print(f"open TensorBoard: {run_folder.tensorboard_command(run_dir)}")
+    print_result(run_dir, metrics, result.best_checkpoint, run_folder.tensorboard_command(run_dir))
     return objective(metrics, cfg.optimize.metric)[1]
 
 
@@ -180,7 +166,7 @@ def _fail(err: Exception, run_dir: Path, overrides_record: bool = True, fresh: b
     metrics = run_dir / run_folder.METRICS
     # A job that trained in this folder owns it; bad input must not touch an earlier run's
     # results, nor the files of a run still going in it (the lock).
-    holds_a_run = metrics.exists() or (run_dir / run_folder.CONFIG).exists()
+    holds_a_run = metrics.exists() or (run_dir / run_folder.CONFIG).exists() or (run_dir / "multirun.yaml").exists()  # or a sweep
     owns_folder = not isinstance(err, FolderBusy) and (status == "diverged" or not isinstance(err, MicrotrainError) or not holds_a_run)
     if run_dir.is_dir() and owns_folder and not isinstance(err, WriteFailed):  # a full disk takes no more writes
         try:
@@ -197,14 +183,13 @@ def _fail(err: Exception, run_dir: Path, overrides_record: bool = True, fresh: b
 
 def explain_command(cfg: DictConfig) -> None:
     """Explain one step of the configured training and write step.json into the run folder."""
-    from microtrain.explain.step import config_of_run, explain_step
+    from microtrain.explain.step import config_in_folder, explain_step
     from microtrain.explain.printing import print_report
 
     quiet_libraries()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        if (run_dir / run_folder.CONFIG).is_file():  # a run's folder: its step, with its config
-            cfg = config_of_run(cfg, run_dir / run_folder.CONFIG, cast("list[str]", OmegaConf.to_container(HydraConfig.get().overrides.task)))
+        cfg = config_in_folder(cfg, run_dir, cast("dict[str, list[str]]", OmegaConf.to_container(HydraConfig.get().overrides)), console.print)
         report = explain_step(cfg, run_dir)
     except (MicrotrainError, InterpolationResolutionError) as err:
         _fail(err if isinstance(err, MicrotrainError) else unresolvable(err), run_dir)
@@ -265,6 +250,9 @@ def run_hydra(config_name: str, task: Callable[[DictConfig], Any]) -> None:
     Hydra prints its own 5-10 line messages unless HYDRA_FULL_ERROR is set; with it set here,
     it raises them instead, and they are turned into one line below. A user who sets it gets
     Hydra's full traceback, as Hydra documents."""
+    if config_name != "train" and {"-m", "--multirun"} & set(sys.argv[1:]):  # Hydra would look for the sweeper that train.py registers
+        error_console.print("error: -m runs a sweep, which only train.py does: drop -m", markup=False)
+        sys.exit(2)
     ours = "HYDRA_FULL_ERROR" not in os.environ
     if ours:
         os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -288,12 +276,14 @@ def run_hydra(config_name: str, task: Callable[[DictConfig], Any]) -> None:
 
 def report_main() -> None:
     """``microtrain-report <run or sweep folder>``: draw report.png from its TensorBoard logs."""
-    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
+    if len(sys.argv) == 2 and sys.argv[1] in ("-h", "--help"):
         print(cast(str, report_main.__doc__).strip("`").replace("``", ""))
-        sys.exit(0 if len(sys.argv) == 2 else 2)
-    from microtrain.report import write_report
-
+        sys.exit(0)
     try:
+        if len(sys.argv) != 2:
+            raise ConfigError(f"give one run or sweep folder, not {len(sys.argv) - 1} arguments: microtrain-report <folder>")
+        from microtrain.report import write_report
+
         console.print(f"report: {write_report(sys.argv[1])}")
     except MicrotrainError as err:
         error_console.print(f"error: {err}", markup=False, soft_wrap=True)

@@ -1,6 +1,6 @@
-"""What every command prints through, and what it quiets: the consoles, Lightning's chatter, and
-the garbage-collector pause while torch and Lightning import. Here, below both ``microtrain.cli``
-and the stacked launcher, so neither imports the other."""
+"""What every command prints through, and what it quiets: the consoles, a finished run's lines,
+Lightning's chatter, and the garbage-collector pause while torch and Lightning import. Here,
+below both ``microtrain.cli`` and the stacked launcher, so neither imports the other."""
 
 import gc
 import logging
@@ -9,7 +9,8 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 from rich.console import Console
 
@@ -80,3 +81,22 @@ def one_line(err: Exception) -> str:
 
 def fmt(value: object) -> str:
     return "n/a" if value is None else f"{value:.6g}"
+
+
+def print_result(run_dir: Path, metrics: dict[str, Any], best_checkpoint: Optional[str], tensorboard: str) -> None:
+    """A finished run's lines: its folder, final losses, test metrics, optimum, best checkpoint and TensorBoard."""
+    console.print(f"run folder: {run_dir}")
+    losses = "  ".join(f"{k}={fmt(metrics[k])}" for k in ("train_loss", "val_loss") if k in metrics)
+    compiled = f", {metrics['compile_seconds']:.1f} s of it compiling" if "compile_seconds" in metrics else ""
+    threads = f", {metrics['threads']} thread{'s' if metrics['threads'] > 1 else ''}" if "threads" in metrics else ""
+    console.print(f"final: {losses}  ({metrics['steps']} steps, {metrics['seconds']:.1f} s{compiled}{threads})")
+    tested = "  ".join(f"{k}={fmt(v)}" for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float))
+    if tested:
+        # no best.ckpt when the run ended before its first validation: the final weights are tested
+        checkpoint = Path(metrics["test_checkpoint"]).name if metrics.get("test_checkpoint") else "none, the final weights"
+        console.print(f"test (checkpoint {checkpoint}): {tested}")
+    if "train_loss_optimum" in metrics:
+        console.print(f"least-squares optimum of the training loss: {fmt(metrics['train_loss_optimum'])} (gap {fmt(metrics['optimality_gap'])})")
+    if best_checkpoint:
+        console.print(f"best checkpoint: {best_checkpoint}")
+    console.print(f"open TensorBoard: {tensorboard}")

@@ -1,5 +1,7 @@
-"""Optimizers and learning-rate schedulers from config: any ``torch.optim`` class via ``_target_``."""
+"""Optimizers and learning-rate schedulers from config: any ``torch.optim`` class via ``_target_``
+whose step needs no closure (not LBFGS)."""
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Optional, cast
 
@@ -16,7 +18,15 @@ def optimizer_factory(cfg: Mapping[str, Any]) -> Callable[..., torch.optim.Optim
     (``optimizer=torch``: ``_target_`` made from ``name``, which is not the class's argument)."""
     config = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.create(dict(cfg)), resolve=True))
     arguments = {k: v for k, v in config.items() if k != "name"}
-    return OptimizerFactory(_instantiate(arguments, "optimizer"), str(arguments["_target_"]))
+    partial = _instantiate(arguments, "optimizer")
+    step = getattr(getattr(partial, "func", None), "step", None)
+    closure = inspect.signature(step).parameters.get("closure") if callable(step) else None
+    if closure is not None and closure.default is inspect.Parameter.empty:  # torch.optim.LBFGS
+        raise ConfigError(
+            f"optimizer {arguments['_target_']} needs a closure that evaluates the loss again within its step, "
+            "which microtrain's step (forward, loss, backward, update) does not give; choose another optimizer"
+        )
+    return OptimizerFactory(partial, str(arguments["_target_"]))
 
 
 class OptimizerFactory:
@@ -34,7 +44,6 @@ class OptimizerFactory:
 
     def _suggestion(self, err: Exception) -> str:
         """A mistyped argument (+optimizer.lrr=0.1): the closest one the class takes."""
-        import inspect
         import re
 
         from microtrain.config.overrides import did_you_mean

@@ -53,6 +53,9 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best", trusted: bool = 
     return model.eval(), info
 
 
+STATUSES = ("ok", "diverged", "failed", "interrupted", "unfinished")  # metrics.json's, and a run that never wrote one
+
+
 def predict_command_line(cfg: DictConfig) -> tuple[Path, list[str]]:
     """``microtrain-predict``'s settings (``conf/predict.yaml``), checked, then ``predict_file``."""
     for key, example in (
@@ -89,6 +92,12 @@ def predict_file(
     status is not in ``allow_status`` (a diverged, failed or interrupted one) is refused."""
     if not Path(run_dir).is_dir():
         raise ConfigError(f"run={run_dir} is not a folder; point run= at a finished run folder")
+    if not (Path(run_dir) / "config.yaml").is_file():  # a sweep's folder, an empty one, a job refused before it trained
+        sweep = " (a sweep's folder: name one of its jobs' folders)" if (Path(run_dir) / "multirun.yaml").is_file() else ""
+        raise ConfigError(f"run={run_dir} is not a run folder: it has no config.yaml{sweep}; point run= at a run a training wrote")
+    unknown = [a for a in allow_status if a not in STATUSES]
+    if unknown:
+        raise ConfigError(f"allow_status names {', '.join(unknown)}, which is not a run's status; choose from {', '.join(STATUSES)}")
     metrics_file = Path(run_dir) / "metrics.json"
     status = json.loads(metrics_file.read_text()).get("status") if metrics_file.is_file() else "unfinished"
     if status not in allow_status:

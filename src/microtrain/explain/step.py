@@ -8,7 +8,7 @@ pass written out layer by layer with the chain rule (``explain.chain``), checked
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional, cast
 
 import torch
@@ -72,6 +72,22 @@ class StepReport:
             "chain_vs_autograd": self.chain_vs_autograd,
             "clipping": self.clipping,
         }
+
+
+def config_in_folder(cfg: DictConfig, run_dir: Path, overrides: dict[str, list[str]], say: Callable[[str], None]) -> DictConfig:
+    """What ``explain_step.py`` explains in ``run_dir`` (``overrides``: Hydra's ``task`` and
+    ``hydra`` lists): a run's folder, that run's step (``config_of_run``); a sweep's folder is
+    refused (its jobs' folders hold the runs); a folder named with ``hydra.run.dir`` that holds
+    no run, this command's config, as a note says (a mistyped run folder would explain the default)."""
+    if (run_dir / run_folder.CONFIG).is_file():
+        return config_of_run(cfg, run_dir / run_folder.CONFIG, overrides["task"])
+    if (run_dir / "multirun.yaml").is_file() or any((job / ".hydra").is_dir() for job in run_dir.iterdir() if job.is_dir()):
+        jobs = sorted(job.name for job in run_dir.iterdir() if (job / run_folder.CONFIG).is_file())
+        such = f" (such as {run_dir / jobs[0]})" if jobs else ""
+        raise ConfigError(f"{run_dir} is a sweep's folder: point hydra.run.dir at one of its jobs' folders{such}")
+    if any(o.startswith("hydra.run.dir=") for o in overrides["hydra"]):
+        say(f"note: {run_dir} holds no run (no {run_folder.CONFIG}): this explains the step of the config given here, not a run's")
+    return cfg
 
 
 def config_of_run(cfg: DictConfig, saved_file: Path, overrides: Sequence[str]) -> DictConfig:
