@@ -108,6 +108,18 @@ def test_auto_compiles_only_runs_long_enough_to_pay_back(tmp_path):
     assert "compile_seconds" not in result.metrics
 
 
+def test_auto_trains_eager_under_a_time_limit_which_compiling_would_spend(tmp_path):
+    """+trainer.max_time with a long max_epochs: compiling (seconds) took most of a short limit,
+    and the run trained 25 steps; auto leaves such a run eager, solo and stacked."""
+    from microtrain.stack.train import train_group
+
+    timed = ("trainer.max_epochs=100000", "+trainer.max_time=00:00:00:01", "log.inspect=false")
+    result = train(make_cfg(*timed), tmp_path / "solo")
+    assert "compile_seconds" not in result.metrics and result.metrics["steps"] > 500
+    metrics = train_group([make_cfg(*timed, f"optimizer.lr={lr}") for lr in (0.01, 0.02)], [tmp_path / "a", tmp_path / "b"], [False, False])
+    assert all("compile_seconds" not in m and m["steps"] > 500 for m in metrics)
+
+
 def test_threads_auto_gives_tiny_models_one_thread_and_a_number_sets_it(tmp_path):
     assert train(make_cfg("trainer.max_steps=5"), tmp_path / "a").metrics["threads"] == 1
     before = torch.get_num_threads()

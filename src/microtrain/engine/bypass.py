@@ -84,7 +84,9 @@ class StepLoop:
         self._rule = update_rule(optimizer)
         wanted = self.wants_compile
         if wanted == "auto":
-            wanted = compile_pays(planned_steps(trainer), self.multiply_adds)
+            # +trainer.max_time bounds the run by its clock, which compiling would spend: eager (a length not known)
+            timed = any(isinstance(cb, L.pytorch.callbacks.Timer) and cb.time_remaining() is not None for cb in trainer.callbacks)  # type: ignore[attr-defined]
+            wanted = compile_pays(None if timed else planned_steps(trainer), self.multiply_adds)
         if wanted and self.compiled is None:
             assert trainer.train_dataloader is not None  # on_train_start: Lightning has set up the data
             rows = trainer.train_dataloader.batch_size

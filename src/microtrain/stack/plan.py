@@ -149,7 +149,8 @@ def _report(
     ok = sum(m["status"] == "ok" for m in metrics)
     steps = sorted({m["steps"] for m in metrics if "steps" in m})  # early stopping ends jobs apart; an interrupted job has none
     trained = f"{steps[0]} steps each, " if len(steps) == 1 else f"{steps[0]}-{steps[-1]} steps, " if steps else ""
-    console.print(f"group {name}: {len(jobs)} job{'s' if len(jobs) > 1 else ''} stacked, {trained}{ok} ok, {seconds:.1f} s")
+    compiling = next((f", {m['compile_seconds']:.1f} s of it compiling" for m in metrics if "compile_seconds" in m), "")  # as a solo run's line
+    console.print(f"group {name}: {len(jobs)} job{'s' if len(jobs) > 1 else ''} stacked, {trained}{ok} ok, {seconds:.1f} s{compiling}")
     for i, m in zip(jobs, metrics):
         if m["status"] != "ok":
             console.print(f"error: job #{i}: {m['error']}", markup=False)

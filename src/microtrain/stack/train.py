@@ -100,12 +100,12 @@ class StackedRun(L.Callback, WholeSteps):
         self.log_every, self.checkpoint_every = cfg.log.every_n_steps, cfg.checkpoint.every_n_steps
         planned = self.data.planned_steps(self.max_epochs, self.max_steps, self.accumulate)
         wanted = cfg.loop.compile
-        compile = wanted is True or (wanted == "auto" and planned * len(jobs) >= COMPILE_FROM_JOB_STEPS and self.multiply_adds <= 1_000_000)
+        pays = planned * len(jobs) >= COMPILE_FROM_JOB_STEPS and self.multiply_adds <= 1_000_000 and not cfg.trainer.get("max_time")  # as solo
+        compile = wanted is True or (wanted == "auto" and pays)
         if compile and self.accumulate > 1:  # eager, as a solo run's (engine.compiled)
             if wanted is True:
                 print("note: trainer.accumulate_grad_batches is not compiled; training eager", flush=True)
             compile = False
-        clip = cfg.trainer.get("gradient_clip_val")
         self.stacked = StackedStep(
             [j.model for j in jobs],
             [j.optimizer for j in jobs],
@@ -113,7 +113,7 @@ class StackedRun(L.Callback, WholeSteps):
             self.device,
             self.dtype,
             compile,
-            clip,
+            cfg.trainer.get("gradient_clip_val"),
             cfg.trainer.get("gradient_clip_algorithm", "norm"),
             start_step=self.step_count,
             accumulate=self.accumulate,
