@@ -62,9 +62,12 @@ def test_predict_refuses_what_predict_py_refuses_in_the_callers_terms(run, tmp_p
         ([["a", "b", "c"]], "x must be numbers, rows x features"),
         (rows[["x0", "x1"]].assign(x2=1.0), r"x: row 1 \(by position\), column 'x0' is empty; fill it, or set missing=drop or missing=mean"),
         (rows, r"x: row 1 \(by position\), column 'x2': 'a' is not a number"),
+        (rows[["x0", "x1"]], r"x: no column 'x2', which the model was trained on; the DataFrame has: x0, x1"),
     ]:
         with pytest.raises(DataError, match=message):
             run.predict(x)
+    with pytest.raises(mt.ConfigError, match=r"^missing=mean fills cells with the training means, .* use missing=drop"):
+        run.predict(rows[["x0", "x1"]].assign(x2=1.0), missing="mean")  # the run trained without data.missing=mean
     kept = run.predict(rows[["x0", "x1"]].assign(x2=1.0), missing="drop")
     assert not np.isnan(kept[0, 0]) and np.isnan(kept[1, 0])  # the dropped row predicts nothing
     assert kept[0, 0] == pytest.approx(run.predict(np.array([[0.5, 0.0, 1.0]]))[0, 0])
@@ -247,3 +250,11 @@ def test_a_ctrl_c_in_one_call_does_not_stop_the_next(tmp_path):
         timer.cancel()
     run = mt.train(*TINY, run_dir=tmp_path / "next")
     assert run.metrics["status"] == "ok"
+
+
+def test_a_classifiers_dropped_row_predicts_nan_as_a_regressions_does(tmp_path):
+    iris = mt.train("data=iris", "loss=cross_entropy", "trainer.max_epochs=1", "log.inspect=false", run_dir=tmp_path / "iris")
+    info = json.loads((iris.folder / "data_info.json").read_text())
+    rows = pd.DataFrame({name: [5.0, None] if i == 0 else [3.0, 3.0] for i, name in enumerate(info["features"])})
+    predicted = iris.predict(rows, missing="drop")
+    assert predicted[0] in (info["classes"] or range(info["n_outputs"])) and np.isnan(predicted[1])

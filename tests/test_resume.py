@@ -4,6 +4,7 @@ resume, and predict.py that refuses unfinished runs."""
 
 import fcntl
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -327,6 +328,11 @@ def test_predict_refuses_a_run_that_did_not_finish(capsys, tmp_path, finished):
     assert code == 2 and "cannot write /proc/none/p.csv" in err
     code, _, err = run_in_process(capsys, "predict.py", f"run={finished}", f"data.path={data}", "allow_status=[ok,bogus]")
     assert code == 2 and "allow_status names bogus, which is not a run's status; choose from ok, diverged, failed, interrupted, unfinished" in err
+    early = tmp_path / "early"  # diverged before its first checkpoint
+    shutil.copytree(finished, early, ignore=shutil.ignore_patterns("*.ckpt"))
+    (early / "metrics.json").write_text(json.dumps({"status": "diverged"}))
+    code, _, err = run_in_process(capsys, "predict.py", f"run={early}", f"data.path={data}", "allow_status=[ok,diverged]")
+    assert code == 2 and err.strip() == f"error: {early} has no checkpoint: it ended before it wrote one, so there are no weights to predict with"
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     (sweep / "multirun.yaml").write_text("{}")  # not a run, whose status would read "unfinished"

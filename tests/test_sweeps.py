@@ -203,3 +203,9 @@ def test_a_second_sweep_into_a_folder_sums_up_its_own_jobs_and_overwrite_replace
     assert {Path(r["folder"]).name for r in rows} == {name for name in earlier if "seed=1" in name}
     now = {p.name: (p / "metrics.json").stat().st_mtime_ns for p in folder.iterdir() if p.is_dir()}
     assert now.keys() == earlier.keys() and [name for name in now if now[name] != earlier[name]] == [r for r in now if "seed=1" in r]
+
+
+def test_a_mistyped_key_in_a_sweep_is_refused_with_all_its_values(tmp_path, capsys):
+    """The way to add the key names the sweep's values as typed (Hydra's message names one job's)."""
+    code, _, err = run_in_process(capsys, "train.py", "-m", "optimizer.lrr=0.01,0.1", f"hydra.sweep.dir={tmp_path}")
+    assert code == 2 and err.strip().endswith("(did you mean optimizer.lr?); to add a new key write +optimizer.lrr=0.01,0.1")

@@ -29,7 +29,9 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best", trusted: bool = 
     for path in needed:
         if path == weights and not path.is_file() and needed[0].is_file():
             there = sorted(p.stem for p in weights.parent.glob("*.ckpt"))
-            raise ConfigError(f"{run_dir} has no {path.relative_to(run_dir)}; checkpoint= names one of its checkpoints: {', '.join(there) or 'none'}")
+            if not there:  # a run that diverged or failed before its first checkpoint
+                raise ConfigError(f"{run_dir} has no checkpoint: it ended before it wrote one, so there are no weights to predict with")
+            raise ConfigError(f"{run_dir} has no {path.relative_to(run_dir)}; checkpoint= names one of its checkpoints: {', '.join(there)}")
         if not path.is_file():
             raise ConfigError(f"run={run_dir} has no {path.relative_to(run_dir)}; point run= at a finished run folder")
     problem = check_checkpoint(weights)  # loads without running code, and matches its checksum

@@ -89,7 +89,7 @@ class Run:
             return outputs
         labels = outputs.argmax(axis=1)
         named = np.asarray(info["classes"], dtype=object)[labels] if info.get("classes") else labels.astype(object)
-        named[dropped] = None
+        named[dropped] = np.nan  # as a regression's dropped row (pandas reads it as missing)
         return named if dropped.any() or info.get("classes") else labels
 
     def plot(self) -> Any:
@@ -128,7 +128,7 @@ def _encoded(frame: Any, info: dict, missing: Optional[str]) -> np.ndarray:
         frame.to_csv(path, index=False)
         try:
             x, _, _, _ = _table_inputs(path, info, missing)
-        except DataError as err:  # the CSV's line numbers count its header: row 2 is the DataFrame's first
-            text = str(err).replace(f"{path}: ", "x: ").replace("data.missing=", "missing=")
-            raise DataError(re.sub(r"\brow (\d+)", lambda m: f"row {int(m.group(1)) - 2} (by position)", text)) from None
+        except (ConfigError, DataError) as err:  # the CSV's line numbers count its header: row 2 is the DataFrame's first
+            text = str(err).replace(f"{path}: ", "x: ").replace("data.missing=", "missing=").replace("the file has:", "the DataFrame has:")
+            raise type(err)(re.sub(r"\brow (\d+)", lambda m: f"row {int(m.group(1)) - 2} (by position)", text)) from None
     return x

@@ -61,7 +61,8 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
             groups = sorted({k.split(".")[0] for k in keys()})
             return f"{key} is neither a config group nor a key{did_you_mean(key, groups)}; see --help for the groups and keys"
         append = re.search(r"use (\+\S+)", text)
-        add = f"; to add a new key write {append.group(1)}" if append else ""
+        typed = next((a for a in sys.argv[1:] if a.startswith(f"{key}=")), None)  # a sweep's values all (Hydra names one job's)
+        add = f"; to add a new key write {'+' + typed if typed else append.group(1)}" if append else ""
         if key.startswith(("hydra.launcher.", "hydra.sweeper.")):  # a plugin takes no key it does not name
             add = f"; {key.rsplit('.', 1)[0]} takes: {', '.join(k.rsplit('.', 1)[1] for k in keys() if k.startswith(key.rsplit('.', 1)[0] + '.') and not k.endswith('._target_'))}"
         group, _, rest = key.partition(".")
