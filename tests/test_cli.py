@@ -103,6 +103,10 @@ def test_text_labels_without_a_classification_loss_get_the_hint(tmp_path, capsys
     table.write_text("a,b,label\n1,2,M\n2,3,B\n3,4,M\n4,5,B\n")
     code, _, err = run_in_process(capsys, "train.py", "data=csv", f"data.path={table}", "data.target=label", f"hydra.run.dir={tmp_path / 'r'}")
     assert code == 2 and err.strip().endswith("'M' is not a number; a text label is a class: train a classifier with loss=cross_entropy")
+    assert not (tmp_path / "r").exists()  # refused once its data was read: its folder is removed
+    import logging
+
+    logging.getLogger("tensorboard").info("a later line in this process")  # its log file's handler went with the folder (it raised FileNotFoundError)
 
 
 def test_training_from_python_is_as_quiet_as_the_command_line(tmp_path):

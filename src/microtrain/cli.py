@@ -161,6 +161,9 @@ def _fail(err: Exception, run_dir: Path, overrides_record: bool = True, fresh: b
         if lock.holds(run_dir) or not any(run_dir.iterdir()):
             lock.release(run_dir)
             run_folder.remove_unused(run_dir, (".lock", ".hydra", "train.log"))
+            root = logging.getLogger()  # its train.log handler, never opened (delay): a later line in this process would open it there
+            for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler) and h.baseFilename.startswith(f"{run_dir.absolute()}/")]:
+                root.removeHandler(handler)
         error_console.print(f"error: {message}", markup=False, soft_wrap=True)
         sys.exit(2)
     metrics = run_dir / run_folder.METRICS
