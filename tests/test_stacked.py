@@ -105,20 +105,42 @@ def test_a_job_with_a_missing_or_unresolvable_value_fails_alone_in_a_stacked_swe
     assert any(message in row["error"] for row in rows if row["status"] == "failed")
 
 
-def test_overwrite_refused_once_a_job_is_built_keeps_the_earlier_jobs_files(tmp_path, capsys):
-    """overwrite=true on a stacked sweep removes a job's earlier run only once the job is built:
-    a job refused then (model.in_features, known with the data) keeps every file, as a solo run does."""
+@pytest.mark.parametrize("bad", [["model.in_features=2"], ["+trainer.max_time=abc"]], ids=["in_features", "max_time"])
+@pytest.mark.parametrize("launcher", ["stacked", "basic"])
+def test_overwrite_refused_once_a_job_is_built_keeps_the_earlier_jobs_files(tmp_path, capsys, launcher, bad):
+    """overwrite=true on a sweep removes a job's earlier run only once the job is built: a job
+    refused then (model.in_features, known with the data; a max_time Lightning's Timer refuses)
+    keeps every file, as a solo run does, and the summary calls it refused, not the earlier ok run."""
     from tests_helpers import files_of
 
-    sweep = ["-m", "hydra/launcher=stacked", *MLP, "trainer.max_epochs=1", "optimizer.lr=0.01,0.02", f"hydra.sweep.dir={tmp_path}"]
+    sweep = ["-m", f"hydra/launcher={launcher}", *MLP, "trainer.max_epochs=1", "optimizer.lr=0.01,0.02", f"hydra.sweep.dir={tmp_path}"]
     sweep.append("hydra.sweep.subdir=${hydra.job.num}")  # the same folders for the second command
     code, _, err = run_in_process(capsys, "train.py", *sweep)
     assert code == 0, err
     before = {job: files_of(tmp_path / job) for job in ("0", "1")}
-    code, out, err = run_in_process(capsys, "train.py", *sweep, "overwrite=true", "model.in_features=2")
-    assert code == 0 and "error: job #0: model.in_features=2 but the data has 3 features" in out, err
+    code, out, err = run_in_process(capsys, "train.py", *sweep, "overwrite=true", *bad)
+    assert code == 0 and ("model.in_features=2 but the data has 3 features" in out + err or "not a valid duration" in out + err), out + err
     # every file byte-identical, the sweep's HParams experiment (.sweep, the same jobs) included
     assert {job: files_of(tmp_path / job) for job in ("0", "1")} == before
+    with open(tmp_path / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["status"], r["best"]) for r in rows] == [("refused", ""), ("refused", "")]
+
+
+def test_a_group_that_fails_once_its_jobs_are_open_lists_them_failed(tmp_path, capsys, monkeypatch):
+    """An error inside a stacked group's training (a full disk, a bug): each job failed, in its
+    metrics.json and the summary (they were left out of the summary when their folders held files)."""
+    from microtrain.stack.train import StackedRun
+
+    def broken(self):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(StackedRun, "_fit", broken)
+    code, _, err = run_in_process(capsys, "train.py", "-m", "hydra/launcher=stacked", *MLP, "optimizer.lr=0.01,0.02", f"hydra.sweep.dir={tmp_path}")
+    assert code == 0, err
+    with open(tmp_path / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["status"] for r in rows] == ["failed", "failed"] and all(r["error"] == "RuntimeError: a bug" for r in rows)
 
 
 def test_a_users_hydra_callback_sees_hydras_own_view_of_a_stacked_job(tmp_path, capsys):

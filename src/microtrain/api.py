@@ -217,6 +217,7 @@ def _run(main: str, args: list[str]) -> None:
     lines = [line for line in errors.getvalue().splitlines() if line.startswith("error: ")]
     message = lines[-1].removeprefix("error: ") if lines else f"the command exited with status {code}"
     message = message.replace("so add -m (or give one value)", "so call sweep() (or give one value)")  # the command line's words, in Python's
+    message = message.replace("choose another hydra.sweep.dir", "choose another sweep_dir")
     if code in (130, 143):
         raise KeyboardInterrupt(message)
     if code == 2:

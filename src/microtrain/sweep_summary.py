@@ -40,10 +40,13 @@ def sweeper_direction(mode: str) -> str:
     return directions[mode]
 
 
-def collect(sweep_dir: Path, optimize: Any, hidden_keys: tuple[str, ...] = (), only: Optional[set[Path]] = None) -> list[dict[str, Any]]:
+def collect(
+    sweep_dir: Path, optimize: Any, hidden_keys: tuple[str, ...] = (), only: Optional[set[Path]] = None, refused: frozenset[Path] = frozenset()
+) -> list[dict[str, Any]]:
     """A row per job folder (one with .hydra/overrides.yaml), of the folders ``only`` when given
     (this sweep's jobs: an earlier sweep into the same folder left others); ``hidden_keys`` are
-    left out of its overrides."""
+    left out of its overrides. ``refused``: this sweep's jobs that ended with an infinite
+    objective; one whose folder reads ok kept an earlier run there, which is not this sweep's."""
     import yaml
 
     rows = []
@@ -58,6 +61,8 @@ def collect(sweep_dir: Path, optimize: Any, hidden_keys: tuple[str, ...] = (), o
             if metrics_file.exists()
             else {"status": "failed", "error": "the job ended without writing metrics.json"}
         )
+        if folder.resolve() in refused and metrics.get("status") == "ok":
+            metrics = {"status": "refused", "error": "refused (its error line above); its folder keeps an earlier run"}
         name, value = objective(metrics, optimize.metric)
         row = {key: metrics.get(key) for key in [*COLUMNS, name] if key in metrics}
         rows.append(row | {"overrides": " ".join(overrides) or "(none)", "folder": str(folder), "objective": value, "metric": name})
@@ -128,12 +133,13 @@ started: Optional[Path] = None  # the sweep folder of this process's sweep: a sw
 # the job folders of this process's sweep, as its sweeper got them back from the launcher
 # (hydra/sweeper=microtrain, the default); None: every job folder of the sweep folder (Optuna's)
 launched: Optional[set[Path]] = None
+refused: frozenset[Path] = frozenset()  # of those, the ones that ended with an infinite objective (ComposedSweeper)
 
 
 class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        global started, launched
-        started, launched = Path(config.hydra.sweep.dir), None
+        global started, launched, refused
+        started, launched, refused = Path(config.hydra.sweep.dir), None, frozenset()
         from microtrain.run import interrupt
 
         interrupt.start_sweep(started)  # SIGTERM to this process reaches the launcher's worker processes too
@@ -145,7 +151,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         optimize = config.optimize
         hidden = tuple(config.hydra.job.config.override_dirname.exclude_keys)
-        rows = rank(collect(sweep_dir, optimize, hidden, launched), optimize.mode)
+        rows = rank(collect(sweep_dir, optimize, hidden, launched, refused), optimize.mode)
         write_summary(sweep_dir, rows)
         from microtrain.monitor.hparams import write_sweep_experiment  # imports torch: only at a sweep's end
 

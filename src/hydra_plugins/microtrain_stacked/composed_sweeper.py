@@ -3,6 +3,7 @@
 jobs that differ only in values from one composition (``microtrain.config.sweep_jobs``), and
 hands those configs to the launcher instead of having it compose them all again."""
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, cast
@@ -62,7 +63,10 @@ class ComposedSweeper(BasicSweeper):
             from microtrain import sweep_summary
 
             # the summary lists these jobs, not others an earlier sweep left in the same folder
-            sweep_summary.launched = {Path(str(r.hydra_cfg.hydra.runtime.output_dir)).resolve() for batch in returns for r in batch if r.hydra_cfg}
+            folder = lambda r: Path(str(r.hydra_cfg.hydra.runtime.output_dir)).resolve()  # noqa: E731
+            sweep_summary.launched = {folder(r) for batch in returns for r in batch if r.hydra_cfg}
+            # a job refused without touching its folder (an earlier run stays there): its objective is infinity
+            sweep_summary.refused = frozenset(folder(r) for batch in returns for r in batch if r.hydra_cfg and r.return_value == math.inf)
             return returns
         except ConfigError:
             if kept is not None:  # a refused resume leaves the sweep's record as it was
@@ -98,7 +102,7 @@ def _refuse_what_a_solo_run_refuses(config: DictConfig, jobs: list[Sequence[str]
         earlier = sorted((folder, what) for folder in ours if folder.is_dir() and (what := run_folder.earlier_run(folder)))
         if earlier:
             raise ConfigError(
-                f"{sweep_dir} holds runs of {len(earlier)} of these {len(ours)} jobs (such as {earlier[0][0].name}: {earlier[0][1]}); "
+                f"{sweep_dir} holds runs of {len(earlier)} of these {len(ours)} jobs (such as {earlier[0][0].relative_to(sweep_dir)}: {earlier[0][1]}); "
                 "resume=true finishes the sweep (its finished jobs stay as they are), overwrite=true replaces them, "
                 "or choose another hydra.sweep.dir"
             )

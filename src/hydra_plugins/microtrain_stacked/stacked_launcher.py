@@ -159,7 +159,7 @@ class StackedLauncher(Launcher):
         configure_log(config.hydra.job_logging, config.hydra.verbose)
         with env_override(hydra_cfg.hydra.job.env_set):
             self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
-            if not (result["status"] == "failed" and run_folder.earlier_run(folder)):  # refused: an earlier run there stays whole, as a solo job's
+            if not result.get("kept"):  # refused before its folder was touched: an earlier run there stays whole, as a solo job's
                 run_folder.write_hydra_record(folder, hydra_cfg, task)  # hydra.output_subdir: null
                 logging.getLogger("microtrain").info("trained stacked: %s", result["status"])  # train.log, as a solo job's
             ret.return_value = result["objective"] if result["status"] == "ok" else math.inf

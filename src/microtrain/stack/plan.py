@@ -47,6 +47,7 @@ def run_stacked(
                 raise MicrotrainError("does not resolve")
             schema.check(cfg)
             trainer_arguments(cfg.trainer)
+            _check_max_time(cfg)
             run_folder.refuse_links(folder)
             if not cfg.resume and run_folder.earlier_run(folder) and not cfg.get("overwrite"):
                 raise MicrotrainError("holds a run")  # refused as a solo run refuses it, with its message
@@ -115,9 +116,11 @@ def run_stacked(
             _report(console, numbered, outcome, folders, cfgs, results)
     for (_, chunk), outcome in zip(chunks, outcomes):
         if outcome is None:
-            for i in chunk:
-                results[i] = {"status": "interrupted", "objective": math.inf}
-                _failed(folders[i], "not started: the sweep was interrupted", status="interrupted")
+            for i in chunk:  # an earlier run in its folder (overwrite=true, resume=true) stays as it is
+                kept = run_folder.earlier_run(folders[i]) is not None
+                results[i] = {"status": "interrupted", "objective": math.inf, **({"kept": True} if kept else {})}
+                if not kept:
+                    _failed(folders[i], "not started: the sweep was interrupted", status="interrupted")
     return results, fresh
 
 
@@ -125,13 +128,14 @@ def _trained_here(cfgs: list[DictConfig], folders: list[Path], resume: list[bool
     """One chunk of a group trained stacked in this process; each job's metrics (a failure: each job failed)."""
     from microtrain.stack.train import train_group
 
+    started = time.time() - 1.0  # a job's folder this group opened has a config.yaml written since (the file clock is coarse)
     try:
         return train_group(cfgs, folders, resume, overrides)
     except MicrotrainError as err:
-        return [_failed(folder, str(err)) for folder in folders]
+        return [_failed(folder, str(err), since=started) for folder in folders]
     except Exception as err:  # noqa: BLE001 -- in a sweep one broken group must not stop the others
         first = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
-        return [_failed(folder, f"{type(err).__name__}: {first}") for folder in folders]
+        return [_failed(folder, f"{type(err).__name__}: {first}", since=started) for folder in folders]
 
 
 def _report(
@@ -154,7 +158,20 @@ def _report(
     for i, m in zip(jobs, metrics):
         if m["status"] != "ok":
             console.print(f"error: job #{i}: {m['error']}", markup=False)
-        results[i] = {"status": m["status"], "objective": objective(m, cfgs[i].optimize.metric)[1]}
+        # kept: refused before its folder was touched, which holds an earlier run (the launcher records nothing there)
+        results[i] = {"status": m["status"], "objective": objective(m, cfgs[i].optimize.metric)[1], **({"kept": True} if m.get("kept") else {})}
+
+
+def _check_max_time(cfg: DictConfig) -> None:
+    """+trainer.max_time that Lightning's Timer refuses: the job runs alone, where its solo run
+    refuses it in one line before its folder is touched (the group would fail every job at its start)."""
+    if cfg.trainer.get("max_time"):
+        from lightning.pytorch.callbacks import Timer
+
+        try:
+            Timer(cfg.trainer.max_time)
+        except Exception as err:  # noqa: BLE001 -- Lightning's MisconfigurationException, or a type error
+            raise MicrotrainError(str(err)) from None
 
 
 def _finished(folder: Path, cfg: DictConfig) -> Optional[Result]:
@@ -175,8 +192,13 @@ def _saved_step(path: Path) -> int:
         return -1
 
 
-def _failed(folder: Path, message: str, status: str = "failed") -> Result:
+def _failed(folder: Path, message: str, status: str = "failed", since: Optional[float] = None) -> Result:
+    """The job failed: its metrics.json says so, unless its folder holds an earlier run the group
+    had not opened (written before ``since``), which stays whole (``kept``), as a solo run's."""
     metrics = {"status": status, "error": message}
+    config = folder / run_folder.CONFIG
+    if since is not None and run_folder.earlier_run(folder) and not (config.is_file() and config.stat().st_mtime >= since):
+        return metrics | {"kept": True}
     folder.mkdir(parents=True, exist_ok=True)
     run_folder.write_json_atomic(folder / run_folder.METRICS, metrics)
     return metrics

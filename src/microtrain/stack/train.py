@@ -31,7 +31,7 @@ from microtrain.stack.best import BestEpochs
 from microtrain.stack.epoch_end import end_epoch
 from microtrain.stack.finish import finish_jobs
 from microtrain.stack.inspect import StackedInspector
-from microtrain.stack.jobs import StackedJob
+from microtrain.stack.jobs import StackedJob, refusal
 from microtrain.stack.step import StackedModel, StackedStep
 from microtrain.engine.build import multiply_adds_per_step, steps_per_call
 from microtrain.engine.module import Trainee, WholeSteps
@@ -55,10 +55,7 @@ def train_group(
         try:
             jobs.append(StackedJob(cfg, run_dir, job_overrides, like=jobs[0] if jobs else None))
         except ConfigError as err:  # what its solo run refuses once its data is known (optimize.metric): it alone fails
-            refused[k] = {"status": "failed", "error": str(err)}
-            if not run_folder.earlier_run(Path(run_dir)):  # an earlier run there (overwrite=true) stays whole, as a solo run's
-                Path(run_dir).mkdir(parents=True, exist_ok=True)
-                run_folder.write_json_atomic(Path(run_dir) / run_folder.METRICS, refused[k])
+            refused[k] = refusal(Path(run_dir), str(err))
     for job in [job for job, again in zip(jobs, [again for k, again in enumerate(resume) if k not in refused]) if again]:
         job.resume()
     trained = iter(StackedRun(jobs).run() if jobs else [])
