@@ -229,6 +229,31 @@ def test_overwrite_refused_once_built_keeps_the_earlier_run(capsys, tmp_path, tr
     assert files_of(run) == before
 
 
+@pytest.mark.parametrize(
+    "raised, code, line",
+    [
+        (RuntimeError("a bug"), 2, "RuntimeError: a bug (unexpected: {run} keeps its earlier run)"),
+        (KeyboardInterrupt(), 130, "interrupted by SIGINT; {run} keeps its earlier run"),
+    ],
+)
+def test_overwrite_stopped_before_the_run_is_built_keeps_the_earlier_run(capsys, tmp_path, trained_run, monkeypatch, raised, code, line):
+    """A bug or Ctrl-C while the new run is being built: the earlier run is not replaced yet, so
+    nothing of it is touched (no failed or interrupted metrics.json, no traceback in its train.log)."""
+    import shutil
+
+    from tests_helpers import files_of
+
+    def broken(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr("microtrain.engine.fit.prepare", broken)
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    before = files_of(run)
+    got, out, err = run_in_process(capsys, "train.py", f"hydra.run.dir={run}", "overwrite=true")
+    assert got == code and err.strip() == "error: " + line.format(run=run) and "Traceback" not in err + out
+    assert files_of(run) == before
+
+
 @pytest.mark.parametrize("value", ["trainer.max_epochs=abc", "trainer.max_steps=abc", "trainer.max_epochs=1.5"])
 def test_resume_with_a_run_length_that_is_not_a_number_is_one_line(capsys, tmp_path, trained_run, value):
     """The schema's line, before the resume's own checks read the value (a TypeError traceback

@@ -54,6 +54,7 @@ def train_command(cfg: DictConfig) -> float:
     changes: list[str] = []
     # Hydra made the folder just now (or it was empty): a run refused before training removes it again
     fresh = not multirun and run_dir.is_dir() and not any(run_dir.iterdir())
+    waiting: list[bool] = []  # [True] while an earlier run there waits for begin() to replace it: nothing may touch it
     try:
         schema.check_run_mode(cfg)  # resume and overwrite decide what is read: checked first
         if multirun and interrupt.stop_signal() is not None:
@@ -78,13 +79,15 @@ def train_command(cfg: DictConfig) -> float:
         earlier = None if cfg.resume or not first_rank else run_folder.earlier_run(run_dir)
         if earlier and not cfg.get("overwrite"):
             raise ConfigError(f"{run_dir} holds {earlier}; resume=true continues it, overwrite=true replaces it, or choose another hydra.run.dir")
+        waiting.extend([True] if earlier else [])
         run_folder.refuse_links(run_dir)
         lock.acquire(run_dir)  # every check above ran before this folder's first byte is written
 
         def begin() -> None:
             """Once the run is built (its data, model, optimizer and Trainer: their checks passed),
             before its first write: an overwrite=true refused by a later check keeps the earlier run."""
-            if earlier:
+            if waiting:
+                waiting.clear()
                 run_folder.clear_run(run_dir)  # overwrite=true: no stale checkpoint or event file stays
             if not cfg.resume and first_rank:  # the other ranks of a DDP run write nothing of their own
                 run_folder.write_hydra_record(run_dir, HydraConfig.instance().cfg, cfg)
@@ -99,9 +102,9 @@ def train_command(cfg: DictConfig) -> float:
         interrupt.check()
         result = train(cfg, run_dir, resume_changes=changes, begin=begin)
     except Interrupted as err:
-        return _interrupted(err, run_dir)
+        return _interrupted(err, run_dir, keep=bool(waiting))
     except KeyboardInterrupt:
-        return _interrupted(Interrupted("interrupted by SIGINT", signal.SIGINT), run_dir)
+        return _interrupted(Interrupted("interrupted by SIGINT", signal.SIGINT), run_dir, keep=bool(waiting))
     except MicrotrainError as err:
         return _fail(err, run_dir, overrides_record=not cfg.resume, fresh=fresh)
     except InterpolationResolutionError as err:  # optimizer.lr=${oc.env:UNSET}: bad input, one line
@@ -109,8 +112,9 @@ def train_command(cfg: DictConfig) -> float:
         return _fail(unresolvable(err), run_dir, overrides_record=not resuming, fresh=fresh)
     except Exception as err:  # noqa: BLE001 -- anything unexpected: one line here, the traceback in train.log
         # at INFO: the job log's file takes INFO, its console only warnings (hydra/job_logging=quiet)
-        logging.getLogger("microtrain").info("unexpected error", exc_info=True)
-        return _fail(err, run_dir, overrides_record=not cfg.resume)
+        if not waiting:
+            logging.getLogger("microtrain").info("unexpected error", exc_info=True)
+        return _fail(err, run_dir, overrides_record=not cfg.resume, keep=bool(waiting))
     finally:
         lock.release(run_dir)
         if not multirun:
@@ -127,9 +131,12 @@ def train_command(cfg: DictConfig) -> float:
     return objective(metrics, cfg.optimize.metric)[1]
 
 
-def _interrupted(err: "Interrupted", run_dir: Path, fresh: bool = False) -> float:
-    """A signal: one line, "status": "interrupted" in metrics.json, exit 128 + the signal (143, 130)."""
-    if run_dir.is_dir():
+def _interrupted(err: "Interrupted", run_dir: Path, fresh: bool = False, keep: bool = False) -> float:
+    """A signal: one line, "status": "interrupted" in metrics.json (``keep``: an earlier run there
+    not yet replaced stays as it is), exit 128 + the signal (143, 130)."""
+    if keep:
+        error_console.print(f"error: {err}; {run_dir} keeps its earlier run", markup=False, soft_wrap=True)
+    elif run_dir.is_dir():
         if fresh:
             run_folder.write_hydra_record(run_dir, HydraConfig.instance().cfg, None)
         last = run_dir / run_folder.CHECKPOINTS / "last.ckpt"
@@ -137,22 +144,22 @@ def _interrupted(err: "Interrupted", run_dir: Path, fresh: bool = False) -> floa
         if last.is_file():
             payload["resume"] = f"python scripts/train.py resume=true {run_folder.hydra_override('hydra.run.dir', run_dir)}"
         run_folder.write_json_atomic(run_dir / run_folder.METRICS, payload)
-        if not fresh and last.is_file():
-            error_console.print(f"error: {err}; resume with: {payload['resume']}", markup=False, soft_wrap=True)
-        else:
-            error_console.print(f"error: {err}", markup=False, soft_wrap=True)
+        resume = f"; resume with: {payload['resume']}" if not fresh and last.is_file() else ""
+        error_console.print(f"error: {err}{resume}", markup=False, soft_wrap=True)
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return float("inf")  # the sweep stops launching (interrupt.received), its summary says so
     sys.exit(128 + err.signum)
 
 
-def _fail(err: Exception, run_dir: Path, overrides_record: bool = True, fresh: bool = False) -> float:
+def _fail(err: Exception, run_dir: Path, overrides_record: bool = True, fresh: bool = False, keep: bool = False) -> float:
     """One line on stderr; a record in metrics.json; exit non-zero, or carry on inside a sweep.
-    A single run refused before it trained (``fresh``: in a folder Hydra just made) leaves no folder."""
+    A single run refused before it trained (``fresh``: in a folder Hydra just made) leaves no folder;
+    ``keep``: the folder's earlier run (overwrite=true, not yet replaced) stays as it is."""
     if isinstance(err, OSError) and err.errno in run_folder.DISK_ERRORS:  # a full or read-only disk: no traceback to keep
         err = run_folder.write_failed(Path(err.filename) if err.filename else run_dir, err)
     status = "diverged" if isinstance(err, TrainingDiverged) else "failed"
-    message = str(err) if isinstance(err, MicrotrainError) else f"{one_line(err)} (unexpected: the traceback is in {run_dir / 'train.log'})"
+    where = f"{run_dir} keeps its earlier run" if keep else f"the traceback is in {run_dir / 'train.log'}"
+    message = str(err) if isinstance(err, MicrotrainError) else f"{one_line(err)} (unexpected: {where})"
     refused_before_training = fresh and status == "failed" and isinstance(err, MicrotrainError) and not isinstance(err, FolderBusy)
     if refused_before_training and not (run_dir / run_folder.CONFIG).exists():
         from microtrain.run import lock
@@ -170,7 +177,7 @@ def _fail(err: Exception, run_dir: Path, overrides_record: bool = True, fresh: b
     # A job that trained in this folder owns it; bad input must not touch an earlier run's
     # results, nor the files of a run still going in it (the lock).
     holds_a_run = metrics.exists() or (run_dir / run_folder.CONFIG).exists() or (run_dir / "multirun.yaml").exists()  # or a sweep
-    owns_folder = not isinstance(err, FolderBusy) and (status == "diverged" or not isinstance(err, MicrotrainError) or not holds_a_run)
+    owns_folder = not keep and not isinstance(err, FolderBusy) and (status == "diverged" or not isinstance(err, MicrotrainError) or not holds_a_run)
     if run_dir.is_dir() and owns_folder and not isinstance(err, WriteFailed):  # a full disk takes no more writes
         try:
             if overrides_record and not (run_dir / ".hydra").is_dir():
