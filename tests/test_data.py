@@ -328,6 +328,9 @@ def test_categories_sep_and_npz_inputs_for_predictions(tmp_path):
     assert dropped["features"] == ["radius", "texture"] and "smoker" in dropped["columns"]["dropped"]
     listed = prepare_data(make_cfg(*base, "data.categorical=[smoker,notes]"))[2]
     assert len(listed["columns"]["categorical"]["notes"]) > 100  # asked for: encoded, however many values
+    for name, why in (("smokr", "which is not a column; the columns are:"), ("diagnosis", "which is the target")):  # silently dropped smoker before
+        with pytest.raises(DataError, match=f"data.categorical names '{name}', {why}"):
+            prepare_data(make_cfg(*base, f"data.categorical=[{name}]"))
     run = tmp_path / "run"
     train(make_cfg(*base), run)
     unseen = write_csv(tmp_path / "new.csv", ["radius", "texture", "smoker"], [["1", "1", "sometimes"]])
@@ -379,3 +382,24 @@ def test_a_table_keeps_text_as_written_and_refuses_rows_longer_than_its_header(t
     (tmp_path / "extra.csv").write_text("a,b\n1,2,3\n4,5\n")
     with pytest.raises(DataError, match="a row has more fields than the header names columns"):
         tables.read(tmp_path / "extra.csv", None)
+
+
+def test_a_value_beyond_float32_is_refused_before_training(tmp_path):
+    """1e40 is finite in float64, where the file's values are checked, but inf in float32: the run
+    said 'standardizing gives a non-finite value', or, with data.standardize=false, diverged at step 1."""
+    rows = [[str(v), str(2 * v)] for v in range(1, 11)]
+    rows[3][0] = "1e40"
+    table = write_csv(tmp_path / "big.csv", ["a", "y"], rows)
+    for standardize in ("true", "false"):
+        with pytest.raises(DataError, match=r"big.csv: column 'a' holds 1e\+40, beyond float32's range \(about 3.4e38\)"):
+            prepare_data(make_cfg("data=csv", f"data.path={table}", "data.target=y", f"data.standardize={standardize}"))
+
+
+def test_an_npz_with_one_feature_as_a_1d_x_trains_and_a_missing_array_is_named(tmp_path):
+    x = np.linspace(-1, 1, 40)
+    np.savez(tmp_path / "one.npz", x=x, y=3 * x + 1)  # x of shape [40]: an IndexError before
+    dataset = prepare_data(make_cfg("data=npz", f"data.path={tmp_path / 'one.npz'}"))[0]
+    assert dataset.x.shape == (40, 1) and dataset.y.shape == (40, 1)
+    np.savez(tmp_path / "upper.npz", X=x, y=x)
+    with pytest.raises(DataError, match=r"^\S+upper.npz: needs arrays named 'x' and 'y', found: X, y$"):  # not "not a readable .npz file (...)"
+        prepare_data(make_cfg("data=npz", f"data.path={tmp_path / 'upper.npz'}"))

@@ -209,3 +209,15 @@ def test_a_mistyped_key_in_a_sweep_is_refused_with_all_its_values(tmp_path, caps
     """The way to add the key names the sweep's values as typed (Hydra's message names one job's)."""
     code, _, err = run_in_process(capsys, "train.py", "-m", "optimizer.lrr=0.01,0.1", f"hydra.sweep.dir={tmp_path}")
     assert code == 2 and err.strip().endswith("(did you mean optimizer.lr?); to add a new key write +optimizer.lrr=0.01,0.1")
+
+
+def test_a_failed_trial_is_the_worst_value_for_a_maximising_search(tmp_path, capsys):
+    """A job that fails returns the worst objective for optimize.mode: -inf when maximising (it
+    returned +inf, which a maximising Optuna study took as its best trial, failed point and all)."""
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=4", "model.hidden=choice(0,16)", "optimize.metric=val_r2", "optimize.mode=max"]
+    code, _, err = run_in_process(capsys, "train.py", "-m", *search, *QUICK, "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}")
+    assert code == 0, err
+    statuses = [json.loads(p.read_text())["status"] for p in tmp_path.glob("*/metrics.json")]
+    assert "failed" in statuses and "ok" in statuses  # model.hidden=0 is refused
+    result = (tmp_path / "optimization_results.yaml").read_text()
+    assert "model.hidden: 16" in result and "inf" not in result, result

@@ -28,7 +28,15 @@ from microtrain.sweep_summary import objective, sweeper_direction
 
 
 def train_command(cfg: DictConfig) -> float:
-    """Train one Hydra job; returns the final validation loss (training loss without validation)."""
+    """Train one Hydra job; returns its objective for the sweeper (``optimize.metric``), the worst
+    for ``optimize.mode`` when it failed: -inf when maximising (+inf made Optuna's best a failed trial)."""
+    value = _train_job(cfg)
+    maximising = OmegaConf.select(cfg, "optimize.mode", default=None, throw_on_resolution_failure=False) == "max"
+    return -value if maximising and value == float("inf") else value
+
+
+def _train_job(cfg: DictConfig) -> float:
+    """One job trained: its objective, or +inf when it failed, diverged or was interrupted."""
     with start_up_collection_paused():
         from lightning.fabric.plugins.environments import SLURMEnvironment  # deferred: importing Lightning takes seconds
 
@@ -215,19 +223,6 @@ def explain_command(cfg: DictConfig) -> None:
         sys.exit(4)
 
 
-def predict_command(cfg: DictConfig) -> None:
-    from microtrain.predict import predict_command_line
-
-    try:
-        out, notes = predict_command_line(cfg)
-    except (MicrotrainError, InterpolationResolutionError) as err:
-        error_console.print(f"error: {err if isinstance(err, MicrotrainError) else unresolvable(err)}", markup=False, soft_wrap=True)
-        sys.exit(2)
-    for note in notes:
-        console.print(f"note: {note}")
-    console.print(f"predictions: {out}")
-
-
 CONFIGS = "pkg://microtrain.conf"  # conf/ of the source tree, installed as the package microtrain.conf
 usage.register()  # the --help page's resolver (conf/train.yaml: hydra.help.template)
 if not OmegaConf.has_resolver("microtrain_direction"):  # Optuna's direction from optimize.mode (conf/hparams_search/optuna*.yaml)
@@ -250,6 +245,8 @@ def explain_main() -> None:
 
 def predict_main() -> None:
     """``microtrain-predict run=<run folder> data.path=<csv or npz>``: predict with a finished run."""
+    from microtrain.predict import predict_command
+
     run_hydra("predict", predict_command)
 
 

@@ -58,6 +58,26 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best", trusted: bool = 
 STATUSES = ("ok", "diverged", "failed", "interrupted", "unfinished")  # metrics.json's, and a run that never wrote one
 
 
+def predict_command(cfg: DictConfig) -> None:
+    """``microtrain-predict``'s task: the predictions' file and notes, or one error line and exit 2."""
+    import sys
+
+    from omegaconf.errors import InterpolationResolutionError
+
+    from microtrain.config.overrides import unresolvable
+    from microtrain.console import console, error_console
+    from microtrain.errors import MicrotrainError
+
+    try:
+        out, notes = predict_command_line(cfg)
+    except (MicrotrainError, InterpolationResolutionError) as err:
+        error_console.print(f"error: {err if isinstance(err, MicrotrainError) else unresolvable(err)}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    for note in notes:
+        console.print(f"note: {note}")
+    console.print(f"predictions: {out}")
+
+
 def predict_command_line(cfg: DictConfig) -> tuple[Path, list[str]]:
     """``microtrain-predict``'s settings (``conf/predict.yaml``), checked, then ``predict_file``."""
     for key, example in (

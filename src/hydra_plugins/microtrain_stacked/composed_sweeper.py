@@ -66,7 +66,7 @@ class ComposedSweeper(BasicSweeper):
             folder = lambda r: Path(str(r.hydra_cfg.hydra.runtime.output_dir)).resolve()  # noqa: E731
             sweep_summary.launched = {folder(r) for batch in returns for r in batch if r.hydra_cfg}
             # a job refused without touching its folder (an earlier run stays there): its objective is infinity
-            sweep_summary.refused = frozenset(folder(r) for batch in returns for r in batch if r.hydra_cfg and r.return_value == math.inf)
+            sweep_summary.refused = frozenset(folder(r) for batch in returns for r in batch if r.hydra_cfg and math.isinf(r.return_value))
             return returns
         except ConfigError:
             if kept is not None:  # a refused resume leaves the sweep's record as it was

@@ -162,7 +162,7 @@ class StackedLauncher(Launcher):
             if not result.get("kept"):  # refused before its folder was touched: an earlier run there stays whole, as a solo job's
                 run_folder.write_hydra_record(folder, hydra_cfg, task)  # hydra.output_subdir: null
                 logging.getLogger("microtrain").info("trained stacked: %s", result["status"])  # train.log, as a solo job's
-            ret.return_value = result["objective"] if result["status"] == "ok" else math.inf
+            ret.return_value = result["objective"] if result["status"] == "ok" else -math.inf if task.optimize.mode == "max" else math.inf
             ret.status = JobStatus.COMPLETED
         ret.task_name = JobRuntime.instance().get("name")
         self.hydra_context.callbacks.on_job_end(config=config, job_return=ret)

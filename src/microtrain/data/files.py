@@ -33,6 +33,8 @@ def read_npz(path: Path, need_y: bool = True) -> tuple[np.ndarray, np.ndarray]:
                 raise DataError(f"{path}: needs {wanted}, found: {', '.join(arrays.files) or 'none'}")
             x = arrays["x"]
             y = arrays["y"] if "y" in arrays else np.zeros((len(x), 1))
+    except DataError:
+        raise
     except (ValueError, OSError) as err:
         raise DataError(f"{path}: not a readable .npz file ({str(err).splitlines()[0]})") from None
     if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):  # numpy hands back a member that is no .npy as bytes
@@ -49,7 +51,7 @@ def read_npz(path: Path, need_y: bool = True) -> tuple[np.ndarray, np.ndarray]:
         )
     if len(x) == 0:
         raise DataError(f"{path}: x has no rows")
-    y = y.reshape(len(y), -1) if y.ndim != 2 else y
+    x, y = (a.reshape(len(a), -1) if a.ndim != 2 else a for a in (x, y))  # one feature (or output) as a column
     if len(x) != len(y):
         raise DataError(f"{path}: x has {len(x)} rows but y has {len(y)}")
     for name, array in (("x", x), ("y", y)):

@@ -95,13 +95,17 @@ def csv_file(cfg: Mapping[str, Any], classify: bool) -> Dataset:
 
 
 def _dataset(x: np.ndarray, y: np.ndarray, source: str, features: Optional[list[str]] = None, targets: Optional[list[str]] = None) -> Dataset:
-    return Dataset(
-        torch.tensor(x, dtype=torch.float32),
-        torch.tensor(y, dtype=torch.float32),
-        source,
-        features or [f"x{i}" for i in range(x.shape[1])],
-        targets or [f"y{i}" for i in range(y.shape[1])],
-    )
+    features, targets = features or [f"x{i}" for i in range(x.shape[1])], targets or [f"y{i}" for i in range(y.shape[1])]
+    for array, names in ((x, features), (y, targets)):  # finite in float64 (checked on reading), but not in float32: inf in training
+        with np.errstate(over="ignore"):
+            beyond = np.argwhere(np.isfinite(array) & ~np.isfinite(array.astype(np.float32)))
+        if len(beyond):
+            row, column = (int(i) for i in beyond[0])
+            raise DataError(
+                f"{source}: column {names[column]!r} holds {array[row, column]:g}, beyond float32's range (about 3.4e38), in which "
+                "microtrain holds data; scale that column down"
+            )
+    return Dataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32), source, features, targets)
 
 
 def _matrix(value: Any, key: str) -> torch.Tensor:

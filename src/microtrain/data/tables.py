@@ -150,6 +150,14 @@ def choose(table: Any, path: Path, targets: list[str], features: Optional[list[s
     if leaked:
         raise DataError(f"{path}: {leaked[0]!r} is the target; take it out of data.features and data.exclude")
     listed = [] if categorical in ("auto", "none") else list(categorical)
+    for name in listed:  # a typo would silently drop the column meant (a list turns auto off) and encode nothing
+        if name not in table.columns or name in targets:
+            why = (
+                "is the target: the loss decides how it is read"
+                if name in targets
+                else f"is not a column; the columns are: {', '.join(table.columns)}"
+            )
+            raise DataError(f"{path}: data.categorical names {name!r}, which {why}")
     columns = Columns(missing=missing)
     for name in table.columns:
         if name in targets:
