@@ -403,3 +403,14 @@ def test_an_npz_with_one_feature_as_a_1d_x_trains_and_a_missing_array_is_named(t
     np.savez(tmp_path / "upper.npz", X=x, y=x)
     with pytest.raises(DataError, match=r"^\S+upper.npz: needs arrays named 'x' and 'y', found: X, y$"):  # not "not a readable .npz file (...)"
         prepare_data(make_cfg("data=npz", f"data.path={tmp_path / 'upper.npz'}"))
+
+
+@pytest.mark.parametrize("missing, said", [("drop", "2 rows with an empty cell left out"), ("mean", "1 row with an empty target left out")])
+def test_rows_left_out_for_empty_cells_are_said_at_the_start(tmp_path, missing, said):
+    from microtrain.data.prepare import describe
+
+    rows = [[str(i), str(i + 1), str(i + 2)] for i in range(1, 11)]
+    rows[1][1], rows[9][2] = "", ""  # an empty feature, an empty target
+    table = write_csv(tmp_path / "holes.csv", ["a", "b", "y"], rows)
+    info = prepare_data(make_cfg("data=csv", f"data.path={table}", "data.target=y", f"data.missing={missing}"))[2]
+    assert describe(info).endswith(f"; {said} (data.missing={missing})")

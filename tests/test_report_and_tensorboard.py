@@ -80,6 +80,17 @@ def test_a_sweep_of_runs_shorter_than_the_loss_interval_shows_their_one_point(ca
     assert [len(line.get_xdata()) for line in lines] == [1, 1] and all(line.get_marker() == "." for line in lines)  # visible
 
 
+def test_a_sweep_report_ranks_by_the_sweeps_own_metric_and_mode(capsys, tmp_path):
+    """optimize.metric=val_r2 optimize.mode=max: the bars and the star as summary.csv has them (they ranked by the lowest val_loss)."""
+    sweep = ["-m", "optimizer.lr=0.001,0.1", "trainer.max_epochs=1", "optimize.metric=val_r2", "optimize.mode=max", "log.inspect=false"]
+    code, out, err = run_in_process(capsys, "train.py", *sweep, f"hydra.sweep.dir={tmp_path}")
+    assert code == 0, err
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    bars = panel(sweep_figure(tmp_path, jobs), "final val_r2 per job (best first)")
+    best = max(jobs, key=lambda j: json.loads((j / "metrics.json").read_text())["val_r2"])
+    assert bars.get_yticklabels()[-1].get_text() == "★ optimizer.lr=" + best.name.split("optimizer.lr=")[1].split(",")[0]
+
+
 def test_sweep_report(capsys, tmp_path):
     code, out, err = run_in_process(
         capsys,

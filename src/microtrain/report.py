@@ -180,6 +180,7 @@ def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
     curves, val, bars = axes["curves"], axes["val"], axes["bars"]
     figure.suptitle(f"microtrain sweep {folder} ({len(jobs)} jobs)", fontsize=11)
     finals = []
+    metric, mode = _optimize(jobs)  # the sweep's own ranking, as its summary.csv's
     colors = _job_colors(figure, [curves, val], jobs)
     for job in jobs:
         events = read_run(job)
@@ -187,7 +188,7 @@ def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
         _curve(val, events, "val_loss", job.name, marker="." if len(jobs) <= 12 else None, linewidth=0.8, color=colors.get(job.name))
         metrics_file = job / run_folder.METRICS
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        name, value = objective(metrics, "auto")
+        name, value = objective(metrics, metric)
         if metrics.get("status") == "ok" and math.isfinite(value):
             finals.append((value, job.name, name))
     curves.set(title=f"training loss, every job ({len(jobs)})", xlabel="step", yscale="log")
@@ -195,7 +196,7 @@ def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
     for ax in (curves, val):
         if ax.get_legend_handles_labels()[0] and len(jobs) <= 12 and not colors:  # more lines than a legend can name
             ax.legend(fontsize=7)
-    finals.sort()
+    finals.sort(key=lambda final: final[0], reverse=mode == "max")
     _swept_curve(axes["swept"], jobs, {job: (value, name) for value, job, name in finals})
     shown = finals[:20]
     swept = swept_values(jobs)  # a job is named by what it sweeps, not its whole folder name
@@ -209,6 +210,20 @@ def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
     bars.tick_params(axis="y", labelsize=7)
     _tight(figure)
     return figure
+
+
+def _optimize(jobs: list[Path]) -> tuple[str, str]:
+    """``optimize.metric`` and ``optimize.mode`` of the sweep (its first job's config.yaml that has them)."""
+    import yaml
+
+    for job in jobs:
+        try:
+            optimize = (yaml.load((job / run_folder.CONFIG).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}).get("optimize")
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(optimize, dict):
+            return str(optimize.get("metric", "auto")), str(optimize.get("mode", "min"))
+    return "auto", "min"
 
 
 def _job_colors(figure: Figure, axes: list[Any], jobs: list[Path]) -> dict[str, Any]:

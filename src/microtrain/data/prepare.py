@@ -82,6 +82,9 @@ def describe(info: dict[str, Any]) -> str:
     dropped = (info.get("columns") or {}).get("dropped") or {}
     if dropped:
         line += "; dropped " + "; ".join(f"{name} ({why})" for name, why in dropped.items())
+    if rows := (info.get("columns") or {}).get("dropped_rows"):
+        empty = "target" if info["columns"]["missing"] == "mean" else "cell"  # mean fills features: only a missing target drops a row
+        line += f"; {rows} row{'s' if rows > 1 else ''} with an empty {empty} left out (data.missing={info['columns']['missing']})"
     if info.get("constant_features"):
         line += (
             f"; constant in the training split, so all zeros once standardized: {', '.join(info['constant_features'])} (nothing to learn from them)"

@@ -33,6 +33,7 @@ class Columns:
     classes: Optional[list[str]] = None  # a text label column's classes, by index
     missing: str = "error"
     means: Optional[list[float]] = None  # missing=mean: the training split's feature means
+    dropped_rows: int = 0  # rows left out for an empty cell (missing=drop; a row without a target always)
 
     @property
     def features(self) -> list[str]:
@@ -226,6 +227,7 @@ def handle_missing(x: np.ndarray, y: np.ndarray, table: Any, path: Path, columns
             )
             way_out = "choose another data.target" if empty and empty[0] in targets else f"leave it out with 'data.exclude=[{(empty or ['...'])[0]}]'"
             raise DataError(f"{path}: data.missing={columns.missing} leaves no row: {why}; fill it, or {way_out}")
+        columns.dropped_rows = int((~keep).sum())  # said at the run's start (data.prepare.describe)
         return x[keep], y[keep]
     if columns.missing == "mean":
         return x, y
