@@ -173,7 +173,7 @@ def test_too_few_rows_for_the_splits(tmp_path):
 
 def test_non_integer_class_labels(tmp_path):
     path = write_csv(tmp_path / "t.csv", ["a", "y"], [[str(i), str(i % 3 + 0.5)] for i in range(30)])
-    with pytest.raises(DataError, match="needs integer class labels 0, 1, 2, ... but row 0 holds 0.5"):
+    with pytest.raises(DataError, match="needs integer class labels 0, 1, 2, ... but row 0 \\(counting from 0\\) holds 0.5"):
         prepare_data(make_cfg("data=csv", f"data.path={path}", "data.target=y", "loss=cross_entropy"))
 
 

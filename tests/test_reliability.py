@@ -152,7 +152,7 @@ BAD_INPUTS = [
     (["optimizer.nesterov=true"], "optimizer torch.optim.SGD refused its settings: Nesterov momentum requires a momentum and zero dampening"),
     (["optimizer=adam", "optimizer.eps=-1"], "optimizer.eps=-1 must be greater than 0"),
     (["optimizer=adam", "optimizer.betas=[0.9]"], "optimizer.betas=[0.9] must be a list of two values"),
-    (["loss=cross_entropy"], "loss=cross_entropy needs integer class labels 0, 1, 2, ... but row 0 holds"),
+    (["loss=cross_entropy"], "loss=cross_entropy needs integer class labels 0, 1, 2, ... but row 0 (counting from 0) holds"),
     (["log.inspect=false", "log.curvature=true"], "log.curvature=true is computed at inspections: it needs log.inspect=true (the default)"),
 ]
 

@@ -25,7 +25,7 @@ def as_class_labels(y: torch.Tensor, source: str) -> torch.Tensor:
     if len(bad):
         row = int(bad[0])
         raise DataError(
-            f"{source}: loss=cross_entropy needs integer class labels 0, 1, 2, ... but row {row} holds "
+            f"{source}: loss=cross_entropy needs integer class labels 0, 1, 2, ... but row {row} (counting from 0) holds "
             f"{flat[row].item():g}; use a regression loss such as loss=mse"
         )
     return flat.long()
