@@ -132,6 +132,9 @@ def test_help_lists_every_group_and_the_commented_keys(capsys):
     assert "optimizer: adagrad, adam, adamw, rmsprop, sgd, torch" in out and "callbacks: early_stopping, none" in out
     assert "curvature: false   # true: top Hessian eigenvalue against 2/lr" in out
     assert "model=linear (conf/model/linear.yaml):" in out and "# null = inferred from the data" in out
+    code, out, _ = run_in_process(capsys, "train.py", "--help", "model=mlp", "optimizer=adam")  # the chosen options' keys
+    assert code == 0 and "model=mlp (conf/model/mlp.yaml):" in out and "activation:" in out and "optimizer=adam (conf/optimizer/adam.yaml):" in out
+    assert "model=linear (conf/model/linear.yaml):" not in out
 
 
 # microtrain's layers, lowest first: a module may import its own layer and the ones below

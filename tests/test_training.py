@@ -69,6 +69,7 @@ def test_hparams_carry_real_final_metrics(tmp_path):
     result = train(make_cfg("optimizer.lr=0.1", "trainer.max_epochs=2"), tmp_path)
     events = read_events(tmp_path)
     assert events.Scalars("final/val_loss")[-1].value == pytest.approx(result.metrics["val_loss"])
+    assert events.Scalars("final/optimality_gap")[-1].value == pytest.approx(result.metrics["optimality_gap"])  # metrics.json had it, TensorBoard not
     content = events.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["lr"].number_value == pytest.approx(0.1)

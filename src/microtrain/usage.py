@@ -1,7 +1,8 @@
 """``microtrain-train --help``: every config group with its options, and every key of the
-default run with the comment its YAML file gives it. Made from the shipped YAML files when asked
+default run (or of the options chosen beside --help, model=mlp) with the comment its YAML file gives it. Made from the shipped YAML files when asked
 (a Hydra help template filled by the ``microtrain_help`` resolver), so it cannot drift from them."""
 
+import sys
 from importlib.resources import files
 from typing import Any, cast
 
@@ -52,12 +53,15 @@ def help_text(command: str = "train") -> str:
         _without_hydra(top),
     ]
     defaults = cast(dict[str, Any], OmegaConf.to_container(OmegaConf.create(top)))["defaults"]
+    # an option chosen on the command line (--help model=mlp) shows its own keys, not the default's
+    chosen = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and not a.startswith(("+", "~", "-")) and "." not in a.split("=")[0])
     for entry in defaults:
         if not isinstance(entry, dict) or not entry:
             continue
         group, option = next(iter(entry.items()))
         if option is None or group.startswith("override") or group in SKIP or not isinstance(option, str):
             continue
+        option = chosen[group] if (conf / group / f"{chosen.get(group)}.yaml").is_file() else option
         sections.append(f"{group}={option} (conf/{group}/{option}.yaml):\n" + _indented((conf / group / f"{option}.yaml").read_text()))
     sections.append("Other options' keys: their files in conf/<group>/; explain_step's in conf/explain.yaml.")
     return "\n".join(sections).replace("$", "$$").replace("$$APP_CONFIG_GROUPS", "$APP_CONFIG_GROUPS")

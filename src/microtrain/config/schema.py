@@ -138,7 +138,7 @@ SPLITS = {
 }
 DATA: dict[str, dict[str, Rule]] = {
     "synthetic": {"n_samples": integer(2), "n_features": integer(1), "n_outputs": integer(1), "noise": number(0), "seed": integer(0)},
-    "inline": {"x": anything, "y": anything, "seed": integer(0)},
+    "inline": {"x": anything, "y": anything},
     "csv": {
         "path": anything,
         "target": anything,

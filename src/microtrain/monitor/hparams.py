@@ -80,11 +80,12 @@ def _plain(value: Any, key: str) -> Any:
 
 
 def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """The run's final numbers that HParams shows: losses and validation and test metrics."""
+    """The run's final numbers that HParams shows: losses, validation and test metrics, and a linear
+    model's optimality gap (its distance to the least-squares optimum)."""
     return {
         k: float(v)
         for k, v in metrics.items()
-        if k.split("_")[0] in ("train", "val", "test") and isinstance(v, (int, float)) and not isinstance(v, bool)
+        if (k.split("_")[0] in ("train", "val", "test") or k == "optimality_gap") and isinstance(v, (int, float)) and not isinstance(v, bool)
     }
 
 
