@@ -169,6 +169,13 @@ def test_a_stacked_classifier_reports_its_solo_runs_validation_accuracy(tmp_path
             assert [e.step for e in ours.Scalars(tag)] == [e.step for e in theirs.Scalars(tag)], tag
         for tag in ("test_loss", "test_acc"):
             assert ours.Scalars(tag)[-1].value == pytest.approx(theirs.Scalars(tag)[-1].value, rel=1e-5), tag
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from microtrain.monitor.tags import events_folder
+
+    for run in (folders[0], tmp_path / "solo0"):  # the test split's tags in a group of their own (they stood bare, outside the layout)
+        raw = EventAccumulator(str(events_folder(run))).Reload().Tags()["scalars"]
+        assert {"2_test/loss", "2_test/acc"} <= set(raw) and "test_acc" not in raw
 
 
 @pytest.mark.parametrize("every", [7, 3])

@@ -61,6 +61,7 @@ GROUPS = {
     "final": "final",  # the HParams metrics: one point each, at the run's last step
 }
 VALIDATION = "2_validation/"
+TEST = "2_test/"  # the test split's metrics, on the best checkpoint at the run's end
 _TAGS = {tag: name for name, tag in NAMES.items()}
 _GROUP_NAMES = sorted(((tag, name) for name, tag in GROUPS.items()), key=lambda pair: -len(pair[0]))
 
@@ -74,6 +75,8 @@ def tensorboard_tag(name: str) -> str:
         return f"{GROUPS[group]}/{rest}"
     if name.startswith("val_"):
         return VALIDATION + name[len("val_") :]
+    if name.startswith("test_"):
+        return TEST + name[len("test_") :]
     return name
 
 
@@ -83,6 +86,8 @@ def name_of(tag: str) -> str:
         return _TAGS[tag]
     if tag.startswith(VALIDATION):
         return "val_" + tag[len(VALIDATION) :]
+    if tag.startswith(TEST):
+        return "test_" + tag[len(TEST) :]
     for prefix, group in _GROUP_NAMES:
         if tag.startswith(prefix + "/"):
             return f"{group}/{tag[len(prefix) + 1 :]}"
@@ -99,6 +104,7 @@ def layout(parameters: list[str], layers: list[str], curvature: bool) -> dict[st
         "loss": {
             "train and validation loss": ["Multiline", [r"^1_loss/(train|val)$"]],
             "validation metrics": ["Multiline", [r"^2_validation/"]],
+            "test metrics (best checkpoint, at the end)": ["Multiline", [r"^2_test/"]],
         },
         "parameters (log scale reads best)": {
             "update ratio ‖Δw‖/‖w‖": ["Multiline", [r"^3_update_ratio/"]],
