@@ -158,6 +158,27 @@ def test_a_second_run_into_a_busy_folder_is_refused(capsys, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
 
 
+@pytest.mark.parametrize("extra", [[], ["resume=true"], ["overwrite=true"]])
+def test_a_folder_a_run_is_still_writing_is_called_busy_first(capsys, tmp_path, extra):
+    """The run going there has written config.yaml and a checkpoint but no metrics.json yet: the
+    line says it is in use (it said "a run that never finished; resume=true continues it", or
+    announced "resume: from step ..." before the refusal), and nothing is touched."""
+    from tests_helpers import files_of
+
+    run = tmp_path / "run"
+    assert run_in_process(capsys, "train.py", *QUICK, "trainer.max_epochs=1", f"hydra.run.dir={run}")[0] == 0
+    (run / "metrics.json").unlink()  # as while it trains
+    before = files_of(run)
+    with open(run / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        code, out, err = run_in_process(capsys, "train.py", *QUICK, "trainer.max_epochs=2", f"hydra.run.dir={run}", *extra)
+    assert code == 2 and err.strip() == f"error: {run} is in use by a run still going (pid 4242); wait for it to end or choose another hydra.run.dir"
+    assert "resume:" not in out
+    assert {k: v for k, v in files_of(run).items() if k != ".lock"} == before
+
+
 @pytest.mark.parametrize("damage", ["truncated", "flipped"])
 def test_a_damaged_checkpoint_is_one_line_naming_the_good_one(capsys, tmp_path, damage):
     run = tmp_path / "run"

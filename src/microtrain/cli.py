@@ -65,6 +65,7 @@ def _train_job(cfg: DictConfig) -> float:
     waiting: list[bool] = []  # [True] while an earlier run there waits for begin() to replace it: nothing may touch it
     try:
         schema.check_run_mode(cfg)  # resume and overwrite decide what is read: checked first
+        lock.check_free(run_dir)  # a run still going there: said first, not "a run that never finished"
         if multirun and interrupt.stop_signal() is not None:
             return _interrupted(Interrupted("not started: the sweep was interrupted", cast(int, interrupt.stop_signal())), run_dir, fresh=True)
         if cfg.resume:

@@ -61,7 +61,7 @@ def collect(
             if metrics_file.exists()
             else {"status": "failed", "error": "the job ended without writing metrics.json"}
         )
-        if folder.resolve() in refused and metrics.get("status") == "ok":
+        if folder.resolve() in refused and (metrics.get("status") == "ok" or not metrics_file.exists()):  # or a run still going there
             metrics = {"status": "refused", "error": "refused (its error line above); its folder keeps an earlier run"}
         name, value = objective(metrics, optimize.metric)
         row = {key: metrics.get(key) for key in [*COLUMNS, name] if key in metrics}

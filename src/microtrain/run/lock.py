@@ -33,6 +33,26 @@ def acquire(run_dir: Path) -> None:
     _held[run_dir] = handle
 
 
+def check_free(run_dir: Path) -> None:
+    """FolderBusy if another run holds the folder's lock; nothing is created or taken. Checked
+    before anything reads the folder, so a busy folder is not called an unfinished run to resume."""
+    run_dir = Path(run_dir).resolve()
+    lock = run_dir / ".lock"
+    if run_dir in _held or int(os.environ.get("LOCAL_RANK", 0)) or int(os.environ.get("NODE_RANK", 0)) or not lock.is_file() or lock.is_symlink():
+        return
+    try:
+        handle = os.fdopen(os.open(lock, os.O_RDONLY | os.O_NOFOLLOW), "r")
+    except OSError:
+        return  # gone since, or not readable: acquire() decides
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = handle.read().strip() or "another process"
+            raise FolderBusy(f"{run_dir} is in use by a run still going (pid {owner}); wait for it to end or choose another hydra.run.dir") from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def holds(run_dir: Path) -> bool:
     """Whether this process holds the folder's lock."""
     return Path(run_dir).resolve() in _held
