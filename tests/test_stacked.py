@@ -540,7 +540,9 @@ def test_max_time_stops_a_stacked_group_as_it_stops_a_solo_run(tmp_path):
     for m in metrics:
         assert m["status"] == "ok" and 1.0 <= m["seconds"] < 10 and 0 < m["epochs"] < 100000
     saved = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert saved["callbacks"]["Timer"]["time_elapsed"]["train"] >= 1.0  # a resume goes on with the time already spent
+    # a resume goes on with the time already spent: at least nearly all of it (the last write may fall
+    # at an epoch end ms before the limit, when the next epoch stops before its first step: 0.996 s seen)
+    assert saved["callbacks"]["Timer"]["time_elapsed"]["train"] >= 0.9
 
 
 def test_step_checkpoints_stack_and_a_group_that_crashed_mid_epoch_resumes_bitwise(tmp_path, monkeypatch):
