@@ -25,7 +25,7 @@ def acquire(run_dir: Path) -> None:
         handle.seek(0)
         owner = handle.read().strip() or "another process"
         handle.close()
-        raise FolderBusy(f"{run_dir} is in use by a run still going (pid {owner}); wait for it to end or choose another hydra.run.dir") from None
+        raise _busy(run_dir, owner) from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))
@@ -49,8 +49,12 @@ def check_free(run_dir: Path) -> None:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             owner = handle.read().strip() or "another process"
-            raise FolderBusy(f"{run_dir} is in use by a run still going (pid {owner}); wait for it to end or choose another hydra.run.dir") from None
+            raise _busy(run_dir, owner) from None
         fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _busy(run_dir: Path, owner: str) -> FolderBusy:
+    return FolderBusy(f"{run_dir} is in use by a run still going (pid {owner}); wait for it to end or choose another hydra.run.dir")
 
 
 def holds(run_dir: Path) -> bool:
