@@ -139,6 +139,9 @@ def test_arguments_python_would_take_but_the_command_line_cannot_are_config_erro
 
 LEAK_CHECK = """
 import gc, logging, os, signal, sys, threading
+import matplotlib
+matplotlib.use("svg")  # the caller's backend: a run's report.png leaves it as it is
+import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.version import VersionBase
 import microtrain as mt
@@ -147,12 +150,12 @@ def state():
     return (threading.active_count(), signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), threading.excepthook,
             dict(os.environ), os.getcwd(), gc.get_freeze_count(), gc.isenabled(), logging.getLogger().handlers[:],
             logging.raiseExceptions, sorted(os.listdir("/proc/self/fd")), GlobalHydra.instance().is_initialized(),
-            VersionBase.instance().getbase())
+            VersionBase.instance().getbase(), torch.are_deterministic_algorithms_enabled(), matplotlib.get_backend())
 
 folder, tiny = sys.argv[1], sys.argv[2:]
 before = state()
 mt.train(*tiny, run_dir=folder + "/first")  # the first call imports torch and Lightning, and freezes their objects
-mt.train(*tiny, run_dir=folder + "/again")
+mt.train(*tiny, "trainer.deterministic=true", run_dir=folder + "/again")
 mt.sweep(*tiny, "optimizer.lr=0.01,0.1", sweep_dir=folder + "/sweep")
 mt.sweep(*tiny, "optimizer.lr=0.01,0.1", launcher="basic", sweep_dir=folder + "/basic")
 mt.explain_step("model=mlp")
@@ -167,8 +170,8 @@ print("same" if after == before else [(a, b) for a, b in zip(before, after) if a
 
 def test_calls_leave_nothing_behind_in_the_process(tmp_path):
     """In a fresh process, as a notebook's: threads, signal handlers, the thread hook, the
-    environment, the working folder, the GC freeze, logging, open files and Hydra's global state
-    are as before the calls."""
+    environment, the working folder, the GC freeze, logging, open files, Hydra's global state,
+    torch's deterministic switch and matplotlib's backend are as before the calls."""
     import subprocess
     import sys
 
@@ -258,3 +261,41 @@ def test_a_classifiers_dropped_row_predicts_nan_as_a_regressions_does(tmp_path):
     rows = pd.DataFrame({name: [5.0, None] if i == 0 else [3.0, 3.0] for i, name in enumerate(info["features"])})
     predicted = iris.predict(rows, missing="drop")
     assert predicted[0] in (info["classes"] or range(info["n_outputs"])) and np.isnan(predicted[1])
+
+
+def test_folders_named_as_hydra_names_them_and_held_absolute(tmp_path, monkeypatch):
+    """hydra.run.dir with interpolations (${model.name}, ${now:...}) is the folder the run went
+    to; a folder of any letters; a Run stays the same run after the caller changes folder."""
+    monkeypatch.chdir(tmp_path)
+    run = mt.train(*TINY, "hydra.run.dir=runs/${model.name}_x")
+    assert run.folder == tmp_path / "runs" / "mlp_x" and run.metrics["status"] == "ok"
+    table = mt.sweep(*TINY, "optimizer.lr=0.1", "hydra.sweep.dir=sweeps/${now:%Y}")
+    assert list(table.status) == ["ok"] and (tmp_path / "sweeps").is_dir()
+    accented = mt.train("trainer.max_epochs=1", "trainer.enable_progress_bar=false", run_dir="ünï")
+    monkeypatch.chdir(tmp_path / "runs")
+    assert accented.folder == tmp_path / "ünï" and accented.metrics["status"] == "ok"
+
+
+def test_explain_step_of_a_run_folder_is_that_runs_step(run, tmp_path):
+    step = mt.explain_step(f"hydra.run.dir={run.folder}")  # the run's MLP, not the default linear model
+    assert {"fc1.weight", "fc2.weight"} <= set(step.grads)
+    (tmp_path / "job" / ".hydra").mkdir(parents=True)
+    with pytest.raises(mt.ConfigError, match="is a sweep's folder: point hydra.run.dir at one of its jobs' folders"):
+        mt.explain_step(f"hydra.run.dir={tmp_path}")
+    with pytest.raises(mt.ConfigError, match="cannot be converted to type float without overflow"):
+        mt.explain_step("optimizer.lr=1e300")
+
+
+def test_a_folder_that_holds_no_run_is_said_so(tmp_path):
+    with pytest.raises(mt.ConfigError, match="has no config.yaml: it is not a run folder"):
+        mt.Run(tmp_path).config
+    with pytest.raises(mt.ConfigError, match="holds no TensorBoard logs"):
+        mt.Run(tmp_path).history
+
+
+def test_several_devices_from_python_train_as_ddp_spawn(tmp_path, capsys):
+    """strategy=auto with two devices is Lightning's ddp, which re-runs the command in each rank:
+    from Python there is no command to re-run (it killed the caller's process)."""
+    run = mt.train("trainer.devices=2", "device=cpu", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", run_dir=tmp_path / "ddp")
+    assert "note: trainer.strategy=auto from Python runs as ddp_spawn" in capsys.readouterr().out
+    assert run.metrics["status"] == "ok"

@@ -145,7 +145,7 @@ LAYERS = [
     {"monitor"},
     {"engine"},
     {"explain", "stack", "sweep_summary", "predict", "report", "landscape"},
-    {"cli", "__main__", "api", "runs"},
+    {"cli", "__main__", "api", "runs", "process_state"},
 ]
 
 

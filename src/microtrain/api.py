@@ -16,22 +16,17 @@ environment variables, the GC freeze, the working folder) is put back after each
 Bad input raises ``ConfigError`` (a ``ValueError``) with the line the command line prints.
 """
 
-import contextlib
-import gc
 import io
-import logging
 import os
 import re
-import signal
 import sys
-import threading
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import microtrain
 from microtrain.errors import ConfigError, MicrotrainError, TrainingDiverged
+from microtrain.process_state import contained, hydra_kept, tee_stderr
 from microtrain.runs import Run
 
 PathLike = Union[str, os.PathLike]
@@ -44,12 +39,21 @@ def train(*overrides: str, run_dir: Optional[PathLike] = None, config_dir: Optio
     a second run in the same second gets ``_1``, ``_2``, ...)."""
     extra = _search_path(config_dir)
     given = _given(_checked(overrides), "hydra.run.dir")  # resume=true, overwrite=true: the folder as named
+    interpolated = given is not None and "${" in str(given)
+    if interpolated:  # ${now:...}, ${model.name}: the folder Hydra names now (the run itself says why one cannot be resolved)
+        given = _default_folder("run", overrides, extra) or given
     if given is not None and run_dir is not None and Path(run_dir).resolve() != given.resolve():
         raise ConfigError(f"hydra.run.dir={given} and run_dir={run_dir} name two folders: give one")
-    if given is not None and run_dir is None:
+    if given is not None and run_dir is None and not interpolated:
         _run("train_main", [*overrides, *extra])
         return Run(given)
-    folder = Path(run_dir) if run_dir is not None else _free(_default_folder("run", overrides, extra))
+    folder = (
+        Path(run_dir)
+        if run_dir is not None
+        else given
+        if given is not None
+        else _free(_default_folder("run", overrides, extra) or Path("outputs", "api"))
+    )
     _run("train_main", [*(o for o in overrides if _given([o], "hydra.run.dir") is None), *extra, _set("hydra.run.dir", folder.absolute())])
     return Run(folder)
 
@@ -62,9 +66,17 @@ def sweep(*overrides: str, launcher: str = "stacked", sweep_dir: Optional[PathLi
 
     extra = _search_path(config_dir)
     given = _given(_checked(overrides), "hydra.sweep.dir")
+    if given is not None and "${" in str(given):  # ${now:...}: the folder Hydra names now
+        given = _default_folder("sweep", [o for o in overrides if o.startswith("hydra.sweep.dir=")], extra) or given
     if given is not None and sweep_dir is not None and Path(sweep_dir).resolve() != given.resolve():
         raise ConfigError(f"hydra.sweep.dir={given} and sweep_dir={sweep_dir} name two folders: give one")
-    folder = Path(sweep_dir) if sweep_dir is not None else given if given is not None else _free(_default_folder("sweep", overrides, extra))
+    folder = (
+        Path(sweep_dir)
+        if sweep_dir is not None
+        else given
+        if given is not None
+        else _free(_default_folder("sweep", [], extra) or Path("multirun", "api"))
+    )
     chosen = _given(overrides, "hydra/launcher")
     if chosen is not None and str(chosen) != launcher:
         raise ConfigError(f"hydra/launcher={chosen} and launcher={launcher!r} name two launchers: give launcher={str(chosen)!r}")
@@ -91,11 +103,21 @@ def explain_step(*overrides: str, config_dir: Optional[PathLike] = None) -> Any:
     from microtrain.explain.step import explain_step as explain
 
     cfg = compose("explain", _checked(overrides), config_dir)
-    with _contained():
+    given = _given(overrides, "hydra.run.dir")
+    with contained():
         try:
+            if given is not None:  # a run's folder: that run's own first step, as explain_step.py explains it
+                from microtrain.explain.step import config_in_folder
+
+                split = {"task": [o for o in overrides if not o.startswith("hydra")], "hydra": [o for o in overrides if o.startswith("hydra")]}
+                cfg = config_in_folder(cfg, given, split, print)
             return explain(cfg)
         except MicrotrainError as err:
             raise _as_config_error(err) from None
+        except (ArithmeticError, RuntimeError, ValueError) as err:  # optimizer.lr=1e300: torch's words, as the command line's one line
+            from microtrain.console import one_line
+
+            raise ConfigError(one_line(err)) from None
 
 
 def compose(config_name: str, overrides: Sequence[str] = (), config_dir: Optional[PathLike] = None) -> Any:
@@ -106,33 +128,28 @@ def compose(config_name: str, overrides: Sequence[str] = (), config_dir: Optiona
     from microtrain.config.overrides import outside_a_job
 
     try:
-        with _hydra_kept(), initialize_config_module("microtrain.conf", version_base="1.3"):
+        with hydra_kept(), initialize_config_module("microtrain.conf", version_base="1.3"):
             return hydra_compose(config_name, overrides=[*overrides, *_search_path(config_dir)])
     except Exception as err:  # noqa: BLE001 -- Hydra's composition errors: the command line's one line
-        raise ConfigError(outside_a_job(err, config_name)[0]) from None
-
-
-@contextlib.contextmanager
-def _hydra_kept() -> Iterator[None]:
-    """Hydra's process-wide state as it was: no app initialized, no job's config, the version base
-    (``version_base="1.3"`` sets it for the whole process)."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.version import VersionBase
-
-    version_base, app, job = VersionBase.instance().getbase(), GlobalHydra.instance().hydra, HydraConfig.instance().cfg
-    GlobalHydra.instance().clear()
-    try:
-        yield
-    finally:
-        GlobalHydra.instance().clear()
-        GlobalHydra.instance().hydra = app  # a caller's own Hydra app (a @hydra.main task calling microtrain) is kept
-        HydraConfig.instance().cfg = job
-        VersionBase.instance().version_base = version_base
+        message = outside_a_job(err, config_name)[0]
+        raise ConfigError(
+            _in_python(message) if config_name == "train" else message.replace("so add -m (or give one value)", "so give one value")
+        ) from None
 
 
 def _as_config_error(err: MicrotrainError) -> MicrotrainError:
-    return err if isinstance(err, ValueError) else ConfigError(str(err))
+    return ConfigError(_in_python(str(err))) if not isinstance(err, ValueError) or _in_python(str(err)) != str(err) else err
+
+
+def _in_python(message: str) -> str:
+    """The command line's words for what to do, in Python's."""
+    for words, python in [
+        ("so add -m (or give one value)", "so call sweep() (or give one value)"),
+        ("choose another hydra.sweep.dir", "choose another sweep_dir"),
+        ("choose another hydra.run.dir", "choose another run_dir"),
+    ]:
+        message = message.replace(words, python)
+    return message
 
 
 def _search_path(config_dir: Optional[PathLike]) -> list[str]:
@@ -145,19 +162,20 @@ def _search_path(config_dir: Optional[PathLike]) -> list[str]:
     return [f"hydra.searchpath=[{_quoted('file://' + folder.as_posix())}]"]
 
 
-def _default_folder(kind: str, overrides: Sequence[str], extra: list[str]) -> Path:
-    """Where the command line would put this run or sweep (``hydra.run.dir``, ``hydra.sweep.dir``), now."""
+def _default_folder(kind: str, overrides: Sequence[str], extra: list[str]) -> Optional[Path]:
+    """Where the command line would put this run or sweep (``hydra.run.dir``, ``hydra.sweep.dir``,
+    resolved), now; ``overrides`` may not sweep (a sweep's: only its ``hydra.sweep.dir``)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from omegaconf import OmegaConf
 
     plain = [o for o in overrides if not o.startswith("hydra/")]
     try:
-        with _hydra_kept(), initialize_config_module("microtrain.conf", version_base="1.3"):
-            cfg = hydra_compose("train", overrides=[*plain, *extra] if kind == "run" else extra, return_hydra_config=True)
+        with hydra_kept(), initialize_config_module("microtrain.conf", version_base="1.3"):
+            cfg = hydra_compose("train", overrides=[*plain, *extra], return_hydra_config=True)
             return Path(str(OmegaConf.select(cfg, f"hydra.{kind}.dir")))
     except Exception:  # noqa: BLE001 -- a bad override: the run itself says what is wrong, in its one line
-        return Path("outputs" if kind == "run" else "multirun") / "api"
+        return None
 
 
 def _checked(overrides: Sequence[Any]) -> Sequence[str]:
@@ -194,7 +212,7 @@ def _set(key: str, value: Any) -> str:
 
 
 def _quoted(text: str) -> str:
-    if re.fullmatch(r"[\w/.+:@%-]+", text):
+    if re.fullmatch(r"[\w/.+:@%-]+", text, flags=re.ASCII):  # Hydra's grammar reads only ASCII letters unquoted
         return text
     return '"' + re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', text) + '"'
 
@@ -203,7 +221,7 @@ def _run(main: str, args: list[str]) -> None:
     """The command ``microtrain.cli.<main>`` with these arguments, in this process; its error line raised."""
     errors = io.StringIO()
     microtrain.restart_clock()  # the command starts now, not when this process imported microtrain (its first call)
-    with _contained(), _tee_stderr(errors):
+    with contained(), tee_stderr(errors):
         from microtrain import cli  # inside: its first import pauses and then freezes the garbage collector
 
         sys.argv = ["microtrain", *args]
@@ -215,9 +233,7 @@ def _run(main: str, args: list[str]) -> None:
     if code == 0:
         return
     lines = [line for line in errors.getvalue().splitlines() if line.startswith("error: ")]
-    message = lines[-1].removeprefix("error: ") if lines else f"the command exited with status {code}"
-    message = message.replace("so add -m (or give one value)", "so call sweep() (or give one value)")  # the command line's words, in Python's
-    message = message.replace("choose another hydra.sweep.dir", "choose another sweep_dir")
+    message = _in_python(lines[-1].removeprefix("error: ") if lines else f"the command exited with status {code}")
     if code in (130, 143):
         raise KeyboardInterrupt(message)
     if code == 2:
@@ -225,76 +241,3 @@ def _run(main: str, args: list[str]) -> None:
     if "training diverged" in message:
         raise TrainingDiverged(message)
     raise MicrotrainError(message)
-
-
-@contextlib.contextmanager
-def _tee_stderr(copy: io.StringIO) -> Iterator[None]:
-    """What the command prints to stderr reaches the notebook and ``copy`` both."""
-    shown = sys.stderr
-
-    class Tee(io.TextIOBase):
-        def write(self, text: str) -> int:
-            copy.write(text)
-            return shown.write(text)
-
-        def flush(self) -> None:
-            shown.flush()
-
-    with contextlib.redirect_stderr(Tee()):
-        yield
-
-
-@contextlib.contextmanager
-def _contained() -> Iterator[None]:
-    """Everything a command sets for its process, put back when it ends (the global random
-    generators excepted: ``seed`` seeds them, as the command line does; and glibc's malloc
-    thresholds, ``microtrain.memory``, which glibc cannot report to restore)."""
-    signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    argv, environ, cwd, hook = sys.argv[:], dict(os.environ), os.getcwd(), threading.excepthook
-    raise_exceptions, frozen, collecting = logging.raiseExceptions, gc.get_freeze_count(), gc.isenabled()
-    loggers = {
-        name: (lg.level, lg.handlers[:], lg.propagate, lg.disabled)
-        for name, lg in [("", logging.getLogger()), *logging.Logger.manager.loggerDict.items()]
-        if isinstance(lg, logging.Logger)
-    }
-    if not frozen:  # what the process holds (torch, Lightning, the caller's objects) stays out of the
-        gc.freeze()  # command's collections, as a command's start-up leaves it: a sweep's composing took 0.45 s, not 0.11
-    try:
-        with _hydra_kept(), warnings.catch_warnings():  # the warning filters as they were (quiet_libraries adds some)
-            yield
-    finally:
-        from microtrain.run import interrupt
-
-        interrupt.forget()  # a Ctrl-C during this call does not stop the next one
-        for number, handler in signals.items():
-            signal.signal(number, handler)
-        sys.argv, threading.excepthook = argv, hook
-        os.environ.clear()
-        os.environ.update(environ)
-        os.chdir(cwd)
-        logging.raiseExceptions = raise_exceptions
-        _restore_loggers(loggers)
-        if gc.get_freeze_count() and not frozen:
-            gc.unfreeze()  # the command's start-up froze what it imported; this process goes on collecting as before
-        if not collecting:
-            gc.disable()  # the start-up pause turns collection back on, as it found it in a command
-
-
-def _restore_loggers(saved: dict[str, tuple[int, list, bool, bool]]) -> None:
-    """Hydra's job logging configured the loggers (a file handler on train.log): closed, and the old ones back."""
-    current = [("", logging.getLogger()), *logging.Logger.manager.loggerDict.items()]
-    for name, logger in current:
-        if not isinstance(logger, logging.Logger):
-            continue
-        if name not in saved:  # made during the call (Lightning's, on its import): only a log file of the run goes
-            for file_handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
-                logger.removeHandler(file_handler)
-                file_handler.close()
-            continue
-        level, handlers, propagate, disabled = saved[name]
-        for handler in logger.handlers:
-            if handler not in handlers:
-                handler.close()
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate, logger.disabled = propagate, disabled

@@ -23,6 +23,7 @@ from microtrain.console import console, error_console, one_line, print_result, p
 from microtrain.run import folder as run_folder
 from microtrain.config.overrides import resolve, unresolvable
 from microtrain.errors import ConfigError, FolderBusy, Interrupted, MicrotrainError, TrainingDiverged, WriteFailed
+from microtrain.device import several_processes
 from microtrain.memory import keep_freed_memory
 from microtrain.sweep_summary import objective, sweeper_direction
 
@@ -72,10 +73,11 @@ def _train_job(cfg: DictConfig) -> float:
             cfg, changes, finished = plan_resume(cfg, run_dir, overrides, multirun, console.print)
             if finished is not None:
                 return finished
-        if multirun and cfg.trainer.strategy == "ddp" and not SLURMEnvironment.detect():
-            # Outside SLURM (which starts one task per rank itself), strategy=ddp re-runs this
-            # command in each child rank, and each would start a sweep of its own.
-            console.print("note: trainer.strategy=ddp inside a sweep runs as ddp_spawn")
+        if (multirun or sys.argv[0] == "microtrain") and several_processes(cfg.trainer) and not SLURMEnvironment.detect():
+            # Outside SLURM (which starts one task per rank itself), strategy=ddp (auto's choice for
+            # several devices) re-runs this command in each child rank: each would start a sweep of
+            # its own, and microtrain.api's command (argv[0] "microtrain") is no script to re-run.
+            console.print(f"note: trainer.strategy={cfg.trainer.strategy} {'inside a sweep' if multirun else 'from Python'} runs as ddp_spawn")
             cfg.trainer.strategy = "ddp_spawn"
         launcher = HydraConfig.get().runtime.choices.get("hydra/launcher")
         if not multirun and launcher not in (None, "basic"):  # Hydra itself ignores it without a word

@@ -5,7 +5,7 @@ CUDA branches on a CPU-only machine.
 """
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,14 @@ def resolve(cfg: Mapping[str, Any]) -> DevicePlan:
 # 0.91x, 16->128->4 batch 128 (0.34 M) 0.84x, 32->256->8 batch 256 (2.7 M) 0.88x, 64->512->64
 # batch 256 (17 M) 1.34x, 256->1024->256 batch 1024 (538 M) 1.37x.
 ONE_THREAD_BELOW = 10_000_000  # multiply-adds a step
+
+
+def several_processes(trainer: Mapping[str, Any]) -> bool:
+    """Whether Lightning starts a process per rank by re-running the command: ``strategy=ddp``,
+    or ``auto`` (its choice for several devices or nodes outside a notebook)."""
+    devices, strategy = trainer.get("devices", 1), trainer.get("strategy", "auto")
+    one = devices in (1, "1", "auto") or isinstance(devices, Sequence) and not isinstance(devices, str) and len(devices) == 1
+    return strategy == "ddp" or strategy == "auto" and (not one or trainer.get("num_nodes", 1) != 1)
 
 
 def use_threads(setting: Any, multiply_adds: int) -> int:

@@ -2,33 +2,23 @@
 
 A run: loss curves, per-parameter weight and gradient norms and update ratios, the final
 weight and gradient histograms of every parameter, and the loss landscape around its path
-(``landscape``). A sweep: every job's loss curves, the final
-metric against the swept number (the learning-rate curve, one line per seed) and a bar chart
-of the best jobs' final metric. No TensorBoard server is needed.
+(``landscape``). A sweep: every job's loss curves, the final metric against the swept number
+(one line per seed) and a bar chart of the best jobs' final metric. No TensorBoard server is needed.
 """
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.cm
+import matplotlib.colors
+from matplotlib.figure import Figure
 
-if "ipykernel" not in sys.modules:  # in Jupyter its inline backend draws Run.plot()'s figures
-    matplotlib.use("Agg")  # headless: no display needed
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from microtrain.monitor.tags import Events, events_folder  # noqa: E402
-from microtrain.run import folder as run_folder  # noqa: E402
-from microtrain.errors import ConfigError  # noqa: E402
-from microtrain.sweep_summary import objective  # noqa: E402
-
-
-def read_run(folder: Path) -> Events:
-    return Events(folder)
+from microtrain.monitor.tags import Events, events_folder
+from microtrain.run import folder as run_folder
+from microtrain.errors import ConfigError
+from microtrain.sweep_summary import objective
 
 
 def is_run(folder: Path) -> bool:
@@ -42,14 +32,13 @@ def write_report(folder: str | Path) -> Path:
         raise ConfigError(f"{folder} is not a folder; give a run folder or a sweep folder")
     jobs = sorted(p for p in folder.iterdir() if p.is_dir() and is_run(p))
     if is_run(folder):
-        figure = run_figure(folder, read_run(folder))
+        figure = run_figure(folder, Events(folder))
     elif jobs:
         figure = sweep_figure(folder, jobs)
     else:
         raise ConfigError(f"{folder} holds no TensorBoard logs; give a run folder or a sweep folder")
     out = folder / "report.png"
     figure.savefig(out, dpi=90)
-    plt.close(figure)
     return out
 
 
@@ -67,10 +56,25 @@ def _parameters(events: Events) -> list[str]:
     return [t.split("/", 1)[1] for t in events.Tags()["histograms"] if t.startswith("weights/")]
 
 
-def run_figure(folder: Path, events: Events) -> Figure:
+def _figure(size: tuple[float, float], shown: bool = False) -> Figure:
+    """A figure for a file, outside pyplot and drawn by Agg (the caller's backend untouched), or
+    pyplot's (``shown``), which Jupyter draws inline and ``plt.show()`` opens (``Run.plot()``)."""
+    if shown:
+        import matplotlib.pyplot as plt
+
+        return plt.figure(figsize=size)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = Figure(figsize=size)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def run_figure(folder: Path, events: Events, shown: bool = False) -> Figure:
     params = _parameters(events)
     rows = 2 + math.ceil(len(params) / 2)
-    figure, axes = plt.subplots(rows, 4, figsize=(18, 3.6 * rows), squeeze=False)
+    figure = _figure((18, 3.6 * rows), shown)
+    axes = figure.subplots(rows, 4, squeeze=False)
     figure.suptitle(f"microtrain run {folder}", fontsize=11)
     loss = axes[0][0]
     _curve(loss, events, "train_loss_step", "train (window mean)")
@@ -176,14 +180,15 @@ def _histogram(ax: Any, events: Events, tag: str) -> None:
 
 
 def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
-    figure, axes = plt.subplot_mosaic([["curves", "val"], ["swept", "bars"]], figsize=(16, 10), height_ratios=[3, 3])
+    figure = _figure((16, 10))
+    axes = figure.subplot_mosaic([["curves", "val"], ["swept", "bars"]], height_ratios=[3, 3])
     curves, val, bars = axes["curves"], axes["val"], axes["bars"]
     figure.suptitle(f"microtrain sweep {folder} ({len(jobs)} jobs)", fontsize=11)
     finals = []
     metric, mode = _optimize(jobs)  # the sweep's own ranking, as its summary.csv's
     colors = _job_colors(figure, [curves, val], jobs)
     for job in jobs:
-        events = read_run(job)
+        events = Events(job)
         _curve(curves, events, "train_loss_step", job.name, linewidth=0.8, color=colors.get(job.name))
         _curve(val, events, "val_loss", job.name, marker="." if len(jobs) <= 12 else None, linewidth=0.8, color=colors.get(job.name))
         metrics_file = job / run_folder.METRICS

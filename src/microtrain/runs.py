@@ -16,7 +16,7 @@ class Run:
     scalar TensorBoard holds, a step a row), ``.predict(x)`` and ``.plot()`` (report.png's panels)."""
 
     def __init__(self, folder: Any):
-        self.folder = Path(folder)
+        self.folder = Path(folder).absolute()  # the same run after the caller's os.chdir
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -29,6 +29,10 @@ class Run:
         """The run's whole config (``config.yaml``), as an OmegaConf DictConfig."""
         from omegaconf import OmegaConf
 
+        from microtrain.errors import ConfigError
+
+        if not (self.folder / "config.yaml").is_file():
+            raise ConfigError(f"{self.folder} has no config.yaml: it is not a run folder (or its run was refused before it began)")
         return OmegaConf.load(self.folder / "config.yaml")
 
     @property
@@ -40,7 +44,7 @@ class Run:
 
         from microtrain.monitor.tags import Events
 
-        events = Events(self.folder)
+        events = Events(self._logged())
         rows: dict[int, dict[str, float]] = {}
         for name in events.Tags()["scalars"]:
             for point in events.Scalars(name):
@@ -95,9 +99,19 @@ class Run:
     def plot(self) -> Any:
         """The panels of ``report.png`` (losses, norms, update ratios, histograms, landscape) as a
         matplotlib Figure; Jupyter shows it inline."""
-        from microtrain.report import read_run, run_figure
+        from microtrain.monitor.tags import Events
+        from microtrain.report import run_figure
 
-        return run_figure(self.folder, read_run(self.folder))
+        return run_figure(self.folder, Events(self._logged()), shown=True)
+
+    def _logged(self) -> Path:
+        """The folder, once it holds TensorBoard logs (a run folder's ``tensorboard/``)."""
+        from microtrain.errors import ConfigError
+        from microtrain.report import is_run
+
+        if not is_run(self.folder):
+            raise ConfigError(f"{self.folder} holds no TensorBoard logs (tensorboard/events.out.tfevents.*): give the folder a run wrote")
+        return self.folder
 
     def __repr__(self) -> str:
         m = self.metrics

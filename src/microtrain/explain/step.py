@@ -81,7 +81,7 @@ def config_in_folder(cfg: DictConfig, run_dir: Path, overrides: dict[str, list[s
     no run, this command's config, as a note says (a mistyped run folder would explain the default)."""
     if (run_dir / run_folder.CONFIG).is_file():
         return config_of_run(cfg, run_dir / run_folder.CONFIG, overrides["task"])
-    if (run_dir / "multirun.yaml").is_file() or any((job / ".hydra").is_dir() for job in run_dir.iterdir() if job.is_dir()):
+    if (run_dir / "multirun.yaml").is_file() or run_dir.is_dir() and any((job / ".hydra").is_dir() for job in run_dir.iterdir() if job.is_dir()):
         jobs = sorted(job.name for job in run_dir.iterdir() if (job / run_folder.CONFIG).is_file())
         such = f" (such as {run_dir / jobs[0]})" if jobs else ""
         raise ConfigError(f"{run_dir} is a sweep's folder: point hydra.run.dir at one of its jobs' folders{such}")
