@@ -1,6 +1,7 @@
 """Looking at runs: report.png from TensorBoard logs, a real TensorBoard server over a real sweep, the terminal output."""
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from microtrain.errors import ConfigError
-from microtrain.report import read_run, run_figure, sweep_figure, write_report
+from microtrain.report import run_figure, sweep_figure, write_report
 from microtrain.engine.fit import train
 from tests_helpers import make_cfg, read_events, run_in_process
 
@@ -41,7 +42,7 @@ def title_clear_of_the_panels(figure) -> bool:
 
 
 def test_run_report_has_every_panel(mlp_run):
-    figure = run_figure(mlp_run, read_run(mlp_run))
+    figure = run_figure(mlp_run, read_events(mlp_run))
     names = titles(figure)
     assert names[:4] == ["loss", "weight norm ‖w‖", "gradient norm ‖g‖", "update ratio ‖Δw‖/‖w‖"]
     for name in MLP_PARAMS:
@@ -75,7 +76,7 @@ def test_a_sweep_of_runs_shorter_than_the_loss_interval_shows_their_one_point(ca
     code, out, err = run_in_process(capsys, "train.py", *sweep, f"hydra.sweep.dir={tmp_path}")
     assert code == 0, err
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
-    assert len(read_run(jobs[0]).Scalars("train_loss_step")) == 1  # 25 steps, read every 50: the final window
+    assert len(read_events(jobs[0]).Scalars("train_loss_step")) == 1  # 25 steps, read every 50: the final window
     lines = panel(sweep_figure(tmp_path, jobs), "training loss, every job (2)").get_lines()
     assert [len(line.get_xdata()) for line in lines] == [1, 1] and all(line.get_marker() == "." for line in lines)  # visible
 
@@ -170,9 +171,12 @@ def test_tensorboard_server_shows_runs_layout_hparams_and_histograms(capsys, tmp
     """One real TensorBoard server over a real 2x2 sweep: its runs, the Custom Scalars layout, the
     HParams experiment (swept columns first) and every parameter's weight and gradient histograms."""
     code, out, err = run_in_process(
-        capsys, "train.py", "-m", "model=linear,mlp", "optimizer.lr=0.01,0.1", "trainer.max_epochs=2", f"hydra.sweep.dir={tmp_path}"
+        capsys, "train.py", "-m", "model=linear,mlp", "optimizer.lr=0.01,0.1,30", "trainer.max_epochs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"
     )
     assert code == 0, err
+    # the same job in another folder of the same name: a row of its own, not merged (and averaged) with the first
+    job = next(p for p in (tmp_path / "sweep").iterdir() if "model=mlp" in p.name and "lr=0.1," in p.name + ",")
+    shutil.copytree(job, tmp_path / "again" / job.name)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path), "--host", "127.0.0.1", "--port", str(port)],
@@ -181,12 +185,12 @@ def test_tensorboard_server_shows_runs_layout_hparams_and_histograms(capsys, tmp
     )
     try:
         runs, deadline = [], time.time() + 90
-        while time.time() < deadline and len(runs) < 4:
+        while time.time() < deadline and len(runs) < 7:
             try:
                 runs = _get(port, "/data/runs")
             except OSError:
                 time.sleep(0.5)
-        assert len(runs) == 4 and all(r.endswith("/tensorboard") and not r.startswith(".") for r in runs)
+        assert len(runs) == 7 and all(r.endswith("/tensorboard") and not r.startswith(".") for r in runs)
         layout = _get(port, "/data/plugin/custom_scalars/layout")
         first = layout["category"][0]
         assert first["title"] == "loss" and first["chart"][0]["title"] == "train and validation loss"
@@ -195,7 +199,7 @@ def test_tensorboard_server_shows_runs_layout_hparams_and_histograms(capsys, tmp
         assert columns[:2] == [("lr", True), ("model", True)]  # the swept ones first
         assert dict(columns)["hidden"] is False  # only the MLP has one: not swept
         lr = next(h for h in experiment["hparamInfos"] if h["name"] == "lr")
-        assert lr["domainDiscrete"] == [0.01, 0.1]
+        assert lr["domainDiscrete"] == [0.01, 0.1, 30]
         assert [m["name"]["tag"] for m in experiment["metricInfos"]][:2] == ["final/val_loss", "final/train_loss"]
         groups = _get(
             port,
@@ -209,11 +213,16 @@ def test_tensorboard_server_shows_runs_layout_hparams_and_histograms(capsys, tmp
             },
         )["sessionGroups"]
         linear = [g for g in groups if g["hparams"]["model"] == "linear"]
-        assert len(groups) == 4 and len(linear) == 2 and all("hidden" not in g["hparams"] for g in linear)
-        assert all(any(m["name"]["tag"] == "final/val_loss" for m in g["metricValues"]) for g in groups)
+        assert len(groups) == 7 and len(linear) == 3 and all("hidden" not in g["hparams"] for g in linear)
+        assert all(len(g["sessions"]) == 1 for g in groups)
+        finished = [g for g in groups if g["hparams"]["lr"] != 30]
+        assert all(any(m["name"]["tag"] == "final/val_loss" for m in g["metricValues"]) for g in finished)
+        assert {g["sessions"][0]["status"] for g in finished} == {"STATUS_SUCCESS"}
+        diverged = [g for g in groups if g["hparams"]["lr"] == 30]  # rows of their own, failed
+        assert len(diverged) == 2 and {g["sessions"][0]["status"] for g in diverged} == {"STATUS_FAILURE"}
         histograms = _get(port, "/data/plugin/histograms/tags")
-        mlp = [tags for run, tags in histograms.items() if "model=mlp" in run]
-        assert len(mlp) == 2
+        mlp = [tags for run, tags in histograms.items() if "model=mlp" in run and "lr=30" not in run]
+        assert len(mlp) == 3
         for name in MLP_PARAMS:
             assert all(f"1_weights/{name}" in tags and f"2_grads/{name}" in tags for tags in mlp)  # monitor.tags
     finally:

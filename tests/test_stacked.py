@@ -376,6 +376,14 @@ def test_a_diverging_job_is_frozen_and_the_others_finish(tmp_path):
     assert json.loads((folders[1] / "metrics.json").read_text())["status"] == "diverged"
     with pytest.raises(Exception, match="diverged at step"):
         train(make_cfg(*jobs[1]), tmp_path / "solo_diverges")  # the same job alone diverges too
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    for folder in (folders[1], tmp_path / "solo_diverges"):  # each a failed row of the HParams table, with its charts
+        events = read_events(folder)._events
+        sessions = events.PluginTagToContent("hparams")
+        assert metadata.parse_session_end_info_plugin_data(sessions[metadata.SESSION_END_INFO_TAG]).status == api_pb2.STATUS_FAILURE
+        assert metadata.parse_session_start_info_plugin_data(sessions[metadata.SESSION_START_INFO_TAG]).hparams["lr"].number_value == 50.0
+        assert events.PluginTagToContent("custom_scalars")
     assert largest_difference(checkpoint_weights(folders[0]), checkpoint_weights(tmp_path / "solo0")) < 1e-5  # its neighbour's NaNs never reach it
     assert all(torch.isfinite(t).all() for t in checkpoint_weights(folders[2]).values())
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from microtrain import device
 from microtrain.config import schema
 from microtrain.console import quiet_libraries
-from microtrain.errors import ConfigError, Interrupted
+from microtrain.errors import ConfigError, Interrupted, TrainingDiverged
 from microtrain.monitor.hparams import log_hparams
 from microtrain.monitor.logger import RunLogger, tensorboard_layout
 from microtrain.monitor.loss import LossWatch
@@ -82,6 +82,11 @@ def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = 
         trainer.fit(prepared.module, datamodule=prepared.datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:  # several processes: Lightning stopped every rank on SIGTERM
         raise Interrupted(f"interrupted by SIGTERM at step {trainer.global_step}", signal.SIGTERM) from None
+    except TrainingDiverged:  # its HParams session too: the learning rate that diverged is a row of the table
+        if trainer.is_global_zero and trainer.logger is not None:
+            log_hparams(trainer.logger, cfg, {"status": "diverged", "steps": trainer.global_step})
+            trainer.logger.finalize("failed")
+        raise
     finally:
         loop.release()  # dynamo's guards back on, whatever happened
         torch.set_num_threads(threads_before)

@@ -41,7 +41,21 @@ COLUMNS = (
 )
 GROUPS = {"model": "model.name", "loss": "loss.name", "data": "data.name", "optimizer": "optimizer._target_"}
 # where a run trains, not what it learns (device.precision is a hyper-parameter: it changes the numbers)
-NOT_HPARAMS = ("hydra", "resume", "hparams_search", "trainer.enable_progress_bar", "device.type", "device.threads", "device=")
+# nor how it is run, logged, checkpointed or ranked (log.curvature, overwrite=true, optimize.metric)
+NOT_HPARAMS = (
+    "hydra",
+    "resume",
+    "overwrite",
+    "trust_run_config",
+    "hparams_search",
+    "trainer.enable_progress_bar",
+    "device.type",
+    "device.threads",
+    "device=",
+    "log.",
+    "checkpoint.",
+    "optimize.",
+)
 METRICS = ("val_loss", "train_loss", "test_loss")
 
 
@@ -92,7 +106,9 @@ def final_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def log_hparams(
     logger: Any, cfg: DictConfig, metrics: dict[str, Any], overrides: Optional[Sequence[str]] = None, experiment: Optional[bool] = None
 ) -> None:
-    """The run's session, final metrics and config text; its own experiment unless in a sweep."""
+    """The run's session, final metrics and config text; its own experiment unless in a sweep.
+    A diverged run's session too (its status a failure, its metrics what stayed finite): the
+    learning rate that diverged is a row of the table, not a gap in it."""
     from tensorboard.plugins.hparams import summary_v2 as hp
 
     if overrides is None or experiment is None:
@@ -109,9 +125,26 @@ def log_hparams(
     file_writer = writer._get_file_writer()  # what add_scalar itself calls
     if experiment:
         file_writer.add_summary(experiment_pb([params], [final]))
-    file_writer.add_summary(hp.hparams_pb(params, trial_id=str(Path(logger.save_dir).name), start_time_secs=time.time()))
+    # trial_id "": each run is a session group of its own, named by its path (TensorBoard's), so
+    # runs whose folders share a name (the same job in two sweeps) are not merged and averaged
+    file_writer.add_summary(hp.hparams_pb(params, trial_id="", start_time_secs=time.time()))
+    file_writer.add_summary(session_end_pb(metrics.get("status", "ok") == "ok"))
     writer.add_text("config", "```yaml\n" + yaml_text(cfg) + "```")
     logger.save()  # the events flushed, and hparams.yaml
+
+
+def session_end_pb(succeeded: bool) -> Any:
+    """The session's end and status (the HParams table's Status column), as TensorBoard's
+    ``hparams.summary.session_end_pb`` writes it; that module imports TensorFlow."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    status = api_pb2.STATUS_SUCCESS if succeeded else api_pb2.STATUS_FAILURE
+    end = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
+    data = plugin_data_pb2.HParamsPluginData(session_end_info=end)
+    return Summary(
+        value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=metadata.create_summary_metadata(data), tensor=metadata.NULL_TENSOR)]
+    )
 
 
 def experiment_pb(runs: list[dict[str, Any]], finals: list[dict[str, float]]) -> Any:

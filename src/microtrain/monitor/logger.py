@@ -56,4 +56,7 @@ def tensorboard_layout(cfg: Any, prepared: Any) -> dict:
     """The Custom Scalars layout of a run with this config (``monitor.tags.layout``)."""
     model = prepared.module.model
     layers = [name for name, _ in hidden_layers(model)] if cfg.log.inspect and cfg.log.activations else []
-    return tags.layout([n for n, _ in model.named_parameters()], layers, cfg.log.inspect and cfg.log.curvature)
+    splits = prepared.splits
+    return tags.layout(
+        [n for n, _ in model.named_parameters()], layers, cfg.log.inspect and cfg.log.curvature, splits.val is not None, splits.test is not None
+    )

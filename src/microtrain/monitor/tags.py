@@ -94,18 +94,20 @@ def name_of(tag: str) -> str:
     return tag
 
 
-def layout(parameters: list[str], layers: list[str], curvature: bool) -> dict[str, dict[str, list]]:
+def layout(parameters: list[str], layers: list[str], curvature: bool, validation: bool = True, test: bool = False) -> dict[str, dict[str, list]]:
     """The Custom Scalars tab (``SummaryWriter.add_custom_scalars``): train and validation loss
     on one chart first, then one chart per quantity with every parameter on it (the update
-    ratios, whose healthy range is ~1e-3, read best on the chart's log scale toggle).
+    ratios, whose healthy range is ~1e-3, read best on the chart's log scale toggle); the
+    validation and test charts only where the run has those splits (no empty chart).
 
     Charts match tags by regular expression, so one layout fits every run of a sweep."""
+    loss: dict[str, list] = {"train and validation loss": ["Multiline", [r"^1_loss/(train|val)$"]]}
+    if validation:
+        loss["validation metrics"] = ["Multiline", [r"^2_validation/"]]
+    if test:
+        loss["test metrics (best checkpoint, at the end)"] = ["Multiline", [r"^2_test/"]]
     charts: dict[str, dict[str, list]] = {
-        "loss": {
-            "train and validation loss": ["Multiline", [r"^1_loss/(train|val)$"]],
-            "validation metrics": ["Multiline", [r"^2_validation/"]],
-            "test metrics (best checkpoint, at the end)": ["Multiline", [r"^2_test/"]],
-        },
+        "loss": loss,
         "parameters (log scale reads best)": {
             "update ratio ‖Δw‖/‖w‖": ["Multiline", [r"^3_update_ratio/"]],
             "gradient norm": ["Multiline", [r"^4_grad_norm/"]],

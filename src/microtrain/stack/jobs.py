@@ -282,7 +282,7 @@ class StackedJob:
     def finish(self, metrics: dict[str, Any]) -> None:
         """metrics.json, the HParams entry, and every event on disk."""
         self.scalars.flush(self.writer, force=True)
-        if metrics.get("status") == "ok":
+        if metrics.get("status") in ("ok", "diverged"):  # a diverged job is a row of the HParams table too
             log_hparams(self.logger, self.cfg, metrics, self.overrides, experiment=False)  # the sweep's end writes the experiment
         assert self.logger is not None  # open() made it, before the group trained
         self.logger.finalize("success" if metrics.get("status") == "ok" else "failed")  # hparams.yaml, flushed events
