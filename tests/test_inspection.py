@@ -11,7 +11,7 @@ import torch
 
 from microtrain.landscape import landscape
 from microtrain.monitor import curvature
-from microtrain.monitor.parameters import grid
+from microtrain.monitor.inspection_grid import Budget, grid
 from microtrain.monitor.tags import name_of, tensorboard_tag
 from microtrain.engine.build import prepare
 from microtrain.engine.fit import train
@@ -221,3 +221,34 @@ def test_each_job_of_a_sweep_in_one_process_budgets_its_own_time(tmp_path, capsy
     assert code == 0, err
     counts = [_inspected(p) for p in (tmp_path / "stacked").glob("*optimizer=*")]
     assert len(counts) == 4 and all(2 <= c < 30 for c in counts), counts
+
+
+def _budget_after(step: int, plain: tuple[float, int], drawn: tuple[float, int], elapsed: float) -> Budget:
+    """A 1,000-step run's budget (5 %, 1 s of start-up) at ``step``, its inspections so far costing
+    (seconds, count) without and with histograms."""
+    import time
+
+    budget = Budget(0.05, 0, 1000)
+    budget.start_up, budget.started = 1.0, time.perf_counter() - elapsed
+    for (seconds, count), drawing in ((plain, False), (drawn, True)):
+        budget.add(seconds, drawing)
+        budget.costs[drawing][1] = count
+    return budget
+
+
+def test_auto_widens_the_planned_grid_for_the_whole_run_and_narrows_it_back():
+    """The grid is the planned one doubled as little as fits the run's projected budget, the
+    histograms first while they cost the most; it goes back as costs settle. A rule on the cost
+    so far had doubled a 64-job stack's grid from every 5 steps to every 640 by step ~300."""
+    planned = (5, 40)
+    cheap = _budget_after(100, (20 * 1e-4, 20), (3 * 5e-4, 3), elapsed=0.2)
+    assert cheap.widened(100, 80, 320, False, planned) == planned  # back to the planned grid
+    costly = _budget_after(100, (20 * 3e-3, 20), (3 * 15e-3, 3), elapsed=0.3)
+    every, histograms = costly.widened(100, *planned, False, planned)
+    assert (every, histograms) != planned
+    assert every % 5 == 0 and math.log2(every // 5).is_integer() and histograms % every == 0 and histograms % 40 == 0  # on the planned grid
+    left, (plain, drawn) = 899, (3e-3, 15e-3)
+    projected = costly.spent + left / histograms * drawn + (left / every - left / histograms) * plain
+    per_step = (0.3 - costly.spent) / 101
+    assert projected <= 0.05 * (1.0 + 0.3 + left * per_step) + 1e-3  # within the budget of the run as projected
+    assert every < left  # still points over the rest of the run

@@ -384,6 +384,8 @@ def test_a_diverging_job_is_frozen_and_the_others_finish(tmp_path):
         assert metadata.parse_session_end_info_plugin_data(sessions[metadata.SESSION_END_INFO_TAG]).status == api_pb2.STATUS_FAILURE
         assert metadata.parse_session_start_info_plugin_data(sessions[metadata.SESSION_START_INFO_TAG]).hparams["lr"].number_value == 50.0
         assert events.PluginTagToContent("custom_scalars")
+    nonfinite = [{t for t in read_events(f).Tags()["scalars"] if t.startswith("nonfinite/")} for f in (folders[1], tmp_path / "solo_diverges")]
+    assert nonfinite[0] == nonfinite[1] and nonfinite[0]  # where the NaN and Inf are, as its solo twin shows them
     assert largest_difference(checkpoint_weights(folders[0]), checkpoint_weights(tmp_path / "solo0")) < 1e-5  # its neighbour's NaNs never reach it
     assert all(torch.isfinite(t).all() for t in checkpoint_weights(folders[2]).values())
 

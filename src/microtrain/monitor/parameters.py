@@ -20,8 +20,8 @@ inspection, and written in bursts (``monitor.scalars.ScalarBuffer``).
 
 With ``log.inspect_every_n_steps=auto`` the run is inspected on a grid of about
 INSPECT_POINTS points over its planned steps, with HISTOGRAM_SLICES of them also drawing
-histograms; the grid is widened (doubled) whenever inspection has taken more than
-``log.inspect_budget`` of the run's wall clock so far and the start-up (``microtrain.start_up``). Measured here on the default
+histograms; the grid is widened (doubled) while inspection, at its cost so far, would take more
+than ``log.inspect_budget`` of the run's projected wall clock and start-up (``Budget``). Measured here on the default
 ``model=mlp`` run (500 steps): 250 points, 26 histogram slices, ~3 % of its wall clock.
 """
 
@@ -35,19 +35,17 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-import microtrain
 from microtrain.monitor import curvature
 from microtrain.monitor.activations import capture, hidden_layers
 from microtrain.monitor.progress import planned_steps
 from microtrain.monitor.scalars import ScalarBuffer
 from microtrain.run import folder as run_folder
+from microtrain.monitor.inspection_grid import Budget, grid
 from microtrain.monitor.statistics import add_histogram_row, foreach_norms, histograms, histograms_of, nonfinite_counts, unit_fractions
 
 if TYPE_CHECKING:  # the callbacks read the module's model, loss and loss window
     from microtrain.engine.module import Trainee
 
-INSPECT_POINTS = 200  # auto: at least this many inspected steps over a run (250 for 500 steps)
-HISTOGRAM_SLICES = 25  # auto: of which about this many also draw histograms
 COMPILED_INTERVAL = 50  # auto under loop.compile: inspected steps run eager, so at most one in 50 is
 TRAJECTORY = "trajectory.pt"  # the weights at inspected steps, for report.png's loss landscape
 TRAJECTORY_EVERY_POINT = 10_000  # parameters: up to this many, the weights of every inspected step are kept
@@ -60,15 +58,6 @@ def tensorboard_writer(trainer: "L.Trainer") -> Optional[SummaryWriter]:
         return None
     writer = trainer.logger.experiment  # type: ignore[attr-defined]  # every Lightning logger has one; their base class does not declare it
     return writer if isinstance(writer, SummaryWriter) else None
-
-
-def grid(planned: Optional[float]) -> tuple[int, int]:
-    """``auto``: (steps between inspections, steps between histogram slices) for a run of
-    ``planned`` steps; the histogram interval is a multiple of the inspection one."""
-    if not planned or not math.isfinite(planned):
-        return 1, 1
-    every = max(1, int(planned) // INSPECT_POINTS)
-    return every, every * max(1, round(planned / every / HISTOGRAM_SLICES))
 
 
 class ParameterInspector(L.Callback):
@@ -90,13 +79,13 @@ class ParameterInspector(L.Callback):
         self.histograms, self.activations, self.curvature = histograms, activations, curvature
         self.budget = budget
         self.widen = self.auto  # fixed_grid() stops widening under loop.compile
+        self._planned = (self.every_n_steps, self.histogram_every)  # auto's grid for the run: set at its start
         self.enabled = enabled
         self.scalars = ScalarBuffer(max_items=1024, max_seconds=2.0)
         self._before: list[torch.Tensor] = []
         self._pending: Optional[tuple[int, list, list]] = None  # (step, scalars, histograms) on the device, not yet copied
         self._step: Optional[int] = None  # the last step inspected
-        self._cost = 0.0  # seconds all inspections took
-        self.started, self.start_up = time.perf_counter(), microtrain.start_up()  # what the budget is a share of
+        self._budget = Budget(budget, 0, None)  # the run's first step and plan: at the train start
         self._names: list[str] = []
         self._inspected: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self._layers: list[tuple[str, nn.Module]] = []
@@ -107,8 +96,10 @@ class ParameterInspector(L.Callback):
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         module = cast("Trainee", pl_module)  # microtrain's callbacks serve its Trainee
         self.enabled = self.enabled and trainer.is_global_zero  # only rank 0 writes, so only rank 0 needs the hooks
+        planned = planned_steps(trainer)
         if self.auto:
-            self.every_n_steps, self.histogram_every = grid(planned_steps(trainer))
+            self.every_n_steps, self.histogram_every = self._planned = grid(planned)
+        self._budget.first_step, self._budget.planned = trainer.global_step, planned
         self._names = [name for name, _ in module.model.named_parameters()]
         self._layers = hidden_layers(module.model) if self.activations else []
         writer = tensorboard_writer(trainer)
@@ -148,7 +139,7 @@ class ParameterInspector(L.Callback):
             return
         started = time.perf_counter()
         self._inspect(cast("Trainee", pl_module), optimizer, step, with_grads=True)
-        self._cost += time.perf_counter() - started
+        self._budget.add(time.perf_counter() - started, self._drawn(step))
 
     def stepped(self, pl_module: "Trainee") -> None:
         """Right after an inspected step's update (``StepLoop`` calls it): its update ratios."""
@@ -160,8 +151,14 @@ class ParameterInspector(L.Callback):
         ratios = change / foreach_norms(self._before).clamp_min(1e-12)
         self._copy_to_host(extra=[([f"update_ratio/{n}" for n in self._names], ratios)])
         self._before = []
-        self._cost += time.perf_counter() - started
-        self._maybe_widen()
+        self._budget.add(time.perf_counter() - started, self._drawn(self._step))
+        if self.widen and self._step is not None:
+            grid = self._budget.widened(self._step, self.every_n_steps, self.histogram_every, self._drawn(self._step), self._planned)
+            self.every_n_steps, self.histogram_every = grid
+
+    def _drawn(self, step: Optional[int]) -> bool:
+        """Whether the inspection of ``step`` drew histograms (or the curvature): the costly ones."""
+        return step is not None and step % self.histogram_every == 0 and (self.histograms or self.curvature)
 
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         """The final weights, so every run ends with its final state; then everything held."""
@@ -290,9 +287,3 @@ class ParameterInspector(L.Callback):
         batch = pl_module.loop.batch
         if batch:
             self.scalars.add("gradient_noise_scale", curvature.gradient_noise_scale(model, loss_fn, *batch[0]), step)
-
-    def _maybe_widen(self) -> None:
-        """auto: double the grid while inspection took more than the budget of the run so far."""
-        if self.widen and self._cost > self.budget * (time.perf_counter() - self.started + self.start_up):
-            self.every_n_steps *= 2
-            self.histogram_every = self.every_n_steps * max(1, math.ceil(self.histogram_every / self.every_n_steps))

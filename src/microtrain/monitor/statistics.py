@@ -70,19 +70,22 @@ def nonfinite_counts(tensor: Tensor) -> tuple[int, int]:
     return int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
 
 
-def unit_fractions(kind: str, output: Tensor) -> dict[str, Tensor]:
-    """What a hidden layer's units do on one batch (``output``: [rows, units] after the activation).
+def unit_fractions(kind: str, output: Tensor, stacked: bool = False) -> dict[str, Tensor]:
+    """What a hidden layer's units do on one batch (``output``: [rows, units] after the activation;
+    ``stacked``: [K, rows, units] of K jobs, a fraction per job).
 
     ``dead``: ReLU units never positive on the batch (their gradient is zero for every row, so
     SGD cannot revive them). ``saturated``: tanh or sigmoid units whose output lies in the flat
     tails (see SATURATED) for more than half of the batch."""
-    output = output.detach().flatten(1) if output.dim() > 1 else output.detach()[:, None]
+    if not stacked:
+        output = output.detach().flatten(1) if output.dim() > 1 else output.detach()[:, None]
+    rows = 1 if stacked else 0
     if kind == "ReLU":
-        return {"dead": 1.0 - (output > 0).any(dim=0).float().mean()}
+        return {"dead": 1.0 - (output > 0).any(dim=rows).float().mean(dim=-1)}
     if kind == "Tanh":
         flat = output.abs() > SATURATED
     elif kind == "Sigmoid":
         flat = (output < 1 - SATURATED) | (output > SATURATED)
     else:
         return {}
-    return {"saturated": (flat.float().mean(dim=0) > 0.5).float().mean()}
+    return {"saturated": (flat.float().mean(dim=rows) > 0.5).float().mean(dim=-1)}

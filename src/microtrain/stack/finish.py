@@ -60,7 +60,7 @@ def finished(run: "StackedRun", k: int, job: StackedJob, seconds: float, threads
             if isinstance(value, float):
                 job.scalars.add(name, value, steps)
     metrics["threads"] = threads
-    metrics["stacked"] = {"jobs": len(run.jobs), "job": k}
+    metrics["stacked"] = {"jobs": len(run.jobs), "job": k, **run.inspector.widened()}
     job.finish(metrics)
     return metrics
 

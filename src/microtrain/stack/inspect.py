@@ -4,17 +4,17 @@ histograms and dead or saturated units, on the device, with one copy to the host
 inspection. Each job's values then go to its own TensorBoard run; ``log.curvature`` per job,
 on the job's own model."""
 
+import math
 import time
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-import microtrain
 from microtrain.monitor import curvature
 from microtrain.monitor.activations import hidden_layers
-from microtrain.monitor.parameters import grid
-from microtrain.monitor.statistics import add_histogram_row, histograms, unit_fractions
+from microtrain.monitor.inspection_grid import Budget, grid
+from microtrain.monitor.statistics import add_histogram_row, histograms, nonfinite_counts, unit_fractions
 from microtrain.stack.validate import evaluate
 
 
@@ -39,15 +39,20 @@ class StackedInspector:
         self.enabled, self.histograms = log.inspect, log.histograms
         self.auto = log.inspect_every_n_steps == "auto"
         self.every, self.histogram_every = grid(planned) if self.auto else (int(log.inspect_every_n_steps),) * 2
-        self.budget = log.inspect_budget
+        self.planned = (self.every, self.histogram_every)
+        self.budget = Budget(log.inspect_budget, first, planned)
         self.curvature = bool(log.curvature)
         self.last: Optional[int] = None
-        self._cost = 0.0
-        self.started, self.start_up = time.perf_counter(), microtrain.start_up()  # what the budget is a share of
         # the MLP's hidden layer, fed by the model's first linear layer from the batch itself
         layers = hidden_layers(jobs[0].model) if log.activations else []
         first_linear = next((n for n, m in jobs[0].model.named_modules() if isinstance(m, torch.nn.Linear)), None)
         self.layers = [(name, module) for name, module in layers if name == first_linear]
+
+    def widened(self) -> dict[str, Any]:
+        """auto's grid, if the budget widened it (K jobs' inspection against one clock: a large
+        group's points lie wider apart than its solo runs')."""
+        now = (self.every, self.histogram_every)
+        return {"inspect_every_n_steps": [*self.planned, *now]} if self.enabled and now != self.planned else {}
 
     def due(self, step: int) -> bool:
         return self.enabled and step % self.every == 0
@@ -76,6 +81,13 @@ class StackedInspector:
                 if hists is not None:
                     add_histogram_row(out, f"weights/{name}", hists[k][i], step)
                     add_histogram_row(out, f"grads/{name}", hists[k][n + i], step)
+            if not all(map(math.isfinite, values[k][: 2 * n])):  # as a solo run: where the NaN or Inf are
+                for kind, tensors in (("weights", before), ("grads", grads)):
+                    for name, tensor in zip(self.step.names, tensors):
+                        nan, inf = nonfinite_counts(tensor[k])
+                        if nan or inf:
+                            out.add(f"nonfinite/{kind}/{name}/nan", nan, step)
+                            out.add(f"nonfinite/{kind}/{name}/inf", inf, step)
             for j, name in enumerate(unit_names):
                 out.add(name, values[k][3 * n + j], step)
             if layer_hists is not None:
@@ -88,7 +100,7 @@ class StackedInspector:
             self._curvature(step, before, x, y)
         for job in self.jobs:
             job.scalars.flush(job.writer)
-        self._schedule(step, time.perf_counter() - started)
+        self._schedule(step, time.perf_counter() - started, drawing or self.curvature and scheduled)
 
     def _curvature(self, step: int, weights: list[Tensor], x: Optional[Tensor], y: Optional[Tensor]) -> None:
         """``log.curvature`` as each job's solo run computes it (``monitor.curvature`` on the job's own
@@ -123,7 +135,7 @@ class StackedInspector:
             if bias is not None:
                 pre = pre + bias[:, None, :]
             post = module(pre)
-            for what, values in _per_job(type(module).__name__, post).items():
+            for what, values in unit_fractions(type(module).__name__, post.detach(), stacked=True).items():
                 out.append(values)
                 names.append(f"{what}_units/{layer}")
             if drawing:
@@ -156,17 +168,10 @@ class StackedInspector:
                 job.scalars.add("train_loss_full", full[k], step)
                 job.scalars.add("optimality_gap", full[k] - job.prepared.optimum, step)
 
-    def _schedule(self, step: int, cost: float) -> None:
-        """auto: the grid doubles while inspection took more than the budget of the run so far
-        and the start-up (``microtrain.start_up``); the stacked step is compiled or not for the whole run, so timing
-        cannot break bitwise resume."""
-        self.last, self._cost = step, self._cost + cost
-        if self.auto and self._cost > self.budget * (time.perf_counter() - self.started + self.start_up):
-            self.every *= 2
-            self.histogram_every = self.every * max(1, -(-self.histogram_every // self.every))
-
-
-def _per_job(kind: str, post: Tensor) -> dict[str, Tensor]:
-    """``unit_fractions`` for each job of [K, B, units]."""
-    per = [unit_fractions(kind, post[k]) for k in range(len(post))]
-    return {what: torch.stack([p[what] for p in per]) for what in (per[0] if per else {})}
+    def _schedule(self, step: int, cost: float, drawn: bool) -> None:
+        """auto: ``monitor.inspection_grid.Budget``'s rule, the same as a solo run's; the stacked step is
+        compiled or not for the whole run, so timing cannot break bitwise resume."""
+        self.last = step
+        self.budget.add(cost, drawn)
+        if self.auto:
+            self.every, self.histogram_every = self.budget.widened(step, self.every, self.histogram_every, drawn, self.planned)
