@@ -73,6 +73,8 @@ def test_predict_refuses_what_predict_py_refuses_in_the_callers_terms(run, tmp_p
     assert kept[0, 0] == pytest.approx(run.predict(np.array([[0.5, 0.0, 1.0]]))[0, 0])
     with pytest.raises(mt.ConfigError, match=r"has no checkpoints/bogus.ckpt; checkpoint= names one of its checkpoints: best, last"):
         run.predict(np.zeros((1, 3)), checkpoint="bogus")
+    with pytest.raises(mt.ConfigError, match=r"names one of the run's checkpoints by its name, not a file: best, last"):
+        run.predict(np.zeros((1, 3)), checkpoint=str(run.folder / "checkpoints" / "best.ckpt"))
     copy = tmp_path / "interrupted"
     shutil.copytree(run.folder, copy)
     (copy / "metrics.json").write_text(json.dumps({"status": "interrupted"}))

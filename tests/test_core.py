@@ -52,7 +52,12 @@ def test_accumulating_two_batches_is_one_batch_twice_as_large(tmp_path):
 
 @pytest.mark.parametrize(
     "overrides",
-    [["+experiment=linear_1x1_sgd"], ["model=mlp", "optimizer=adamw"], ["model=mlp", "optimizer.momentum=0.9", "optimizer.nesterov=true"]],
+    [
+        ["+experiment=linear_1x1_sgd"],
+        ["model=mlp", "optimizer=adamw"],
+        ["model=mlp", "optimizer.momentum=0.9", "optimizer.nesterov=true"],
+        ["model=mlp", "device=cpu", "device.precision=64"],  # in float64, as the run (it was float32's step, 3e-8 apart)
+    ],
 )
 def test_explain_step_is_the_first_training_step_bitwise(tmp_path, overrides):
     report = explain_step(make_cfg(*overrides, config="explain"))

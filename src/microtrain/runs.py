@@ -85,6 +85,7 @@ class Run:
         if inputs.ndim != 2 or inputs.shape[1] != len(info["features"]):
             raise DataError(
                 f"x has shape {list(inputs.shape)} but the model takes rows of {len(info['features'])} features ({', '.join(info['features'])})"
+                + ("; one row is x[None] or [x]" if inputs.ndim == 1 else "")
             )
         dropped = np.isnan(inputs).any(axis=1)  # missing='drop': no prediction for that row
         outputs = predict(model, info, np.nan_to_num(inputs))

@@ -98,6 +98,14 @@ def _refuse_what_a_solo_run_refuses(config: DictConfig, jobs: list[Sequence[str]
     for overrides in jobs:
         task = [o for o in parse(overrides) if not o.is_hydra_override()]
         ours.add(sweep_dir / overrides_dirname(task, list(naming.exclude_keys), naming.item_sep, naming.kv_sep))
+    from microtrain.errors import FolderBusy
+    from microtrain.run import lock
+
+    try:  # a sweep (or a job) still going there: said first, not "holds runs" nor "none of these jobs"
+        for folder in [sweep_dir, *sorted(f for f in ours if f.is_dir())]:
+            lock.check_free(folder)
+    except FolderBusy as err:
+        raise FolderBusy(str(err).replace("hydra.run.dir", "hydra.sweep.dir")) from None
     if config.get("resume") is not True:
         earlier = sorted((folder, what) for folder in ours if folder.is_dir() and (what := run_folder.earlier_run(folder)))
         if earlier:

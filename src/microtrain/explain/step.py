@@ -137,6 +137,9 @@ def explain_step(cfg: DictConfig, run_dir: Optional[Path] = None) -> StepReport:
     prepared.datamodule.setup("fit")
     x, y = next(iter(prepared.datamodule.train_dataloader()))[0]  # the first batch of the first call
     model, loss_fn = prepared.module.model, prepared.module.loss_fn
+    if str(cfg.device.precision) in ("64", "64-true"):  # as Lightning's 64-bit precision casts the model and its inputs
+        model.double()
+        x, y = (t.double() if t.is_floating_point() else t for t in (x, y))
     optimizer = prepared.module.make_optimizer(model.parameters())
     names = [name for name, _ in model.named_parameters()]
     params = [p.detach() for p in model.parameters()]  # the model's own storage: the step moves it
