@@ -104,6 +104,25 @@ def test_bf16_mixed_jobs_stack_on_the_gpu(tmp_path):
     assert max((ours[k].double() - v.double()).abs().max().item() for k, v in final_weights(solo).items()) < 1e-2
 
 
+def test_16_mixed_jobs_stack_on_the_gpu_each_with_its_solo_runs_loss_scale(tmp_path):
+    """Each stacked job's GradScaler state in its checkpoint is its solo twin's (the same scale
+    and growth tracker: the same steps skipped), and a stacked resume goes on from it."""
+    from microtrain.stack.train import train_group
+
+    jobs = [[*SMALL, "device.precision=16-mixed", f"optimizer.lr={lr}", f"seed={seed}"] for lr, seed in ((0.01, 0), (0.03, 1))]
+    metrics = train_group([cuda_cfg(*job) for job in jobs], [tmp_path / "a", tmp_path / "b"], [False, False])
+    assert [m["status"] for m in metrics] == ["ok", "ok"]
+    for k, folder in enumerate(("a", "b")):
+        train(cuda_cfg(*jobs[k]), tmp_path / f"solo{k}")
+        ours, theirs = (torch.load(tmp_path / f / "checkpoints" / "last.ckpt", weights_only=True) for f in (folder, f"solo{k}"))
+        assert ours["MixedPrecision"] == theirs["MixedPrecision"]
+        stacked = {k.removeprefix("model."): v for k, v in ours["state_dict"].items()}
+        assert max((stacked[n].double() - theirs["state_dict"][f"model.{n}"].double()).abs().max().item() for n in stacked) < 1e-2
+    longer = [[*job, "trainer.max_epochs=4"] for job in jobs]
+    again = train_group([cuda_cfg(*job) for job in longer], [tmp_path / "a", tmp_path / "b"], [True, True])
+    assert [m["status"] for m in again] == ["ok", "ok"] and again[0]["steps"] == 100
+
+
 def test_gpu_memory_peak_is_logged(tmp_path):
     train(cuda_cfg(*SMALL), tmp_path)
     peaks = [s.value for s in read_events(tmp_path).Scalars("gpu_memory_peak_mib")]

@@ -2,6 +2,7 @@
 as its solo run would, checked against real solo runs, Lightning's own checkpoints and
 TensorBoard's reader."""
 
+import copy
 import csv
 import json
 import os
@@ -922,3 +923,75 @@ def test_a_bad_max_jobs_is_one_line_before_anything_is_written(tmp_path, capsys,
     assert code == 2 and err.strip().splitlines() == [err.strip()] and f"error: {key}={value}" in err
     assert "must be a whole number" in err or "could not be converted to Integer" in err  # the check's own, or the typed config's
     assert not (tmp_path / "sweep").exists()
+
+
+def test_16_mixed_stacked_steps_keep_each_jobs_loss_scale_as_its_grad_scaler(monkeypatch):
+    """device.precision=16-mixed: each stacked job's loss scale, skipped steps and updates are
+    those of torch.amp.GradScaler with torch.optim on the job alone, under float16 autocast
+    (on the CPU here: Lightning's Trainer turns 16-mixed into bf16-mixed on a CPU; the run on
+    CUDA is tests/test_cuda.py's). A scale of 2^24 overflows the first steps' gradients in
+    float16, so steps are skipped and the scale backs off, differently for each job."""
+    from microtrain.engine import loss_scale
+    from microtrain.stack.step import StackedStep
+
+    monkeypatch.setattr(loss_scale, "INTERVAL", 3)  # growth after 3 good steps: seen within the test's steps
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)) for _ in range(2)]
+    twins = [copy.deepcopy(m) for m in models]
+    rates, momentum = (0.01, 0.02), 0.9
+    stacked = StackedStep(
+        models,
+        [torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum) for m, lr in zip(models, rates)],
+        torch.nn.MSELoss(),
+        torch.device("cpu"),
+        torch.float32,
+        loss_scale=(torch.tensor([2.0**24, 2.0**10]), torch.zeros(2, dtype=torch.int32)),
+    )
+    solo = [torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum) for m, lr in zip(twins, rates)]
+    scalers = [torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=3) for scale in (2.0**24, 2.0**10)]
+    generator = torch.Generator().manual_seed(1)
+    skipped = [0, 0]
+    for _ in range(12):
+        x, y = torch.randn(2, 32, 3, generator=generator) * 3, torch.randn(2, 32, 1, generator=generator) * 3
+        with torch.autocast("cpu", dtype=torch.float16):
+            losses, _ = stacked(x, y)
+        for k, (model, optimizer, scaler) in enumerate(zip(twins, solo, scalers)):
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = torch.nn.functional.mse_loss(model(x[k]), y[k])
+            scaler.scale(loss).backward()
+            before = scaler.get_scale()
+            scaler.step(optimizer)
+            scaler.update()
+            skipped[k] += scaler.get_scale() < before
+            assert losses[k].item() == pytest.approx(loss.item(), rel=5e-3)  # float16 rounds a batched product elsewhere
+            assert stacked.varying["loss_scale"][k].item() == scaler.get_scale()
+            assert int(stacked.tracker[k]) == scaler.state_dict()["_growth_tracker"]
+            for name, param in model.named_parameters():
+                torch.testing.assert_close(stacked.params[stacked.names.index(name)][k], param.detach(), rtol=1e-2, atol=1e-3)  # float16's
+    assert skipped[0] >= 2 and skipped != [0, 0]  # overflows skipped (the first job's several), and the scales moved apart
+
+
+def test_16_mixed_groups_checkpoint_each_jobs_scaler_and_resume_from_it(tmp_path, monkeypatch, recwarn):
+    """The plumbing of 16-mixed stacks, on the CPU (where Lightning's Trainer autocasts in
+    bfloat16 instead: the numbers are tests/test_cuda.py's): each job's last.ckpt holds its
+    GradScaler's state under Lightning's key, and a resumed group goes on from it."""
+    from microtrain import device
+    from microtrain.engine.loss_scale import INIT
+
+    real = device.resolve
+    monkeypatch.setattr(
+        device, "resolve", lambda cfg: device.DevicePlan("cpu", "16-mixed", "cpu") if str(cfg["precision"]) == "16-mixed" else real(cfg)
+    )
+    jobs = [MLP + ["device=cpu", "device.precision=16-mixed", f"optimizer.lr={lr}"] for lr in (0.01, 0.02)]
+    folders = [tmp_path / "a", tmp_path / "b"]
+    assert [m["status"] for m in train_group([make_cfg(*job) for job in jobs], folders, [False, False])] == ["ok", "ok"]
+    states = [torch.load(f / "checkpoints" / "last.ckpt", weights_only=True)["MixedPrecision"] for f in folders]
+    for state in states:
+        assert set(state) == {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}
+        assert state["scale"] == INIT and state["_growth_tracker"] == 75  # bfloat16 here: no step overflowed
+    longer = [[*job, "trainer.max_epochs=4"] for job in jobs]
+    again = train_group([make_cfg(*job) for job in longer], folders, [True, True])
+    assert [m["steps"] for m in again] == [100, 100]
+    after = [torch.load(f / "checkpoints" / "last.ckpt", weights_only=True)["MixedPrecision"] for f in folders]
+    assert [a["_growth_tracker"] for a in after] == [100, 100]  # went on from 75 (a fresh scaler would count 25)

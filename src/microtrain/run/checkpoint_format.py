@@ -25,6 +25,7 @@ def epoch_end_checkpoint(
     callbacks: list["L.Callback"],
     batches_done: Optional[int] = None,
     mid_epoch: bool = False,
+    precision: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """The checkpoint Lightning writes at the end of a training epoch (``LastCheckpoint``), for a
     model trained outside it (``stack``: one of a sweep's stacked jobs): the same keys and loop
@@ -36,7 +37,8 @@ def epoch_end_checkpoint(
     ``mid_epoch``: the checkpoint ``checkpoint.every_n_steps`` writes after ``batches_done``
     batches of an epoch that goes on (``epochs_done`` epochs before it), as Lightning writes it in
     that call's ``on_train_batch_end``: the call processed but not yet completed, the epoch started
-    but not processed, the validation counters those of the last epoch's (none in the first)."""
+    but not processed, the validation counters those of the last epoch's (none in the first).
+    ``precision``: 16-mixed's scaler state (``engine.loss_scale.scaler_state``)."""
     calls_per_epoch = math.ceil(batches_per_epoch / steps_per_call)
     if mid_epoch:
         epoch, position = epochs_done, batches_done or 0
@@ -76,7 +78,8 @@ def epoch_end_checkpoint(
         "epoch_progress": {"total": dict(epochs), "current": dict(epochs)},
     }
     quiet = {"state_dict": {}, "batch_progress": {**_idle(*four), "is_last_batch": False}}
-    return {
+    scaler = {"MixedPrecision": precision} if precision else {}  # 16-mixed: the GradScaler's state, under Lightning's key
+    return scaler | {
         "epoch": epoch,
         "global_step": global_step,
         "pytorch-lightning_version": L.__version__,

@@ -5,9 +5,10 @@ its early stopping (a job it stops is frozen, its neighbours go on), then last.c
 import time
 import warnings
 from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from microtrain.internals import early_stop
+from microtrain.run import folder as run_folder
 from microtrain.run import interrupt
 from microtrain.stack.validate import split_metrics
 
@@ -55,9 +56,20 @@ def end_epoch(run: "StackedRun", batches_done: int) -> None:
     run.stopping = interrupt.stop_signal() is not None and not run.done()
     if run.budget.due_now(run.done() or run.stopping or bool(stopped)):
         written = time.perf_counter()
-        run.write_last(active, last_epoch_done)
+        write_last(run, active, last_epoch_done)
         run.budget.record(written)
     if stopped:
         run.end_jobs(stopped)
     for k in active:
         run.jobs[k].scalars.flush(run.jobs[k].writer)
+
+
+def write_last(run: "StackedRun", ks: list[int], batches_done: Optional[int], mid_epoch: bool = False) -> None:
+    """Jobs ks' last.ckpt (and best.ckpt after a better epoch) of now, all in one atomic batch:
+    a stacked resume finds the group's checkpoints all of one moment."""
+    files = []
+    for k in ks:
+        params, state = run.stacked.job_state(k)
+        snap = run.jobs[k].snapshot(params, state, run.epoch, run.step_count, batches_done, mid_epoch=mid_epoch)
+        files += run.jobs[k].checkpoint_files(snap, run.shape, lambda k=k: run.best.of(k))
+    run_folder.write_all_atomic(files)

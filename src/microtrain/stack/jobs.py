@@ -22,6 +22,7 @@ from microtrain.run import folder as run_folder
 from microtrain.run import resume as run_resume
 from microtrain.run.checkpoints import checkpoint_callbacks
 from microtrain.engine.build import Prepared, prepare
+from microtrain.engine.loss_scale import PRECISION_KEY
 from microtrain.engine.fit import check_optimize_metric
 from microtrain.engine.trainer import build_callbacks
 from microtrain.run.checkpoint_format import epoch_end_checkpoint
@@ -65,6 +66,8 @@ class StackedJob:
         self.status = "ok"
         self.error: Optional[str] = None
         self.saved_callbacks: dict[str, Any] = {}
+        self.saved_scaler: Optional[dict[str, Any]] = None  # 16-mixed: its GradScaler's state at the checkpoint resumed
+        self.scaler: Optional[Callable[[], dict[str, Any]]] = None  # 16-mixed: its loss scale's state of now (the group's)
         self.diverged: dict[str, Any] = {}  # the step and the parameter, for metrics.json
         self.best_score: Optional[float] = None
         self.best: Optional[dict[str, Any]] = None  # the best epoch's moment (StackedRun keeps its weights)
@@ -99,6 +102,7 @@ class StackedJob:
             if callback.state_key in saved["callbacks"]:
                 callback.load_state_dict(saved["callbacks"][callback.state_key])
         self.saved_callbacks = saved["callbacks"]  # the Timer's elapsed time, read by the group
+        self.saved_scaler = saved.get(PRECISION_KEY)
         best = self.checkpointers[0]
         if self.has_val and best.best_model_score is not None:
             self.best_score = float(best.best_model_score)
@@ -198,6 +202,7 @@ class StackedJob:
             "step": moment["step"],
             "batches_done": moment["batches_done"],
             "mid_epoch": mid_epoch,
+            "precision": moment["precision"],
         }
 
     def moment(self, epochs: int, step: int, batches_done: Optional[int] = None) -> dict[str, Any]:
@@ -208,6 +213,7 @@ class StackedJob:
             "batches_done": batches_done,
             "schedulers": [self.scheduler.state_dict()] if self.scheduler is not None else [],
             "param_groups": self._param_groups(),
+            "precision": self.scaler() if self.scaler is not None else None,
         }
 
     def _param_groups(self) -> list[dict[str, Any]]:
@@ -275,6 +281,7 @@ class StackedJob:
             callbacks=callbacks,
             batches_done=snap["batches_done"],
             mid_epoch=snap["mid_epoch"],
+            precision=snap["precision"],
             **shape,
         )
         return lambda partial: torch.save(sealed(checkpoint), partial)

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from microtrain.engine.compiled import own_code
-from microtrain.engine.step import RULES, functional_forward, train_step
+from microtrain.engine.loss_scale import scaled_train_step, updated_scale
+from microtrain.engine.step import RULES, clip_gradients, functional_forward, train_step
 
 
 def stack_tensors(tensors: Sequence[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -40,6 +41,7 @@ class StackedStep:
         clip_algorithm: str = "norm",
         start_step: int = 0,
         accumulate: int = 1,
+        loss_scale: Optional[tuple[Tensor, Tensor]] = None,
     ):
         self.names = [name for name, _ in models[0].named_parameters()]
         self.device, self.dtype = device, dtype
@@ -58,6 +60,12 @@ class StackedStep:
         self.forward = functional_forward(models[0])
         forward, loss = (self.forward, loss_fn) if accumulate == 1 else accumulated(self.forward, loss_fn, accumulate)
         one = partial(self._one, forward=forward, loss_fn=loss, rule=rule, constants=self.constants, clip_val=clip_val, clip_algorithm=clip_algorithm)
+        # 16-mixed: each job's loss scale (engine.loss_scale) and its growth tracker, beside the step
+        self.tracker: Optional[Tensor] = None
+        if loss_scale is not None:
+            self.varying["loss_scale"], self.tracker = loss_scale
+            clip = partial(clip_gradients, max_value=clip_val, algorithm=clip_algorithm)
+            one = partial(self._one_scaled, forward=forward, loss_fn=loss, rule=rule, constants=self.constants, clip=clip)
         self._eager = torch.func.vmap(one)
         # dynamic=False: a graph for the full batch; an epoch's shorter last batch runs eager
         # rather than compiling a second graph (seconds) for one step an epoch.
@@ -115,6 +123,27 @@ class StackedStep:
         )
         return loss, grads, state
 
+    @staticmethod
+    def _one_scaled(
+        params: list[Tensor],
+        state: list[dict[str, Tensor]],
+        x: Tensor,
+        y: Tensor,
+        hp: dict[str, Any],
+        *,
+        forward: Any,
+        loss_fn: Any,
+        rule: Any,
+        constants: dict[str, Any],
+        clip: Any,
+    ) -> Any:
+        """``_one`` under 16-mixed: the step of ``engine.loss_scale``, skipped for a job whose gradients overflowed."""
+        state = [dict(slot) for slot in state]
+        loss, grads, found = scaled_train_step(
+            list(params), state, (x, y), {**constants, **hp}, forward=forward, loss_fn=loss_fn, update=rule, clip=clip
+        )
+        return loss, grads, state, found
+
     def set_lr(self, lrs: Sequence[float]) -> None:
         """New learning rates (a scheduler's epoch step): written into the same tensor, so the
         compiled graph needs no recompile."""
@@ -131,6 +160,9 @@ class StackedStep:
                 self.compile_seconds = time.perf_counter() - started
             else:
                 loss, grads, state = self._compiled(self.params, self.state, x, y, self.varying)
+        elif self.tracker is not None:  # 16-mixed: each job's scale then moves as its GradScaler's
+            loss, grads, state, found = self._eager(self.params, self.state, x, y, self.varying)
+            self.varying["loss_scale"], self.tracker = updated_scale(self.varying["loss_scale"], self.tracker, found)
         else:
             loss, grads, state = self._eager(self.params, self.state, x, y, self.varying)
         if first:  # a slot made alike for all jobs (Adam's step count) comes out broadcast: own it

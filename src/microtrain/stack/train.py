@@ -24,15 +24,15 @@ from microtrain import device as devices
 from microtrain.console import quiet_libraries
 from microtrain.data.batches import Batch
 from microtrain.errors import ConfigError
-from microtrain.run import folder as run_folder
 from microtrain.run import interrupt
 from microtrain.stack.batches import StackedBatches, on_device
 from microtrain.stack.best import BestEpochs
-from microtrain.stack.epoch_end import end_epoch
+from microtrain.stack.epoch_end import end_epoch, write_last
 from microtrain.stack.finish import finish_jobs
 from microtrain.stack.inspect import StackedInspector
 from microtrain.stack.jobs import StackedJob, refusal
 from microtrain.stack.step import StackedModel, StackedStep
+from microtrain.engine import loss_scale
 from microtrain.engine.build import multiply_adds_per_step, steps_per_call
 from microtrain.engine.module import Trainee, WholeSteps
 from microtrain.engine.trainer import stack_trainer
@@ -99,9 +99,13 @@ class StackedRun(L.Callback, WholeSteps):
         wanted = cfg.loop.compile
         pays = planned * len(jobs) >= COMPILE_FROM_JOB_STEPS and self.multiply_adds <= 1_000_000 and not cfg.trainer.get("max_time")  # as solo
         compile = wanted is True or (wanted == "auto" and pays)
-        if compile and self.accumulate > 1:  # eager, as a solo run's (engine.compiled)
+        scaled = str(cfg.device.precision) == "16-mixed"  # each job's own loss scale (engine.loss_scale)
+        if compile and (self.accumulate > 1 or scaled):  # eager, as a solo run's (engine.compiled)
             if wanted is True:
-                print("note: trainer.accumulate_grad_batches is not compiled; training eager", flush=True)
+                print(
+                    f"note: {'device.precision=16-mixed' if scaled else 'trainer.accumulate_grad_batches'} is not compiled; training eager",
+                    flush=True,
+                )
             compile = False
         self.stacked = StackedStep(
             [j.model for j in jobs],
@@ -114,7 +118,12 @@ class StackedRun(L.Callback, WholeSteps):
             cfg.trainer.get("gradient_clip_algorithm", "norm"),
             start_step=self.step_count,
             accumulate=self.accumulate,
+            loss_scale=loss_scale.initial([j.saved_scaler for j in jobs], self.device) if scaled else None,
         )
+        for k, job in enumerate(jobs if scaled else []):  # its GradScaler's state in each checkpoint, as a solo run's
+            job.scaler = lambda k=k: loss_scale.scaler_state(
+                float(self.stacked.varying["loss_scale"][k]), int(cast(torch.Tensor, self.stacked.tracker)[k])
+            )
         self.loss_fn = jobs[0].prepared.module.loss_fn
         self.budget = CheckpointBudget(cfg.checkpoint.budget)
         self.inspector = StackedInspector(self.jobs, self.stacked, cfg.log, self.step_count, self.train, planned)
@@ -263,17 +272,7 @@ class StackedRun(L.Callback, WholeSteps):
 
     def _checkpoint_mid_epoch(self, batches_done: int) -> None:
         """checkpoint.every_n_steps: every training job's last.ckpt after this step."""
-        self.write_last([k for k, job in enumerate(self.jobs) if job.active], batches_done, mid_epoch=True)
-
-    def write_last(self, ks: list[int], batches_done: Optional[int], mid_epoch: bool = False) -> None:
-        """Jobs ks' last.ckpt (and best.ckpt after a better epoch) of now, all in one atomic batch:
-        a stacked resume finds the group's checkpoints all of one moment."""
-        files = []
-        for k in ks:
-            params, state = self.stacked.job_state(k)
-            snap = self.jobs[k].snapshot(params, state, self.epoch, self.step_count, batches_done, mid_epoch=mid_epoch)
-            files += self.jobs[k].checkpoint_files(snap, self.shape, lambda k=k: self.best.of(k))
-        run_folder.write_all_atomic(files)
+        write_last(self, [k for k, job in enumerate(self.jobs) if job.active], batches_done, mid_epoch=True)
 
     def _drain(self, grads: list[torch.Tensor], epoch_end: bool = False, log: bool = False) -> None:
         """Read the held losses (one host copy): each job's loss windows, and its divergence guard."""
