@@ -75,6 +75,8 @@ def test_predict_refuses_what_predict_py_refuses_in_the_callers_terms(run, tmp_p
         run.predict(np.zeros((1, 3)), checkpoint="bogus")
     with pytest.raises(mt.ConfigError, match=r"names one of the run's checkpoints by its name, not a file: best, last"):
         run.predict(np.zeros((1, 3)), checkpoint=str(run.folder / "checkpoints" / "best.ckpt"))
+    with pytest.raises(mt.ConfigError, match=r"has no checkpoints/5.ckpt; checkpoint= names one of its checkpoints: best, last"):
+        run.predict(np.zeros((1, 3)), checkpoint=5)  # as Hydra reads checkpoint=5
     copy = tmp_path / "interrupted"
     shutil.copytree(run.folder, copy)
     (copy / "metrics.json").write_text(json.dumps({"status": "interrupted"}))
@@ -271,6 +273,8 @@ def test_folders_named_as_hydra_names_them_and_held_absolute(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     run = mt.train(*TINY, "hydra.run.dir=runs/${model.name}_x")
     assert run.folder == tmp_path / "runs" / "mlp_x" and run.metrics["status"] == "ok"
+    run = mt.train(*TINY, "hydra.run.dir=runs/${hydra:runtime.choices.model}_y")
+    assert run.folder == tmp_path / "runs" / "mlp_y" and run.metrics["status"] == "ok"
     table = mt.sweep(*TINY, "optimizer.lr=0.1", "hydra.sweep.dir=sweeps/${now:%Y}")
     assert list(table.status) == ["ok"] and (tmp_path / "sweeps").is_dir()
     accented = mt.train("trainer.max_epochs=1", "trainer.enable_progress_bar=false", run_dir="ünï")

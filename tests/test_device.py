@@ -67,3 +67,20 @@ def test_the_gpu_check_on_a_cpu_machine_says_so_in_one_line_and_runs_nothing(tmp
     done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "gpu_check: no CUDA GPU is visible; nothing run" and not done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_several_processes_start_without_rerunning_the_command_where_none_can_be(monkeypatch):
+    """Where Lightning would re-run the command for each rank (ddp, or auto with several devices or
+    nodes): ddp_spawn; in an interactive session (a notebook: sys.ps1) ddp_notebook, the one
+    Lightning takes there and refuses ddp_spawn for. cli.py applies it in sweeps and from Python."""
+    import sys
+
+    from microtrain.device import spawned
+
+    monkeypatch.delattr(sys, "ps1", raising=False)
+    assert spawned({"devices": 2, "strategy": "auto"}) == spawned({"devices": 1, "strategy": "ddp"}) == "ddp_spawn"
+    assert spawned({"devices": 1, "num_nodes": 2, "strategy": "auto"}) == spawned({"devices": -1, "strategy": "auto"}) == "ddp_spawn"
+    assert spawned({"devices": 1, "strategy": "auto"}) is None and spawned({"devices": [0], "strategy": "auto"}) is None
+    assert spawned({"devices": "auto", "strategy": "auto"}) is None and spawned({"devices": 2, "strategy": "ddp_spawn"}) is None
+    monkeypatch.setattr(sys, "ps1", "In : ", raising=False)
+    assert spawned({"devices": 2, "strategy": "auto"}) == spawned({"devices": 2, "strategy": "ddp"}) == "ddp_notebook"

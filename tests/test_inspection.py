@@ -223,32 +223,46 @@ def test_each_job_of_a_sweep_in_one_process_budgets_its_own_time(tmp_path, capsy
     assert len(counts) == 4 and all(2 <= c < 30 for c in counts), counts
 
 
-def _budget_after(step: int, plain: tuple[float, int], drawn: tuple[float, int], elapsed: float) -> Budget:
-    """A 1,000-step run's budget (5 %, 1 s of start-up) at ``step``, its inspections so far costing
-    (seconds, count) without and with histograms."""
-    import time
+def _simulated_run(monkeypatch, steps: int, setup: float, plain: float, drawn: float, compile_at: int = -1) -> tuple[list, list, float]:
+    """A run of ``steps`` steps of 2 ms on a fake clock under auto's Budget (5 %, 4 s of start-up):
+    ``setup`` seconds before its first step, inspections costing ``plain`` seconds (``drawn`` with
+    histograms), 2.4 s of compiling in step ``compile_at``. (inspected steps, histogram steps,
+    the share of the run's time and start-up that inspection took)."""
+    from microtrain.monitor import inspection_grid
 
-    budget = Budget(0.05, 0, 1000)
-    budget.start_up, budget.started = 1.0, time.perf_counter() - elapsed
-    for (seconds, count), drawing in ((plain, False), (drawn, True)):
-        budget.add(seconds, drawing)
-        budget.costs[drawing][1] = count
-    return budget
+    clock = [setup]
+    monkeypatch.setattr(inspection_grid.time, "perf_counter", lambda: clock[0])
+    budget = Budget(0.05, 0, steps)
+    budget.started, budget.start_up = 0.0, 4.0
+    planned = grid(steps)
+    every, histograms = planned
+    points, drawings = [], []
+    for step in range(steps):
+        if step % every == 0:
+            drawing = step % histograms == 0
+            clock[0] += drawn if drawing else plain
+            budget.add(drawn if drawing else plain, drawing)
+            points.append(step)
+            drawings += [step] if drawing else []
+            every, histograms = budget.widened(step, every, histograms, drawing, planned)
+        clock[0] += 0.002 + (2.4 if step == compile_at else 0.0)
+    return points, drawings, budget.spent / (clock[0] + 4.0)
 
 
-def test_auto_widens_the_planned_grid_for_the_whole_run_and_narrows_it_back():
-    """The grid is the planned one doubled as little as fits the run's projected budget, the
-    histograms first while they cost the most; it goes back as costs settle. A rule on the cost
-    so far had doubled a 64-job stack's grid from every 5 steps to every 640 by step ~300."""
-    planned = (5, 40)
-    cheap = _budget_after(100, (20 * 1e-4, 20), (3 * 5e-4, 3), elapsed=0.2)
-    assert cheap.widened(100, 80, 320, False, planned) == planned  # back to the planned grid
-    costly = _budget_after(100, (20 * 3e-3, 20), (3 * 15e-3, 3), elapsed=0.3)
-    every, histograms = costly.widened(100, *planned, False, planned)
-    assert (every, histograms) != planned
-    assert every % 5 == 0 and math.log2(every // 5).is_integer() and histograms % every == 0 and histograms % 40 == 0  # on the planned grid
-    left, (plain, drawn) = 899, (3e-3, 15e-3)
-    projected = costly.spent + left / histograms * drawn + (left / every - left / histograms) * plain
-    per_step = (0.3 - costly.spent) / 101
-    assert projected <= 0.05 * (1.0 + 0.3 + left * per_step) + 1e-3  # within the budget of the run as projected
-    assert every < left  # still points over the rest of the run
+@pytest.mark.parametrize("setup, compile_at", [(0.5, -1), (3.0, -1), (0.5, 1)])
+def test_auto_spreads_its_points_over_the_whole_run_within_its_budget(monkeypatch, setup, compile_at):
+    """A 64-job stack's costs (3 ms an inspection, 15 ms with histograms, against 2 ms steps):
+    the planned grid widens to fit 5 % of the run; the points stay on the planned steps,
+    histograms too (also where their grid is 10x the points', no power of 2), and reach the
+    run's end. A rule on the cost so far, or a time per step taken from before the first step
+    (a compile, a long set-up), bunched them at the start and left the end bare."""
+    for steps, every, histograms in ((1000, 5, 40), (500, 2, 20)):
+        points, drawings, share = _simulated_run(monkeypatch, steps, setup, 0.003, 0.015, compile_at)
+        assert share <= 0.051 and len(points) >= 20 and len(drawings) >= 3
+        assert all(p % every == 0 for p in points) and all(d % histograms == 0 for d in drawings)
+        assert points[-1] >= 0.9 * steps and drawings[-1] >= 0.6 * steps  # to the end of the run
+
+
+def test_cheap_inspection_keeps_the_planned_grid(monkeypatch):
+    points, drawings, share = _simulated_run(monkeypatch, 500, 0.2, 0.0003, 0.001)
+    assert points == list(range(0, 500, 2)) and drawings == list(range(0, 500, 20)) and share < 0.05

@@ -167,12 +167,14 @@ def _default_folder(kind: str, overrides: Sequence[str], extra: list[str]) -> Op
     resolved), now; ``overrides`` may not sweep (a sweep's: only its ``hydra.sweep.dir``)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
+    from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
     plain = [o for o in overrides if not o.startswith("hydra/")]
     try:
         with hydra_kept(), initialize_config_module("microtrain.conf", version_base="1.3"):
             cfg = hydra_compose("train", overrides=[*plain, *extra], return_hydra_config=True)
+            HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.choices.model} resolves as in the run (hydra_kept puts it back)
             return Path(str(OmegaConf.select(cfg, f"hydra.{kind}.dir")))
     except Exception:  # noqa: BLE001 -- a bad override: the run itself says what is wrong, in its one line
         return None

@@ -23,7 +23,7 @@ from microtrain.console import console, error_console, one_line, print_result, p
 from microtrain.run import folder as run_folder
 from microtrain.config.overrides import resolve, unresolvable
 from microtrain.errors import ConfigError, FolderBusy, Interrupted, MicrotrainError, TrainingDiverged, WriteFailed
-from microtrain.device import several_processes
+from microtrain.device import spawned
 from microtrain.memory import keep_freed_memory
 from microtrain.sweep_summary import objective, sweeper_direction
 
@@ -73,12 +73,12 @@ def _train_job(cfg: DictConfig) -> float:
             cfg, changes, finished = plan_resume(cfg, run_dir, overrides, multirun, console.print)
             if finished is not None:
                 return finished
-        if (multirun or sys.argv[0] == "microtrain") and several_processes(cfg.trainer) and not SLURMEnvironment.detect():
-            # Outside SLURM (which starts one task per rank itself), strategy=ddp (auto's choice for
-            # several devices) re-runs this command in each child rank: each would start a sweep of
-            # its own, and microtrain.api's command (argv[0] "microtrain") is no script to re-run.
-            console.print(f"note: trainer.strategy={cfg.trainer.strategy} {'inside a sweep' if multirun else 'from Python'} runs as ddp_spawn")
-            cfg.trainer.strategy = "ddp_spawn"
+        # Outside SLURM (which starts a task per rank itself), ddp re-runs this command in each rank: each would
+        # start a sweep of its own, and microtrain.api's command (argv[0] "microtrain") is no script to re-run.
+        strategy = spawned(cfg.trainer) if (multirun or sys.argv[0] == "microtrain") and not SLURMEnvironment.detect() else None
+        if strategy:
+            console.print(f"note: trainer.strategy={cfg.trainer.strategy} {'inside a sweep' if multirun else 'from Python'} runs as {strategy}")
+            cfg.trainer.strategy = strategy
         launcher = HydraConfig.get().runtime.choices.get("hydra/launcher")
         if not multirun and launcher not in (None, "basic"):  # Hydra itself ignores it without a word
             console.print(f"note: hydra/launcher={launcher} launches the jobs of a sweep (-m); without -m this is one run")

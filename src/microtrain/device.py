@@ -5,9 +5,10 @@ CUDA branches on a CPU-only machine.
 """
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -44,12 +45,16 @@ def resolve(cfg: Mapping[str, Any]) -> DevicePlan:
 ONE_THREAD_BELOW = 10_000_000  # multiply-adds a step
 
 
-def several_processes(trainer: Mapping[str, Any]) -> bool:
-    """Whether Lightning starts a process per rank by re-running the command: ``strategy=ddp``,
-    or ``auto`` (its choice for several devices or nodes outside a notebook)."""
+def spawned(trainer: Mapping[str, Any]) -> Optional[str]:
+    """The strategy that starts several processes without re-running the command, where Lightning
+    would re-run it (``strategy=ddp``, or ``auto`` with several devices or nodes): ``ddp_spawn``,
+    or ``ddp_notebook`` in an interactive session (Lightning's own choice there, as it refuses
+    ``ddp_spawn``); None where Lightning starts no process by re-running the command."""
     devices, strategy = trainer.get("devices", 1), trainer.get("strategy", "auto")
     one = devices in (1, "1", "auto") or isinstance(devices, Sequence) and not isinstance(devices, str) and len(devices) == 1
-    return strategy == "ddp" or strategy == "auto" and (not one or trainer.get("num_nodes", 1) != 1)
+    if strategy == "ddp" or strategy == "auto" and (not one or trainer.get("num_nodes", 1) != 1):
+        return "ddp_notebook" if hasattr(sys, "ps1") or sys.flags.interactive else "ddp_spawn"  # as Lightning tells a notebook
+    return None
 
 
 def use_threads(setting: Any, multiply_adds: int) -> int:

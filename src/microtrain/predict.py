@@ -21,7 +21,7 @@ from microtrain.errors import ConfigError, DataError
 
 def load_trained_model(run_dir: Path, checkpoint: str = "best", trusted: bool = False) -> tuple[torch.nn.Module, dict]:
     """The run's model with the weights of ``checkpoints/<checkpoint>.ckpt``, and its data_info."""
-    run_dir = Path(run_dir)
+    run_dir, checkpoint = Path(run_dir), str(checkpoint)  # checkpoint=5 reaches here as Hydra's int
     if Path(checkpoint).name != checkpoint or checkpoint.endswith(".ckpt") or not checkpoint:
         names = ", ".join(sorted(p.stem for p in (run_dir / run_folder.CHECKPOINTS).glob("*.ckpt"))) or "none yet"
         raise ConfigError(f"checkpoint={checkpoint!r} names one of the run's checkpoints by its name, not a file: {names}")

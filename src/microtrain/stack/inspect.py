@@ -40,6 +40,8 @@ class StackedInspector:
         self.auto = log.inspect_every_n_steps == "auto"
         self.every, self.histogram_every = grid(planned) if self.auto else (int(log.inspect_every_n_steps),) * 2
         self.planned = (self.every, self.histogram_every)
+        self.planned_points = [-(-max(planned - first, 0) // n) if math.isfinite(planned) else 0 for n in self.planned]
+        self.was_widened = False
         self.budget = Budget(log.inspect_budget, first, planned)
         self.curvature = bool(log.curvature)
         self.last: Optional[int] = None
@@ -49,10 +51,11 @@ class StackedInspector:
         self.layers = [(name, module) for name, module in layers if name == first_linear]
 
     def widened(self) -> dict[str, Any]:
-        """auto's grid, if the budget widened it (K jobs' inspection against one clock: a large
-        group's points lie wider apart than its solo runs')."""
-        now = (self.every, self.histogram_every)
-        return {"inspect_every_n_steps": [*self.planned, *now]} if self.enabled and now != self.planned else {}
+        """The points auto inspected and those it planned, if the budget widened the grid (K jobs'
+        inspection against one clock: a large group's points lie wider apart than its solo runs')."""
+        if not (self.enabled and self.was_widened):
+            return {}
+        return {"inspections": [*self.budget.inspections(), *self.planned_points, *self.planned]}
 
     def due(self, step: int) -> bool:
         return self.enabled and step % self.every == 0
@@ -175,3 +178,4 @@ class StackedInspector:
         self.budget.add(cost, drawn)
         if self.auto:
             self.every, self.histogram_every = self.budget.widened(step, self.every, self.histogram_every, drawn, self.planned)
+            self.was_widened |= (self.every, self.histogram_every) != self.planned

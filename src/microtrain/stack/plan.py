@@ -155,11 +155,11 @@ def _report(
     trained = f"{steps[0]} steps each, " if len(steps) == 1 else f"{steps[0]}-{steps[-1]} steps, " if steps else ""
     compiling = next((f", {m['compile_seconds']:.1f} s of it compiling" for m in metrics if "compile_seconds" in m), "")  # as a solo run's line
     console.print(f"group {name}: {len(jobs)} job{'s' if len(jobs) > 1 else ''} stacked, {trained}{ok} ok, {seconds:.1f} s{compiling}")
-    grid = next((m["stacked"]["inspect_every_n_steps"] for m in metrics if "inspect_every_n_steps" in m.get("stacked", {})), None)
-    if grid:  # not silently sparser than its solo runs' grid
+    seen = next((m["stacked"]["inspections"] for m in metrics if "inspections" in m.get("stacked", {})), None)
+    if seen:  # not silently sparser than its solo runs' grid
         console.print(
-            f"  inspection: every {grid[2]} steps, histograms every {grid[3]} (auto's grid, {grid[0]} and {grid[1]}, widened to stay "
-            f"within log.inspect_budget of the group's time); log.inspect_every_n_steps={grid[0]} inspects each job on its solo run's grid"
+            f"  inspection: {seen[0]} points, {seen[1]} with histograms, where auto planned {seen[2]} and {seen[3]} (every {seen[4]} and {seen[5]} "
+            f"steps): its grid widened within log.inspect_budget of the group's time; log.inspect_every_n_steps={seen[4]} gives each job its solo run's grid"
         )
     for i, m in zip(jobs, metrics):
         if m["status"] != "ok":
