@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from microtrain.errors import ConfigError
-from microtrain.stack.groups import group_jobs
+from microtrain.stack.groups import group_jobs, why_alone
 from microtrain.stack.train import train_group
 from microtrain.engine.fit import train
 from microtrain.run.checksums import CHECKSUM, check_checkpoint
@@ -258,6 +258,10 @@ def test_clipping_and_accumulation_stack_and_match_the_solo_runs(tmp_path, recwa
         ours, theirs = read_events(folders[i]).Scalars("train_loss"), read_events(tmp_path / f"solo{i}").Scalars("train_loss")
         assert [e.step for e in ours] == [e.step for e in theirs]
         assert [e.value for e in ours] == pytest.approx([e.value for e in theirs], rel=1e-5)
+        # the gradients as they came, before clipping, as a solo run's inspection reads them
+        ours, theirs = (read_events(f).Scalars("grad_norm/fc1.weight") for f in (folders[i], tmp_path / f"solo{i}"))
+        assert [e.step for e in ours] == [e.step for e in theirs]
+        assert [e.value for e in ours] == pytest.approx([e.value for e in theirs], rel=1e-4)
     assert not [w for w in recwarn if "batching rule" in str(w.message)]  # clamp_ under vmap fell back to a loop, and said so
 
 
@@ -925,7 +929,8 @@ def test_a_bad_max_jobs_is_one_line_before_anything_is_written(tmp_path, capsys,
     assert not (tmp_path / "sweep").exists()
 
 
-def test_16_mixed_stacked_steps_keep_each_jobs_loss_scale_as_its_grad_scaler(monkeypatch):
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam"])
+def test_16_mixed_stacked_steps_keep_each_jobs_loss_scale_as_its_grad_scaler(monkeypatch, optimizer):
     """device.precision=16-mixed: each stacked job's loss scale, skipped steps and updates are
     those of torch.amp.GradScaler with torch.optim on the job alone, under float16 autocast
     (on the CPU here: Lightning's Trainer turns 16-mixed into bf16-mixed on a CPU; the run on
@@ -938,16 +943,17 @@ def test_16_mixed_stacked_steps_keep_each_jobs_loss_scale_as_its_grad_scaler(mon
     torch.manual_seed(0)
     models = [torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1)) for _ in range(2)]
     twins = [copy.deepcopy(m) for m in models]
-    rates, momentum = (0.01, 0.02), 0.9
+    rates = (0.01, 0.02)
+    make = (lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9)) if optimizer == "sgd_momentum" else (lambda p, lr: torch.optim.Adam(p, lr=lr))
     stacked = StackedStep(
         models,
-        [torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum) for m, lr in zip(models, rates)],
+        [make(m.parameters(), lr) for m, lr in zip(models, rates)],
         torch.nn.MSELoss(),
         torch.device("cpu"),
         torch.float32,
         loss_scale=(torch.tensor([2.0**24, 2.0**10]), torch.zeros(2, dtype=torch.int32)),
     )
-    solo = [torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum) for m, lr in zip(twins, rates)]
+    solo = [make(m.parameters(), lr) for m, lr in zip(twins, rates)]
     scalers = [torch.amp.GradScaler("cpu", init_scale=scale, growth_interval=3) for scale in (2.0**24, 2.0**10)]
     generator = torch.Generator().manual_seed(1)
     skipped = [0, 0]
@@ -970,6 +976,11 @@ def test_16_mixed_stacked_steps_keep_each_jobs_loss_scale_as_its_grad_scaler(mon
             for name, param in model.named_parameters():
                 torch.testing.assert_close(stacked.params[stacked.names.index(name)][k], param.detach(), rtol=1e-2, atol=1e-3)  # float16's
     assert skipped[0] >= 2 and skipped != [0, 0]  # overflows skipped (the first job's several), and the scales moved apart
+    if optimizer == "adam":  # its step count advanced only on the steps taken
+        counts = [solo[k].state[twins[k][0].weight]["step"].item() for k in (0, 1)]
+        assert stacked.state[0]["step"].tolist() == counts == [12 - n for n in skipped]
+    assert "16-mixed" in why_alone(make_cfg("device.precision=16-mixed", "optimizer.momentum=0.9", "optimizer.dampening=0.5"))
+    assert why_alone(make_cfg("device.precision=16-mixed", "optimizer.momentum=0.9")) is None  # without dampening it stacks
 
 
 def test_16_mixed_groups_checkpoint_each_jobs_scaler_and_resume_from_it(tmp_path, monkeypatch, recwarn):
@@ -990,8 +1001,12 @@ def test_16_mixed_groups_checkpoint_each_jobs_scaler_and_resume_from_it(tmp_path
     for state in states:
         assert set(state) == {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}
         assert state["scale"] == INIT and state["_growth_tracker"] == 75  # bfloat16 here: no step overflowed
+    saved = torch.load(folders[0] / "checkpoints" / "last.ckpt", weights_only=True)
+    saved["MixedPrecision"].update(scale=1024.0, _growth_tracker=1990)  # 10 good steps from its next growth
+    torch.save(saved, folders[0] / "checkpoints" / "last.ckpt")
     longer = [[*job, "trainer.max_epochs=4"] for job in jobs]
     again = train_group([make_cfg(*job) for job in longer], folders, [True, True])
     assert [m["steps"] for m in again] == [100, 100]
     after = [torch.load(f / "checkpoints" / "last.ckpt", weights_only=True)["MixedPrecision"] for f in folders]
-    assert [a["_growth_tracker"] for a in after] == [100, 100]  # went on from 75 (a fresh scaler would count 25)
+    assert (after[0]["scale"], after[0]["_growth_tracker"]) == (2048.0, 15)  # went on from the saved scale: grew after 10 steps
+    assert (after[1]["scale"], after[1]["_growth_tracker"]) == (INIT, 100)  # and from 75 (a fresh scaler would count 25)

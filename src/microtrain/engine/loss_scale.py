@@ -27,10 +27,11 @@ def scaled_train_step(
     forward: Callable[..., Any],
     loss_fn: Callable[..., Tensor],
     update: Callable[..., None],
-    clip: Callable[[list[Tensor]], None],
+    clip: Callable[[list[Tensor]], list[Tensor]],
 ) -> tuple[Tensor, list[Tensor], Tensor]:
     """One job's step under its loss scale ``hp["loss_scale"]``: (the unscaled loss, the unscaled
-    gradients, whether they held an Inf or NaN, in which case params and state are as before)."""
+    gradients before clipping, as a solo run's inspection sees them; whether they held an Inf or
+    NaN, in which case params and state are as before). ``clip``: the clipped copy of gradients."""
     x, y = batch
     scale = hp["loss_scale"]
 
@@ -38,13 +39,12 @@ def scaled_train_step(
         loss = loss_fn(forward(p, x), y)
         return loss * scale, loss  # GradScaler.scale(loss), as Lightning's backward takes it
 
-    grads, (_, loss) = torch.func.grad_and_value(scaled, has_aux=True)(tuple(params))
+    scaled_grads, (_, loss) = torch.func.grad_and_value(scaled, has_aux=True)(tuple(params))
+    found = ~torch.stack([torch.isfinite(g).all() for g in scaled_grads]).all()  # of the scaled ones, as the scaler's kernel checks
     inverse = scale.double().reciprocal().float()  # as GradScaler.unscale_ computes it
-    grads = [g * inverse for g in grads]
-    found = ~torch.stack([torch.isfinite(g).all() for g in grads]).all()
-    clip(grads)  # after unscaling, as a solo run clips in on_before_optimizer_step
+    grads = [g * inverse for g in scaled_grads]
     before = [p.clone() for p in params], [{key: value.clone() for key, value in slot.items()} for slot in state]
-    update(params, grads, state, hp)
+    update(params, clip(grads), state, hp)  # clipped after unscaling, as a solo run clips in on_before_optimizer_step
     for param, old in zip(params, before[0]):
         param.copy_(torch.where(found, old, param))  # GradScaler.step skips the update
     for slot, old_slot in zip(state, before[1]):

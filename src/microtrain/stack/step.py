@@ -59,17 +59,19 @@ class StackedStep:
         self.rows: Optional[int] = None  # the batch size the compiled graph is for
         self.forward = functional_forward(models[0])
         forward, loss = (self.forward, loss_fn) if accumulate == 1 else accumulated(self.forward, loss_fn, accumulate)
-        one = partial(self._one, forward=forward, loss_fn=loss, rule=rule, constants=self.constants, clip_val=clip_val, clip_algorithm=clip_algorithm)
-        # 16-mixed: each job's loss scale (engine.loss_scale) and its growth tracker, beside the step
+        # the update clips a copy: the step returns the gradients before clipping, as a solo run's
+        # inspection reads them (in on_before_optimizer_step, before its clipping)
+        clip = partial(clipped, max_value=clip_val, algorithm=clip_algorithm)
+        one = partial(self._one, forward=forward, loss_fn=loss, rule=rule, constants=self.constants, clip=clip)
+        # 16-mixed: each job's loss scale (engine.loss_scale) and its growth tracker, beside the step (eager)
         self.tracker: Optional[Tensor] = None
         if loss_scale is not None:
             self.varying["loss_scale"], self.tracker = loss_scale
-            clip = partial(clip_gradients, max_value=clip_val, algorithm=clip_algorithm)
             one = partial(self._one_scaled, forward=forward, loss_fn=loss, rule=rule, constants=self.constants, clip=clip)
         self._eager = torch.func.vmap(one)
         # dynamic=False: a graph for the full batch; an epoch's shorter last batch runs eager
         # rather than compiling a second graph (seconds) for one step an epoch.
-        self._compiled = torch.compile(own_code(self._eager), dynamic=False) if compile else None
+        self._compiled = torch.compile(own_code(self._eager), dynamic=False) if compile and loss_scale is None else None
         self.compile_seconds: Optional[float] = None
         # The run's very first step creates the optimizer state, eager; every later one (a resumed
         # run's first step included, so a resume is bitwise) is the one compiled graph.
@@ -105,22 +107,12 @@ class StackedStep:
         loss_fn: Any,
         rule: Any,
         constants: dict[str, Any],
-        clip_val: Any,
-        clip_algorithm: str,
+        clip: Any,
     ) -> Any:
         """One job's step, as a solo run takes it (vmap runs it for all K at once)."""
         state = [dict(slot) for slot in state]  # slots created at the first step leave through the outputs
-        loss, grads = train_step(
-            list(params),
-            state,
-            (x, y),
-            {**constants, **hp},
-            forward=forward,
-            loss_fn=loss_fn,
-            update=rule,
-            clip_val=clip_val,
-            clip_algorithm=clip_algorithm,
-        )
+        update = lambda params, grads, state, hp: rule(params, clip(grads), state, hp)  # noqa: E731
+        loss, grads = train_step(list(params), state, (x, y), {**constants, **hp}, forward=forward, loss_fn=loss_fn, update=update)
         return loss, grads, state
 
     @staticmethod
@@ -176,6 +168,15 @@ class StackedStep:
         params = {name: p[k].detach().cpu().clone() for name, p in zip(self.names, self.params)}
         state = [{key: value[k].detach().cpu().clone() for key, value in slot.items()} for slot in self.state]
         return params, state
+
+
+def clipped(grads: list[Tensor], max_value: Optional[float], algorithm: str) -> list[Tensor]:
+    """A clipped copy of the gradients (``engine.step.clip_gradients``), or the gradients themselves without clipping."""
+    if not max_value:
+        return grads
+    copies = [g.clone() for g in grads]
+    clip_gradients(copies, max_value, algorithm)
+    return copies
 
 
 def accumulated(forward: Any, loss_fn: Any, accumulate: int) -> tuple[Any, Any]:
