@@ -67,7 +67,7 @@ class StackedStep:
         self.tracker: Optional[Tensor] = None
         if loss_scale is not None:
             self.varying["loss_scale"], self.tracker = loss_scale
-            one = partial(self._one_scaled, forward=forward, loss_fn=loss, rule=rule, constants=self.constants, clip=clip)
+            one = partial(one, scaled=True)
         self._eager = torch.func.vmap(one)
         # dynamic=False: a graph for the full batch; an epoch's shorter last batch runs eager
         # rather than compiling a second graph (seconds) for one step an epoch.
@@ -108,33 +108,18 @@ class StackedStep:
         rule: Any,
         constants: dict[str, Any],
         clip: Any,
+        scaled: bool = False,
     ) -> Any:
-        """One job's step, as a solo run takes it (vmap runs it for all K at once)."""
+        """One job's step, as a solo run takes it (vmap runs it for all K at once); ``scaled``:
+        16-mixed's, ``engine.loss_scale``'s step, skipped for a job whose gradients overflowed."""
         state = [dict(slot) for slot in state]  # slots created at the first step leave through the outputs
+        hp = {**constants, **hp}
+        if scaled:
+            loss, grads, found = scaled_train_step(list(params), state, (x, y), hp, forward=forward, loss_fn=loss_fn, update=rule, clip=clip)
+            return loss, grads, state, found
         update = lambda params, grads, state, hp: rule(params, clip(grads), state, hp)  # noqa: E731
-        loss, grads = train_step(list(params), state, (x, y), {**constants, **hp}, forward=forward, loss_fn=loss_fn, update=update)
+        loss, grads = train_step(list(params), state, (x, y), hp, forward=forward, loss_fn=loss_fn, update=update)
         return loss, grads, state
-
-    @staticmethod
-    def _one_scaled(
-        params: list[Tensor],
-        state: list[dict[str, Tensor]],
-        x: Tensor,
-        y: Tensor,
-        hp: dict[str, Any],
-        *,
-        forward: Any,
-        loss_fn: Any,
-        rule: Any,
-        constants: dict[str, Any],
-        clip: Any,
-    ) -> Any:
-        """``_one`` under 16-mixed: the step of ``engine.loss_scale``, skipped for a job whose gradients overflowed."""
-        state = [dict(slot) for slot in state]
-        loss, grads, found = scaled_train_step(
-            list(params), state, (x, y), {**constants, **hp}, forward=forward, loss_fn=loss_fn, update=rule, clip=clip
-        )
-        return loss, grads, state, found
 
     def set_lr(self, lrs: Sequence[float]) -> None:
         """New learning rates (a scheduler's epoch step): written into the same tensor, so the
