@@ -23,7 +23,6 @@ from microtrain.console import console, error_console, one_line, print_result, p
 from microtrain.run import folder as run_folder
 from microtrain.config.overrides import resolve, unresolvable
 from microtrain.errors import ConfigError, FolderBusy, Interrupted, MicrotrainError, TrainingDiverged, WriteFailed
-from microtrain.device import spawned
 from microtrain.memory import keep_freed_memory
 from microtrain.sweep_summary import objective, sweeper_direction
 
@@ -41,6 +40,7 @@ def _train_job(cfg: DictConfig) -> float:
     with start_up_collection_paused():
         from lightning.fabric.plugins.environments import SLURMEnvironment  # deferred: importing Lightning takes seconds
 
+        from microtrain import device
         from microtrain.config import schema  # imports torch: inside the pause too
         from microtrain.engine.fit import train
         from microtrain.engine.trainer import trainer_arguments
@@ -75,7 +75,7 @@ def _train_job(cfg: DictConfig) -> float:
                 return finished
         # Outside SLURM (which starts a task per rank itself), ddp re-runs this command in each rank: each would
         # start a sweep of its own, and microtrain.api's command (argv[0] "microtrain") is no script to re-run.
-        strategy = spawned(cfg.trainer) if (multirun or sys.argv[0] == "microtrain") and not SLURMEnvironment.detect() else None
+        strategy = device.spawned(cfg.trainer) if (multirun or sys.argv[0] == "microtrain") and not SLURMEnvironment.detect() else None
         if strategy:
             console.print(f"note: trainer.strategy={cfg.trainer.strategy} {'inside a sweep' if multirun else 'from Python'} runs as {strategy}")
             cfg.trainer.strategy = strategy
