@@ -104,3 +104,26 @@ def test_the_commands_import_torch_only_inside_the_start_up_pause():
     code = "import sys, microtrain.cli, hydra_plugins.microtrain_stacked.stacked_launcher; print(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_the_start_up_defers_scipy_signal_and_a_later_import_gets_the_real_module():
+    """torchmetrics imports ``scipy.signal`` (0.6 s) with Lightning only to alias ``hamming``:
+    the start-up pause hands it a stand-in, so no command pays for it. A read of anything else
+    from the stand-in, during the start-up or after it, gives scipy's own; so does a later import."""
+    code = """
+import sys
+from microtrain.console import start_up_collection_paused
+with start_up_collection_paused():
+    import lightning.pytorch, torchmetrics
+    import scipy.signal as during
+    deferred_seen = type(sys.modules["scipy.signal"]).__name__
+print("after start-up:", "scipy.signal" in sys.modules, deferred_seen)
+assert [round(x, 6) for x in during.hamming(3)] == [0.08, 1.0, 0.08]  # what torchmetrics checks for, scipy's own
+assert during.butter(2, 0.3)[0].shape == (3,)  # anything else read from the stand-in: scipy's own function
+import scipy, scipy.signal
+assert type(scipy.signal).__name__ == "module" and scipy.signal is sys.modules["scipy.signal"] and scipy.signal.butter is during.butter
+print("real:", scipy.signal.windows.hamming(3).tolist())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "after start-up: False _DeferredSignal" in done.stdout and "real: [0.08" in done.stdout, done.stdout
