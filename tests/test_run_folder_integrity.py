@@ -281,3 +281,19 @@ def test_config_files_are_the_text_omegaconf_writes():
     for cfg in (hydra_cfg, OmegaConf.structured(Tricky), OmegaConf.structured(WithPath), beyond_the_first_plane):
         assert yaml_text(cfg) == OmegaConf.to_yaml(cfg)
         assert OmegaConf.load(__import__("io").StringIO(yaml_text(cfg))) == OmegaConf.create(OmegaConf.to_yaml(cfg))
+
+
+@pytest.mark.parametrize(
+    "value", ["/tmp/plain-1.5", "/tmp/ünï", "/tmp/ünï cödé", "/tmp/lr=0.1,seed=2", 'a "quoted" \\" name', "ends in \\", "$HOME `x` 'y'"]
+)
+def test_a_printed_override_reads_back_as_its_value_through_bash_and_hydras_grammar(value):
+    """Printed commands (resume, predict) and the Python API's arguments: Hydra's grammar reads
+    only ASCII letters unquoted, and a backslash before a quote or at the end is its escape."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from microtrain.run.folder import hydra_override, hydra_value
+
+    parser = OverridesParser.create()
+    assert parser.parse_override(f"run={hydra_value(value)}").value() == value  # the API: no shell between
+    (through_bash,) = shlex.split(hydra_override("run", value))  # bash's reading of the printed word
+    assert parser.parse_override(through_bash).value() == value

@@ -18,7 +18,6 @@ Bad input raises ``ConfigError`` (a ``ValueError``) with the line the command li
 
 import io
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Optional, Union
 import microtrain
 from microtrain.errors import ConfigError, MicrotrainError, TrainingDiverged
 from microtrain.process_state import contained, hydra_kept, tee_stderr
+from microtrain.run.folder import hydra_value
 from microtrain.runs import Run
 
 PathLike = Union[str, os.PathLike]
@@ -159,7 +159,7 @@ def _search_path(config_dir: Optional[PathLike]) -> list[str]:
     folder = Path(config_dir).absolute()
     if not folder.is_dir():
         raise ConfigError(f"config_dir={folder} is not a folder; give the folder that holds your config groups")
-    return [f"hydra.searchpath=[{_quoted('file://' + folder.as_posix())}]"]
+    return [f"hydra.searchpath=[{hydra_value('file://' + folder.as_posix())}]"]
 
 
 def _default_folder(kind: str, overrides: Sequence[str], extra: list[str]) -> Optional[Path]:
@@ -210,13 +210,7 @@ def _free(folder: Path) -> Path:
 
 def _set(key: str, value: Any) -> str:
     """``key=value`` as Hydra reads it from a program's arguments (no shell between)."""
-    return f"{key}={_quoted(str(value))}"
-
-
-def _quoted(text: str) -> str:
-    if re.fullmatch(r"[\w/.+:@%-]+", text, flags=re.ASCII):  # Hydra's grammar reads only ASCII letters unquoted
-        return text
-    return '"' + re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', text) + '"'
+    return f"{key}={hydra_value(str(value))}"
 
 
 def _run(main: str, args: list[str]) -> None:

@@ -222,10 +222,6 @@ class LossWindow:
         self.losses.append(loss)
         self.rows += rows
 
-    @property
-    def count(self) -> int:
-        return len(self.losses)
-
     def drain(self) -> tuple[int, list[float]]:
         """(1-based number of the first step, the losses) since the last drain; this syncs with the device."""
         values = torch.stack(self.losses).float().tolist() if self.losses else []

@@ -51,13 +51,6 @@ class EventFile:
             first += [Event(step=purge_step, file_version="brain.Event:2"), Event(step=purge_step, session_log=SessionLog(status=SessionLog.START))]
         self._append(first)
 
-    def add_summary(self, summary: Summary, global_step: Optional[int] = None, walltime: Optional[float] = None) -> None:
-        """As ``FileWriter.add_summary``: one event of this summary at this step."""
-        event = Event(summary=summary, wall_time=time.time() if walltime is None else walltime)
-        if global_step is not None:
-            event.step = int(global_step)
-        self._append([event])
-
     def add_summaries(self, summaries: list[tuple[Summary, int, float]]) -> None:
         """Several events with one opening of the file."""
         self._append([Event(summary=s, step=int(step), wall_time=wall) for s, step, wall in summaries])

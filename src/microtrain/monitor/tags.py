@@ -148,9 +148,6 @@ class Events:
     def Histograms(self, name: str) -> list:  # noqa: N802
         return self._events.Histograms(tensorboard_tag(name))
 
-    def Tensors(self, tag: str) -> list:  # noqa: N802
-        return self._events.Tensors(tag)
-
     @property
     def accumulator(self) -> Any:
         return self._events

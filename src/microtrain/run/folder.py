@@ -21,18 +21,7 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """``write`` the file as ``<name>.partial``, then rename it over ``path``: a rename is atomic
     on POSIX, so a crash or kill mid-write leaves the old file whole. No fsync: it cost ~1 ms a
     write, and a tiny model checkpoints every epoch of a few ms. Every file of a run goes here."""
-    partial = path.with_name(path.name + ".partial")
-    try:
-        partial.unlink(missing_ok=True)  # a stale one, or a link planted there: never written through
-        write(partial)
-        os.replace(partial, path)
-    except (OSError, RuntimeError) as err:  # torch.save on a full disk: "[enforce fail ...] unexpected pos"
-        raise write_failed(path, err) from None
-    finally:
-        try:
-            partial.unlink(missing_ok=True)  # a failed write (a full disk) leaves no .partial behind
-        except OSError:
-            pass
+    write_all_atomic([(path, write)])
 
 
 DISK_ERRORS = (28, 30, 13, 122)  # ENOSPC, EROFS, EACCES, EDQUOT
@@ -61,7 +50,7 @@ def write_failed(path: Path, err: BaseException) -> Exception:
     return WriteFailed(f"cannot write {path}: {reason}; {hint}, then resume=true goes on from the last checkpoint written")
 
 
-def write_all_atomic(files: list[tuple[Path, Callable[[Path], None]]]) -> None:
+def write_all_atomic(files: list[tuple[Path, Callable[[Path], object]]]) -> None:
     """Several files that belong together (the checkpoints of a stacked group's jobs): every
     ``.partial`` first, then the renames, so a kill leaves them all of one moment but for the
     microseconds of the renames."""
@@ -71,7 +60,7 @@ def write_all_atomic(files: list[tuple[Path, Callable[[Path], None]]]) -> None:
             try:
                 partial.unlink(missing_ok=True)  # a stale one, or a planted link: never written through
                 write(partial)
-            except (OSError, RuntimeError) as err:
+            except (OSError, RuntimeError) as err:  # torch.save on a full disk: "[enforce fail ...] unexpected pos"
                 raise write_failed(path, err) from None
         for path, partial in partials:
             try:
@@ -94,15 +83,23 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
+def hydra_value(value: Any) -> str:
+    """``value`` as Hydra's override grammar reads it back: as it is where the grammar reads it
+    plain (ASCII letters only: it refuses ``ü`` unquoted), else in double quotes, with the
+    backslashes before a quote and at the end doubled (Hydra's escapes) and its quotes escaped."""
+    text = str(value)
+    if re.fullmatch(r"[\w/.+:@%-]+", text, flags=re.ASCII):  # nothing Hydra or bash would read otherwise
+        return text
+    text = re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', text)
+    return '"' + re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text) + '"'
+
+
 def hydra_override(key: str, value: Any) -> str:
     """``key=value`` as bash and then Hydra read it: a sweep job's folder name holds ``=`` and ``,``
     (``optimizer.lr=0.01,trainer.max_epochs=3``), which Hydra's grammar reads as a sweep unless the
     value is quoted, and bash strips one level of quotes first."""
-    if re.fullmatch(r"[\w/.+:@%-]+", str(value)):  # nothing Hydra or bash would read otherwise
-        return f"{key}={value}"
-    text = re.sub(r'(\\*)"', lambda m: m.group(1) * 2 + '\\"', str(value))  # Hydra: backslashes escape only before a quote
-    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
-    return shlex.quote(f'{key}="{text}"')
+    quoted = hydra_value(value)
+    return f"{key}={quoted}" if quoted == str(value) else shlex.quote(f"{key}={quoted}")
 
 
 def tensorboard_command(logdir: Path) -> str:

@@ -87,9 +87,8 @@ def forget() -> None:
     received = None
 
 
-def check(step: Optional[int] = None) -> None:
-    """Raise Interrupted if a signal came (called between start-up phases and at step boundaries)."""
+def check() -> None:
+    """Raise Interrupted if a signal came during the start-up (called between its phases)."""
     signum = stop_signal()
     if signum is not None:
-        where = f" at step {step}" if step is not None else " during start-up"
-        raise Interrupted(f"interrupted by {signal.Signals(signum).name}{where}", signum)
+        raise Interrupted(f"interrupted by {signal.Signals(signum).name} during start-up", signum)

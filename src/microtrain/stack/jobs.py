@@ -127,7 +127,7 @@ class StackedJob:
         purge = self.start_step + 1 if self.start_step else None
         # the training's events without an open file or thread each (1,024 jobs: monitor.events); the
         # logger writes the run's end (HParams, the layout, hparams.yaml) after them, with no purge of its own
-        self.events = EventFile(tags.events_folder(self.run_dir), purge)
+        self.writer = EventFile(tags.events_folder(self.run_dir), purge)
         self.logger = RunLogger(self.run_dir, layout=tensorboard_layout(self.cfg, self.prepared))
         run_folder.write_text_atomic(self.run_dir / run_folder.CONFIG, run_folder.yaml_text(self.cfg))
         run_folder.write_json_atomic(self.run_dir / run_folder.DATA_INFO, self.prepared.data_info)
@@ -135,10 +135,6 @@ class StackedJob:
             run_folder.write_json_atomic(self.run_dir / run_folder.DATA_TRUTH, self.prepared.dataset.truth)
         if self.prepared.optimum is not None:
             self.scalars.add("train_loss_optimum", self.prepared.optimum, self.start_step)
-
-    @property
-    def writer(self) -> EventFile:
-        return self.events
 
     @property
     def active(self) -> bool:
