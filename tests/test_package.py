@@ -124,6 +124,16 @@ import scipy, scipy.signal
 assert type(scipy.signal).__name__ == "module" and scipy.signal is sys.modules["scipy.signal"] and scipy.signal.butter is during.butter
 print("real:", scipy.signal.windows.hamming(3).tolist())
 """
+    submodule = """
+import sys
+from microtrain.console import start_up_collection_paused
+with start_up_collection_paused():
+    import lightning.pytorch
+    from scipy.signal.windows import hamming  # a submodule imported during the start-up: the real one's
+print("real:", hamming(3).tolist(), type(sys.modules["scipy.signal"]).__name__)
+"""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "after start-up: False _DeferredSignal" in done.stdout and "real: [0.08" in done.stdout, done.stdout
+    done = subprocess.run([sys.executable, "-c", submodule], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "real: [0.08" in done.stdout and " module" in done.stdout, done.stdout + done.stderr

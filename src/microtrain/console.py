@@ -64,8 +64,8 @@ class _DeferredSignal(ModuleType):
     loads the real one as usual."""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):  # a module attribute probed by a walk over sys.modules (__file__)
-            raise AttributeError(name)
+        if name.startswith("__") and name != "__path__":  # probed by walks over sys.modules (__file__)
+            raise AttributeError(name)  # (__path__: an import of one of its submodules, which needs the real one)
         import importlib
 
         if sys.modules.get(self.__name__) is self:  # not once the real one is loaded: it stays
