@@ -77,6 +77,10 @@ BAD_INPUTS = [
     (["scheduler=step", "+scheduler.bogus=1"], "scheduler torch.optim.lr_scheduler.StepLR refused its settings"),
     (["+trainer.val_check_interval=100000"], "trainer.val_check_interval counts Lightning calls of several steps here"),
     (["+trainer.limit_train_batches=1"], "trainer.limit_train_batches counts Lightning calls"),
+    # values lightning.Trainer takes without a word and fails on once training has started
+    (["+trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 must be a whole number of epochs, 1 or more"),
+    (["+trainer.fast_dev_run=true"], "trainer.fast_dev_run is not supported"),
+    (["+trainer.max_time=-1"], "trainer.max_time=-1 is not a duration; write DD:HH:MM:SS"),
     (["loop.compile=maybe"], "loop.compile='maybe' must be true or false or auto"),
     (["device.threads=0"], "device.threads=0 must be at least 1"),
     (["optimizer=torch", "+optimizer.dampening=0.1"], "optimizer torch.optim.RMSprop refused its settings"),
@@ -127,7 +131,7 @@ BAD_INPUTS = [
     (["data=csv", "data.path={tmp}/missing.csv", "data.target=y"], "missing.csv: no such file; check data.path"),
     (["data=npz", "data.path={tmp}/nope.npz"], "nope.npz: no such file; check data.path"),
     # values out of range
-    (["+trainer.max_time=abc"], "Lightning refused the trainer settings: `Timer(duration='abc')` is not a valid duration"),
+    (["+trainer.max_time=abc"], "trainer.max_time='abc' is not a duration; write DD:HH:MM:SS"),
     (["log.every_n_steps=0"], "log.every_n_steps=0 must be at least 1"),
     (["log.inspect_every_n_steps=0"], "log.inspect_every_n_steps=0 must be at least 1"),
     (["log.inspect_budget=-1"], "log.inspect_budget=-1 must be greater than 0"),
@@ -197,7 +201,8 @@ def test_bad_rerun_into_a_finished_folder_keeps_its_results(capsys, earlier_run)
 LATE_REFUSALS = [  # refused only once the run is built (its data, model, optimizer, Trainer), after the schema's checks
     (["model.in_features=2"], "model.in_features=2 but the data has 3 features"),
     (["optimizer=torch", "optimizer.name=Nope"], "optimizer._target_='torch.optim.Nope' cannot be built"),
-    (["+trainer.max_time=abc"], "is not a valid duration"),
+    (["+trainer.max_time=abc"], "trainer.max_time='abc' is not a duration"),
+    (["+trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 must be a whole number"),  # crashed in fit, the earlier run deleted
     (["callbacks=early_stopping", "data.val_fraction=0"], "monitors val_loss but the run has no validation split"),
     (["data=csv", "data.path=/nonexistent/x.csv"], "no such file; check data.path"),
 ]

@@ -53,8 +53,32 @@ def trainer_arguments(cfg: Mapping[str, Any], compile: bool = False) -> tuple[di
             raise ConfigError(f"trainer.{key} counts Lightning calls of several steps here; use {COUNT_CALLS[key]} instead")
         if key not in known:
             raise ConfigError(f"trainer.{key} is not an argument of lightning.Trainer; see its documentation for the arguments it takes")
+    _check_values(args)
     loop = StepLoop(args.pop("gradient_clip_val", None), args.pop("gradient_clip_algorithm", "norm"), args.pop("accumulate_grad_batches", 1), compile)
     return args, loop
+
+
+def _check_values(args: dict[str, Any]) -> None:
+    """Values ``lightning.Trainer`` takes without a word and fails on once training has started
+    (``check_val_every_n_epoch=0``: a modulo by zero), refused before anything is written."""
+    every = args.get("check_val_every_n_epoch")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise ConfigError(f"trainer.check_val_every_n_epoch={every} must be a whole number of epochs, 1 or more")
+    if args.get("fast_dev_run"):
+        raise ConfigError(
+            "trainer.fast_dev_run is not supported: it turns off the logger and checkpoints every run writes; "
+            "for a quick check use trainer.max_steps=5"
+        )
+    if args.get("max_time") is not None:
+        from lightning.pytorch.callbacks import Timer
+
+        try:
+            Timer(args["max_time"])
+        except Exception:  # noqa: BLE001 -- Lightning's MisconfigurationException, or an int's AttributeError
+            raise ConfigError(
+                f"trainer.max_time={args['max_time']!r} is not a duration; write DD:HH:MM:SS ('+trainer.max_time=\"00:00:05:00\"') "
+                "or a mapping ('+trainer.max_time={minutes: 5}')"
+            ) from None
 
 
 def build_trainer(args: dict[str, Any], **owned: Any) -> L.Trainer:

@@ -47,7 +47,6 @@ def run_stacked(
                 raise MicrotrainError("does not resolve")
             schema.check(cfg)
             trainer_arguments(cfg.trainer)
-            _check_max_time(cfg)
             run_folder.refuse_links(folder)
             if not cfg.resume and run_folder.earlier_run(folder) and not cfg.get("overwrite"):
                 raise MicrotrainError("holds a run")  # refused as a solo run refuses it, with its message
@@ -166,18 +165,6 @@ def _report(
             console.print(f"error: job #{i}: {m['error']}", markup=False)
         # kept: refused before its folder was touched, which holds an earlier run (the launcher records nothing there)
         results[i] = {"status": m["status"], "objective": objective(m, cfgs[i].optimize.metric)[1], **({"kept": True} if m.get("kept") else {})}
-
-
-def _check_max_time(cfg: DictConfig) -> None:
-    """+trainer.max_time that Lightning's Timer refuses: the job runs alone, where its solo run
-    refuses it in one line before its folder is touched (the group would fail every job at its start)."""
-    if cfg.trainer.get("max_time"):
-        from lightning.pytorch.callbacks import Timer
-
-        try:
-            Timer(cfg.trainer.max_time)
-        except Exception as err:  # noqa: BLE001 -- Lightning's MisconfigurationException, or a type error
-            raise MicrotrainError(str(err)) from None
 
 
 def _finished(folder: Path, cfg: DictConfig) -> Optional[Result]:
