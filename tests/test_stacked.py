@@ -22,7 +22,7 @@ from microtrain.stack.groups import group_jobs, why_alone
 from microtrain.stack.train import train_group
 from microtrain.engine.fit import train
 from microtrain.run.checksums import CHECKSUM, check_checkpoint
-from tests_helpers import checkpoint_weights, ROOT, make_cfg, read_events, run_in_process
+from tests_helpers import checkpoint_weights, files_of, ROOT, make_cfg, read_events, run_in_process
 
 MLP = ["model=mlp", "model.hidden=16", "trainer.max_epochs=3"]
 # a group whose jobs early stopping ends at different epochs (every epoch's last.ckpt written)
@@ -112,7 +112,6 @@ def test_overwrite_refused_once_a_job_is_built_keeps_the_earlier_jobs_files(tmp_
     """overwrite=true on a sweep removes a job's earlier run only once the job is built: a job
     refused then (model.in_features, known with the data; a max_time Lightning's Timer refuses)
     keeps every file, as a solo run does, and the summary calls it refused, not the earlier ok run."""
-    from tests_helpers import files_of
 
     sweep = ["-m", f"hydra/launcher={launcher}", *MLP, "trainer.max_epochs=1", "optimizer.lr=0.01,0.02", f"hydra.sweep.dir={tmp_path}"]
     sweep.append("hydra.sweep.subdir=${hydra.job.num}")  # the same folders for the second command
@@ -831,11 +830,11 @@ def test_a_stopped_stacked_sweep_resumes_bitwise_and_keeps_finished_jobs(tmp_pat
         assert [m["status"] for m in statuses] == ["interrupted"] * 2 and all("resume=true" in m["resume"] for m in statuses)
         assert "the sweep was interrupted" in out and (killed / "summary.csv").is_file()
     (first,) = [f / "metrics.json" for f in killed.glob("*model.hidden=8*optimizer.lr=0.01*")]
-    finished_before = first.stat().st_mtime_ns
+    finished_before = files_of(first.parent)
     resumed = subprocess.run([*command, f"hydra.sweep.dir={killed}", "resume=true"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "2 job(s) already finished" in resumed.stdout and "resume: 2 job(s) go on from their last.ckpt, from step" in resumed.stdout
-    assert first.stat().st_mtime_ns == finished_before
+    assert files_of(first.parent) == finished_before  # a job finished before the signal: every file as it was (.hydra/, train.log)
     for folder in uninterrupted_stacked_sweep.iterdir():
         if folder.is_dir():
             assert json.loads((killed / folder.name / "metrics.json").read_text())["status"] == "ok"
