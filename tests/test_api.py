@@ -192,6 +192,15 @@ def test_a_sweep_is_a_table_of_its_jobs(tmp_path):
         assert json.loads((Path(folder) / "metrics.json").read_text())["stacked"]["jobs"] == 4
 
 
+def test_a_sweep_with_a_failed_job_returns_its_table_and_one_whose_every_job_failed_raises(tmp_path):
+    """The command exits 1 when some jobs failed (2 when all did): from Python, the table with the
+    failed row, or the error."""
+    table = mt.sweep(*TINY, "trainer.max_epochs=1", "optimizer.lr=0.01,-1", sweep_dir=tmp_path / "some")
+    assert list(table.status) == ["ok", "failed"] and "optimizer.lr=-1 must be greater than 0" in table.error.iloc[1]
+    with pytest.raises(mt.ConfigError, match="2 of 2 jobs failed or were refused"):
+        mt.sweep(*TINY, "trainer.max_epochs=1", "optimizer.lr=-1,-2", sweep_dir=tmp_path / "all")
+
+
 def test_your_own_config_folder(tmp_path):
     (tmp_path / "conf" / "model").mkdir(parents=True)
     (tmp_path / "conf" / "model" / "tiny.yaml").write_text(

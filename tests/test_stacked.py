@@ -98,7 +98,7 @@ def test_a_job_with_a_missing_or_unresolvable_value_fails_alone_in_a_stacked_swe
         f"optimizer.lr=0.01,0.02,{bad}",
         f"hydra.sweep.dir={tmp_path}",
     )
-    assert code == 0, err
+    assert code == 1 and "error: 1 of 3 jobs failed" in err, err  # the others trained: exit 1, not 2
     with open(tmp_path / "summary.csv") as handle:
         rows = [row for row in csv.DictReader(handle)]
     statuses = {row["overrides"].split("optimizer.lr=")[1].split()[0][:4]: row["status"] for row in rows}
@@ -118,13 +118,16 @@ def test_overwrite_refused_once_a_job_is_built_keeps_the_earlier_jobs_files(tmp_
     code, _, err = run_in_process(capsys, "train.py", *sweep)
     assert code == 0, err
     before = {job: files_of(tmp_path / job) for job in ("0", "1")}
+    summary = [(tmp_path / name).read_bytes() for name in ("summary.csv", "summary.md")]
     code, out, err = run_in_process(capsys, "train.py", *sweep, "overwrite=true", *bad)
-    assert code == 0 and ("model.in_features=2 but the data has 3 features" in out + err or "is not a duration" in out + err), out + err
-    # every file byte-identical, the sweep's HParams experiment (.sweep, the same jobs) included
+    assert code == 2 and ("model.in_features=2 but the data has 3 features" in out + err or "is not a duration" in out + err), out + err
+    # every file byte-identical, the sweep's HParams experiment (.sweep, the same jobs) included,
+    # and the summary of the runs that are there (it listed both jobs "refused", the runs gone from it)
     assert {job: files_of(tmp_path / job) for job in ("0", "1")} == before
-    with open(tmp_path / "summary.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert [(r["status"], r["best"]) for r in rows] == [("refused", ""), ("refused", "")]
+    assert [(tmp_path / name).read_bytes() for name in ("summary.csv", "summary.md")] == summary
+    assert err.strip().endswith(
+        f"every job of the sweep was refused (their errors above): {tmp_path} keeps its earlier runs and summary as they were"
+    )
 
 
 def test_a_group_that_fails_once_its_jobs_are_open_lists_them_failed(tmp_path, capsys, monkeypatch):
@@ -137,7 +140,7 @@ def test_a_group_that_fails_once_its_jobs_are_open_lists_them_failed(tmp_path, c
 
     monkeypatch.setattr(StackedRun, "_fit", broken)
     code, _, err = run_in_process(capsys, "train.py", "-m", "hydra/launcher=stacked", *MLP, "optimizer.lr=0.01,0.02", f"hydra.sweep.dir={tmp_path}")
-    assert code == 0, err
+    assert code == 2 and "error: 2 of 2 jobs failed or were refused" in err, err
     with open(tmp_path / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["status"] for r in rows] == ["failed", "failed"] and all(r["error"] == "RuntimeError: a bug" for r in rows)

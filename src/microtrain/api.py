@@ -60,8 +60,9 @@ def train(*overrides: str, run_dir: Optional[PathLike] = None, config_dir: Optio
 
 def sweep(*overrides: str, launcher: str = "stacked", sweep_dir: Optional[PathLike] = None, config_dir: Optional[PathLike] = None) -> Any:
     """A sweep (``scripts/train.py -m``): its summary as a pandas DataFrame, one row per job
-    (its overrides, status, metrics and folder), best first. ``launcher``: stacked (the default:
-    jobs that differ only in hyper-parameters train as one model), basic, joblib, ..."""
+    (its overrides, status, metrics and folder), best first; a job that failed is a row with its
+    error (a sweep whose every job failed raises). ``launcher``: stacked (the default: jobs that
+    differ only in hyper-parameters train as one model), basic, joblib, ..."""
     import pandas as pd
 
     extra = _search_path(config_dir)
@@ -81,7 +82,7 @@ def sweep(*overrides: str, launcher: str = "stacked", sweep_dir: Optional[PathLi
     if chosen is not None and str(chosen) != launcher:
         raise ConfigError(f"hydra/launcher={chosen} and launcher={launcher!r} name two launchers: give launcher={str(chosen)!r}")
     mine = [o for o in overrides if _given([o], "hydra.sweep.dir") is None and _given([o], "hydra/launcher") is None]
-    _run("train_main", ["-m", f"hydra/launcher={launcher}", *mine, *extra, _set("hydra.sweep.dir", folder.absolute())])
+    _run("train_main", ["-m", f"hydra/launcher={launcher}", *mine, *extra, _set("hydra.sweep.dir", folder.absolute())], some_failed=True)
     summary = folder / "summary.csv"
     if not summary.is_file():
         raise MicrotrainError(f"the sweep wrote no {summary}; see the jobs' train.log files in {folder}")
@@ -213,8 +214,9 @@ def _set(key: str, value: Any) -> str:
     return f"{key}={hydra_value(str(value))}"
 
 
-def _run(main: str, args: list[str]) -> None:
-    """The command ``microtrain.cli.<main>`` with these arguments, in this process; its error line raised."""
+def _run(main: str, args: list[str], some_failed: bool = False) -> None:
+    """The command ``microtrain.cli.<main>`` with these arguments, in this process; its error line
+    raised. ``some_failed``: a sweep some of whose jobs failed (exit 1) returns, its summary says which."""
     errors = io.StringIO()
     microtrain.restart_clock()  # the command starts now, not when this process imported microtrain (its first call)
     with contained(), tee_stderr(errors):
@@ -230,6 +232,8 @@ def _run(main: str, args: list[str]) -> None:
         return
     lines = [line for line in errors.getvalue().splitlines() if line.startswith("error: ")]
     message = _in_python(lines[-1].removeprefix("error: ") if lines else f"the command exited with status {code}")
+    if some_failed and code == 1 and "jobs failed or were refused" in message:
+        return
     if code in (130, 143):
         raise KeyboardInterrupt(message)
     if code == 2:

@@ -89,7 +89,8 @@ def _train_job(cfg: DictConfig) -> float:
         # (a DDP child rank joins its first rank's run, which has written into the folder already)
         earlier = None if cfg.resume or not first_rank else run_folder.earlier_run(run_dir)
         if earlier and not cfg.get("overwrite"):
-            raise ConfigError(f"{run_dir} holds {earlier}; resume=true continues it, overwrite=true replaces it, or choose another hydra.run.dir")
+            folder_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+            raise ConfigError(f"{run_dir} holds {earlier}; resume=true continues it, overwrite=true replaces it, or choose another {folder_key}")
         waiting.extend([True] if earlier else [])
         run_folder.refuse_links(run_dir)
         lock.acquire(run_dir)  # every check above ran before this folder's first byte is written
@@ -136,9 +137,8 @@ def _train_job(cfg: DictConfig) -> float:
     # every rank logs its final weights' checksum: ranks that disagree show in their logs
     digest = weights_digest(result.module.model.state_dict()) if result.module is not None else "n/a"
     logging.getLogger("microtrain").info("final weights sha256 %s (rank %s)", digest, os.environ.get("NODE_RANK", "0"))
-    if not result.is_global_zero:
-        return objective(metrics, cfg.optimize.metric)[1]
-    print_result(run_dir, metrics, result.best_checkpoint, run_folder.tensorboard_command(run_dir))
+    if result.is_global_zero:
+        print_result(run_dir, metrics, result.best_checkpoint, run_folder.tensorboard_command(run_dir))
     return objective(metrics, cfg.optimize.metric)[1]
 
 

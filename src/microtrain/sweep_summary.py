@@ -152,6 +152,9 @@ class SweepSummary(Callback):
         optimize = config.optimize
         hidden = tuple(config.hydra.job.config.override_dirname.exclude_keys)
         rows = rank(collect(sweep_dir, optimize, hidden, launched, refused), optimize.mode)
+        if rows and all(row["status"] == "refused" for row in rows):  # nothing ran: the earlier sweep's summary stays
+            message = f"every job of the sweep was refused (their errors above): {sweep_dir} keeps its earlier runs and summary as they were"
+            sys.exit(_failed(message, 2))
         write_summary(sweep_dir, rows)
         from microtrain.monitor.hparams import write_sweep_experiment  # imports torch: only at a sweep's end
 
@@ -163,5 +166,18 @@ class SweepSummary(Callback):
         if stop:
             Path(stop).unlink(missing_ok=True)
         if interrupt.received is not None:  # the summary is written; the sweep still ends as interrupted
-            print(f"the sweep was interrupted; finish it with the same command and resume=true hydra.sweep.dir={sweep_dir}", flush=True)
+            print(
+                f"the sweep was interrupted; finish it with the same command and resume=true {run_folder.hydra_override('hydra.sweep.dir', sweep_dir)}",
+                flush=True,
+            )
             sys.exit(128 + interrupt.received)
+        failed = [row for row in rows if row["status"] in ("failed", "refused")]
+        if failed:  # the other jobs ran and the summary holds them; a script running the sweep learns of the rest
+            sys.exit(_failed(f"{len(failed)} of {len(rows)} jobs failed or were refused (their errors above)", 2 if len(failed) == len(rows) else 1))
+
+
+def _failed(message: str, code: int) -> int:
+    from microtrain.console import error_console
+
+    error_console.print(f"error: {message}", markup=False, soft_wrap=True)
+    return code
