@@ -11,7 +11,7 @@ from microtrain.closed_form import least_squares_loss, linear_gradient
 from microtrain.explain.step import explain_step
 from microtrain.explain.gradcheck import check_gradients
 from microtrain.engine.fit import train
-from tests_helpers import make_cfg, run_script
+from tests_helpers import make_cfg, run_in_process, run_script
 
 # The notebooks printed results of unrounded weights at 4 decimals.
 NOTEBOOK = dict(rel=3e-4, abs=3e-4)
@@ -267,7 +267,7 @@ def test_explain_step_into_a_run_folder_explains_that_runs_first_step(tmp_path, 
     """hydra.run.dir=<a run's folder>: the run's own config (an MLP here, the command's default
     being the linear model), its first step from the same seeded weights; an override that
     contradicts the run is one line, and the run's files stay as they were."""
-    from tests_helpers import files_of, run_in_process
+    from tests_helpers import files_of
 
     run = tmp_path / "run"
     assert run_in_process(capsys, "train.py", "model=mlp", "model.hidden=8", "trainer.max_epochs=1", f"hydra.run.dir={run}")[0] == 0
@@ -328,3 +328,11 @@ def test_report_with_no_folder_or_two_is_one_error_line(args):
     assert (
         done.returncode == 2 and done.stderr.strip() == f"error: give one run or sweep folder, not {len(args)} arguments: microtrain-report <folder>"
     )
+
+
+def test_the_update_rule_check_holds_at_a_large_learning_rate(capsys, tmp_path):
+    """lr=50 moves weights to ~130, where float32 rounds by ~8e-6: the check's tolerance follows
+    the size of what it compares (it said DOES NOT HOLD, exit 4, against the weights before)."""
+    code, out, _ = run_in_process(capsys, "explain_step.py", "model=mlp", "optimizer.lr=50", f"hydra.run.dir={tmp_path / 'x'}")
+    rules = [line for line in out.splitlines() if line.strip().startswith("rule")]
+    assert code == 0 and len(rules) == 4 and all(": holds (" in line for line in rules), out

@@ -100,6 +100,7 @@ BAD_INPUTS = [
     (["+model=mlp"], "model is a config group: choose its option with model=mlp, without +"),
     (["optimizer.lr=0.1,0.2"], "optimizer.lr=0.1,0.2 lists several values: that is a sweep, so add -m"),
     (["optimizer.lr=[1,2"], "an override cannot be read (no viable alternative at input '[1,2')"),
+    (["data.path=/tmp/dätä.csv"], "Hydra reads only ASCII letters unquoted; quote the value: 'data.path=\"/tmp/dätä.csv\"'"),
     (
         ["+optimizer.lrr=0.1"],
         "optimizer torch.optim.SGD refused its settings: SGD.__init__() got an unexpected keyword argument 'lrr'; did you mean optimizer.lr?",

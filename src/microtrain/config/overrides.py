@@ -29,6 +29,10 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
     text = str(err).strip()
     first = text.splitlines()[0] if text else type(err).__name__
     if isinstance(err, OverrideParseException):
+        override = first.split(": ", 1)[-1]
+        if not override.isascii() and "=" in override and "'" not in override:  # hydra.run.dir=/tmp/ünï
+            key, value = override.split("=", 1)
+            return f"an override cannot be read ({first}): Hydra reads only ASCII letters unquoted; quote the value: '{key}=\"{value}\"'"
         return (
             f"an override cannot be read ({first}); close every bracket, and quote a value that holds = or , "
             "(hydra.run.dir='<a sweep job's folder>') or that bash would expand ('data.x=[[1.0],[2.0]]')"

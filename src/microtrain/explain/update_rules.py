@@ -34,10 +34,11 @@ def check_first_step(optimizer: torch.optim.Optimizer, param: torch.Tensor, befo
         rule, expected, expected_state = _adagrad(group, before, grad)
     else:
         return None
-    diffs = [(expected - param.detach()).abs().max().item()]
-    diffs += [(value - state[key]).abs().max().item() for key, value in expected_state.items()]
-    worst = max(diffs)
-    return RuleCheck(rule, worst, worst <= 1e-6 + 1e-5 * before.abs().max().item())
+    pairs = [(expected, param.detach()), *((value, state[key]) for key, value in expected_state.items())]
+    diffs = [(mine - theirs).abs().max().item() for mine, theirs in pairs]
+    # each within 1e-5 of its own size: float32's rounding of a result near 130 (lr=50) is ~8e-6
+    holds = all(d <= 1e-6 + 1e-5 * max(mine.abs().max().item(), theirs.abs().max().item()) for d, (mine, theirs) in zip(diffs, pairs))
+    return RuleCheck(rule, max(diffs), holds)
 
 
 def _gradient(decayed: Any) -> str:
