@@ -404,3 +404,25 @@ def test_a_number_from_the_environment_as_text_says_how_to_make_it_a_number(caps
         f"hydra.run.dir={tmp_path / 'decoded'}",
     )
     assert code == 0 and "lr=0.03" in out, err
+
+
+def test_a_damaged_metrics_json_is_one_line_for_predict_resume_and_python(capsys, tmp_path, trained_run):
+    """metrics.json cut short (a full disk, an edit by hand): predict and resume name the file and
+    what to do, and touch nothing (they raised JSONDecodeError, resume after rewriting the file)."""
+    import shutil
+
+    import microtrain as mt
+    from tests_helpers import files_of
+
+    run = shutil.copytree(trained_run, tmp_path / "run")
+    (run / "metrics.json").write_text('{"status": "ok", "train_loss": \n')
+    (tmp_path / "new.csv").write_text("x0,x1,x2\n0.1,0.2,0.3\n")
+    before = files_of(run)
+    damaged = f"{run / 'metrics.json'} cannot be read (not JSON: "
+    code, out, err = run_in_process(capsys, "predict.py", f"run={run}", f"data.path={tmp_path / 'new.csv'}", f"output={tmp_path / 'p.csv'}")
+    assert code == 2 and err.startswith(f"error: {damaged}") and "allow_status=[unfinished]" in err and "Traceback" not in out + err
+    code, out, err = run_in_process(capsys, "train.py", "resume=true", f"hydra.run.dir={run}", "trainer.max_epochs=3")
+    assert code == 2 and err.startswith(f"error: {damaged}") and "delete it, and resume=true goes on from checkpoints/last.ckpt" in err
+    with pytest.raises(mt.ConfigError, match="cannot be read"):
+        mt.load(run).metrics
+    assert files_of(run) == before

@@ -1,7 +1,6 @@
 """Predict with a finished run: its config, data_info.json (features, standardization) and a checkpoint."""
 
 import csv
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +47,7 @@ def load_trained_model(run_dir: Path, checkpoint: str = "best", trusted: bool = 
         raise ConfigError(f"{weights} is damaged ({problem}); {hint}")
     cfg = cast(DictConfig, OmegaConf.load(needed[0]))
     check_run_config(cfg, needed[0], trusted)
-    info = json.loads(needed[1].read_text())
+    info = run_folder.read_json(needed[1], "predict needs it to rebuild the run's model: train the run again")
     model = models.build_model(cfg.model, len(info["features"]), info["n_outputs"])
     state = torch.load(needed[2], map_location="cpu", weights_only=True)["state_dict"]
     try:
@@ -124,7 +123,8 @@ def predict_file(
     if unknown:
         raise ConfigError(f"allow_status names {', '.join(unknown)}, which is not a run's status; choose from {', '.join(STATUSES)}")
     metrics_file = Path(run_dir) / "metrics.json"
-    status = json.loads(metrics_file.read_text()).get("status") if metrics_file.is_file() else "unfinished"
+    hint = "its status is unknown: train the run again, or delete the file and give 'allow_status=[unfinished]'"
+    status = run_folder.read_json(metrics_file, hint).get("status") if metrics_file.is_file() else "unfinished"
     if status not in allow_status:
         raise ConfigError(
             f"{run_dir}: its status is {status} (metrics.json); predict from a finished run, or allow it with 'allow_status=[ok,{status}]'"

@@ -6,7 +6,6 @@ weight and gradient histograms of every parameter, and the loss landscape around
 (one line per seed) and a bar chart of the best jobs' final metric. No TensorBoard server is needed.
 """
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -192,7 +191,7 @@ def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
         _curve(curves, events, "train_loss_step", job.name, linewidth=0.8, color=colors.get(job.name))
         _curve(val, events, "val_loss", job.name, marker="." if len(jobs) <= 12 else None, linewidth=0.8, color=colors.get(job.name))
         metrics_file = job / run_folder.METRICS
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        metrics = run_folder.read_json(metrics_file, "the job's result is unknown: run the job again") if metrics_file.exists() else {}
         name, value = objective(metrics, metric)
         if metrics.get("status") == "ok" and math.isfinite(value):
             finals.append((value, job.name, name))

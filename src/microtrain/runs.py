@@ -1,7 +1,6 @@
 """A finished run seen from Python: ``microtrain.train`` and ``microtrain.load`` return one."""
 
 import html
-import json
 import re
 from functools import cached_property
 from pathlib import Path
@@ -9,6 +8,8 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
+
+from microtrain.run import folder as run_folder
 
 
 class Run:
@@ -22,7 +23,7 @@ class Run:
     def metrics(self) -> dict[str, Any]:
         """What ``metrics.json`` holds: status, final losses, test metrics, steps, seconds, ..."""
         path = self.folder / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else {"status": "unfinished"}
+        return run_folder.read_json(path, "the run's status is unknown") if path.is_file() else {"status": "unfinished"}
 
     @cached_property
     def config(self) -> Any:

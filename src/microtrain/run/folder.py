@@ -83,6 +83,18 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
+def read_json(path: Path, hint: str) -> Any:
+    """A run's JSON file (metrics.json, data_info.json), or one line naming it when it cannot be
+    read (cut short by a full disk, edited by hand) and what to do (``hint``)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        from microtrain.errors import ConfigError
+
+        reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else f"not JSON: {err}"
+        raise ConfigError(f"{path} cannot be read ({reason}); {hint}") from None
+
+
 def hydra_value(value: Any) -> str:
     """``value`` as Hydra's override grammar reads it back: as it is where the grammar reads it
     plain (ASCII letters only: it refuses ``ü`` unquoted), else in double quotes, with the

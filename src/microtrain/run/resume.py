@@ -132,7 +132,8 @@ def plan_resume(
     from microtrain.sweep_summary import objective
 
     metrics_file = run_dir / run_folder.METRICS
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    hint = "delete it, and resume=true goes on from checkpoints/last.ckpt"
+    metrics = run_folder.read_json(metrics_file, hint) if metrics_file.is_file() else {}
     status = metrics.get("status")
     if multirun:
         if status == "ok":
@@ -190,7 +191,7 @@ def _check_shapes(cfg: DictConfig, run_dir: Path, last: Path, state: dict[str, A
     info_file = run_dir / run_folder.DATA_INFO
     if not info_file.is_file():
         return
-    info = json.loads(info_file.read_text())
+    info = run_folder.read_json(info_file, "it is written when the run starts: train the run again, without resume=true")
     model = models.build_model(cfg.model, len(info["features"]), info["n_outputs"])
     try:
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
