@@ -1012,3 +1012,21 @@ def test_16_mixed_groups_checkpoint_each_jobs_scaler_and_resume_from_it(tmp_path
     after = [torch.load(f / "checkpoints" / "last.ckpt", weights_only=True)["MixedPrecision"] for f in folders]
     assert (after[0]["scale"], after[0]["_growth_tracker"]) == (2048.0, 15)  # went on from the saved scale: grew after 10 steps
     assert (after[1]["scale"], after[1]["_growth_tracker"]) == (INIT, 100)  # and from 75 (a fresh scaler would count 25)
+
+
+def test_a_max_time_mapping_stacks(tmp_path, capsys):
+    """+trainer.max_time={minutes: 5} (the form the error line suggests) reaches Lightning's Timer
+    as a dict, as a solo run's Trainer gets it (a DictConfig failed every job of the group)."""
+    code, out, err = run_in_process(
+        capsys,
+        "train.py",
+        "-m",
+        "hydra/launcher=stacked",
+        *MLP,
+        "trainer.max_epochs=1",
+        "optimizer.lr=0.01,0.02",
+        "+trainer.max_time={minutes: 5}",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    assert code == 0 and "stacked: 2 of 2 jobs in 1 group(s)" in out, out + err
+    assert [json.loads(p.read_text())["status"] for p in sorted(tmp_path.glob("*/metrics.json"))] == ["ok", "ok"]

@@ -224,3 +224,17 @@ def test_a_failed_trial_is_the_worst_value_for_a_maximising_search(tmp_path, cap
     assert "failed" in statuses and "ok" in statuses  # model.hidden=0 is refused
     result = (tmp_path / "optimization_results.yaml").read_text()
     assert "model.hidden: 16" in result and "inf" not in result, result
+
+
+def test_a_damaged_metrics_json_is_a_failed_row_of_a_resumed_sweep(tmp_path, capsys):
+    """Its job refuses to resume in one line; the summary lists it failed and the sweep exits 1
+    (the summary's callback raised, Hydra turned that into a warning, and the sweep exited 0)."""
+    args = ["-m", "optimizer.lr=0.01,0.02", *QUICK, "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}"]
+    assert run_in_process(capsys, "train.py", *args)[0] == 0
+    (damaged,) = tmp_path.glob("*optimizer.lr=0.02*/metrics.json")
+    damaged.write_text('{"status": "ok", "train_loss": \n')
+    code, out, err = run_in_process(capsys, "train.py", *args, "resume=true")
+    assert code == 1 and f"{damaged} cannot be read" in err and "Warning" not in err, out + err
+    with open(tmp_path / "summary.csv") as handle:
+        rows = {r["overrides"].split()[0]: r for r in csv.DictReader(handle)}
+    assert rows["optimizer.lr=0.02"]["status"] == "failed" and rows["optimizer.lr=0.01"]["status"] == "ok"

@@ -56,11 +56,14 @@ def collect(
             continue
         overrides = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if o.split("=")[0].lstrip("+~") not in hidden_keys]
         metrics_file = folder / run_folder.METRICS
-        metrics = (
-            json.loads(metrics_file.read_text())
-            if metrics_file.exists()
-            else {"status": "failed", "error": "the job ended without writing metrics.json"}
-        )
+        try:
+            metrics = (
+                json.loads(metrics_file.read_text())
+                if metrics_file.exists()
+                else {"status": "failed", "error": "the job ended without writing metrics.json"}
+            )
+        except (OSError, ValueError) as err:  # damaged (cut short, edited): the job's row says so, the others' summary is written
+            metrics = {"status": "failed", "error": f"{metrics_file} cannot be read ({type(err).__name__})"}
         if folder.resolve() in refused and (metrics.get("status") == "ok" or not metrics_file.exists()):  # or a run still going there
             metrics = {"status": "refused", "error": "refused (its error line above); its folder keeps an earlier run"}
         name, value = objective(metrics, optimize.metric)
@@ -152,7 +155,12 @@ class SweepSummary(Callback):
         optimize = config.optimize
         hidden = tuple(config.hydra.job.config.override_dirname.exclude_keys)
         rows = rank(collect(sweep_dir, optimize, hidden, launched, refused), optimize.mode)
-        if rows and all(row["status"] == "refused" for row in rows):  # nothing ran: the earlier sweep's summary stays
+        from microtrain.run import interrupt
+
+        stop = os.environ.pop(interrupt.STOP_FILE, None)
+        if stop:
+            Path(stop).unlink(missing_ok=True)
+        if rows and all(row["status"] == "refused" for row in rows) and interrupt.received is None:  # nothing ran: the earlier summary stays
             message = f"every job of the sweep was refused (their errors above): {sweep_dir} keeps its earlier runs and summary as they were"
             sys.exit(_failed(message, 2))
         write_summary(sweep_dir, rows)
@@ -160,11 +168,6 @@ class SweepSummary(Callback):
 
         write_sweep_experiment([Path(row["folder"]) for row in rows])
         print_summary(rows, sweep_dir)
-        from microtrain.run import interrupt
-
-        stop = os.environ.pop(interrupt.STOP_FILE, None)
-        if stop:
-            Path(stop).unlink(missing_ok=True)
         if interrupt.received is not None:  # the summary is written; the sweep still ends as interrupted
             print(
                 f"the sweep was interrupted; finish it with the same command and resume=true {run_folder.hydra_override('hydra.sweep.dir', sweep_dir)}",

@@ -30,8 +30,8 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
     first = text.splitlines()[0] if text else type(err).__name__
     if isinstance(err, OverrideParseException):
         override = first.split(": ", 1)[-1]
-        if not override.isascii() and "=" in override and "'" not in override:  # hydra.run.dir=/tmp/ünï
-            key, value = override.split("=", 1)
+        key, _, value = override.partition("=")
+        if key.isascii() and not value.isascii() and not set(value) & set("'\",[]{}()"):  # hydra.run.dir=/tmp/ünï
             return f"an override cannot be read ({first}): Hydra reads only ASCII letters unquoted; quote the value: '{key}=\"{value}\"'"
         return (
             f"an override cannot be read ({first}); close every bracket, and quote a value that holds = or , "

@@ -210,13 +210,17 @@ def write_sweep_experiment(jobs: list[Path]) -> None:
         overrides_file = job / ".hydra" / "overrides.yaml"
         if not (config.is_file() and metrics.is_file() and tags.events_folder(job).is_dir()):
             continue
+        try:
+            final = final_metrics(json.loads(metrics.read_text()))
+        except (OSError, ValueError):  # a damaged metrics.json: a failed row of the summary, no row of the experiment
+            continue
         saved = tags.events_folder(job) / "hparams.yaml"  # what log_hparams gave its session (RunLogger.save)
         if saved.is_file():  # read with yaml's C loader: OmegaConf.load took ~10 ms a job
             runs.append(yaml.load(saved.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {})
         else:
             overrides = yaml.safe_load(overrides_file.read_text()) or [] if overrides_file.is_file() else []
             runs.append(hparams_of(cast(DictConfig, OmegaConf.load(config)), overrides))
-        finals.append(final_metrics(json.loads(metrics.read_text())))
+        finals.append(final)
         folders.append(tags.events_folder(job))
     if not runs:
         return

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from microtrain import device as devices
 from microtrain.console import quiet_libraries
@@ -135,7 +135,8 @@ class StackedRun(L.Callback, WholeSteps):
         self.pending_first = self.written_at = self.step_count  # a resumed group goes on with the grid of its first part
         self.stopping = False  # a signal came: the group stops at the next step boundary (a call's end)
         # +trainer.max_time: Lightning's own Timer (its formats, its state in each checkpoint), checked at every step (a solo run: each call)
-        self.timer = Timer(cfg.trainer.max_time) if cfg.trainer.get("max_time") else None
+        max_time = OmegaConf.to_container(cfg.trainer.max_time) if OmegaConf.is_config(cfg.trainer.get("max_time")) else cfg.trainer.get("max_time")
+        self.timer = Timer(cast(Any, max_time)) if max_time else None  # {minutes: 5} as a dict, as a solo run's Trainer gets it
         if self.timer is not None:
             self.timer.load_state_dict(jobs[0].saved_callbacks.get(self.timer.state_key, {"time_elapsed": {}}))
         for job in jobs:
