@@ -81,6 +81,11 @@ def test_a_job_naming_a_metric_the_run_does_not_report_fails_alone(tmp_path):
     assert metrics[1]["status"] == "ok" and -1 < metrics[1]["val_r2"] <= 1
 
 
+def one_epoch_stacked(capsys, folder, *args):
+    """A stacked sweep of the MLP, one epoch, in process: (exit code, stdout, stderr)."""
+    return run_in_process(capsys, "train.py", "-m", "hydra/launcher=stacked", *MLP, "trainer.max_epochs=1", *args, f"hydra.sweep.dir={folder}")
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [("???", "optimizer.lr is missing; add it to the optimizer config"), ("${oc.env:MICROTRAIN_UNSET}", "MICROTRAIN_UNSET")],
@@ -88,16 +93,7 @@ def test_a_job_naming_a_metric_the_run_does_not_report_fails_alone(tmp_path):
 def test_a_job_with_a_missing_or_unresolvable_value_fails_alone_in_a_stacked_sweep(tmp_path, capsys, bad, message):
     """optimizer.lr=??? (or an unset environment variable) in one job of a stacked sweep: that job
     fails with its solo run's line, as with the basic launcher, and the others train on."""
-    code, out, err = run_in_process(
-        capsys,
-        "train.py",
-        "-m",
-        "hydra/launcher=stacked",
-        *MLP,
-        "trainer.max_epochs=1",
-        f"optimizer.lr=0.01,0.02,{bad}",
-        f"hydra.sweep.dir={tmp_path}",
-    )
+    code, out, err = one_epoch_stacked(capsys, tmp_path, f"optimizer.lr=0.01,0.02,{bad}")
     assert code == 1 and "error: 1 of 3 jobs failed" in err, err  # the others trained: exit 1, not 2
     with open(tmp_path / "summary.csv") as handle:
         rows = [row for row in csv.DictReader(handle)]
@@ -1017,16 +1013,6 @@ def test_16_mixed_groups_checkpoint_each_jobs_scaler_and_resume_from_it(tmp_path
 def test_a_max_time_mapping_stacks(tmp_path, capsys):
     """+trainer.max_time={minutes: 5} (the form the error line suggests) reaches Lightning's Timer
     as a dict, as a solo run's Trainer gets it (a DictConfig failed every job of the group)."""
-    code, out, err = run_in_process(
-        capsys,
-        "train.py",
-        "-m",
-        "hydra/launcher=stacked",
-        *MLP,
-        "trainer.max_epochs=1",
-        "optimizer.lr=0.01,0.02",
-        "+trainer.max_time={minutes: 5}",
-        f"hydra.sweep.dir={tmp_path}",
-    )
+    code, out, err = one_epoch_stacked(capsys, tmp_path, "optimizer.lr=0.01,0.02", "+trainer.max_time={minutes: 5}")
     assert code == 0 and "stacked: 2 of 2 jobs in 1 group(s)" in out, out + err
     assert [json.loads(p.read_text())["status"] for p in sorted(tmp_path.glob("*/metrics.json"))] == ["ok", "ok"]
