@@ -159,9 +159,9 @@ class StackedLauncher(Launcher):
         configure_log(config.hydra.job_logging, config.hydra.verbose)
         with env_override(hydra_cfg.hydra.job.env_set):
             self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
-            if not (
-                result.get("kept") or result.get("skipped")
-            ):  # refused before its folder was touched (an earlier run there stays whole, as a solo job's), or finished before this resume
+            # nothing recorded for a job refused before its folder was touched (an earlier run there
+            # stays whole, as a solo job's) or one that finished before this resume
+            if not (result.get("kept") or result.get("skipped")):
                 run_folder.write_hydra_record(folder, hydra_cfg, task)  # hydra.output_subdir: null
                 logging.getLogger("microtrain").info("trained stacked: %s", result["status"])  # train.log, as a solo job's
             ret.return_value = result["objective"] if result["status"] == "ok" else -math.inf if task.optimize.mode == "max" else math.inf
