@@ -146,6 +146,8 @@ BAD_INPUTS = [
     (["model.init_gain=-1"], "model.init_gain=-1 must be greater than 0"),
     (["loss=huber", "loss.delta=-1"], "loss.delta=-1 must be greater than 0"),
     (["scheduler=step", "scheduler.step_size=0"], "scheduler.step_size=0 must be at least 1"),
+    (["scheduler=plateau", "scheduler.factor=1"], "scheduler.factor=1 must be below 1"),
+    (["scheduler=plateau", "data.val_fraction=0"], "steps on val_loss, and this run has no validation split; set data.val_fraction above 0"),
     (["trainer.devices=0"], "Lightning refused the trainer settings: `Trainer(devices=0)`"),
     (["trainer.num_nodes=0"], "trainer.num_nodes=0 must be at least 1"),
     (["trainer.strategy=bogus"], "Lightning refused the trainer settings: You selected an invalid strategy name"),

@@ -336,6 +336,24 @@ def test_checkpoints_are_the_ones_lightning_writes(tmp_path, extra, recwarn):
         assert largest_difference(stacked["state_dict"], solo["state_dict"]) < 1e-5
 
 
+def test_plateau_schedulers_stack_each_on_its_jobs_val_loss(tmp_path):
+    """scheduler=plateau stacks (each job's ReduceLROnPlateau on its own val_loss, its own
+    patience) and each job's scheduler and weights end as its solo twin's."""
+    jobs = [MLP + ["trainer.max_epochs=6", "scheduler=plateau", f"scheduler.patience={p}", "optimizer.lr=0.2"] for p in (0, 1)]
+    groups, alone = group_jobs([make_cfg(*job) for job in jobs], [0, 0])
+    assert len(groups) == 1 and not alone
+    _, folders = stacked_and_solo(tmp_path, jobs, solo=[0, 1])
+    for k, folder in enumerate(folders):
+        stacked = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
+        solo = torch.load(tmp_path / f"solo{k}" / "checkpoints" / "last.ckpt", weights_only=True)
+        ours, theirs = stacked["lr_schedulers"][0], solo["lr_schedulers"][0]
+        assert ours["_last_lr"] == theirs["_last_lr"] and ours["num_bad_epochs"] == theirs["num_bad_epochs"]
+        assert ours["best"] == pytest.approx(theirs["best"], rel=1e-5)
+        assert largest_difference(stacked["state_dict"], solo["state_dict"]) < 1e-5
+    lowered = [torch.load(f / "checkpoints" / "last.ckpt", weights_only=True)["lr_schedulers"][0]["_last_lr"][0] for f in folders]
+    assert lowered[0] < 0.2 and lowered[0] != lowered[1]  # each patience its own
+
+
 def test_stacked_jobs_write_the_tensorboard_runs_of_their_solo_twins(tmp_path):
     jobs = [MLP + ["log.inspect_every_n_steps=10", f"seed={seed}"] for seed in (0, 1)]
     _, folders = stacked_and_solo(tmp_path, jobs, solo=[1])

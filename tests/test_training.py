@@ -123,6 +123,20 @@ def test_optimizers_and_scheduler_train(tmp_path, optimizer):
     assert lrs == pytest.approx([start, start / 2, start / 4, start / 8])  # the last: after the final epoch
 
 
+def test_plateau_scheduler_steps_on_each_validations_val_loss(tmp_path):
+    """scheduler=plateau: torch's own ReduceLROnPlateau, fed the val_loss TensorBoard holds for
+    each epoch, ends where the run's scheduler did (its lr lowered twice)."""
+    cfg = make_cfg("scheduler=plateau", "scheduler.patience=0", "optimizer.lr=0.5", "trainer.max_epochs=6")
+    train(cfg, tmp_path)
+    val_losses = [e.value for e in read_events(tmp_path).Scalars("val_loss")]
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["lr_schedulers"][0]
+    replay = torch.optim.lr_scheduler.ReduceLROnPlateau(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5), factor=0.5, patience=0)
+    for value in val_losses:
+        replay.step(value)
+    assert len(val_losses) == 6 and saved["_last_lr"] == replay.get_last_lr() == [0.125]
+    assert saved["best"] == pytest.approx(replay.best, rel=1e-6) and saved["num_bad_epochs"] == replay.num_bad_epochs
+
+
 def test_any_torch_optimizer_from_config(tmp_path):
     cfg = make_cfg("optimizer._target_=torch.optim.RMSprop", "~optimizer.dampening", "~optimizer.nesterov", "trainer.max_epochs=1")
     assert train(cfg, tmp_path).metrics["status"] == "ok"

@@ -61,10 +61,16 @@ class OptimizerFactory:
 
 
 def scheduler_factory(cfg: Optional[Mapping[str, Any]]) -> Optional[Callable[..., Any]]:
-    """A function of the optimizer, or None when no scheduler is configured; stepped once per epoch."""
+    """A function of the optimizer, or None when no scheduler is configured; stepped once per
+    epoch, a ``on_val_loss`` one once per validation, on its val_loss."""
     if not cfg or "_target_" not in cfg:
         return None
     return OptimizerFactory(_instantiate(cfg, "scheduler"), str(cfg["_target_"]), "scheduler")
+
+
+def on_val_loss(scheduler: Any) -> bool:
+    """Whether the scheduler steps on a metric (ReduceLROnPlateau): microtrain hands it val_loss."""
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
 def _instantiate(cfg: Mapping[str, Any], key: str) -> Any:

@@ -180,14 +180,12 @@ OPTIMIZER = {
     "lr_decay": number(0),
     "initial_accumulator_value": number(0),
 }
-SCHEDULER = {
-    "_target_": text(),
-    "_partial_": boolean(),
-    "step_size": integer(1),
-    "gamma": number(positive=True),
-    "T_max": integer(1),
-    "eta_min": number(0),
-}
+# Keys of the schedulers in conf/scheduler/ (StepLR, CosineAnnealingLR, ReduceLROnPlateau: stepped on
+# val_loss, which only falls, so mode min); others go to the class, as an optimizer's.
+SCHEDULER = {"_target_": text(), "_partial_": boolean(), "step_size": integer(1), "gamma": number(positive=True)}
+SCHEDULER |= {"T_max": integer(1), "eta_min": number(0)}
+SCHEDULER |= {"mode": choice("min"), "factor": number(positive=True, below=1), "patience": integer(0), "threshold": number(0), "cooldown": integer(0)}
+SCHEDULER |= {"threshold_mode": choice("rel", "abs"), "min_lr": number(0), "eps": number(0)}
 # The Trainer arguments the YAML sets (their types; other arguments are Lightning's to check), and
 # the three that microtrain applies itself (engine.bypass).
 TRAINER = {

@@ -56,8 +56,10 @@ def prepare(cfg: DictConfig, loop: Optional[StepLoop] = None, like: Optional[Pre
     # Built once and thrown away: an optimizer or scheduler that refuses its settings is one line
     # now, before anything is written, not a traceback once training starts.
     trial = module.make_optimizer(model.parameters())
-    if module.make_scheduler is not None:
-        module.make_scheduler(trial)
+    if module.make_scheduler is not None and optimizers.on_val_loss(module.make_scheduler(trial)) and splits.val is None:
+        raise ConfigError(
+            f"scheduler {cfg.scheduler._target_} steps on val_loss, and this run has no validation split; set data.val_fraction above 0"
+        )
     # a Lightning call takes steps_per_call optimizer steps of accumulate_grad_batches batches each
     batches_per_call = steps_per_call(cfg, model, splits) * loop.accumulate
     datamodule = TensorDataModule(splits.train, splits.val, cfg.data.batch_size, cfg.seed, test=splits.test, steps_per_call=batches_per_call)

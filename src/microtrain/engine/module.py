@@ -20,6 +20,7 @@ from torchmetrics import MetricCollection
 
 from microtrain.data.batches import Batch
 from microtrain.engine.bypass import LossWindow, StepLoop
+from microtrain.optimizers import on_val_loss
 
 
 class Steps(Protocol):
@@ -83,6 +84,7 @@ class Trainee(L.LightningModule):
         self.target_scale: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         # a resumed run's new optimizer.lr or weight_decay, set once the checkpoint's optimizer is restored
         self.optimizer_overrides: dict[str, float] = {}
+        self.validated = False  # in the epoch going on
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -128,7 +130,7 @@ class Trainee(L.LightningModule):
             for group in optimizer.param_groups:
                 group.update(self.optimizer_overrides)
             scheduler = cast("Optional[torch.optim.lr_scheduler.LRScheduler]", self.lr_schedulers())  # configure_optimizers gives one at most
-            if scheduler is not None and "lr" in self.optimizer_overrides:
+            if scheduler is not None and "lr" in self.optimizer_overrides and hasattr(scheduler, "base_lrs"):  # not ReduceLROnPlateau's
                 scheduler.base_lrs = [self.optimizer_overrides["lr"]] * len(optimizer.param_groups)
         self.loop.start(self)
 
@@ -139,10 +141,18 @@ class Trainee(L.LightningModule):
         y = y.to(self.device, dtype=dtype) if y.is_floating_point() else y.to(self.device)
         return x.to(self.device, dtype=dtype), y
 
+    def on_validation_epoch_end(self) -> None:
+        self.validated = True  # this epoch's val_loss is there for a ReduceLROnPlateau
+
     def on_train_epoch_end(self) -> None:
+        """The scheduler's epoch step, after the epoch's validation (Lightning's order); a
+        ReduceLROnPlateau steps on val_loss, and only in the epochs that validate."""
         scheduler = cast("Optional[torch.optim.lr_scheduler.LRScheduler]", self.lr_schedulers())  # configure_optimizers gives one at most
-        if scheduler is not None:
+        if scheduler is not None and not on_val_loss(scheduler):
             scheduler.step()
+        elif scheduler is not None and self.validated:
+            cast(Any, scheduler).step(float(self.trainer.callback_metrics["val_loss"]))
+        self.validated = False
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_metrics)

@@ -8,6 +8,7 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING, Optional
 
 from microtrain.internals import early_stop
+from microtrain.optimizers import on_val_loss
 from microtrain.run import folder as run_folder
 from microtrain.run import interrupt
 from microtrain.stack.validate import split_metrics
@@ -40,8 +41,10 @@ def end_epoch(run: "StackedRun", batches_done: int) -> None:
     with warnings.catch_warnings():  # torch.optim's "before optimizer.step()": the stacked step took the steps
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
         for k in active:
-            if (scheduler := run.jobs[k].scheduler) is not None:
+            if (scheduler := run.jobs[k].scheduler) is not None and not on_val_loss(scheduler):
                 scheduler.step()
+            elif scheduler is not None and validate:  # ReduceLROnPlateau: on the job's own val_loss
+                scheduler.step(values["val_loss"][k])
     for k in active if validate else []:
         moment = run.jobs[k].moment(run.epoch, run.step_count, last_epoch_done) if k in improved else None
         run.jobs[k].record_val(values["val_loss"][k], moment)

@@ -99,8 +99,6 @@ def why_alone(cfg: DictConfig) -> Optional[str]:
     for key in found.off:
         if cfg.optimizer.get(key):
             return f"optimizer.{key}={cfg.optimizer[key]} has no stacked update"
-    if cfg.scheduler and "ReduceLROnPlateau" in str(cfg.scheduler.get("_target_", "")):
-        return "ReduceLROnPlateau steps on a metric, which a stacked group does not hand it"
     for name, spec in (cfg.callbacks or {}).items():
         if str(spec.get("_target_") if hasattr(spec, "get") else spec) not in STACKED_CALLBACKS:
             return f"callbacks.{name} is a Lightning callback a stacked group does not run for each job (it runs EarlyStopping per job)"
