@@ -374,6 +374,15 @@ def test_stacked_jobs_write_the_tensorboard_runs_of_their_solo_twins(tmp_path):
     assert start.session_start_info.hparams["seed"].number_value == 1
     assert stacked.Scalars("final/val_loss")[-1].value == pytest.approx(solo.Scalars("final/val_loss")[-1].value, rel=1e-4)
     assert stacked.Scalars("dead_units/fc1")[0].value == pytest.approx(solo.Scalars("dead_units/fc1")[0].value)
+    # trajectory.pt, the path report.png's loss landscape is drawn around: its solo twin's steps and weights
+    ours, theirs = (torch.load(folder / "trajectory.pt", weights_only=True) for folder in (folders[1], tmp_path / "solo1"))
+    assert ours["names"] == theirs["names"] and ours["steps"].tolist() == theirs["steps"].tolist() and len(ours["steps"]) > 5
+    assert (ours["weights"] - theirs["weights"]).abs().max().item() < 1e-5
+    from microtrain.landscape import landscape
+
+    final = json.loads((folders[1] / "metrics.json").read_text())["train_loss"]
+    view = landscape(folders[1])
+    assert view.loss[view.b.abs().argmin(), view.a.abs().argmin()].item() == pytest.approx(final, rel=1e-4)
 
 
 def test_classification_jobs_report_the_accuracy_torchmetrics_gives(tmp_path):
@@ -483,6 +492,12 @@ def test_a_signal_mid_epoch_stops_a_group_at_the_next_call_and_it_resumes_bitwis
     for folder, uninterrupted in zip(stopped, [tmp_path / f"whole{i}" for i in range(2)]):
         ours, theirs = checkpoint_weights(folder), checkpoint_weights(uninterrupted)
         assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+        # trajectory.pt: the first part's path up to step 40, then the resumed part's, each step once
+        path, whole_path = (torch.load(f / "trajectory.pt", weights_only=True) for f in (folder, uninterrupted))
+        steps = path["steps"].tolist()
+        assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 300 and min(s for s in steps if s >= 40) == 40
+        common = [(i, whole_path["steps"].tolist().index(s)) for i, s in enumerate(steps) if s in whole_path["steps"].tolist()]
+        assert len(common) > 10 and all(torch.equal(path["weights"][i], whole_path["weights"][j]) for i, j in common)
 
 
 def test_a_sigterm_while_lightning_sets_the_group_up_ends_its_jobs_interrupted(tmp_path, monkeypatch):

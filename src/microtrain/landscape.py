@@ -17,7 +17,7 @@ All grid points are evaluated at once with ``torch.func.vmap`` over ``functional
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, cast
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -38,13 +38,6 @@ class Landscape:
     title: str
 
 
-def load_trajectory(run_dir: Path) -> Optional[dict]:
-    from microtrain.monitor.parameters import TRAJECTORY
-
-    file = Path(run_dir) / TRAJECTORY
-    return torch.load(file, weights_only=True) if file.is_file() else None
-
-
 def landscape(run_dir: Path) -> Landscape:
     """The landscape of a finished run (raises MicrotrainError when its data cannot be rebuilt)."""
     from omegaconf import DictConfig, OmegaConf
@@ -54,9 +47,11 @@ def landscape(run_dir: Path) -> Landscape:
     from microtrain.data.prepare import prepare_data
     from microtrain.errors import ConfigError
 
-    trajectory = load_trajectory(run_dir)
+    from microtrain.monitor import trajectory as trajectories
+
+    trajectory = trajectories.load(run_dir)
     if trajectory is None or len(trajectory["steps"]) < 2:
-        raise ConfigError("the run kept no weight trajectory (log.inspect=false, a stacked job, or a model over 1M parameters)")
+        raise ConfigError("the run kept no weight trajectory (log.inspect=false, or a model over 1M parameters)")
     cfg = cast(DictConfig, OmegaConf.load(Path(run_dir) / "config.yaml"))
     check_run_config(cfg, Path(run_dir) / "config.yaml")
     # the model, loss and data only: drawing a report builds no optimizer, scheduler or callback

@@ -35,11 +35,10 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from microtrain.monitor import curvature
+from microtrain.monitor import curvature, trajectory
 from microtrain.monitor.activations import capture, hidden_layers
 from microtrain.monitor.progress import planned_steps
 from microtrain.monitor.scalars import ScalarBuffer
-from microtrain.run import folder as run_folder
 from microtrain.monitor.inspection_grid import Budget, grid
 from microtrain.monitor.statistics import add_histogram_row, foreach_norms, histograms, histograms_of, nonfinite_counts, unit_fractions
 
@@ -47,9 +46,6 @@ if TYPE_CHECKING:  # the callbacks read the module's model, loss and loss window
     from microtrain.engine.module import Trainee
 
 COMPILED_INTERVAL = 50  # auto under loop.compile: inspected steps run eager, so at most one in 50 is
-TRAJECTORY = "trajectory.pt"  # the weights at inspected steps, for report.png's loss landscape
-TRAJECTORY_EVERY_POINT = 10_000  # parameters: up to this many, the weights of every inspected step are kept
-TRAJECTORY_LIMIT = 1_000_000  # up to this many, those of the histogram steps; above it, none
 
 
 def tensorboard_writer(trainer: "L.Trainer") -> Optional[SummaryWriter]:
@@ -92,6 +88,7 @@ class ParameterInspector(L.Callback):
         self.first_nonfinite: Optional[str] = None  # for the divergence message
         self.trajectory: list[tuple[int, torch.Tensor]] = []  # (step, all weights flat, on the host)
         self._trajectory_file: Optional[Path] = None
+        self._resumed_at = 0
 
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         module = cast("Trainee", pl_module)  # microtrain's callbacks serve its Trainee
@@ -109,10 +106,8 @@ class ParameterInspector(L.Callback):
         if self.train is not None:
             self.train = module.to_model(*self.train)
         assert trainer.logger is not None  # tensorboard_writer found its writer
-        self._trajectory_file = Path(cast(str, trainer.logger.save_dir)) / TRAJECTORY
-        if trainer.global_step and self._trajectory_file.is_file():  # resumed: the path so far, up to the resume step
-            saved = torch.load(self._trajectory_file, weights_only=True)
-            self.trajectory = [(int(s), w) for s, w in zip(saved["steps"], saved["weights"]) if s < trainer.global_step]
+        self._trajectory_file = Path(cast(str, trainer.logger.save_dir)) / trajectory.TRAJECTORY
+        self._resumed_at = trainer.global_step  # a resumed run's path so far is kept up to this step
         if self.optimum is not None:
             self.scalars.add("train_loss_optimum", self.optimum, trainer.global_step)
 
@@ -170,12 +165,7 @@ class ParameterInspector(L.Callback):
             self._copy_to_host()
         self.scalars.flush(writer, force=True)
         if self.trajectory and self._trajectory_file is not None:
-            saved = {
-                "names": self._names,
-                "steps": torch.tensor([s for s, _ in self.trajectory]),
-                "weights": torch.stack([w for _, w in self.trajectory]),
-            }
-            run_folder.write_atomic(self._trajectory_file, lambda partial: torch.save(saved, partial))
+            trajectory.save(self._trajectory_file, self._names, self.trajectory, self._resumed_at)
 
     def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
         self._before = []
@@ -222,8 +212,7 @@ class ParameterInspector(L.Callback):
         if have_grads and not final:
             self._before = [p.clone() for p in params]  # the update ratio follows in stepped()
             self._inspected = (self._before, grads)  # the weights as inspected, not as updated
-        size = sum(p.numel() for p in params)
-        if size <= TRAJECTORY_EVERY_POINT or (size <= TRAJECTORY_LIMIT and drawing):
+        if trajectory.keeps(sum(p.numel() for p in params), drawing):
             self.trajectory.append((step, torch.cat([p.reshape(-1) for p in params]).float().cpu()))
 
     def _copy_to_host(self, extra: Optional[list[tuple[list[str], torch.Tensor]]] = None) -> None:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # the group's final losses, step count and device
     from microtrain.stack.train import StackedRun
 
 
-def interrupted(job: StackedJob, step: int) -> dict[str, Any]:
+def interrupted(run: "StackedRun", k: int, job: StackedJob) -> dict[str, Any]:
     """A signal: each job that was training ends as a single run does (``interrupted``, its
     last.ckpt of the step boundary it stopped at, the command that resumes it); a diverged one
     keeps its status."""
@@ -23,9 +23,10 @@ def interrupted(job: StackedJob, step: int) -> dict[str, Any]:
         metrics = {
             "status": "interrupted",
             "signal": name,
-            "error": f"interrupted by {name} at step {step}",
+            "error": f"interrupted by {name} at step {run.step_count}",
             "resume": f"python scripts/train.py resume=true {run_folder.hydra_override('hydra.run.dir', job.run_dir)}",
         }
+        run.inspector.save_trajectory(k, job)
     job.finish(metrics)
     return metrics
 
@@ -61,6 +62,7 @@ def finished(run: "StackedRun", k: int, job: StackedJob, seconds: float, threads
                 job.scalars.add(name, value, steps)
     metrics["threads"] = threads
     metrics["stacked"] = {"jobs": len(run.jobs), "job": k, **run.inspector.widened()}
+    run.inspector.save_trajectory(k, job)
     job.finish(metrics)
     return metrics
 
@@ -75,7 +77,7 @@ def finish_jobs(run: "StackedRun", seconds: float, threads: int) -> list[dict[st
         run.final |= split_metrics(run.stacked, run.val, run.loss_fn, run.jobs[0], "val_", only_loss=True)
     if run.stopping:  # jobs early stopping had ended are done: they finish ok
         return [
-            finished(run, k, job, seconds, threads) if job.stopped and job.status == "ok" else interrupted(job, run.step_count)
+            finished(run, k, job, seconds, threads) if job.stopped and job.status == "ok" else interrupted(run, k, job)
             for k, job in enumerate(run.jobs)
         ]
     return [finished(run, k, job, seconds, threads) for k, job in enumerate(run.jobs)]

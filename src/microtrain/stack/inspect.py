@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from microtrain.monitor import curvature
+from microtrain.monitor import curvature, trajectory
 from microtrain.monitor.activations import hidden_layers
 from microtrain.monitor.inspection_grid import Budget, grid
 from microtrain.monitor.statistics import add_histogram_row, histograms, nonfinite_counts, unit_fractions
@@ -46,6 +46,9 @@ class StackedInspector:
         self.curvature = bool(log.curvature)
         self.last: Optional[int] = None
         # the MLP's hidden layer, fed by the model's first linear layer from the batch itself
+        # trajectory.pt: the K jobs' flat weights at the inspections a solo run keeps, [K, parameters] on the host
+        self.parameters = sum(p[0].numel() for p in step.params)
+        self.trajectory: list[tuple[int, Tensor, list[int]]] = []  # (step, weights, the jobs it holds)
         layers = hidden_layers(jobs[0].model) if log.activations else []
         first_linear = next((n for n, m in jobs[0].model.named_modules() if isinstance(m, torch.nn.Linear)), None)
         self.layers = [(name, module) for name, module in layers if name == first_linear]
@@ -99,6 +102,7 @@ class StackedInspector:
                     add_histogram_row(out, f"activations/{layer}", layer_hists[k][2 * j + 1], step)
             out.add("lr", job.lr(), step)
         self._full_loss(step, before)
+        self._keep(step, before, drawing, [k for k, job in enumerate(self.jobs) if job.active])
         if self.curvature and scheduled:
             self._curvature(step, before, x, y)
         for job in self.jobs:
@@ -160,6 +164,17 @@ class StackedInspector:
                     add_histogram_row(job.scalars, f"weights/{name}", hists[k][i], step)
             job.scalars.add("lr", job.lr(), step)
         self._full_loss(step, self.step.params, jobs)
+        self._keep(step, self.step.params, self.histograms, jobs)
+
+    def _keep(self, step: int, weights: list[Tensor], drawing: bool, jobs: list[int]) -> None:
+        if trajectory.keeps(self.parameters, drawing):
+            self.trajectory.append((step, torch.cat([w.detach().flatten(1) for w in weights], dim=1).float().cpu(), jobs))
+
+    def save_trajectory(self, k: int, job: Any) -> None:
+        """Job k's ``trajectory.pt``, as its solo run's (a resumed job's path so far kept up to its resume step)."""
+        points = [(step, weights[k]) for step, weights, jobs in self.trajectory if k in jobs]
+        if points:
+            trajectory.save(job.run_dir / trajectory.TRAJECTORY, self.step.names, points, job.start_step)
 
     def _full_loss(self, step: int, weights: list[Tensor], jobs: Optional[list[int]] = None) -> None:
         """train_loss_full and optimality_gap of linear least-squares jobs (of ``jobs``, or all active)."""
