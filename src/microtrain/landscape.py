@@ -21,7 +21,7 @@ from typing import cast
 
 import torch
 from torch import Tensor
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 GRID = 41  # points per axis
 MARGIN = 0.35  # the grid reaches this share of the path's extent beyond it on each side
@@ -43,6 +43,7 @@ def landscape(run_dir: Path) -> Landscape:
     from omegaconf import DictConfig, OmegaConf
 
     from microtrain import losses, models
+    from microtrain.monitor import curvature
     from microtrain.config.targets import check_run_config
     from microtrain.data.prepare import prepare_data
     from microtrain.errors import ConfigError
@@ -61,14 +62,9 @@ def landscape(run_dir: Path) -> Landscape:
     x, y = splits.train
     x, y = x[:MAX_ROWS].float(), y[:MAX_ROWS]
     y = y.float() if y.is_floating_point() else y
-    names = list(trajectory["names"])
-    shapes = [p.shape for _, p in model.named_parameters()]
-    sizes = [s.numel() for s in shapes]
+    names = list(trajectory["names"])  # the model's, in its order
     weights = trajectory["weights"].float()
-
-    def loss_at(flat: Tensor) -> Tensor:
-        params = {n: t.view(s) for n, t, s in zip(names, flat.split(sizes), shapes)}
-        return loss_fn(functional_call(model, params, (x,)), y)
+    loss_at, _ = curvature.flat_loss(model, loss_fn, x, y)
 
     final = weights[-1]
     if weights.shape[1] == 2:

@@ -58,10 +58,10 @@ class _StackedSubmitit(StackedLauncher, BaseSubmititLauncher):
                 try:
                     outcomes.append(job.result())
                 except Exception as err:  # noqa: BLE001 -- a group the cluster lost: its jobs fail, the others stand
-                    from microtrain.stack.plan import _failed
+                    from microtrain.stack.plan import failed
 
                     reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-                    outcomes.append(([_failed(f, f"the submitit job {job.job_id} failed: {reason}") for f in folders], 0.0))
+                    outcomes.append(([failed(f, f"the submitit job {job.job_id} failed: {reason}") for f in folders], 0.0))
             return outcomes
 
         return send

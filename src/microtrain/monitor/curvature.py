@@ -17,6 +17,8 @@
 
 from typing import Optional
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, hessian, vjp, vmap
@@ -26,7 +28,8 @@ POWER_ITERATIONS = 20
 CURVATURE_ROWS = 4096
 
 
-def _flat_loss(model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor):
+def flat_loss(model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+    """(the loss on (x, y) as a function of all weights in one flat vector, the model's weights so)."""
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for _, p in model.named_parameters()]
     sizes = [p.numel() for _, p in model.named_parameters()]
@@ -42,7 +45,7 @@ def _flat_loss(model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor):
 def top_hessian_eigenvalue(model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, seed: int = 0) -> float:
     """The largest Hessian eigenvalue of ``loss_fn(model(x), y)`` at the model's weights."""
     x, y = x[:CURVATURE_ROWS], y[:CURVATURE_ROWS]
-    loss, flat = _flat_loss(model, loss_fn, x, y)
+    loss, flat = flat_loss(model, loss_fn, x, y)
     if flat.numel() <= EXACT_LIMIT:
         return float(torch.linalg.eigvalsh(hessian(loss)(flat).double())[-1])
     hvp = vjp(grad(loss), flat)[1]  # reverse over reverse: jvp of grad (forward over reverse)

@@ -31,17 +31,6 @@ from microtrain.run.checksums import sealed
 Snapshot = dict[str, Any]  # what a checkpoint needs of one moment of one job
 
 
-def refusal(run_dir: Path, error: str) -> dict[str, Any]:
-    """A job refused as it was built (what its solo run refuses once its data is known): failed in
-    its metrics.json, or, when its folder holds an earlier run (overwrite=true), ``kept``: that
-    run stays whole, as a solo run's, and the launcher records nothing there."""
-    if run_folder.earlier_run(run_dir):
-        return {"status": "failed", "error": error, "kept": True}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_folder.write_json_atomic(run_dir / run_folder.METRICS, {"status": "failed", "error": error})
-    return {"status": "failed", "error": error}
-
-
 class StackedJob:
     """A job's config, folder, seeded model and optimizer, and its progress in the group."""
 

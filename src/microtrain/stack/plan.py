@@ -119,7 +119,7 @@ def run_stacked(
                 kept = run_folder.earlier_run(folders[i]) is not None
                 results[i] = {"status": "interrupted", "objective": math.inf, **({"kept": True} if kept else {})}
                 if not kept:
-                    _failed(folders[i], "not started: the sweep was interrupted", status="interrupted")
+                    failed(folders[i], "not started: the sweep was interrupted", status="interrupted")
     return results, fresh
 
 
@@ -131,10 +131,10 @@ def _trained_here(cfgs: list[DictConfig], folders: list[Path], resume: list[bool
     try:
         return train_group(cfgs, folders, resume, overrides)
     except MicrotrainError as err:
-        return [_failed(folder, str(err), since=started) for folder in folders]
+        return [failed(folder, str(err), since=started) for folder in folders]
     except Exception as err:  # noqa: BLE001 -- in a sweep one broken group must not stop the others
         first = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
-        return [_failed(folder, f"{type(err).__name__}: {first}", since=started) for folder in folders]
+        return [failed(folder, f"{type(err).__name__}: {first}", since=started) for folder in folders]
 
 
 def _report(
@@ -185,7 +185,7 @@ def _saved_step(path: Path) -> int:
         return -1
 
 
-def _failed(folder: Path, message: str, status: str = "failed", since: Optional[float] = None) -> Result:
+def failed(folder: Path, message: str, status: str = "failed", since: Optional[float] = None) -> Result:
     """The job failed: its metrics.json says so, unless its folder holds an earlier run the group
     had not opened (written before ``since``), which stays whole (``kept``), as a solo run's."""
     metrics = {"status": status, "error": message}

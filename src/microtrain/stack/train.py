@@ -30,7 +30,8 @@ from microtrain.stack.best import BestEpochs
 from microtrain.stack.epoch_end import end_epoch, write_last
 from microtrain.stack.finish import finish_jobs
 from microtrain.stack.inspect import StackedInspector
-from microtrain.stack.jobs import StackedJob, refusal
+from microtrain.stack.jobs import StackedJob
+from microtrain.stack.plan import failed
 from microtrain.stack.step import StackedModel, StackedStep
 from microtrain.engine import loss_scale
 from microtrain.engine.build import multiply_adds_per_step, steps_per_call
@@ -55,7 +56,7 @@ def train_group(
         try:
             jobs.append(StackedJob(cfg, run_dir, job_overrides, like=jobs[0] if jobs else None))
         except ConfigError as err:  # what its solo run refuses once its data is known (optimize.metric): it alone fails
-            refused[k] = refusal(Path(run_dir), str(err))
+            refused[k] = failed(Path(run_dir), str(err), since=math.inf)  # a folder holding an earlier run keeps it
     for job in [job for job, again in zip(jobs, [again for k, again in enumerate(resume) if k not in refused]) if again]:
         job.resume()
     trained = iter(StackedRun(jobs).run() if jobs else [])

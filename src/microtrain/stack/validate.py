@@ -1,7 +1,7 @@
 """Losses and metrics of K stacked jobs on a whole split at once: the numbers a solo run gets
 from Lightning's validation loop and torchmetrics (``monitor.metrics``), one forward for all."""
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -17,18 +17,10 @@ def predictions(step: Any, weights: list[Tensor], x: Tensor) -> Tensor:
         return torch.func.vmap(step.forward, in_dims=(0, None))(weights, x)
 
 
-def evaluate(step: Any, weights: list[Tensor], pair: tuple[Tensor, Tensor], loss_fn: Any, rows: Optional[int] = None) -> list[float]:
-    """Each job's loss on the split: in chunks of ``rows`` averaged by their size, as Lightning's
-    epoch mean of batch losses is, or on all rows at once (``rows=None``, as ``fit`` reports)."""
-    x, y = pair
-    size = rows or len(x)
-    total = torch.zeros(len(weights[0]), dtype=torch.float64, device=x.device)
+def evaluate(step: Any, weights: list[Tensor], pair: tuple[Tensor, Tensor], loss_fn: Any) -> list[float]:
+    """Each job's loss on all rows of the split at once, as ``fit`` reports it."""
     with torch.no_grad():
-        for start in range(0, len(x), size):
-            xs, ys = x[start : start + size], y[start : start + size]
-            out = predictions(step, weights, xs)
-            total += torch.func.vmap(loss_fn, in_dims=(0, None))(out, ys).double() * len(xs)
-    return (total / len(x)).tolist()
+        return torch.func.vmap(loss_fn, in_dims=(0, None))(predictions(step, weights, pair[0]), pair[1]).double().tolist()
 
 
 def split_metrics(
