@@ -204,6 +204,7 @@ def test_bad_rerun_into_a_finished_folder_keeps_its_results(capsys, earlier_run)
 LATE_REFUSALS = [  # refused only once the run is built (its data, model, optimizer, Trainer), after the schema's checks
     (["model.in_features=2"], "model.in_features=2 but the data has 3 features"),
     (["optimizer=torch", "optimizer.name=Nope"], "optimizer._target_='torch.optim.Nope' cannot be built"),
+    (["optimizer=torch", "optimizer.name=SparseAdam"], "optimizer torch.optim.SparseAdam cannot take a step with these settings"),  # failed in fit
     (["+trainer.max_time=abc"], "trainer.max_time='abc' is not a duration"),
     (["+trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 must be a whole number"),  # crashed in fit, the earlier run deleted
     (["callbacks=early_stopping", "data.val_fraction=0"], "monitors val_loss but the run has no validation split"),

@@ -336,6 +336,15 @@ def test_checkpoints_are_the_ones_lightning_writes(tmp_path, extra, recwarn):
         assert largest_difference(stacked["state_dict"], solo["state_dict"]) < 1e-5
 
 
+def test_a_scheduler_that_cycles_the_momentum_runs_its_job_alone():
+    """OneCycleLR and CyclicLR change the momentum each step, which a stack holds fixed: their
+    stacked jobs diverged where the solo runs trained."""
+    one_cycle = ["optimizer.momentum=0.9", "scheduler=step", "scheduler._target_=torch.optim.lr_scheduler.OneCycleLR", "~scheduler.step_size"]
+    one_cycle += ["~scheduler.gamma", "+scheduler.max_lr=0.1", "+scheduler.total_steps=4"]
+    assert "cycles the momentum" in str(why_alone(make_cfg(*one_cycle)))
+    assert why_alone(make_cfg(*one_cycle, "+scheduler.cycle_momentum=false")) is None
+
+
 def test_plateau_schedulers_stack_each_on_its_jobs_val_loss(tmp_path):
     """scheduler=plateau stacks (each job's ReduceLROnPlateau on its own val_loss, its own
     patience) and each job's scheduler and weights end as its solo twin's."""

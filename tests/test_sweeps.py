@@ -238,3 +238,17 @@ def test_a_damaged_metrics_json_is_a_failed_row_of_a_resumed_sweep(tmp_path, cap
     with open(tmp_path / "summary.csv") as handle:
         rows = {r["overrides"].split()[0]: r for r in csv.DictReader(handle)}
     assert rows["optimizer.lr=0.02"]["status"] == "failed" and rows["optimizer.lr=0.01"]["status"] == "ok"
+
+
+def test_the_printed_summary_shows_values_rich_would_read_as_markup(tmp_path):
+    """data.exclude=[id,label] is a rich markup tag: the table printed 'data.exclude=' without it."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from microtrain.sweep_summary import print_summary
+
+    out = StringIO()
+    row = {"best": "*", "overrides": "data.exclude=[id,label] optimizer.lr=0.1", "status": "ok", "metric": "val_loss", "val_loss": 0.25}
+    print_summary([row], tmp_path / "[b]", Console(file=out, width=200))
+    assert "data.exclude=[id,label] optimizer.lr=0.1" in out.getvalue() and str(tmp_path / "[b]" / "summary.csv") in out.getvalue()

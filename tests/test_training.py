@@ -137,6 +137,36 @@ def test_plateau_scheduler_steps_on_each_validations_val_loss(tmp_path):
     assert saved["best"] == pytest.approx(replay.best, rel=1e-6) and saved["num_bad_epochs"] == replay.num_bad_epochs
 
 
+def test_list_arguments_reach_torch_as_lists_and_the_checkpoint_loads(tmp_path):
+    """+optimizer.betas=[0.9,0.99] of optimizer=torch and a scheduler's milestones: an OmegaConf
+    list saved in last.ckpt made it refuse to load (weights_only), so resume and predict failed."""
+    cfg = make_cfg(
+        "optimizer=torch",
+        "optimizer.name=Adamax",
+        "+optimizer.betas=[0.9,0.99]",
+        "scheduler=step",
+        "scheduler._target_=torch.optim.lr_scheduler.MultiStepLR",
+        "~scheduler.step_size",
+        "+scheduler.milestones=[1,2]",
+        "trainer.max_epochs=2",
+    )
+    train(cfg, tmp_path)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert list(saved["optimizer_states"][0]["param_groups"][0]["betas"]) == [0.9, 0.99]
+    assert saved["lr_schedulers"][0]["last_epoch"] == 2
+
+
+def test_an_optimizer_that_cannot_take_a_step_is_refused_before_the_run(tmp_path):
+    """SparseAdam (dense gradients) and arguments torch.optim checks only in step(): one line before
+    anything is written (test_reliability.py), not an "unexpected" error once training has started."""
+    for overrides, words in (
+        (["optimizer.name=SparseAdam"], "optimizer torch.optim.SparseAdam cannot take a step with these settings: SparseAdam does not support dense"),
+        (["optimizer.name=Rprop", "+optimizer.step_sizes=1"], "optimizer torch.optim.Rprop cannot take a step with these settings"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            train(make_cfg("optimizer=torch", *overrides), tmp_path / "run")
+
+
 def test_any_torch_optimizer_from_config(tmp_path):
     cfg = make_cfg("optimizer._target_=torch.optim.RMSprop", "~optimizer.dampening", "~optimizer.nesterov", "trainer.max_epochs=1")
     assert train(cfg, tmp_path).metrics["status"] == "ok"

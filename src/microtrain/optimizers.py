@@ -68,6 +68,23 @@ def scheduler_factory(cfg: Optional[Mapping[str, Any]]) -> Optional[Callable[...
     return OptimizerFactory(_instantiate(cfg, "scheduler"), str(cfg["_target_"]), "scheduler")
 
 
+def trial_step(make_optimizer: Callable[..., torch.optim.Optimizer], model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer built over copies of the model's weights, which take one step on zero
+    gradients: torch.optim checks some settings only in ``step()`` (SparseAdam's sparse
+    gradients, Rprop's ``step_sizes``), which would otherwise fail once training has started."""
+    copies = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    trial = make_optimizer(copies)
+    for copy in copies:
+        copy.grad = torch.zeros_like(copy)
+    try:
+        trial.step()
+    except Exception as err:  # noqa: BLE001 -- whatever the class raises is the user's settings
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        target = getattr(make_optimizer, "target", "")
+        raise ConfigError(f"optimizer {target} cannot take a step with these settings: {reason}") from None
+    return trial
+
+
 def on_val_loss(scheduler: Any) -> bool:
     """Whether the scheduler steps on a metric (ReduceLROnPlateau): microtrain hands it val_loss."""
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
@@ -75,7 +92,9 @@ def on_val_loss(scheduler: Any) -> bool:
 
 def _instantiate(cfg: Mapping[str, Any], key: str) -> Any:
     try:
-        return instantiate(cfg, _partial_=True)
+        # _convert_="all": a list (betas, etas, milestones) reaches torch as a list; an OmegaConf
+        # ListConfig would be saved in the checkpoint, which torch.load(weights_only=True) refuses
+        return instantiate(cfg, _partial_=True, _convert_="all")
     except InstantiationException as err:
         reason = str(err).strip().splitlines()[0]
         raise ConfigError(f"{key}._target_={cfg['_target_']!r} cannot be built: {reason}") from None

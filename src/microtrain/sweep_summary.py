@@ -114,22 +114,23 @@ def _cell(value: Any) -> str:
 def print_summary(rows: list[dict[str, Any]], sweep_dir: Path, console: Optional[Any] = None) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text  # values as they are: rich would read 'data.exclude=[id,label]' as markup and drop it
 
     metric = rows[0]["metric"] if rows else "metric"
-    table = Table(title=f"sweep {sweep_dir}: {len(rows)} jobs, best {metric} first")
+    table = Table(title=Text(f"sweep {sweep_dir}: {len(rows)} jobs, best {metric} first"))
     columns = with_metric(["best", "overrides", "status", "train_loss", "val_loss", "test_loss"], rows)
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
+        table.add_row(*(Text(_cell(row.get(c))) for c in columns))
     # a log file or a pipe gets a wide table rather than rich's 80 columns
     console = console or Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     console.print(table)
     for row in rows:
         if row.get("error"):
             console.print(f"{row['status']}: {row['overrides']}: {row['error']}", markup=False)
-    console.print(f"summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.md'}")
-    console.print(f"open TensorBoard: {run_folder.tensorboard_command(sweep_dir)}")
+    console.print(f"summary: {sweep_dir / 'summary.csv'}, {sweep_dir / 'summary.md'}", markup=False)
+    console.print(f"open TensorBoard: {run_folder.tensorboard_command(sweep_dir)}", markup=False)
 
 
 started: Optional[Path] = None  # the sweep folder of this process's sweep: a sweep refused at its start removes it

@@ -99,6 +99,9 @@ def why_alone(cfg: DictConfig) -> Optional[str]:
     for key in found.off:
         if cfg.optimizer.get(key):
             return f"optimizer.{key}={cfg.optimizer[key]} has no stacked update"
+    scheduler = str((cfg.scheduler or {}).get("_target_", "")).rpartition(".")[2]
+    if scheduler in ("OneCycleLR", "CyclicLR") and cfg.scheduler.get("cycle_momentum", True):  # torch's that change more than lr
+        return f"{scheduler} cycles the momentum, which a stacked job holds fixed (+scheduler.cycle_momentum=false stacks)"
     for name, spec in (cfg.callbacks or {}).items():
         if str(spec.get("_target_") if hasattr(spec, "get") else spec) not in STACKED_CALLBACKS:
             return f"callbacks.{name} is a Lightning callback a stacked group does not run for each job (it runs EarlyStopping per job)"
