@@ -296,6 +296,39 @@ def test_explain_step_into_a_run_folder_explains_that_runs_first_step(tmp_path, 
     )
 
 
+def test_explain_step_takes_the_first_steps_lr_after_a_resume_changed_it_and_under_a_warm_up(tmp_path, capsys):
+    """The first step's learning rate: the run's first one after resume=true optimizer.lr=0.2
+    rewrote config.yaml (history.jsonl keeps it), and LinearLR's start_factor times lr."""
+    run = tmp_path / "run"
+    assert run_in_process(capsys, "train.py", "trainer.max_epochs=1", f"hydra.run.dir={run}")[0] == 0
+    assert run_in_process(capsys, "train.py", "resume=true", "trainer.max_epochs=2", "optimizer.lr=0.2", f"hydra.run.dir={run}")[0] == 0
+    assert run_in_process(capsys, "explain_step.py", f"hydra.run.dir={run}")[0] == 0
+    assert "lr=0.05" in json.loads((run / "step.json").read_text())["optimizer"]
+    warm_up = ["scheduler=step", "scheduler._target_=torch.optim.lr_scheduler.LinearLR", "~scheduler.step_size", "~scheduler.gamma"]
+    report = explain_step(make_cfg(*warm_up, "+scheduler.start_factor=0.1", "+scheduler.total_iters=3", config="explain"))
+    for name, before in report.params_before.items():
+        assert torch.allclose(report.params_after[name], before - 0.005 * report.grads[name], atol=1e-7)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_maximize_is_explained_as_the_rule_on_the_negated_gradient(optimizer):
+    """+optimizer.maximize=true: the update climbs the gradient, and the rule check says so (it
+    said "DOES NOT HOLD")."""
+    report = explain_step(make_cfg(f"optimizer={optimizer}", "+optimizer.maximize=true", config="explain"))
+    assert "maximize=True" in report.optimizer
+    for name, check in report.rules.items():
+        assert check is not None and check.holds and check.rule.startswith("maximize: grad → −grad; "), name
+    if optimizer == "sgd":
+        for name, before in report.params_before.items():
+            assert torch.allclose(report.params_after[name], before + 0.05 * report.grads[name], atol=1e-7)
+
+
+def test_several_values_to_explain_step_ask_for_one_not_for_a_sweep(capsys):
+    """explain_step.py 'optimizer.lr=0.1,0.2' said "add -m", and with -m "drop -m"."""
+    code, _, err = run_in_process(capsys, "explain_step.py", "optimizer.lr=0.1,0.2")
+    assert code == 2 and err.strip() == "error: optimizer.lr=0.1,0.2 lists several values: that is a sweep, which only train.py runs: give one value"
+
+
 def test_explain_step_into_a_folder_that_holds_no_run_says_so(tmp_path, capsys):
     """A sweep's folder is refused (its jobs' folders hold the runs) and keeps its files; a folder
     named that holds no run (a typo of a run's, a new one) explains this command's config, with a

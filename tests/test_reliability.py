@@ -95,6 +95,10 @@ BAD_INPUTS = [
     (["model.hiden=3"], "model.hiden is not a key of the config (did you mean model.hidden, a key of model=mlp?)"),
     (["model.activation=tanh"], "model.activation is a key of model=mlp, not of this run's model: add model=mlp"),
     (["optimizer.betas=[0.9,0.99]"], "optimizer.betas is a key of optimizer=adam and optimizer=adamw, not of this run's optimizer"),
+    (
+        ["optimizer=torch", "optimizer.name=Adamax", "optimizer.weight_decay=0.1"],
+        "optimizer.weight_decay is not a key of optimizer=torch, which hands the class what is added with +: write +optimizer.weight_decay=0.1",
+    ),
     (["modell=mlp"], "modell is not a key of the config (did you mean model?)"),
     (["~optimizer.lrr"], "~optimizer.lrr: optimizer.lrr is not a key of the config (did you mean optimizer.lr?)"),
     (["+model=mlp"], "model is a config group: choose its option with model=mlp, without +"),
@@ -204,6 +208,7 @@ def test_bad_rerun_into_a_finished_folder_keeps_its_results(capsys, earlier_run)
 LATE_REFUSALS = [  # refused only once the run is built (its data, model, optimizer, Trainer), after the schema's checks
     (["model.in_features=2"], "model.in_features=2 but the data has 3 features"),
     (["optimizer=torch", "optimizer.name=Nope"], "optimizer._target_='torch.optim.Nope' cannot be built"),
+    (["optimizer=torch", "optimizer.name=adam"], "torch.optim has no optimizer class adam (did you mean Adam?); it has ASGD, Adadelta"),
     (["optimizer=torch", "optimizer.name=SparseAdam"], "optimizer torch.optim.SparseAdam cannot take a step with these settings"),  # failed in fit
     (["+trainer.max_time=abc"], "trainer.max_time='abc' is not a duration"),
     (["+trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 must be a whole number"),  # crashed in fit, the earlier run deleted

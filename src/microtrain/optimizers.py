@@ -97,4 +97,12 @@ def _instantiate(cfg: Mapping[str, Any], key: str) -> Any:
         return instantiate(cfg, _partial_=True, _convert_="all")
     except InstantiationException as err:
         reason = str(err).strip().splitlines()[0]
+        module, _, name = str(cfg["_target_"]).rpartition(".")
+        if key == "optimizer" and module == "torch.optim":  # optimizer.name=adam (a module) or Bogus: the classes there are
+            from microtrain.config.overrides import did_you_mean
+
+            names = sorted(
+                n for n, c in vars(torch.optim).items() if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and n != "Optimizer"
+            )
+            reason = f"torch.optim has no optimizer class {name}{did_you_mean(name, names)}; it has {', '.join(names)}"
         raise ConfigError(f"{key}._target_={cfg['_target_']!r} cannot be built: {reason}") from None

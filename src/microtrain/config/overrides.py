@@ -75,6 +75,8 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
             return (
                 f"resume=true keeps the run's {group} settings (its config.yaml): drop {key} to resume, or start a new run in another hydra.run.dir"
             )
+        if owners and f"{group}=torch" in sys.argv[1:]:  # optimizer=torch takes its class's arguments with +
+            return f"{key} is not a key of {group}=torch, which hands the class what is added with +: write +{typed or key + '=...'}"
         if owners:  # model.activation with model=linear: the key of another option of the group
             return f"{key} is a key of {' and '.join(f'{group}={o}' for o in owners)}, not of this run's {group}: add {group}={owners[0]}"
         known = keys()
@@ -181,7 +183,8 @@ def outside_a_job(err: Exception, config_name: str) -> tuple[str, int]:
     folder = sweep_summary.started
     if folder is not None and folder.is_dir() and {p.name for p in folder.iterdir()} <= {"multirun.yaml"}:
         run_folder.remove_unused(folder, ("multirun.yaml",))
-    return one_line(err, lambda: config_keys(config_name)), 2
+    line = one_line(err, lambda: config_keys(config_name))
+    return line if config_name == "train" else line.replace("so add -m (or give one value)", "which only train.py runs: give one value"), 2
 
 
 def config_keys(config_name: str) -> list[str]:

@@ -96,7 +96,7 @@ def config_of_run(cfg: DictConfig, saved_file: Path, overrides: Sequence[str]) -
     run. Where it runs (``device``, ``log``, ``checkpoint``) may change, as under resume (a CUDA
     run explained on a CPU: ``device=cpu``); restating the run's option (``model=mlp``) is no
     change; anything else that contradicts the run, or a recipe, is refused."""
-    from microtrain.run.resume import compare, shown
+    from microtrain.run.resume import compare, first_values, shown
 
     run = saved_file.parent
     saved = cast(DictConfig, OmegaConf.load(saved_file))
@@ -122,6 +122,8 @@ def config_of_run(cfg: DictConfig, saved_file: Path, overrides: Sequence[str]) -
         raise ConfigError(
             f"{run} trains with trainer.accumulate_grad_batches={batches}, several batches a step; explain_step shows a step of one batch"
         )
+    for key, value in first_values(run).items():  # a resume changed it (optimizer.lr): the first step had the first value
+        OmegaConf.update(saved, key, value, merge=False)
     with open_dict(saved):
         saved.explain = cfg.explain
     return saved
@@ -141,6 +143,8 @@ def explain_step(cfg: DictConfig, run_dir: Optional[Path] = None) -> StepReport:
         model.double()
         x, y = (t.double() if t.is_floating_point() else t for t in (x, y))
     optimizer = prepared.module.make_optimizer(model.parameters())
+    if prepared.module.make_scheduler is not None:  # built as training builds it: a warm-up (LinearLR) sets the first step's lr
+        prepared.module.make_scheduler(optimizer)
     names = [name for name, _ in model.named_parameters()]
     params = [p.detach() for p in model.parameters()]  # the model's own storage: the step moves it
     before = {n: p.clone() for n, p in zip(names, params)}
@@ -225,5 +229,5 @@ def _model_at(model: torch.nn.Module, values: dict[str, torch.Tensor]) -> torch.
 def _describe(optimizer: torch.optim.Optimizer) -> str:
     group = optimizer.param_groups[0]
     keys = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "betas", "eps")
-    settings = ", ".join(f"{k}={group[k]}" for k in keys if k in group)
+    settings = ", ".join(f"{k}={group[k]}" for k in keys if k in group) + (", maximize=True" if group.get("maximize") else "")
     return f"{type(optimizer).__name__}({settings})"

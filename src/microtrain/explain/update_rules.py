@@ -24,22 +24,31 @@ def check_first_step(optimizer: torch.optim.Optimizer, param: torch.Tensor, befo
     group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
     state = optimizer.state.get(param, {})
     kind = type(optimizer).__name__
-    if kind == "SGD":
-        rule, expected, expected_state = _sgd(group, before, grad)
-    elif kind in ("Adam", "AdamW"):
-        rule, expected, expected_state = _adam(group, before, grad, decoupled=kind == "AdamW")
-    elif kind == "RMSprop":
-        rule, expected, expected_state = _rmsprop(group, before, grad)
-    elif kind == "Adagrad":
-        rule, expected, expected_state = _adagrad(group, before, grad)
-    else:
+    found = _rule_for(kind, group, before, -grad if group.get("maximize") else grad)  # maximize: the rule on the negated gradient
+    if found is None:
         return None
+    rule, expected, expected_state = found
+    if group.get("maximize"):
+        rule = f"maximize: grad → −grad; {rule}"
     pairs = [(expected, param.detach(), before), *((value, state[key], value) for key, value in expected_state.items())]
     diffs = [(mine - theirs).abs().max().item() for mine, theirs, _ in pairs]
     # each within 1e-5 of the largest value it involves (the weights before, the result: float32
     # rounds a result near 130, at lr=50, by ~8e-6; a weight of 50 moved to ~0 by its old size)
     holds = all(d <= 1e-6 + 1e-5 * max(t.abs().max().item() for t in tensors) for d, tensors in zip(diffs, pairs))
     return RuleCheck(rule, max(diffs), holds)
+
+
+def _rule_for(kind: str, group: dict, before: torch.Tensor, grad: torch.Tensor) -> Optional[tuple[str, torch.Tensor, dict]]:
+    """(the rule in words, the parameter after it, the state it leaves) of torch.optim's ``kind``, or None."""
+    if kind == "SGD":
+        return _sgd(group, before, grad)
+    if kind in ("Adam", "AdamW"):
+        return _adam(group, before, grad, decoupled=kind == "AdamW")
+    if kind == "RMSprop":
+        return _rmsprop(group, before, grad)
+    if kind == "Adagrad":
+        return _adagrad(group, before, grad)
+    return None
 
 
 def _gradient(decayed: Any) -> str:

@@ -8,6 +8,7 @@ and is refused before anything is written. ``last.ckpt`` is checked (it loads, a
 checksum matches) before anything is written too.
 """
 
+import ast
 import json
 import time
 from pathlib import Path
@@ -121,6 +122,19 @@ def record(run_dir: Path, changes: list[str], step: Optional[int]) -> None:
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "resumed_at_step": step, "changed": changes}
     with open(run_dir / HISTORY, "a") as handle:
         handle.write(json.dumps(entry) + "\n")
+
+
+def first_values(run_dir: Path) -> dict[str, Any]:
+    """The optimizer's settings of the run's first part where a resume changed them
+    (``history.jsonl``: ``optimizer.lr: 0.05 -> 0.2``), for ``explain_step`` of its first step."""
+    values: dict[str, Any] = {}
+    file = run_dir / HISTORY
+    for line in file.read_text().splitlines() if file.is_file() else []:
+        for change in json.loads(line).get("changed", []):
+            key, _, was = change.partition(": ")
+            if key.startswith("optimizer.") and key not in values:
+                values[key] = ast.literal_eval(was.rsplit(" -> ", 1)[0])
+    return values
 
 
 def plan_resume(
