@@ -61,6 +61,7 @@ BAD_INPUTS = [
     (["trainer.max_epochs=many"], "trainer.max_epochs='many' is not a whole number"),
     (["model.bias=perhaps"], "model.bias='perhaps' must be true or false"),
     (["+log.histogram=false"], "log.histogram is not a key of log"),
+    (["+optimizer.lr=0.1"], "optimizer.lr is set already: change it without +, as optimizer.lr=0.1"),
     (["+trainer.gradient_clip_algorithm=sideways"], "trainer.gradient_clip_algorithm='sideways' is not one of: norm, value"),
     (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 must be at least 1"),
     (["+trainer.compile=true"], "trainer.compile is not an argument of lightning.Trainer"),
@@ -434,3 +435,11 @@ def test_a_damaged_metrics_json_is_one_line_for_predict_resume_and_python(capsys
     with pytest.raises(mt.ConfigError, match="cannot be read"):
         mt.load(run).metrics
     assert files_of(run) == before
+
+
+def test_a_folder_given_without_a_key_says_which_key_takes_it(capsys, tmp_path):
+    """predict.py <folder> said to close brackets and quote values."""
+    code, _, err = run_in_process(capsys, "predict.py", str(tmp_path))
+    assert code == 2 and err.strip().startswith(
+        f"error: {tmp_path} is a folder, not a setting (key=value): a run's folder is run={tmp_path} for predict.py"
+    )

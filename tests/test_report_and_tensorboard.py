@@ -77,8 +77,13 @@ def test_a_sweep_of_runs_shorter_than_the_loss_interval_shows_their_one_point(ca
     assert code == 0, err
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     assert len(read_events(jobs[0]).Scalars("train_loss_step")) == 1  # 25 steps, read every 50: the final window
-    lines = panel(sweep_figure(tmp_path, jobs), "training loss, every job (2)").get_lines()
+    from microtrain.stack.plan import failed
+
+    failed(tmp_path / "refused", "optimizer torch.optim.SparseAdam cannot take a step")  # a job refused before its first event
+    figure = sweep_figure(tmp_path, jobs)
+    lines = panel(figure, "training loss, every job (2)").get_lines()
     assert [len(line.get_xdata()) for line in lines] == [1, 1] and all(line.get_marker() == "." for line in lines)  # visible
+    assert figure._suptitle.get_text() == f"microtrain sweep {tmp_path} (3 jobs, 1 failed)"  # it said 2 jobs
 
 
 def test_a_sweep_report_ranks_by_the_sweeps_own_metric_and_mode(capsys, tmp_path):

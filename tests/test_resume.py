@@ -444,3 +444,11 @@ def test_a_sweep_resumed_with_new_values_starts_them(capsys, tmp_path, setting):
     code, out, err = run_in_process(capsys, "train.py", *sweep, "optimizer.lr=0.01,0.1", "resume=true")
     assert code == 0, err
     assert out.count("finished already; not run again") == 1 and len([p for p in tmp_path.iterdir() if (p / "metrics.json").is_file()]) == 2
+
+
+def test_resume_that_drops_the_runs_scheduler_names_the_scheduler_not_its_keys(capsys, tmp_path):
+    """resume=true scheduler=none listed scheduler._partial_, scheduler._target_, ... each 'None given'."""
+    run = tmp_path / "run"
+    assert run_in_process(capsys, "train.py", *QUICK, "scheduler=step", "trainer.max_epochs=1", f"hydra.run.dir={run}")[0] == 0
+    code, _, err = run_in_process(capsys, "train.py", "resume=true", "scheduler=none", f"hydra.run.dir={run}")
+    assert code == 2 and err.startswith("error: resume=true cannot change scheduler (StepLR in the run, none given) in mid-run;")

@@ -7,6 +7,7 @@ weight and gradient histograms of every parameter, and the loss landscape around
 """
 
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +90,8 @@ def run_figure(folder: Path, events: Events, shown: bool = False) -> Figure:
         for name in params:
             _curve(ax, events, f"{prefix}/{name}", name)
         ax.set(title=title, xlabel="step", yscale="log" if prefix != "weight_norm" else "linear")
-    for ax in axes[0]:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+    for ax in [ax for ax in axes[0] if ax.get_legend_handles_labels()[0]]:
+        ax.legend(fontsize=7)
     for i, name in enumerate(params):
         for j, kind in enumerate(("weights", "grads")):
             _histogram(axes[1 + i // 2][(i % 2) * 2 + j], events, f"{kind}/{name}")
@@ -182,7 +182,12 @@ def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
     figure = _figure((16, 10))
     axes = figure.subplot_mosaic([["curves", "val"], ["swept", "bars"]], height_ratios=[3, 3])
     curves, val, bars = axes["curves"], axes["val"], axes["bars"]
-    figure.suptitle(f"microtrain sweep {folder} ({len(jobs)} jobs)", fontsize=11)
+    # every job the sweep ran, those refused before their first event too (their metrics.json says so)
+    results = {p: run_folder.read_json(p / run_folder.METRICS, "run the job again") for p in folder.iterdir() if (p / run_folder.METRICS).is_file()}
+    results |= {job: {} for job in jobs if job not in results}
+    not_ok = Counter(str(r.get("status", "unfinished")) for r in results.values() if r.get("status") != "ok")
+    counted = "".join(f", {n} {status}" for status, n in sorted(not_ok.items()))
+    figure.suptitle(f"microtrain sweep {folder} ({len(results)} jobs{counted})", fontsize=11)
     finals = []
     metric, mode = _optimize(jobs)  # the sweep's own ranking, as its summary.csv's
     colors = _job_colors(figure, [curves, val], jobs)
@@ -190,8 +195,7 @@ def sweep_figure(folder: Path, jobs: list[Path]) -> Figure:
         events = Events(job)
         _curve(curves, events, "train_loss_step", job.name, linewidth=0.8, color=colors.get(job.name))
         _curve(val, events, "val_loss", job.name, marker="." if len(jobs) <= 12 else None, linewidth=0.8, color=colors.get(job.name))
-        metrics_file = job / run_folder.METRICS
-        metrics = run_folder.read_json(metrics_file, "the job's result is unknown: run the job again") if metrics_file.exists() else {}
+        metrics = results[job]
         name, value = objective(metrics, metric)
         if metrics.get("status") == "ok" and math.isfinite(value):
             finals.append((value, job.name, name))

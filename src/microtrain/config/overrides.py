@@ -29,14 +29,23 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
     text = str(err).strip()
     first = text.splitlines()[0] if text else type(err).__name__
     if isinstance(err, OverrideParseException):
-        override = first.split(": ", 1)[-1]
-        key, _, value = override.partition("=")
+        quoted = re.fullmatch(r"Error parsing override '(.*)'", first)
+        override = quoted.group(1) if quoted else first.split(": ", 1)[-1]
+        key, equals, value = override.partition("=")
+        if not equals and Path(override).is_dir():  # predict.py <folder>
+            return (
+                f"{override} is a folder, not a setting (key=value): a run's folder is run={override} for predict.py, "
+                f"hydra.run.dir={override} for explain_step.py and for train.py resume=true"
+            )
         if key.isascii() and not value.isascii() and not set(value) & set("'\",[]{}()"):  # hydra.run.dir=/tmp/ünï
             return f"an override cannot be read ({first}): Hydra reads only ASCII letters unquoted; quote the value: '{key}=\"{value}\"'"
         return (
             f"an override cannot be read ({first}); close every bracket, and quote a value that holds = or , "
             "(hydra.run.dir='<a sweep job's folder>') or that bash would expand ('data.x=[[1.0],[2.0]]')"
         )
+    if found := re.match(r"Could not append to config\. An item is already at '([^']+)'", first):  # +optimizer.lr=0.1
+        typed = next((a[1:] for a in sys.argv[1:] if a.startswith(f"+{found.group(1)}=")), f"{found.group(1)}=...")
+        return f"{found.group(1)} is set already: change it without +, as {typed}"
     if found := re.search(r"Could not find '(.+)/([^/']+)'", text):
         group, option = found.groups()
         listed = text.split("Available options in", 1)[1] if "Available options in" in text else ""

@@ -82,7 +82,7 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: Sequence[str]) -> 
         if restated:
             continue
         if not _mutable(key):
-            if isinstance(was, dict) and isinstance(now, dict) and option_name(now) is None:  # device=cuda: the keys it changes
+            if isinstance(was, dict) and isinstance(now, dict) and now and option_name(now) is None:  # device=cuda: the keys it changes
                 refused += [
                     f"{key}.{k} ({shown(was.get(k))} in the run, {shown(now.get(k))} given)"
                     for k in sorted(was.keys() | now.keys())
