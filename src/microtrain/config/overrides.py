@@ -44,8 +44,8 @@ def one_line(err: Exception, keys: Callable[[], list[str]]) -> str:
             "(hydra.run.dir='<a sweep job's folder>') or that bash would expand ('data.x=[[1.0],[2.0]]')"
         )
     if found := re.match(r"Could not append to config\. An item is already at '([^']+)'", first):  # +optimizer.lr=0.1
-        typed = next((a[1:] for a in sys.argv[1:] if a.startswith(f"+{found.group(1)}=")), f"{found.group(1)}=...")
-        return f"{found.group(1)} is set already: change it without +, as {typed}"
+        written = next((a[1:] for a in sys.argv[1:] if a.startswith(f"+{found.group(1)}=")), f"{found.group(1)}=...")
+        return f"{found.group(1)} is set already: change it without +, as {written}"
     if found := re.search(r"Could not find '(.+)/([^/']+)'", text):
         group, option = found.groups()
         listed = text.split("Available options in", 1)[1] if "Available options in" in text else ""
