@@ -195,8 +195,22 @@ def test_a_model_too_large_for_the_machine_is_refused_before_it_is_built(tmp_pat
     assert "choose a smaller model.hidden or data.batch_size" in err and not (tmp_path / "run").exists()
 
 
-def test_explain_turns_an_unexpected_error_into_one_line(tmp_path, capsys):
-    code, out, err = run_in_process(capsys, "explain_step.py", "optimizer.lr=1e300", f"hydra.run.dir={tmp_path / 'run'}")
+def test_explain_turns_an_unexpected_error_into_one_line(tmp_path, capsys, monkeypatch):
+    """A fault inside the step (injected: the real path no longer has one that this test knew of;
+    optimizer.lr=1e300, which overflowed there, is refused by the optimizer's trial step)."""
+    code, _, err = run_in_process(capsys, "explain_step.py", "optimizer.lr=1e300", f"hydra.run.dir={tmp_path / 'refused'}")
+    assert (
+        code == 2
+        and err.strip()
+        == "error: optimizer torch.optim.SGD cannot take a step with these settings: value cannot be converted to type float without overflow"
+    )
+    from microtrain.explain import step
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("a fault inside the step")
+
+    monkeypatch.setattr(step, "check_first_step", fails)
+    code, out, err = run_in_process(capsys, "explain_step.py", f"hydra.run.dir={tmp_path / 'run'}")
     assert code == 2 and err.strip().splitlines() == [err.strip()] and "Traceback" not in out + err
     assert "the traceback is in" in err and "Traceback" in (tmp_path / "run" / "explain_step.log").read_text()
 
