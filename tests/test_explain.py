@@ -304,6 +304,11 @@ def test_explain_step_takes_the_first_steps_lr_after_a_resume_changed_it_and_und
     assert run_in_process(capsys, "train.py", "resume=true", "trainer.max_epochs=2", "optimizer.lr=0.2", f"hydra.run.dir={run}")[0] == 0
     assert run_in_process(capsys, "explain_step.py", f"hydra.run.dir={run}")[0] == 0
     assert "lr=0.05" in json.loads((run / "step.json").read_text())["optimizer"]
+    added = tmp_path / "added"  # a key the resume added (optimizer=torch has no weight_decay): the first step had none
+    assert run_in_process(capsys, "train.py", "optimizer=torch", "trainer.max_epochs=1", f"hydra.run.dir={added}")[0] == 0
+    assert run_in_process(capsys, "train.py", "resume=true", "trainer.max_epochs=2", "optimizer.weight_decay=0.1", f"hydra.run.dir={added}")[0] == 0
+    assert run_in_process(capsys, "explain_step.py", f"hydra.run.dir={added}")[0] == 0
+    assert "weight_decay=0," in json.loads((added / "step.json").read_text())["optimizer"]
     warm_up = ["scheduler=step", "scheduler._target_=torch.optim.lr_scheduler.LinearLR", "~scheduler.step_size", "~scheduler.gamma"]
     report = explain_step(make_cfg(*warm_up, "+scheduler.start_factor=0.1", "+scheduler.total_iters=3", config="explain"))
     for name, before in report.params_before.items():

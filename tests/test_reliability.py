@@ -210,6 +210,7 @@ LATE_REFUSALS = [  # refused only once the run is built (its data, model, optimi
     (["model.in_features=2"], "model.in_features=2 but the data has 3 features"),
     (["optimizer=torch", "optimizer.name=Nope"], "optimizer._target_='torch.optim.Nope' cannot be built"),
     (["optimizer=torch", "optimizer.name=adam"], "torch.optim has no optimizer class adam (did you mean Adam?); it has ASGD, Adadelta"),
+    (["optimizer=adam", "+optimizer.capturable=true", "device=cpu"], "cannot take a step with these settings: If capturable=True"),  # a GPU's
     (["optimizer=torch", "optimizer.name=SparseAdam"], "optimizer torch.optim.SparseAdam cannot take a step with these settings"),  # failed in fit
     (["+trainer.max_time=abc"], "trainer.max_time='abc' is not a duration"),
     (["+trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 must be a whole number"),  # crashed in fit, the earlier run deleted

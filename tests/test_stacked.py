@@ -336,6 +336,19 @@ def test_checkpoints_are_the_ones_lightning_writes(tmp_path, extra, recwarn):
         assert largest_difference(stacked["state_dict"], solo["state_dict"]) < 1e-5
 
 
+def test_a_groups_trajectories_keep_fewer_points_past_their_share_of_memory(tmp_path, monkeypatch):
+    """Past GROUP_BYTES only the histogram steps are kept, and past 4 x GROUP_BYTES none (K jobs'
+    paths cost K times a solo run's host memory)."""
+    from microtrain.stack import inspect
+
+    parameters = 3 * 16 + 16 + 16 + 1
+    monkeypatch.setattr(inspect, "GROUP_BYTES", 2 * parameters * 4)  # one point of the two jobs
+    jobs = [MLP + ["log.inspect_every_n_steps=5", "trainer.max_epochs=2", f"seed={seed}"] for seed in (0, 1)]
+    _, folders = stacked_and_solo(tmp_path, jobs, solo=[])
+    # every inspection here draws histograms (a step of 5, 50 steps: 11 points unbounded)
+    assert torch.load(folders[0] / "trajectory.pt", weights_only=True)["steps"].tolist() == [0, 5, 10, 15]
+
+
 def test_a_scheduler_that_cycles_the_momentum_runs_its_job_alone():
     """OneCycleLR and CyclicLR change the momentum each step, which a stack holds fixed: their
     stacked jobs diverged where the solo runs trained."""

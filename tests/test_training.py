@@ -135,6 +135,26 @@ def test_plateau_scheduler_steps_on_each_validations_val_loss(tmp_path):
         replay.step(value)
     assert len(val_losses) == 6 and saved["_last_lr"] == replay.get_last_lr() == [0.125]
     assert saved["best"] == pytest.approx(replay.best, rel=1e-6) and saved["num_bad_epochs"] == replay.num_bad_epochs
+    # Lightning's sanity check runs the validation hooks, then forgets its val_loss: no step on it
+    every_other = ["+trainer.num_sanity_val_steps=1", "+trainer.check_val_every_n_epoch=2", "trainer.max_epochs=2"]
+    assert train(make_cfg("scheduler=plateau", *every_other), tmp_path / "sanity").metrics["status"] == "ok"
+
+
+def test_plateau_settings_are_checked_for_reduce_lr_on_plateau_only():
+    """mode and factor are other schedulers' settings too (CyclicLR's mode, ConstantLR's factor)."""
+    from microtrain.config import schema
+
+    schema.check(
+        make_cfg(
+            "scheduler=step",
+            "scheduler._target_=torch.optim.lr_scheduler.ConstantLR",
+            "~scheduler.step_size",
+            "~scheduler.gamma",
+            "+scheduler.factor=1.0",
+        )
+    )
+    with pytest.raises(ConfigError, match="scheduler.factor=1.0 must be below 1"):
+        schema.check(make_cfg("scheduler=plateau", "scheduler.factor=1.0"))
 
 
 def test_list_arguments_reach_torch_as_lists_and_the_checkpoint_loads(tmp_path):

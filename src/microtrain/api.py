@@ -134,7 +134,7 @@ def compose(config_name: str, overrides: Sequence[str] = (), config_dir: Optiona
     except Exception as err:  # noqa: BLE001 -- Hydra's composition errors: the command line's one line
         message = outside_a_job(err, config_name)[0]
         raise ConfigError(
-            _in_python(message) if config_name == "train" else message.replace("so add -m (or give one value)", "so give one value")
+            _in_python(message) if config_name == "train" else message.replace("which only train.py runs: give one value", "so give one value")
         ) from None
 
 

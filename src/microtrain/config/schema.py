@@ -180,12 +180,12 @@ OPTIMIZER = {
     "lr_decay": number(0),
     "initial_accumulator_value": number(0),
 }
-# Keys of the schedulers in conf/scheduler/ (StepLR, CosineAnnealingLR, ReduceLROnPlateau: stepped on
-# val_loss, which only falls, so mode min); others go to the class, as an optimizer's.
+# Keys of the schedulers in conf/scheduler/ (StepLR, CosineAnnealingLR; ReduceLROnPlateau's when it
+# is the target: stepped on val_loss, which only falls, so mode min); others go to the class.
 SCHEDULER = {"_target_": text(), "_partial_": boolean(), "step_size": integer(1), "gamma": number(positive=True)}
 SCHEDULER |= {"T_max": integer(1), "eta_min": number(0)}
-SCHEDULER |= {"mode": choice("min"), "factor": number(positive=True, below=1), "patience": integer(0), "threshold": number(0), "cooldown": integer(0)}
-SCHEDULER |= {"threshold_mode": choice("rel", "abs"), "min_lr": number(0), "eps": number(0)}
+PLATEAU = {"mode": choice("min"), "factor": number(positive=True, below=1), "patience": integer(0), "threshold": number(0), "cooldown": integer(0)}
+PLATEAU |= {"threshold_mode": choice("rel", "abs"), "min_lr": number(0), "eps": number(0)}
 # The Trainer arguments the YAML sets (their types; other arguments are Lightning's to check), and
 # the three that microtrain applies itself (engine.bypass).
 TRAINER = {
@@ -249,7 +249,8 @@ def check(cfg: Mapping[str, Any]) -> None:
     _section(cfg, "data", {**DATA[_name(cfg, "data", DATA)], **SPLITS})
     _section(cfg, "optimizer", OPTIMIZER, open_=True, optional=tuple(k for k in OPTIMIZER if k not in ("_target_", "lr")))
     if "scheduler" in cfg and cfg["scheduler"]:
-        _section(cfg, "scheduler", SCHEDULER, open_=True, optional=tuple(SCHEDULER))
+        rules = SCHEDULER | (PLATEAU if str(cfg["scheduler"].get("_target_")).endswith(".ReduceLROnPlateau") else {})
+        _section(cfg, "scheduler", rules, open_=True, optional=tuple(rules))
     _section(cfg, "trainer", TRAINER, open_=True, optional=("gradient_clip_val", "gradient_clip_algorithm", "accumulate_grad_batches"))
     for name, rules in SECTIONS.items():
         if name in cfg or name != "explain":

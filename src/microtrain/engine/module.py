@@ -142,7 +142,7 @@ class Trainee(L.LightningModule):
         return x.to(self.device, dtype=dtype), y
 
     def on_validation_epoch_end(self) -> None:
-        self.validated = True  # this epoch's val_loss is there for a ReduceLROnPlateau
+        self.validated = not self.trainer.sanity_checking  # this epoch's val_loss is there for a ReduceLROnPlateau
 
     def on_train_epoch_end(self) -> None:
         """The scheduler's epoch step, after the epoch's validation (Lightning's order); a

@@ -123,7 +123,11 @@ def config_of_run(cfg: DictConfig, saved_file: Path, overrides: Sequence[str]) -
             f"{run} trains with trainer.accumulate_grad_batches={batches}, several batches a step; explain_step shows a step of one batch"
         )
     for key, value in first_values(run).items():  # a resume changed it (optimizer.lr): the first step had the first value
-        OmegaConf.update(saved, key, value, merge=False)
+        if value is None:  # a key the resume added (optimizer.weight_decay of optimizer=torch): the first step had none
+            with open_dict(saved):
+                saved.optimizer.pop(key.removeprefix("optimizer."), None)
+        else:
+            OmegaConf.update(saved, key, value, merge=False)
     with open_dict(saved):
         saved.explain = cfg.explain
     return saved

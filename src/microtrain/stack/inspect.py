@@ -1,8 +1,8 @@
 """What ``monitor.parameters`` records for one run, computed for K stacked jobs at once: norms,
 update ratios and 30-bin histograms of every parameter and gradient, and the MLP's hidden-layer
 histograms and dead or saturated units, on the device, with one copy to the host per
-inspection. Each job's values then go to its own TensorBoard run; ``log.curvature`` per job,
-on the job's own model."""
+inspection (and one of the weights where ``trajectory.pt`` keeps them). Each job's values then
+go to its own TensorBoard run; ``log.curvature`` per job, on the job's own model."""
 
 import math
 import time
@@ -16,6 +16,8 @@ from microtrain.monitor.activations import hidden_layers
 from microtrain.monitor.inspection_grid import Budget, grid
 from microtrain.monitor.statistics import add_histogram_row, histograms, nonfinite_counts, unit_fractions
 from microtrain.stack.validate import evaluate
+
+GROUP_BYTES = 256 * 2**20  # of trajectory.pt points a group holds on the host before it keeps fewer (_keep)
 
 
 def norms(stacked: Tensor) -> Tensor:
@@ -48,7 +50,8 @@ class StackedInspector:
         # the MLP's hidden layer, fed by the model's first linear layer from the batch itself
         # trajectory.pt: the K jobs' flat weights at the inspections a solo run keeps, [K, parameters] on the host
         self.parameters = sum(p[0].numel() for p in step.params)
-        self.trajectory: list[tuple[int, Tensor, list[int]]] = []  # (step, weights, the jobs it holds)
+        self.trajectory: list[tuple[int, Tensor, set[int]]] = []  # (step, weights, the jobs it holds)
+        self.kept_bytes = 0
         layers = hidden_layers(jobs[0].model) if log.activations else []
         first_linear = next((n for n, m in jobs[0].model.named_modules() if isinstance(m, torch.nn.Linear)), None)
         self.layers = [(name, module) for name, module in layers if name == first_linear]
@@ -167,8 +170,15 @@ class StackedInspector:
         self._keep(step, self.step.params, self.histograms, jobs)
 
     def _keep(self, step: int, weights: list[Tensor], drawing: bool, jobs: list[int]) -> None:
-        if trajectory.keeps(self.parameters, drawing):
-            self.trajectory.append((step, torch.cat([w.detach().flatten(1) for w in weights], dim=1).float().cpu(), jobs))
+        """The solo rule (``monitor.trajectory.keeps``) within the group's share of host memory: K
+        jobs' paths held until they end take K times a solo run's (a 1,024-job group of 10k
+        parameters would hold ~10 GB), so past GROUP_BYTES only the histogram steps are kept, and
+        past 4 × GROUP_BYTES none; the job's path then is sparser than its solo twin's."""
+        size = len(self.jobs) * self.parameters * 4
+        room = drawing and self.kept_bytes + size <= 4 * GROUP_BYTES or self.kept_bytes + size <= GROUP_BYTES
+        if trajectory.keeps(self.parameters, drawing) and room:
+            self.trajectory.append((step, torch.cat([w.detach().flatten(1) for w in weights], dim=1).float().cpu(), set(jobs)))
+            self.kept_bytes += size
 
     def save_trajectory(self, k: int, job: Any) -> None:
         """Job k's ``trajectory.pt``, as its solo run's (a resumed job's path so far kept up to its resume step)."""
