@@ -211,6 +211,11 @@ LATE_REFUSALS = [  # refused only once the run is built (its data, model, optimi
     (["optimizer=torch", "optimizer.name=Nope"], "optimizer._target_='torch.optim.Nope' cannot be built"),
     (["optimizer=torch", "optimizer.name=adam"], "torch.optim has no optimizer class adam (did you mean Adam?); it has ASGD, Adadelta"),
     (["optimizer=adam", "+optimizer.capturable=true", "device=cpu"], "cannot take a step with these settings: If capturable=True"),  # a GPU's
+    (
+        ["scheduler=step", "scheduler._target_=torch.optim.lr_scheduler.OneCycleLR", "~scheduler.step_size", "~scheduler.gamma"]
+        + ["+scheduler.max_lr=0.1", "+scheduler.total_steps=2", "trainer.max_epochs=4"],
+        "scheduler OneCycleLR takes 2 steps, one an epoch here, but trainer.max_epochs=4: set +scheduler.total_steps=4",  # failed in fit
+    ),
     (["optimizer=torch", "optimizer.name=SparseAdam"], "optimizer torch.optim.SparseAdam cannot take a step with these settings"),  # failed in fit
     (["+trainer.max_time=abc"], "trainer.max_time='abc' is not a duration"),
     (["+trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 must be a whole number"),  # crashed in fit, the earlier run deleted

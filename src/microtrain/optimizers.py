@@ -90,6 +90,16 @@ def trial_step(make_optimizer: Callable[..., torch.optim.Optimizer], model: torc
     return trial
 
 
+def check_length(scheduler: Any, max_epochs: Optional[int]) -> None:
+    """A OneCycleLR shorter than the run, one step an epoch, raises past its last step: once the
+    earlier epochs have trained (and ``overwrite=true`` has removed the earlier run)."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and max_epochs is not None and 0 < scheduler.total_steps < max_epochs:
+        raise ConfigError(
+            f"scheduler OneCycleLR takes {scheduler.total_steps} steps, one an epoch here, but trainer.max_epochs={max_epochs}: "
+            f"set +scheduler.total_steps={max_epochs}"
+        )
+
+
 def on_val_loss(scheduler: Any) -> bool:
     """Whether the scheduler steps on a metric (ReduceLROnPlateau): microtrain hands it val_loss."""
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)

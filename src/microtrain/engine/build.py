@@ -56,7 +56,9 @@ def prepare(cfg: DictConfig, loop: Optional[StepLoop] = None, like: Optional[Pre
     # Built once and thrown away: an optimizer or scheduler that refuses its settings is one line
     # now, before anything is written, not a traceback once training starts.
     trial = optimizers.trial_step(module.make_optimizer, model, device.resolve(cfg.device).accelerator == "cuda")
-    if module.make_scheduler is not None and optimizers.on_val_loss(module.make_scheduler(trial)) and splits.val is None:
+    scheduler = module.make_scheduler(trial) if module.make_scheduler is not None else None
+    optimizers.check_length(scheduler, cfg.trainer.max_epochs)
+    if optimizers.on_val_loss(scheduler) and splits.val is None:
         raise ConfigError(
             f"scheduler {cfg.scheduler._target_} steps on val_loss, and this run has no validation split; set data.val_fraction above 0"
         )
