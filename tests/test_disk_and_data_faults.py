@@ -47,21 +47,20 @@ def tmpfs(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("size", ["40k", "200k"])  # full at the first files, or mid-training at a checkpoint
-def test_a_full_disk_is_one_line_naming_the_path_and_a_later_resume_works(tmpfs, size, capsys):
-    """In this process (the command's own main, as test_reliability's cases): ~3 s a run less than a subprocess."""
+def test_a_full_disk_is_one_line_naming_the_path_and_a_later_resume_works(tmpfs, size):
     disk = tmpfs(size)
     run = disk / "run"
-    code, out, err = run_in_process(capsys, "train.py", *QUICK, f"hydra.run.dir={run}")
-    assert code == 2, err
-    assert err.strip().splitlines() == [err.strip()] and "Traceback" not in out + err
-    assert err.startswith(f"error: cannot write {run}") and "free some space" in err
+    done = train_script(*QUICK, f"hydra.run.dir={run}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "Traceback" not in done.stdout + done.stderr
+    assert done.stderr.startswith(f"error: cannot write {run}") and "free some space" in done.stderr
     assert not list(disk.rglob("*.partial")) and not (run / ".lock").exists()
     subprocess.run(["mount", "-o", "remount,size=50M", str(disk)], check=True)
     if (run / "checkpoints" / "last.ckpt").is_file():
-        code, _, err = run_in_process(capsys, "train.py", "resume=true", f"hydra.run.dir={run}")
+        again = train_script("resume=true", f"hydra.run.dir={run}")
     else:  # the disk filled before the first checkpoint: the run starts again
-        code, _, err = run_in_process(capsys, "train.py", *QUICK, f"hydra.run.dir={run}", "overwrite=true")
-    assert code == 0, err
+        again = train_script(*QUICK, f"hydra.run.dir={run}", "overwrite=true")
+    assert again.returncode == 0, again.stderr
     assert json.loads((run / "metrics.json").read_text())["status"] == "ok"
 
 
