@@ -43,11 +43,10 @@ def landscape(run_dir: Path) -> Landscape:
     from omegaconf import DictConfig, OmegaConf
 
     from microtrain import losses, models
-    from microtrain.monitor import curvature
     from microtrain.config.targets import check_run_config
     from microtrain.data.prepare import prepare_data
     from microtrain.errors import ConfigError
-
+    from microtrain.monitor import curvature
     from microtrain.monitor import trajectory as trajectories
 
     trajectory = trajectories.load(run_dir)

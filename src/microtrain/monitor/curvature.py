@@ -15,9 +15,8 @@
   waste steps on noise; much larger ones waste samples.
 """
 
-from typing import Optional
-
 from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
