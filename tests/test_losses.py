@@ -35,3 +35,19 @@ def test_residual_sum_gradient_is_all_ones():
 
 def test_every_loss_has_a_config():
     assert sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "loss").glob("*.yaml")) == sorted(LOSSES)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_per_job_losses_are_each_jobs_own(name):
+    """losses.per_job: K stacked jobs' losses in one call, each the loss of the job's rows alone."""
+    from microtrain.losses import per_job
+
+    generator = torch.Generator().manual_seed(0)
+    out = torch.randn(3, 5, 4, generator=generator)
+    target = torch.randint(0, 4, (3, 5), generator=generator) if is_classification({"name": name}) else torch.randn(3, 5, 4, generator=generator)
+    loss_fn = build_loss({"name": name, "delta": 0.5})
+    each = per_job(loss_fn)(out, target)
+    assert each.shape == (3,)
+    for k in range(3):
+        torch.testing.assert_close(each[k], loss_fn(out[k], target[k]), rtol=1e-6, atol=1e-6)
+    assert getattr(loss_fn, "reduction", "sum") in ("mean", "sum")  # the run's own loss module is left as it was

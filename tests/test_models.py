@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from microtrain.errors import ConfigError
-from microtrain.models import INIT_SCHEMES, MLP, build_model
+from microtrain.models import INIT_SCHEMES, MLP, build_model, stacked_forward
 
 
 def cfg(**kw):
@@ -48,6 +48,28 @@ def test_identity_mlp_is_two_stacked_linear_maps():
     x = torch.randn(7, 3)
     expected = (x @ model.fc1.weight.T + model.fc1.bias) @ model.fc2.weight.T + model.fc2.bias
     torch.testing.assert_close(model(x), expected)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"bias": False},
+        *({"name": "mlp", "hidden": 6, "activation": a} for a in ("relu", "tanh", "sigmoid", "identity")),
+        {"name": "mlp", "hidden": 6, "bias": False},
+    ],
+)
+def test_stacked_forward_is_each_models_own(settings):
+    """models.stacked_forward: K models' stacked weights (nn.Linear's layout, a leading job
+    dimension) and each job's own rows give what each model gives on its rows."""
+    torch.manual_seed(0)
+    models = [build_model(cfg(**settings), 3, 2) for _ in range(4)]
+    weights = [torch.stack(list(p)) for p in zip(*(m.parameters() for m in models))]
+    x = torch.randn(4, 5, 3)
+    out = stacked_forward(models[0])(weights, x)
+    assert out.shape == (4, 5, 2)
+    for k, model in enumerate(models):
+        torch.testing.assert_close(out[k], model(x[k]), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("scheme", INIT_SCHEMES)

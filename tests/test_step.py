@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from microtrain.models import MLP
+from microtrain.models import MLP, functional_forward
 from microtrain.engine import step as steps
 
 OPTIMIZERS = [
@@ -60,7 +60,7 @@ def test_pure_step_matches_eager_autograd(cls, kwargs):
     model, twin = _twins()
     ours, theirs = cls(model.parameters(), **kwargs), cls(twin.parameters(), **kwargs)
     params = [p.detach() for p in model.parameters()]
-    forward = steps.functional_forward(model)
+    forward = functional_forward(model)
     for x, y in _batches():
         steps.train_step(
             params,
@@ -86,6 +86,24 @@ def test_unsupported_settings_fall_back_to_torch_optim():
     assert steps.update_rule(torch.optim.AdamW(p)) is not None  # whose groups say decoupled_weight_decay=True
     assert steps.update_rule(torch.optim.RMSprop(p, foreach=True)) is None
     assert steps.update_rule(torch.optim.SGD(p, lr=0.1, maximize=True)) is None
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_stacked_clipping_clips_each_job_by_its_own_norm(algorithm):
+    """K jobs' gradients [K, ...] clipped at once are each job's own clip_grad_norm_ (or value):
+    the first job's are small (a joint norm would have scaled them too), the last's large."""
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, 4, 2, generator=generator) * torch.tensor([0.01, 1.0, 10.0]).view(3, 1, 1), torch.randn(3, 4, generator=generator)]
+    alone = [[g[k].clone() for g in grads] for k in range(3)]
+    steps.clip_gradients(grads, 0.5, algorithm, stacked=True)
+    for k, own in enumerate(alone):
+        clip = torch.nn.utils.clip_grad_norm_ if algorithm == "norm" else torch.nn.utils.clip_grad_value_
+        params = [torch.zeros_like(g, requires_grad=True) for g in own]
+        for p, g in zip(params, own):
+            p.grad = g
+        clip(params, 0.5)
+        for g, p in zip(grads, params):
+            torch.testing.assert_close(g[k], p.grad, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("algorithm", ["norm", "value"])

@@ -1,6 +1,7 @@
 """Loss functions by name. All but ``residual_sum`` are torch.nn's own."""
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -39,3 +40,21 @@ def build_loss(cfg: Mapping[str, Any]) -> nn.Module:
 
 def is_classification(cfg: Mapping[str, Any]) -> bool:
     return cfg["name"] in CLASSIFICATION_LOSSES
+
+
+def per_job(loss_fn: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss of each of K stacked jobs: predictions ``[K, B, ...]`` and targets ``[K, B, ...]``
+    -> ``[K]``, each the job's loss on its own rows as ``loss_fn`` reduces it (mean or sum), by
+    one elementwise kernel for all K (the loss module with ``reduction="none"``)."""
+    if isinstance(loss_fn, ResidualSum):
+        return lambda prediction, target: (prediction - target).flatten(1).sum(1)
+    reduction = loss_fn.reduction
+    elementwise = copy.copy(loss_fn)
+    elementwise.reduction = "none"  # type: ignore[assignment]  # torch's losses keep it as a str
+    classes = isinstance(loss_fn, nn.CrossEntropyLoss)  # its classes on dimension 1: [K, classes, B]
+
+    def losses(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        each = elementwise(prediction.transpose(1, 2), target) if classes else elementwise(prediction, target)
+        return each.flatten(1).mean(1) if reduction == "mean" else each.flatten(1).sum(1)
+
+    return losses

@@ -20,7 +20,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from microtrain.engine.step import functional_forward, rule_of, train_step, update_rule
+from microtrain.engine.step import rule_of, train_step, update_rule
+from microtrain.models import functional_forward
 
 
 class CompiledStep:

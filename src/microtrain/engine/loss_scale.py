@@ -7,52 +7,42 @@ own arithmetic (``_amp_foreach_non_finite_check_and_unscale_``, ``_amp_update_sc
 on tensors with a leading job dimension, so a stacked job's scale and skipped steps follow its
 solo twin's (``tests/test_stacked.py``)."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
+
+from microtrain.engine.step import along
 
 # GradScaler's defaults, which Lightning's MixedPrecision takes
 INIT, GROWTH, BACKOFF, INTERVAL = 2.0**16, 2.0, 0.5, 2000
 PRECISION_KEY = "MixedPrecision"  # where Lightning's checkpoint holds the scaler's state
 
 
-def scaled_train_step(
-    params: list[Tensor],
-    state: list[dict[str, Tensor]],
-    batch: tuple[Any, Any],
-    hp: dict[str, Any],
-    *,
-    forward: Callable[..., Any],
-    loss_fn: Callable[..., Tensor],
-    update: Callable[..., None],
-    clip: Callable[[list[Tensor]], list[Tensor]],
-) -> tuple[Tensor, list[Tensor], Tensor]:
-    """One job's step under its loss scale ``hp["loss_scale"]``: (the unscaled loss, the unscaled
-    gradients before clipping, as a solo run's inspection sees them; whether they held an Inf or
-    NaN, in which case params and state are as before). ``clip``: the clipped copy of gradients."""
-    x, y = batch
-    scale = hp["loss_scale"]
+def unscaled(scaled_grads: list[Tensor], scale: Tensor) -> tuple[list[Tensor], Tensor]:
+    """(K jobs' gradients of their losses times their scales ``[K]``, unscaled as
+    ``GradScaler.unscale_`` computes it; whether each job's held an Inf or a NaN, ``[K]``:
+    checked on the scaled ones, as the scaler's kernel checks)."""
+    found = ~torch.stack([torch.isfinite(g).flatten(1).all(dim=1) for g in scaled_grads]).all(dim=0)
+    inverse = scale.double().reciprocal().float()
+    return [g * along(inverse, g) for g in scaled_grads], found
 
-    def scaled(p: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
-        loss = loss_fn(forward(p, x), y)
-        return loss * scale, loss  # GradScaler.scale(loss), as Lightning's backward takes it
 
-    scaled_grads, (_, loss) = torch.func.grad_and_value(scaled, has_aux=True)(tuple(params))
-    found = ~torch.stack([torch.isfinite(g).all() for g in scaled_grads]).all()  # of the scaled ones, as the scaler's kernel checks
-    inverse = scale.double().reciprocal().float()  # as GradScaler.unscale_ computes it
-    grads = [g * inverse for g in scaled_grads]
+@contextmanager
+def skip_overflowed(found: Tensor, params: list[Tensor], state: list[dict[str, Tensor]]) -> Iterator[None]:
+    """Around the K jobs' update: a job whose gradients overflowed (``found``) keeps its weights
+    and optimizer state, as ``GradScaler.step`` skips the update."""
     before = [p.clone() for p in params], [{key: value.clone() for key, value in slot.items()} for slot in state]
-    update(params, clip(grads), state, hp)  # clipped after unscaling, as a solo run clips in on_before_optimizer_step
+    yield
     for param, old in zip(params, before[0]):
-        param.copy_(torch.where(found, old, param))  # GradScaler.step skips the update
+        param.copy_(torch.where(along(found, param), old, param))
     for slot, old_slot in zip(state, before[1]):
         for key, value in slot.items():
             # a slot the skipped update created: as torch.optim creates it at the next one (zeros, step 0;
             # SGD's momentum buffer so only without dampening: stack.groups)
-            slot[key] = torch.where(found, old_slot.get(key, torch.zeros_like(value)), value)
-    return loss, grads, found
+            slot[key] = torch.where(along(found, value), old_slot.get(key, torch.zeros_like(value)), value)
 
 
 def updated_scale(scale: Tensor, tracker: Tensor, found: Tensor) -> tuple[Tensor, Tensor]:

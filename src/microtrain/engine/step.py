@@ -7,16 +7,17 @@ hyper-parameters): forward, loss, backward, gradient clipping, optimizer update.
   checkpoints, resume and ``explain_step`` see exactly what ``torch.optim`` would hold.
 * ``hp``: torch.optim's param group (``lr``, ``momentum``, ``betas``, ...), which schedulers change.
   ``lr`` is a Python float (eager: torch.optim's own operations, bitwise) or a 0-d tensor (the
-  compiled step: a scheduler's new value then needs no recompile). Under ``torch.func.vmap``
-  (``stack``: one model per job of a sweep) any of them may be a tensor, one value per job: a
-  tensor takes the branch-free path, where a job with momentum or weight decay 0 multiplies by
-  0, which changes no finite number.
+  compiled step: a scheduler's new value then needs no recompile). For K stacked jobs
+  (``stack.step``: every parameter and state tensor ``[K, ...]``) any of them may be a tensor of
+  one value per job, shaped ``[K, 1, ...]`` to meet the parameter (``along``): a tensor takes the
+  branch-free path, where a job with momentum or weight decay 0 multiplies by 0, which changes
+  no finite number.
 
 The updates do the same operations in the same order as torch.optim's single-tensor SGD,
 Adam, AdamW, RMSprop and Adagrad (the CPU default), so their weights are bitwise equal
 (``tests/test_step.py``). ``RULES`` says, once, what each supports. Eager training applies them
 to ``.grad`` filled by ``loss.backward()``; ``train_step`` is the pure form, with ``torch.func``
-gradients, that ``explain_step`` runs and that ``torch.compile`` and ``vmap`` trace as one graph.
+gradients, that ``explain_step`` runs and that ``torch.compile`` traces as one graph.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -69,6 +70,11 @@ def _plus(tensor: Tensor, other: Tensor, scale: float, exact: bool) -> Tensor:
     return tensor.add(other, alpha=scale) if exact else tensor + scale * other
 
 
+def _like(value: Any, param: Tensor) -> Any:
+    """A bias correction (float64) in the parameter's dtype, as a 0-d one enters: one per stacked job would make it float64."""
+    return value.to(param.dtype) if isinstance(value, Tensor) else value
+
+
 def _descend(param: Tensor, direction: Tensor, size: Any) -> None:
     """param −= size·direction: torch.optim's ``add_(alpha=-size)`` for a float size, a multiply for a tensor."""
     if isinstance(size, Tensor):
@@ -94,10 +100,7 @@ def adam(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper, decou
                 param.mul_(1 - lr * decay)
             else:
                 grad = _plus(grad, param, decay, exact)
-        if isinstance(beta1, Tensor):  # vmap has no batching rule for lerp_ with a tensor weight (a slow loop)
-            slot["exp_avg"].add_((grad - slot["exp_avg"]) * (1 - beta1))  # lerp's own formula for weights < 0.5
-        else:
-            slot["exp_avg"].lerp_(grad, 1 - beta1)
+        slot["exp_avg"].lerp_(grad, 1 - beta1)  # beta1 may be one per stacked job, [K, 1, ...]
         slot["exp_avg_sq"].mul_(beta2)
         if exact:
             slot["exp_avg_sq"].addcmul_(grad, grad, value=1 - beta2)
@@ -108,8 +111,8 @@ def adam(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper, decou
         # float64 as Python's floats are: 1 − β2ᵗ in float32 is off by ~1e-4 of itself early on,
         # which drifted stacked AdamW jobs 0.05 from their solo runs in 100 steps (measured).
         step = slot["step"].item() if exact else slot["step"].double()
-        step_size = lr / (1 - beta1**step)
-        denom = (slot["exp_avg_sq"].sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+        step_size = _like(lr / (1 - beta1**step), param)
+        denom = (slot["exp_avg_sq"].sqrt() / _like((1 - beta2**step) ** 0.5, param)).add_(eps)
         if exact:
             param.addcdiv_(slot["exp_avg"], denom, value=-step_size)
         else:
@@ -169,7 +172,7 @@ def adagrad(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper) ->
         step = slot["step"].item() if exact else slot["step"].double()  # a Python float, as torch.optim's
         if _on(decay):
             grad = _plus(grad, param, decay, exact)
-        clr = lr / (1 + (step - 1) * lr_decay)
+        clr = _like(lr / (1 + (step - 1) * lr_decay), param)
         total = slot["sum"]
         if exact:
             total.addcmul_(grad, grad, value=1)
@@ -246,20 +249,27 @@ def optimizer_update(optimizer: torch.optim.Optimizer) -> Update:
     return torch_optim_step
 
 
-def clip_gradients(grads: Sequence[Tensor], max_value: Optional[float], algorithm: str = "norm") -> None:
+def clip_gradients(grads: Sequence[Tensor], max_value: Optional[float], algorithm: str = "norm", stacked: bool = False) -> None:
     """In place, as ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_`` do: scale all
-    gradients so their joint L2 norm is at most ``max_value``, or clamp each element."""
+    gradients so their joint L2 norm is at most ``max_value``, or clamp each element.
+    ``stacked``: gradients ``[K, ...]`` of K jobs, each job's norm its own."""
     if not max_value:
         return
     with torch.no_grad():
         if algorithm == "value":
-            for grad in grads:  # clamp, then copy: vmap has no batching rule for clamp_ (a slow fallback, and a warning)
-                grad.copy_(grad.clamp(-max_value, max_value))
+            for grad in grads:
+                grad.clamp_(-max_value, max_value)
             return
-        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        norms = [torch.linalg.vector_norm(g.flatten(1), dim=1) if stacked else torch.linalg.vector_norm(g) for g in grads]
+        total = torch.linalg.vector_norm(torch.stack(norms), dim=0)  # stacked: [K]
         scale = (max_value / (total + 1e-6)).clamp(max=1.0)  # no host sync: the scale stays a tensor
         for grad in grads:
-            grad.mul_(scale)
+            grad.mul_(along(scale, grad) if stacked else scale)
+
+
+def along(values: Tensor, like: Tensor) -> Tensor:
+    """One value per stacked job, ``[K]``, shaped ``[K, 1, ...]`` to meet ``like`` (``[K, ...]``) job by job."""
+    return values.view(-1, *[1] * (like.dim() - 1)) if values.dim() == 1 else values
 
 
 def train_step(
@@ -288,13 +298,3 @@ def train_step(
     clip_gradients(grads, clip_val, clip_algorithm)
     update(params, grads, state, hp)  # step
     return loss, grads
-
-
-def functional_forward(model: torch.nn.Module) -> Callable[[Params, Tensor], Tensor]:
-    """``model`` as a function of its parameters, for ``train_step``."""
-    names = [name for name, _ in model.named_parameters()]
-
-    def forward(params: Params, x: Tensor) -> Tensor:
-        return torch.func.functional_call(model, dict(zip(names, params)), (x,))
-
-    return forward

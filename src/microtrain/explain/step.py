@@ -22,7 +22,8 @@ from microtrain.run import folder as run_folder
 from microtrain.explain.chain import Term, against_autograd, chain
 from microtrain.explain.gradcheck import ParameterCheck, check_gradients, n_parameters
 from microtrain.engine.build import prepare
-from microtrain.engine.step import functional_forward, optimizer_update, train_step
+from microtrain.engine.step import optimizer_update, train_step
+from microtrain.models import functional_forward
 from microtrain.engine.trainer import trainer_arguments
 from microtrain.explain.update_rules import RuleCheck, check_first_step
 

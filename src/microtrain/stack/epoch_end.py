@@ -29,7 +29,7 @@ def end_epoch(run: "StackedRun", batches_done: int) -> None:
     validate = run.val is not None and run.epoch % every_val == 0
     if validate and run.val is not None:  # validate implies a val split
         with run.trainer.precision_plugin.val_step_context() if run.trainer else nullcontext():  # bf16-mixed: autocast, as a solo run's validation
-            values = split_metrics(run.stacked, run.val, run.loss_fn, run.jobs[0], "val_")
+            values = split_metrics(run.stacked, run.val, run.jobs[0], "val_")
         for k in active:
             for name, column in values.items():
                 run.jobs[k].scalars.add(name, column[k], run.step_count)

@@ -71,10 +71,10 @@ def finish_jobs(run: "StackedRun", seconds: float, threads: int) -> list[dict[st
     """Every job's end: its final losses and validation metrics (the final weights on the whole
     train and validation splits, all jobs in one pass each; a frozen job's are those it stopped
     with, its learning rate 0 since), then its metrics.json, or ``interrupted`` after a signal."""
-    run.final = split_metrics(run.stacked, run.train, run.loss_fn, run.jobs[0], "train_", only_loss=True)
+    run.final = split_metrics(run.stacked, run.train, run.jobs[0], "train_", only_loss=True)
     if run.val is not None:  # val_loss on all rows at once, as a solo run's (a summed loss would differ in chunks)
-        run.final |= {k: v for k, v in split_metrics(run.stacked, run.val, run.loss_fn, run.jobs[0], "val_").items() if k != "val_loss"}
-        run.final |= split_metrics(run.stacked, run.val, run.loss_fn, run.jobs[0], "val_", only_loss=True)
+        run.final |= {k: v for k, v in split_metrics(run.stacked, run.val, run.jobs[0], "val_").items() if k != "val_loss"}
+        run.final |= split_metrics(run.stacked, run.val, run.jobs[0], "val_", only_loss=True)
     if run.stopping:  # jobs early stopping had ended are done: they finish ok
         return [
             finished(run, k, job, seconds, threads) if job.stopped and job.status == "ok" else interrupted(run, k, job)

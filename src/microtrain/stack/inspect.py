@@ -190,7 +190,7 @@ class StackedInspector:
         """train_loss_full and optimality_gap of linear least-squares jobs (of ``jobs``, or all active)."""
         if self.jobs[0].prepared.optimum is None:
             return
-        full = evaluate(self.step, weights, self.train, self.jobs[0].prepared.module.loss_fn)
+        full = evaluate(self.step, weights, self.train)
         for k, job in enumerate(self.jobs):
             if k in jobs if jobs is not None else job.active:
                 job.scalars.add("train_loss_full", full[k], step)

@@ -1,23 +1,27 @@
-"""The stacked step: ``engine.step.train_step`` under ``torch.func.vmap``, one copy per job.
+"""The stacked step: K models of one shape trained as one, each job its own.
 
 Every parameter and optimizer-state tensor gets a leading job dimension ``[K, ...]``; each
-batch is ``[K, B, ...]`` (every job has its own batch order). The hyper-parameters that differ
-between jobs (always the learning rate, which schedulers change) are tensors of K values, the
-rest stay Python numbers, so ``engine.step``'s rules run unchanged: forward, loss, backward
-(``torch.func.grad_and_value``), clipping, update. ``torch.compile`` then makes the K steps one
-graph: measured here on the 3->64->1 MLP with 64 jobs, 7 us a job-step against 33 eager.
+batch is ``[K, B, ...]`` (every job has its own batch order). The step is a solo run's: forward
+(``models.stacked_forward``: a batched product per linear map), each job's loss
+(``losses.per_job``), backward (autograd on the sum of the K losses, whose gradient for each
+job's weights is that job's own), clipping, and ``engine.step``'s update on the stacked tensors.
+The hyper-parameters that differ between jobs (always the learning rate, which schedulers
+change) are tensors of K values, met job by job (``engine.step.along``); the rest stay Python
+numbers. ``loop.compile`` compiles the same step (gradients by ``torch.func``, as a solo run's
+compiled step) into one graph: measured here on the 3->64->1 MLP with 64 jobs, 7 us a job-step.
 """
 
 from collections.abc import Sequence
-from functools import partial
 from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
 from microtrain.engine.compiled import own_code
-from microtrain.engine.loss_scale import scaled_train_step, updated_scale
-from microtrain.engine.step import RULES, clip_gradients, functional_forward, train_step
+from microtrain.engine.loss_scale import skip_overflowed, unscaled, updated_scale
+from microtrain.engine.step import RULES, along, clip_gradients
+from microtrain import losses
+from microtrain.models import stacked_forward
 
 
 def stack_tensors(tensors: Sequence[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -47,7 +51,7 @@ class StackedStep:
         self.device, self.dtype = device, dtype
         self.params = [stack_tensors([dict(m.named_parameters())[n] for m in models], device, dtype) for n in self.names]
         entry = RULES[type(optimizers[0])]  # stack.groups stacks only optimizers that have a rule
-        rule, keys = entry.update, entry.hyper
+        self.rule = entry.update
         owned = [list(m.parameters()) for m in models]
         slots = [[opt.state.get(p, {}) for p in params] for opt, params in zip(optimizers, owned)]
         self.state = [
@@ -55,23 +59,21 @@ class StackedStep:
             for i in range(len(self.names))
         ]
         groups = [opt.param_groups[0] for opt in optimizers]
-        self.constants, self.varying = self._hyper(groups, keys)
+        self.constants, self.varying = self._hyper(groups, entry.hyper)
+        self.clip_val, self.clip_algorithm, self.accumulate = clip_val, clip_algorithm, accumulate
+        self.forward, self.losses = stacked_forward(models[0]), losses.per_job(loss_fn)
         self.rows: Optional[int] = None  # the batch size the compiled graph is for
-        self.forward = functional_forward(models[0])
-        forward, loss = (self.forward, loss_fn) if accumulate == 1 else accumulated(self.forward, loss_fn, accumulate)
-        # the update clips a copy: the step returns the gradients before clipping, as a solo run's
-        # inspection reads them (in on_before_optimizer_step, before its clipping)
-        clip = partial(clipped, max_value=clip_val, algorithm=clip_algorithm)
-        one = partial(self._one, forward=forward, loss_fn=loss, rule=rule, constants=self.constants, clip=clip)
         # 16-mixed: each job's loss scale (engine.loss_scale) and its growth tracker, beside the step (eager)
         self.tracker: Optional[Tensor] = None
         if loss_scale is not None:
             self.varying["loss_scale"], self.tracker = loss_scale
-            one = partial(one, scaled=True)
-        self._eager = torch.func.vmap(one)
+
         # dynamic=False: a graph for the full batch; an epoch's shorter last batch runs eager
         # rather than compiling a second graph (seconds) for one step an epoch.
-        self._compiled = torch.compile(own_code(self._eager), dynamic=False) if compile and loss_scale is None else None
+        def graph(params: list[Tensor], state: list[dict[str, Tensor]], x: Any, y: Any, varying: dict[str, Any]) -> Any:
+            return self._graph_step(params, state, x, y, varying)
+
+        self._compiled = torch.compile(own_code(graph), dynamic=False) if compile and loss_scale is None else None
         self.compile_seconds: Optional[float] = None
         # The run's very first step creates the optimizer state, eager; every later one (a resumed
         # run's first step included, so a resume is bitwise) is the one compiled graph.
@@ -95,56 +97,79 @@ class StackedStep:
                 varying[key] = torch.tensor([float(v) for v in per_job], dtype=self.dtype, device=self.device)
         return constants, varying
 
-    @staticmethod
-    def _one(
-        params: list[Tensor],
-        state: list[dict[str, Tensor]],
-        x: Tensor,
-        y: Tensor,
-        hp: dict[str, Any],
-        *,
-        forward: Any,
-        loss_fn: Any,
-        rule: Any,
-        constants: dict[str, Any],
-        clip: Any,
-        scaled: bool = False,
-    ) -> Any:
-        """One job's step, as a solo run takes it (vmap runs it for all K at once); ``scaled``:
-        16-mixed's, ``engine.loss_scale``'s step, skipped for a job whose gradients overflowed."""
-        state = [dict(slot) for slot in state]  # slots created at the first step leave through the outputs
-        hp = {**constants, **hp}
-        if scaled:
-            loss, grads, found = scaled_train_step(list(params), state, (x, y), hp, forward=forward, loss_fn=loss_fn, update=rule, clip=clip)
-            return loss, grads, state, found
-        update = lambda params, grads, state, hp: rule(params, clip(grads), state, hp)  # noqa: E731
-        loss, grads = train_step(list(params), state, (x, y), hp, forward=forward, loss_fn=loss_fn, update=update)
-        return loss, grads, state
+    def _loss(self, params: Sequence[Tensor], x: Any, y: Any) -> Tensor:
+        """The K jobs' losses; with ``trainer.accumulate_grad_batches``, a step's batches (lists)
+        each divided by ``accumulate`` and summed, as a solo run's step adds theirs."""
+        if self.accumulate == 1:
+            return self.losses(self.forward(params, x), y)
+        total = self.losses(self.forward(params, x[0]), y[0]) / self.accumulate
+        for xs, ys in zip(x[1:], y[1:]):
+            total = total + self.losses(self.forward(params, xs), ys) / self.accumulate
+        return total
+
+    def _step(self, params: list[Tensor], state: list[dict[str, Tensor]], x: Any, y: Any, varying: dict[str, Any]) -> Any:
+        """Forward, loss, backward, update: the eager step (autograd), in place; returns (the K
+        losses, the gradients before clipping, as a solo run's inspection reads them)."""
+        leaves = [p.detach().requires_grad_() for p in params]  # the weights' own storage, for autograd
+        scale = varying.get("loss_scale")
+        losses = self._loss(leaves, x, y)
+        grads = list(torch.autograd.grad((losses * scale if scale is not None else losses).sum(), leaves))
+        if scale is None:
+            self._update(params, grads, state, varying)
+            return losses.detach(), grads
+        grads, found = unscaled(grads, scale)  # 16-mixed: a job whose gradients overflowed skips its update
+        with skip_overflowed(found, params, state):
+            self._update(params, grads, state, varying)
+        return losses.detach(), grads, found
+
+    def _graph_step(self, params: list[Tensor], state: list[dict[str, Tensor]], x: Any, y: Any, varying: dict[str, Any]) -> Any:
+        """``_step`` with the gradients of ``torch.func``, which ``torch.compile`` traces as one graph
+        (``backward()`` would split it, as a solo run's compiled step: ``engine.compiled``)."""
+
+        def total(p: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+            losses = self._loss(p, x, y)
+            return losses.sum(), losses
+
+        grads, (_, losses) = torch.func.grad_and_value(total, has_aux=True)(tuple(params))
+        self._update(params, list(grads), state, varying)
+        return losses, list(grads)
+
+    def _update(self, params: list[Tensor], grads: list[Tensor], state: list[dict[str, Tensor]], varying: dict[str, Any]) -> None:
+        """Clip a copy of the gradients (each job by its own norm), then each parameter's update,
+        the per-job values shaped to meet it."""
+        if self.clip_val:
+            grads = [g.clone() for g in grads]
+            clip_gradients(grads, self.clip_val, self.clip_algorithm, stacked=True)
+        for param, grad, slot in zip(params, grads, state):
+            hp = {**self.constants, **{key: _along(value, param) for key, value in varying.items() if key != "loss_scale"}}
+            view = {key: along(value, param) for key, value in slot.items()}  # a job's step count [K] -> [K, 1, ...]
+            self.rule([param], [grad], [view], hp)
+            for key, value in view.items():
+                if key not in slot:  # made by the first step (Adam's step count: one for all K): each job its own
+                    slot[key] = value.expand(len(param)).clone().to(self.device) if value.dim() == 0 else value
 
     def set_lr(self, lrs: Sequence[float]) -> None:
         """New learning rates (a scheduler's epoch step): written into the same tensor, so the
         compiled graph needs no recompile."""
         self.varying["lr"].copy_(torch.tensor(list(lrs), dtype=self.dtype))
 
-    def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def __call__(self, x: Any, y: Any) -> tuple[Tensor, list[Tensor]]:
         first = not self.taken  # the first step creates the optimizer state: eager, then one compiled graph
-        if self._compiled is not None and not first and self.rows in (None, len(x[0])):
+        rows = len(x[0]) if self.accumulate == 1 else None
+        if self._compiled is not None and not first and self.rows in (None, rows):
             if self.rows is None:
                 import time
 
-                self.rows, started = len(x[0]), time.perf_counter()
-                loss, grads, state = self._compiled(self.params, self.state, x, y, self.varying)
+                self.rows, started = rows, time.perf_counter()
+                loss, grads = self._compiled(self.params, self.state, x, y, self.varying)
                 self.compile_seconds = time.perf_counter() - started
             else:
-                loss, grads, state = self._compiled(self.params, self.state, x, y, self.varying)
+                loss, grads = self._compiled(self.params, self.state, x, y, self.varying)
         elif self.tracker is not None:  # 16-mixed: each job's scale then moves as its GradScaler's
-            loss, grads, state, found = self._eager(self.params, self.state, x, y, self.varying)
+            loss, grads, found = self._step(self.params, self.state, x, y, self.varying)
             self.varying["loss_scale"], self.tracker = updated_scale(self.varying["loss_scale"], self.tracker, found)
         else:
-            loss, grads, state = self._eager(self.params, self.state, x, y, self.varying)
-        if first:  # a slot made alike for all jobs (Adam's step count) comes out broadcast: own it
-            state = [{key: value.clone() for key, value in slot.items()} for slot in state]
-        self.state = state
+            loss, grads = self._step(self.params, self.state, x, y, self.varying)
         self.taken += 1
         return loss, list(grads)
 
@@ -155,31 +180,11 @@ class StackedStep:
         return params, state
 
 
-def clipped(grads: list[Tensor], max_value: Optional[float], algorithm: str) -> list[Tensor]:
-    """A clipped copy of the gradients (``engine.step.clip_gradients``), or the gradients themselves without clipping."""
-    if not max_value:
-        return grads
-    copies = [g.clone() for g in grads]
-    clip_gradients(copies, max_value, algorithm)
-    return copies
-
-
-def accumulated(forward: Any, loss_fn: Any, accumulate: int) -> tuple[Any, Any]:
-    """``trainer.accumulate_grad_batches``: a step's batches (lists of tensors) as one forward and
-    one loss, each batch's loss divided by ``accumulate`` and summed, as a solo run's step adds
-    theirs. Its gradient is the sum of theirs (the backward adds them in its own order: within
-    float rounding of the solo run's, ``tests/test_stacked.py``)."""
-
-    def forward_all(params: Any, xs: list[Tensor]) -> list[Tensor]:
-        return [forward(params, x) for x in xs]
-
-    def loss_all(outputs: list[Tensor], ys: list[Tensor]) -> Tensor:
-        total = loss_fn(outputs[0], ys[0]) / accumulate
-        for out, y in zip(outputs[1:], ys[1:]):
-            total = total + loss_fn(out, y) / accumulate
-        return total
-
-    return forward_all, loss_all
+def _along(value: Any, param: Tensor) -> Any:
+    """A hyper-parameter of the K jobs shaped to meet one stacked parameter (betas: a pair)."""
+    if isinstance(value, tuple):
+        return tuple(_along(v, param) for v in value)
+    return along(value, param) if isinstance(value, Tensor) else value
 
 
 class StackedModel(nn.Module):
@@ -192,4 +197,4 @@ class StackedModel(nn.Module):
         self.stacked = step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.func.vmap(self.stacked.forward)(self.stacked.params, x)
+        return self.stacked.forward(self.stacked.params, x)

@@ -14,23 +14,26 @@ EVAL_ROWS = 4096  # Lightning's validation batches in a solo run (data.batches: 
 def predictions(step: Any, weights: list[Tensor], x: Tensor) -> Tensor:
     """Every job's model on the same rows: [K, rows, outputs]."""
     with torch.no_grad():
-        return torch.func.vmap(step.forward, in_dims=(0, None))(weights, x)
+        return step.forward(weights, x.expand(len(weights[0]), *x.shape))
 
 
-def evaluate(step: Any, weights: list[Tensor], pair: tuple[Tensor, Tensor], loss_fn: Any) -> list[float]:
+def losses(step: Any, out: Tensor, y: Tensor) -> Tensor:
+    """Each job's loss, [K], of its predictions ``out`` [K, rows, ...] on the same targets."""
+    return step.losses(out, y.expand(len(out), *y.shape))
+
+
+def evaluate(step: Any, weights: list[Tensor], pair: tuple[Tensor, Tensor]) -> list[float]:
     """Each job's loss on all rows of the split at once, as ``fit`` reports it."""
     with torch.no_grad():
-        return torch.func.vmap(loss_fn, in_dims=(0, None))(predictions(step, weights, pair[0]), pair[1]).double().tolist()
+        return losses(step, predictions(step, weights, pair[0]), pair[1]).double().tolist()
 
 
-def split_metrics(
-    step: Any, pair: tuple[Tensor, Tensor], loss_fn: Any, job: StackedJob, prefix: str, only_loss: bool = False
-) -> dict[str, list[float]]:
+def split_metrics(step: Any, pair: tuple[Tensor, Tensor], job: StackedJob, prefix: str, only_loss: bool = False) -> dict[str, list[float]]:
     """{f"{prefix}loss": [K values], and the split's metrics as torchmetrics computes them},
     from one pass over the split in chunks of at least EVAL_ROWS rows and one copy to the host."""
     weights = step.params
     if only_loss:
-        return {f"{prefix}loss": evaluate(step, weights, pair, loss_fn)}
+        return {f"{prefix}loss": evaluate(step, weights, pair)}
     x, y = pair
     rows = max(job.cfg.data.batch_size or len(x), EVAL_ROWS)
     names = list(job.prepared.module.val_metrics.keys()) if job.prepared.module.val_metrics is not None else []
@@ -44,7 +47,7 @@ def split_metrics(
         for start in range(0, len(x), rows):
             xs, ys = x[start : start + rows], y[start : start + rows]
             out = predictions(step, weights, xs)
-            add("loss", torch.func.vmap(loss_fn, in_dims=(0, None))(out, ys).double() * len(xs))  # Lightning's weighted epoch mean
+            add("loss", losses(step, out, ys).double() * len(xs))  # Lightning's weighted epoch mean
             if classify:
                 add("acc", (out.argmax(dim=2) == ys).double().sum(dim=1))
             elif names:
