@@ -70,6 +70,8 @@ def test_stacked_forward_is_each_models_own(settings):
     assert out.shape == (4, 5, 2)
     for k, model in enumerate(models):
         torch.testing.assert_close(out[k], model(x[k]), rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="linear layers and elementwise activations"):
+        stacked_forward(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)))
 
 
 @pytest.mark.parametrize("scheme", INIT_SCHEMES)

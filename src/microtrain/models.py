@@ -47,6 +47,8 @@ def stacked_forward(model: nn.Module) -> Callable[[Sequence[torch.Tensor], torch
     ``grad_and_value`` took 1,054 us at K = 1 and 1,754 at K = 64; these products with
     ``loss.backward()``'s autograd and the update on the stacked tensors, 219 and 884."""
     layers: list[nn.Module] = [model] if isinstance(model, nn.Linear) else list(model.children())  # MLP: fc1, activation, fc2
+    if not all(isinstance(layer, (nn.Linear, *ACTIVATIONS.values())) for layer in layers):
+        raise TypeError(f"a stack holds linear layers and elementwise activations in order, not {type(model).__name__}")
 
     def forward(params: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         remaining = iter(params)

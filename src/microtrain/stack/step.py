@@ -8,7 +8,8 @@ job's weights is that job's own), clipping, and ``engine.step``'s update on the 
 The hyper-parameters that differ between jobs (always the learning rate, which schedulers
 change) are tensors of K values, met job by job (``engine.step.along``); the rest stay Python
 numbers. ``loop.compile`` compiles the same step (gradients by ``torch.func``, as a solo run's
-compiled step) into one graph: measured here on the 3->64->1 MLP with 64 jobs, 7 us a job-step.
+compiled step) into one graph: measured here on the 3->64->1 MLP with 64 jobs, SGD with momentum
+3.7 us a job-step against 15.5 eager (Adam 7.1 against 22.4).
 """
 
 from collections.abc import Sequence
@@ -54,8 +55,16 @@ class StackedStep:
         self.rule = entry.update
         owned = [list(m.parameters()) for m in models]
         slots = [[opt.state.get(p, {}) for p in params] for opt, params in zip(optimizers, owned)]
+        # every key any job holds (resumed): SGD keeps no momentum buffer for a job without momentum,
+        # whose update reads it times 0, so zeros stand in for it
+        keys = [list(dict.fromkeys(key for s in slots for key in s[i])) for i in range(len(self.names))]
         self.state = [
-            {key: stack_tensors([s[i][key] for s in slots], device, dtype if key != "step" else torch.float32) for key in slots[0][i]}
+            {
+                key: stack_tensors(
+                    [s[i].get(key, torch.zeros_like(own[i])) for s, own in zip(slots, owned)], device, dtype if key != "step" else torch.float32
+                )
+                for key in keys[i]
+            }
             for i in range(len(self.names))
         ]
         groups = [opt.param_groups[0] for opt in optimizers]
