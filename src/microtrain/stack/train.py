@@ -39,10 +39,10 @@ from microtrain.engine.module import Trainee, WholeSteps
 from microtrain.engine.trainer import stack_trainer
 from microtrain.run.checkpoints import CheckpointBudget
 
-# loop.compile=auto compiles the stacked step when it saves more than it costs: ~12-15 us a job-step
-# (3->64->1 MLP, 64 jobs: SGD with momentum 15.5 eager against 3.7 compiled, Adam 22.4 against
-# 7.1), against 4-5 s of compiling with a warm cache: it pays after 240k-430k job-steps.
-COMPILE_FROM_JOB_STEPS = 400_000
+# loop.compile=auto compiles the stacked step when it saves more than it costs: ~6-7 us a job-step
+# (3->64->1 MLP, 64 jobs: SGD with momentum 11.5 eager against 4.2 compiled, Adam 11.3 against
+# 5.3), against 2-5 s of compiling with a warm cache: it pays after 340k-730k job-steps.
+COMPILE_FROM_JOB_STEPS = 500_000
 
 
 def train_group(
