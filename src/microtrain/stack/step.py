@@ -204,9 +204,8 @@ class StackedStep:
                 self.compile_seconds = time.perf_counter() - started
             else:
                 loss, grad, flat, state = self._compiled(self.flat, self.flat_state, x, y, self.varying)
-            self.flat.copy_(flat)
-            for key, value in state.items():
-                self.flat_state[key].copy_(value)
+            self.flat.copy_(flat)  # in place: the parameters are views of it
+            self.flat_state.update(state)
         elif self.tracker is not None:  # 16-mixed: each job's scale then moves as its GradScaler's
             loss, grad, found = self._step(x, y, self.varying)
             self.varying["loss_scale"], self.tracker = updated_scale(self.varying["loss_scale"], self.tracker, found)
