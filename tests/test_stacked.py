@@ -982,6 +982,20 @@ def test_a_bad_max_jobs_is_one_line_before_anything_is_written(tmp_path, capsys,
     assert not (tmp_path / "sweep").exists()
 
 
+def test_a_stacked_job_without_momentum_checkpoints_no_momentum_buffer_as_its_solo_run(tmp_path):
+    """Jobs with and without momentum stack (the stack holds a buffer for all); each job's
+    last.ckpt and best.ckpt hold the optimizer state its solo run's torch.optim holds."""
+    jobs = [[*MLP, "trainer.max_epochs=2", f"optimizer.momentum={mu}", f"seed={seed}"] for mu, seed in ((0.0, 0), (0.9, 1))]
+    metrics, folders = stacked_and_solo(tmp_path, jobs, solo=[0, 1])
+    assert [m["stacked"]["jobs"] for m in metrics] == [2, 2]
+    for i in (0, 1):
+        for name in ("last", "best"):
+            ours = torch.load(folders[i] / "checkpoints" / f"{name}.ckpt", weights_only=True)["optimizer_states"][0]["state"]
+            theirs = torch.load(tmp_path / f"solo{i}" / "checkpoints" / f"{name}.ckpt", weights_only=True)["optimizer_states"][0]["state"]
+            assert {k: sorted(v) for k, v in ours.items()} == {k: sorted(v) for k, v in theirs.items()}, (i, name)
+    assert not torch.load(folders[0] / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]["state"]  # SGD without momentum: none
+
+
 @pytest.mark.parametrize("momenta", [(0.0, 0.9), (0.9, 0.0)])
 def test_a_stack_resumed_from_optimizers_with_different_state_keys_goes_on_as_each_alone(momenta):
     """SGD keeps no momentum buffer for a job without momentum: a stack built from optimizers that

@@ -31,9 +31,4 @@ class BestEpochs:
     def of(self, k: int) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
         """Job k's weights and optimizer state at its best epoch, on the CPU."""
         assert self.tensors is not None  # keep() took the improved job's epoch whose best.ckpt this is
-        n = len(self.step.names)
-        params = {name: t[k].cpu().clone() for name, t in zip(self.step.names, self.tensors[:n])}
-        rest, state = iter(self.tensors[n:]), []
-        for slot in self.step.state:
-            state.append({key: next(rest)[k].cpu().clone() for key in slot})
-        return params, state
+        return self.step.job_state(k, self.tensors)

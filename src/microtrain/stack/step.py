@@ -214,10 +214,19 @@ class StackedStep:
         self.taken += 1
         return loss, self._split(grad)
 
-    def job_state(self, k: int) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
-        """Job k's parameters by name and its optimizer state per parameter, on the CPU."""
-        params = {name: p[k].detach().cpu().clone() for name, p in zip(self.names, self.params)}
-        state = [{key: value[k].detach().cpu().clone() for key, value in slot.items()} for slot in self.state]
+    def job_state(self, k: int, tensors: Optional[list[Tensor]] = None) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
+        """Job k's parameters by name and its optimizer state per parameter, on the CPU, as its
+        torch.optim keeps them; ``tensors``: the parameters then the state's values, in ``state``'s
+        order, from elsewhere than the live step (``stack.best``: a kept epoch)."""
+        live = [*self.params, *(value for slot in self.state for value in slot.values())]
+        taken = iter(tensors if tensors is not None else live)
+        params = {name: next(taken)[k].detach().cpu().clone() for name in self.names}
+        momentum = self.varying.get("momentum", self.constants.get("momentum"))
+        idle = momentum is not None and not float(momentum[k] if isinstance(momentum, Tensor) else momentum)
+        state = []
+        for slot in self.state:
+            # torch.optim keeps no momentum buffer for a job without momentum; the stack holds one for all K
+            state.append({key: value[k].detach().cpu().clone() for key, value in zip(slot, taken) if not (idle and key == "momentum_buffer")})
         return params, state
 
 
