@@ -61,7 +61,11 @@ class StackedStep:
         self.flat = torch.cat([p.flatten(1) for p in stacked], dim=1)
         self.params = self._split(self.flat)
         self.flat_grad = torch.zeros_like(self.flat)
-        self._leaves = [p.detach().requires_grad_() for p in self.params]  # the weights' own storage, for autograd
+        # the weights' own storage, for autograd, reused by every step; under autocast, which keeps its
+        # casts of leaves until its region ends (a call's steps), the forward reads views of them
+        # (.mT, unsqueeze), never the leaves themselves, so each step casts the updated weights
+        self._leaves = [p.detach().requires_grad_() for p in self.params]
+        self._grad_views = self._split(self.flat_grad)  # the eager step's gradients, per parameter
         entry = RULES[type(optimizers[0])]  # stack.groups stacks only optimizers that have a rule
         self.rule = entry.update
         owned = [list(m.parameters()) for m in models]
@@ -212,7 +216,7 @@ class StackedStep:
         else:
             loss, grad = self._step(x, y, self.varying)
         self.taken += 1
-        return loss, self._split(grad)
+        return loss, self._grad_views if grad is self.flat_grad else self._split(grad)
 
     def job_state(self, k: int, tensors: Optional[list[Tensor]] = None) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
         """Job k's parameters by name and its optimizer state per parameter, on the CPU, as its
