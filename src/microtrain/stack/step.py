@@ -65,11 +65,6 @@ class StackedStep:
         # casts of leaves until its region ends (a call's steps), the forward reads views of them
         # (.mT, unsqueeze), never the leaves themselves, so each step casts the updated weights
         self._leaves = [p.detach().requires_grad_() for p in self.params]
-        # A stack of one takes its solo run's own step: nn.Linear's kernels on the job's weights
-        # (views without the job dimension), the loss module's own reduction, the update with a
-        # Python-float learning rate (torch.optim's own operations): bitwise the solo step.
-        self._one = [p[0].detach().requires_grad_() for p in self.params] if len(models) == 1 and accumulate == 1 else None
-        self._lr_host = [float(g["lr"]) for g in (opt.param_groups[0] for opt in optimizers)]
         self._grad_views = self._split(self.flat_grad)  # the eager step's gradients, per parameter
         entry = RULES[type(optimizers[0])]  # stack.groups stacks only optimizers that have a rule
         self.rule = entry.update
@@ -89,7 +84,7 @@ class StackedStep:
         groups = [opt.param_groups[0] for opt in optimizers]
         self.constants, self.varying = self._hyper(groups, entry.hyper)
         self.clip_val, self.clip_algorithm, self.accumulate = clip_val, clip_algorithm, accumulate
-        self.forward, self.losses, self.loss_fn = stacked_forward(models[0]), losses.per_job(loss_fn), loss_fn
+        self.forward, self.losses = stacked_forward(models[0]), losses.per_job(loss_fn)
         self.rows: Optional[int] = None  # the batch size the compiled graph is for
         # 16-mixed: each job's loss scale (engine.loss_scale) and its growth tracker, beside the step (eager)
         self.tracker: Optional[Tensor] = None
@@ -154,14 +149,9 @@ class StackedStep:
         """Forward, loss, backward, update: the eager step (autograd), in place; returns (the K
         losses, the gradients [K, P] before clipping, as a solo run's inspection reads them)."""
         scale = varying.get("loss_scale")
-        leaves = self._one if self._one is not None else self._leaves
-        if self._one is not None:
-            losses = self.loss_fn(self.forward(leaves, x[0]), y[0]).unsqueeze(0)
-            varying = {**varying, "lr": self._lr_host[0]}
-        else:
-            losses = self._loss(leaves, x, y)
-        grads = torch.autograd.grad((losses * scale if scale is not None else losses).sum(), leaves)
-        torch.cat([g.reshape(len(self.flat), -1) for g in grads], dim=1, out=self.flat_grad)
+        losses = self._loss(self._leaves, x, y)
+        grads = torch.autograd.grad((losses * scale if scale is not None else losses).sum(), self._leaves)
+        torch.cat([g.flatten(1) for g in grads], dim=1, out=self.flat_grad)
         if scale is None:
             self._update(self.flat, self.flat_grad, self.flat_state, varying)
             return losses.detach(), self.flat_grad
@@ -188,9 +178,12 @@ class StackedStep:
     def _update(self, flat: Tensor, grad: Tensor, state: dict[str, Tensor], varying: dict[str, Any]) -> None:
         """Clip a copy of the gradients (each job by its own norm), then the update of all weights
         at once, the per-job values shaped [K, 1] to meet them."""
-        if self.clip_val:  # each job's norm over its tensors' norms, as clip_grad_norm_ takes it
+        if self.clip_val:
             grad = grad.clone()
-            clip_gradients(self._split(grad), self.clip_val, self.clip_algorithm, stacked=True)
+            if self.clip_algorithm == "value":
+                grad.clamp_(-self.clip_val, self.clip_val)
+            else:
+                clip_gradients([grad], self.clip_val, stacked=True)
         hp = {**self.constants, **{key: _along(value, flat) for key, value in varying.items() if key != "loss_scale"}}
         view = {key: along(value, flat) for key, value in state.items()}  # a job's step count [K] -> [K, 1]
         self.rule([flat], [grad], [view], hp)
@@ -202,7 +195,6 @@ class StackedStep:
         """New learning rates (a scheduler's epoch step): written into the same tensor, so the
         compiled graph needs no recompile."""
         self.varying["lr"].copy_(torch.tensor(list(lrs), dtype=self.dtype))
-        self._lr_host = [float(lr) for lr in lrs]
 
     def __call__(self, x: Any, y: Any) -> tuple[Tensor, list[Tensor]]:
         first = not self.taken  # the first step creates the optimizer state: eager, then one compiled graph
