@@ -180,10 +180,7 @@ class StackedStep:
         at once, the per-job values shaped [K, 1] to meet them."""
         if self.clip_val:
             grad = grad.clone()
-            if self.clip_algorithm == "value":
-                grad.clamp_(-self.clip_val, self.clip_val)
-            else:
-                clip_gradients([grad], self.clip_val, stacked=True)
+            clip_gradients([grad], self.clip_val, self.clip_algorithm, stacked=True)
         hp = {**self.constants, **{key: _along(value, flat) for key, value in varying.items() if key != "loss_scale"}}
         view = {key: along(value, flat) for key, value in state.items()}  # a job's step count [K] -> [K, 1]
         self.rule([flat], [grad], [view], hp)
