@@ -111,7 +111,7 @@ def test_text_labels_without_a_classification_loss_get_the_hint(tmp_path, capsys
 
 def test_training_from_python_is_as_quiet_as_the_command_line(tmp_path):
     code = (
-        "from tests_helpers import make_cfg; from microtrain.engine.fit import train; "
+        "from tests_helpers import make_cfg; from microtrain.training import train; "
         f"print(train(make_cfg('trainer.max_steps=5'), {str(tmp_path)!r}).metrics['status'])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent)

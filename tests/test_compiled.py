@@ -7,7 +7,7 @@ import torch
 
 from microtrain.engine import compiled as compiled_module
 from microtrain.engine.compiled import AUTO_MIN_STEPS, compile_pays, compiled_step
-from microtrain.engine.fit import train
+from microtrain.training import train
 from tests_helpers import make_cfg, read_events
 
 MLP_PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]

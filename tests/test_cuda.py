@@ -14,7 +14,7 @@ import torch
 from omegaconf import open_dict
 
 from microtrain import device
-from microtrain.engine.fit import train
+from microtrain.training import train
 from tests_helpers import checkpoint_weights, make_cfg, read_events, run_in_process, run_script
 
 pytestmark = pytest.mark.cuda

@@ -12,7 +12,7 @@ from microtrain.data.bundled import BUNDLED
 from microtrain.errors import ConfigError, DataError
 from microtrain.predict import load_trained_model, predict_file
 from microtrain.data.prepare import prepare_data
-from microtrain.engine.fit import train
+from microtrain.training import train
 from tests_helpers import make_cfg, run_in_process
 
 

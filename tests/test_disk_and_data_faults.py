@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from microtrain import closed_form
-from microtrain.engine.fit import train
+from microtrain.training import train
 from tests_helpers import ROOT, make_cfg, run_in_process
 
 QUICK = ["model=mlp", "trainer.enable_progress_bar=false"]

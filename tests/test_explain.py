@@ -10,7 +10,7 @@ from torch import nn
 from microtrain.closed_form import least_squares_loss, linear_gradient
 from microtrain.explain.step import explain_step
 from microtrain.explain.gradcheck import check_gradients
-from microtrain.engine.fit import train
+from microtrain.training import train
 from tests_helpers import make_cfg, run_in_process, run_script
 
 # The notebooks printed results of unrounded weights at 4 decimals.

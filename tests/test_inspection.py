@@ -14,7 +14,7 @@ from microtrain.monitor import curvature
 from microtrain.monitor.inspection_grid import Budget, grid
 from microtrain.monitor.tags import name_of, tensorboard_tag
 from microtrain.engine.build import prepare
-from microtrain.engine.fit import train
+from microtrain.training import train
 from tests_helpers import make_cfg, read_events, run_in_process, run_script
 
 MLP_PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]

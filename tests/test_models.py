@@ -70,6 +70,7 @@ def test_stacked_forward_is_each_models_own(settings):
     assert out.shape == (4, 5, 2)
     for k, model in enumerate(models):
         torch.testing.assert_close(out[k], model(x[k]), rtol=1e-6, atol=1e-6)
+    assert torch.equal(stacked_forward(models[0])(list(models[0].parameters()), x[0]), models[0](x[0]))  # one model: its own kernels
     with pytest.raises(TypeError, match="linear layers and elementwise activations"):
         stacked_forward(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)))
 

@@ -13,11 +13,12 @@ import torch
 from torch import nn
 
 from microtrain.run import checkpoints
+from microtrain.run import folder as run_folder
 from microtrain.run.checkpoint_io import AtomicCheckpointIO
 from microtrain.engine.module import Trainee
 from microtrain.engine.build import steps_per_call
 from microtrain.monitor.scalars import ScalarBuffer
-from microtrain.engine.fit import train
+from microtrain.training import train
 from tests_helpers import make_cfg, read_events, run_in_process
 
 # 1000 synthetic rows, no validation: epochs of 32 steps (the last batch has 8 rows)
@@ -35,6 +36,13 @@ def checkpoint_writes(monkeypatch):
         save(self, checkpoint, path, storage_options)
 
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", counting)
+    write_all = run_folder.write_all_atomic
+
+    def counting_stacked(files):  # a stack's (a solo run's: a stack of one) checkpoints, written in one batch
+        write_all(files)
+        steps.extend(torch.load(path, weights_only=True)["global_step"] for path, _ in files if str(path).endswith(".ckpt"))
+
+    monkeypatch.setattr(run_folder, "write_all_atomic", counting_stacked)
     return steps
 
 
@@ -70,6 +78,13 @@ def step_clock(monkeypatch, checkpoint_writes):
 
     monkeypatch.setattr(Trainee, "training_step", timed_step)
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", timed_save)
+    write_all = run_folder.write_all_atomic
+
+    def timed_write_all(files):
+        write_all(files)
+        clock.writes += 1
+
+    monkeypatch.setattr(run_folder, "write_all_atomic", timed_write_all)
     monkeypatch.setattr(checkpoints, "time", SimpleNamespace(perf_counter=lambda: (clock.steps + clock.writes) * 1e-3))
     return clock
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from microtrain.engine.fit import train
+from microtrain.training import train
 from tests_helpers import make_cfg, read_events
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pinned_runs.json").read_text())

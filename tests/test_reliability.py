@@ -267,7 +267,7 @@ def test_overwrite_stopped_before_the_run_is_built_keeps_the_earlier_run(capsys,
     def broken(*args, **kwargs):
         raise raised
 
-    monkeypatch.setattr("microtrain.engine.fit.prepare", broken)
+    monkeypatch.setattr("microtrain.stack.jobs.prepare", broken)
     run = shutil.copytree(trained_run, tmp_path / "run")
     before = files_of(run)
     got, out, err = run_in_process(capsys, "train.py", f"hydra.run.dir={run}", "overwrite=true")
@@ -312,7 +312,7 @@ def test_divergence_stops_with_one_line_and_keeps_a_good_checkpoint(capsys, tmp_
 
 def test_divergence_names_the_first_non_finite_gradient(tmp_path):
     from microtrain.errors import TrainingDiverged
-    from microtrain.engine.fit import train
+    from microtrain.training import train
     from tests_helpers import make_cfg
 
     # finite initial weights (NaN ones are refused before training) whose first forward overflows:

@@ -13,7 +13,7 @@ import pytest
 
 from microtrain.errors import ConfigError
 from microtrain.report import run_figure, sweep_figure, write_report
-from microtrain.engine.fit import train
+from microtrain.training import train
 from tests_helpers import make_cfg, read_events, run_in_process
 
 MLP_PARAMS = ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]

@@ -388,12 +388,12 @@ def test_arrays_that_would_train_garbage_are_refused(capsys, tmp_path, arrays, m
 
 
 def test_something_unexpected_is_one_line_with_the_traceback_in_the_log(capsys, tmp_path, monkeypatch):
-    import microtrain.engine.fit as fit
+    import microtrain.stack.train as stacked
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(fit, "multiply_adds_per_step", broken)
+    monkeypatch.setattr(stacked, "multiply_adds_per_step", broken)
     code, _, err = run_in_process(capsys, "train.py", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}")
     assert code == 2 and "KeyError: 'a bug' (unexpected: the traceback is in" in err and "Traceback" not in err
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"

@@ -150,8 +150,8 @@ def test_a_run_that_ends_before_its_first_validation_ends_ok(tmp_path, capsys):
         capsys,
         "train.py",
         "data=diabetes",
-        "data.batch_size=1",
-        "trainer.max_steps=5",
+        "trainer.max_epochs=1",
+        "+trainer.check_val_every_n_epoch=2",
         f"hydra.run.dir={tmp_path / 'run'}",
         "trainer.enable_progress_bar=false",
     )

@@ -986,6 +986,47 @@ def test_a_bad_max_jobs_is_one_line_before_anything_is_written(tmp_path, capsys,
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.parametrize("optimizer", ["sgd_nesterov", "adam", "adamw_clipped", "rmsprop", "adagrad"])
+def test_a_stack_of_one_is_the_plain_torch_loop_bitwise(optimizer):
+    """K = 1: nn.Linear's kernels, the loss module's reduction and torch.optim's own update
+    arithmetic: every loss, weight and optimizer state equals a plain loop's (zero_grad, forward,
+    backward, clip_grad_norm_, torch.optim's step) to the bit, across a learning-rate change."""
+    from microtrain.models import MLP
+    from microtrain.stack.step import StackedStep
+
+    make = {
+        "sgd_nesterov": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, foreach=False),
+        "adam": lambda p: torch.optim.Adam(p, lr=0.01, foreach=False),
+        "adamw_clipped": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1, foreach=False),
+        "rmsprop": lambda p: torch.optim.RMSprop(p, lr=0.01, foreach=False),
+        "adagrad": lambda p: torch.optim.Adagrad(p, lr=0.05, foreach=False),
+    }[optimizer]
+    clip = 0.5 if optimizer.endswith("clipped") else None
+    torch.manual_seed(0)
+    model = MLP(3, 16, 2)
+    twin = copy.deepcopy(model)
+    stacked = StackedStep([model], [make(model.parameters())], torch.nn.MSELoss(), torch.device("cpu"), torch.float32, clip_val=clip, solo=True)
+    alone = make(twin.parameters())
+    generator = torch.Generator().manual_seed(1)
+    for i in range(40):
+        x, y = torch.randn(1, 32, 3, generator=generator), torch.randn(1, 32, 2, generator=generator)
+        if i == 20:  # a scheduler's step
+            stacked.set_lr([0.003])
+            alone.param_groups[0]["lr"] = 0.003
+        losses, _ = stacked(x, y)
+        alone.zero_grad()
+        loss = torch.nn.functional.mse_loss(twin(x[0]), y[0])
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(twin.parameters(), clip, foreach=False)
+        alone.step()
+        assert torch.equal(losses[0], loss.detach()), i
+    params, state = stacked.job_state(0)
+    for (name, param), slot in zip(twin.named_parameters(), state):
+        assert torch.equal(params[name], param.detach()), name
+        assert slot.keys() == alone.state[param].keys() and all(torch.equal(slot[k], alone.state[param][k]) for k in slot), name
+
+
 def test_a_stacked_job_without_momentum_checkpoints_no_momentum_buffer_as_its_solo_run(tmp_path):
     """Jobs with and without momentum stack (the stack holds a buffer for all); each job's
     last.ckpt and best.ckpt hold the optimizer state its solo run's torch.optim holds."""

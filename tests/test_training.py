@@ -7,7 +7,7 @@ import torch
 
 from microtrain.errors import ConfigError
 from microtrain.engine.build import prepare
-from microtrain.engine.fit import train
+from microtrain.training import train
 from tests_helpers import make_cfg, read_events
 
 LINEAR_PARAMS = ["weight", "bias"]

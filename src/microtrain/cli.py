@@ -42,7 +42,7 @@ def _train_job(cfg: DictConfig) -> float:
 
         from microtrain import device
         from microtrain.config import schema  # imports torch: inside the pause too
-        from microtrain.engine.fit import train
+        from microtrain.training import train
         from microtrain.engine.trainer import trainer_arguments
 
     quiet_libraries()  # after the import, which sets Lightning's log level

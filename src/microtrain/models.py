@@ -42,7 +42,8 @@ def functional_forward(model: nn.Module) -> Callable[[Sequence[torch.Tensor], to
 def stacked_forward(model: nn.Module) -> Callable[[Sequence[torch.Tensor], torch.Tensor], torch.Tensor]:
     """K models shaped as ``model``, as one function of their stacked parameters (``named_parameters``
     order, each ``[K, ...]`` in ``nn.Linear``'s layout): x ``[K, B, in]`` -> ``[K, B, out]``, each
-    linear map one batched product (``baddbmm``) for all K. Why not ``torch.func.vmap``: measured
+    linear map one batched product (``baddbmm``) for all K; or one model's: x ``[B, in]`` and its
+    own parameters, by ``nn.Linear``'s kernels. Why not ``torch.func.vmap``: measured
     here on the 3->64->1 MLP (batch 32, SGD with momentum, one thread), a step of vmap's
     ``grad_and_value`` took 1,054 us at K = 1 and 1,754 at K = 64; these products with autograd
     and the update once on all weights (``stack.step``), 280 and 701."""
@@ -54,8 +55,11 @@ def stacked_forward(model: nn.Module) -> Callable[[Sequence[torch.Tensor], torch
         remaining = iter(params)
         for layer in layers:
             if isinstance(layer, nn.Linear):
-                weight = next(remaining).mT
-                x = torch.baddbmm(next(remaining).unsqueeze(1), x, weight) if layer.bias is not None else torch.bmm(x, weight)
+                weight, bias = next(remaining), next(remaining) if layer.bias is not None else None
+                if x.dim() == 2:  # one model's rows and weights (no job dimension): nn.Linear's own kernel
+                    x = nn.functional.linear(x, weight, bias)
+                else:
+                    x = torch.baddbmm(bias.unsqueeze(1), x, weight.mT) if bias is not None else torch.bmm(x, weight.mT)
             else:
                 x = layer(x)
         return x

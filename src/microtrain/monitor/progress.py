@@ -98,3 +98,34 @@ def planned_steps(trainer: "L.Trainer") -> Optional[Union[int, float]]:
     by_steps = trainer.max_steps if trainer.max_steps > 0 else None
     known = [n for n in (by_epochs, by_steps) if n is not None]
     return min(known) if known else None
+
+
+class StepsBar:
+    """The same bar for a run whose steps ``stack.train.StackedRun`` takes (a solo run: a stack of
+    one), drawn from its own counts: Lightning's bar reads the Trainer's, which a stack does not
+    advance. Redrawn at most every ``StepProgressBar.REDRAW_EVERY_S``, for the reason above."""
+
+    def __init__(self, total: Optional[Union[int, float]], initial: int) -> None:
+        self.bar = Tqdm(
+            desc="Epoch 0",
+            total=total,
+            initial=initial,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=TQDMProgressBar.BAR_FORMAT,
+        )
+        self._drawn_at = float("-inf")
+
+    def show(self, epoch: int, step: int, loss: float, force: bool = False) -> None:
+        if force or time.monotonic() - self._drawn_at >= StepProgressBar.REDRAW_EVERY_S:
+            self.bar.set_description(f"Epoch {epoch}", refresh=False)
+            self.bar.n = step
+            self.bar.set_postfix({"step": step, **({"loss": f"{loss:.4g}"} if loss == loss else {})}, refresh=False)
+            self.bar.refresh()
+            self._drawn_at = time.monotonic()
+
+    def close(self, epoch: int, step: int, loss: float) -> None:
+        self.show(epoch, step, loss, force=True)
+        self.bar.close()

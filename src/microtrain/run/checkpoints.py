@@ -38,6 +38,10 @@ class CheckpointBudget:
         ended = time.perf_counter()
         self._written = (ended, ended - started)
 
+    def now(self) -> float:
+        """The clock ``record`` takes its ``started`` from."""
+        return time.perf_counter()
+
 
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, whose saved state names its files by absolute path: restored

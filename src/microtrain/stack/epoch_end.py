@@ -58,7 +58,7 @@ def end_epoch(run: "StackedRun", batches_done: int) -> None:
     # read once: the checkpoint written below and the stop after it agree on whether to stop
     run.stopping = interrupt.stop_signal() is not None and not run.done()
     if run.budget.due_now(run.done() or run.stopping or bool(stopped)):
-        written = time.perf_counter()
+        written = run.budget.now()
         write_last(run, active, last_epoch_done)
         run.budget.record(written)
     if stopped:

@@ -97,6 +97,9 @@ class StackedInspector:
                         if nan or inf:
                             out.add(f"nonfinite/{kind}/{name}/nan", nan, step)
                             out.add(f"nonfinite/{kind}/{name}/inf", inf, step)
+                            if job.first_nonfinite is None:  # what its divergence message names
+                                what = "gradient" if kind == "grads" else "weight"
+                                job.first_nonfinite = f"first non-finite {what}: {name} at step {step} ({nan} NaN, {inf} Inf)"
             for j, name in enumerate(unit_names):
                 out.add(name, values[k][3 * n + j], step)
             if layer_hists is not None:

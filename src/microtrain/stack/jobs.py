@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional, cast
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
@@ -52,6 +52,7 @@ class StackedJob:
         self.timer: Optional[Any] = None  # trainer.max_time: the group's Timer, whose state each checkpoint saves
         self.stopped: Optional[tuple[int, int, float]] = None  # (step, epochs, seconds) when its early stopping ended it
         self.start_step, self.start_epoch, self.start_batch = 0, 0, 0
+        self.changes: list[str] = []  # what a resume changed in its config
         self.status = "ok"
         self.error: Optional[str] = None
         self.saved_callbacks: dict[str, Any] = {}
@@ -66,6 +67,8 @@ class StackedJob:
         self.scalars = ScalarBuffer()
         self.epoch_losses: list[float] = []
         self.window: list[float] = []
+        self.first_nonfinite: Optional[str] = None  # set by the group's inspection
+        self.shown_loss = math.nan  # the last log window's mean, for a solo run's progress bar
         self.logger: Optional[RunLogger] = None
 
     @property
@@ -76,9 +79,10 @@ class StackedJob:
     def best_path(self) -> Path:
         return self.run_dir / run_folder.CHECKPOINTS / "best.ckpt"
 
-    def resume(self) -> None:
+    def resume(self, changes: Sequence[str] = ()) -> None:
         """Continue from ``checkpoints/last.ckpt``: weights, optimizer and scheduler state, the
-        best so far, and the step and epoch it ended at."""
+        best so far, and the step and epoch it ended at. ``changes``: what ``run.resume`` applied
+        to its config (a new lr or weight decay is set on the restored optimizer, as a solo run's)."""
         try:
             saved = torch.load(self.last_path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 -- a damaged file is one line, not a traceback
@@ -87,6 +91,12 @@ class StackedJob:
         self.optimizer.load_state_dict(saved["optimizer_states"][0])
         if self.scheduler is not None and saved["lr_schedulers"]:
             self.scheduler.load_state_dict(saved["lr_schedulers"][0])
+        changed = {k: self.cfg.optimizer[k] for k in run_resume.APPLIED_TO_OPTIMIZER if any(c.startswith(f"optimizer.{k}:") for c in changes)}
+        for group in self.optimizer.param_groups:
+            group.update(changed)
+        if self.scheduler is not None and "lr" in changed and hasattr(self.scheduler, "base_lrs"):  # not ReduceLROnPlateau's
+            self.scheduler.base_lrs = [changed["lr"]] * len(self.optimizer.param_groups)
+        self.changes = list(changes)
         for callback in [*self.checkpointers, *self.stoppers]:
             if callback.state_key in saved["callbacks"]:
                 callback.load_state_dict(saved["callbacks"][callback.state_key])
@@ -104,12 +114,13 @@ class StackedJob:
         if any(s.stopped_epoch > 0 or s.wait_count >= s.patience for s in self.stoppers):
             # early stopping had ended it (its last.ckpt is of that epoch): it stays stopped, frozen
             self.stopped = (self.start_step, self.start_epoch, 0.0)
-        run_resume.record(self.run_dir, [], self.start_step)  # history.jsonl, as a solo run's resume
 
     def open(self) -> None:
         """The job's TensorBoard run and its config files; a resumed run hides the steps it redoes."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.cfg.resume and self.cfg.get("overwrite") and run_folder.earlier_run(self.run_dir):
+        if self.cfg.resume:
+            run_resume.record(self.run_dir, self.changes, self.start_step)  # history.jsonl
+        elif self.cfg.get("overwrite") and run_folder.earlier_run(self.run_dir):
             run_folder.clear_run(self.run_dir)  # overwrite=true, as a solo run: once the job is built, so a refused job keeps it
         # a resumed job hides what its first part logged after its checkpoint at step S (points of
         # steps > S); the points at S itself (that epoch's validation) came before it and stay, as in a solo run
@@ -134,7 +145,9 @@ class StackedJob:
         """Marked diverged (``grads``: this job's own), with what a solo run's guard would say;
         the group freezes it (learning rate 0, no more writes) and its neighbours go on."""
         bad = [name for name, g in zip(names, grads) if not torch.isfinite(g).all()]
-        if bad:
+        if self.first_nonfinite is not None:  # what inspection saw go non-finite first, with its NaN and Inf counts
+            name, where = self.first_nonfinite.split(": ")[1].split(" at ")[0], self.first_nonfinite
+        elif bad:
             name, where = bad[0], f"first non-finite gradient: {bad[0]}"
         else:
             norms = {name: float(g.double().norm()) for name, g in zip(names, grads)}
@@ -156,7 +169,8 @@ class StackedJob:
         self.epoch_losses += losses
         self.window += losses
         if log_at is not None:
-            self.scalars.add("train_loss_step", sum(self.window) / len(self.window), log_at)
+            self.shown_loss = sum(self.window) / len(self.window)
+            self.scalars.add("train_loss_step", self.shown_loss, log_at)
             self.scalars.add("samples_per_s", rate, log_at)
             self.window = []
         self.scalars.flush(self.writer)

@@ -32,17 +32,13 @@ from microtrain.stack.finish import finish_jobs
 from microtrain.stack.inspect import StackedInspector
 from microtrain.stack.jobs import StackedJob
 from microtrain.stack.plan import failed
-from microtrain.stack.step import StackedModel, StackedStep
+from microtrain.stack.step import StackedModel, StackedStep, compiles
 from microtrain.engine import loss_scale
 from microtrain.engine.build import multiply_adds_per_step, steps_per_call
 from microtrain.engine.module import Trainee, WholeSteps
 from microtrain.engine.trainer import stack_trainer
+from microtrain.monitor.progress import StepsBar
 from microtrain.run.checkpoints import CheckpointBudget
-
-# loop.compile=auto compiles the stacked step when it saves more than it costs: ~6-7 us a job-step
-# (3->64->1 MLP, 64 jobs: SGD with momentum 11.5 eager against 4.2 compiled, Adam 11.3 against
-# 5.3), against 2-5 s of compiling with a warm cache: it pays after 340k-730k job-steps.
-COMPILE_FROM_JOB_STEPS = 500_000
 
 
 def train_group(
@@ -70,7 +66,8 @@ class StackedRun(L.Callback, WholeSteps):
 
     holds_optimizer_state = True  # Trainee builds no optimizer: the stacked step holds the K jobs' states
 
-    def __init__(self, jobs: list[StackedJob]):
+    def __init__(self, jobs: list[StackedJob], solo: bool = False):
+        """``solo``: a solo run, a stack of one that was never part of a larger one (``stack.alone``)."""
         self.jobs = jobs
         cfg = jobs[0].cfg
         self.cfg = cfg
@@ -98,17 +95,8 @@ class StackedRun(L.Callback, WholeSteps):
         # read at every step: kept as ints (a read from the config takes 16 us, measured)
         self.log_every, self.checkpoint_every = cfg.log.every_n_steps, cfg.checkpoint.every_n_steps
         planned = self.data.planned_steps(self.max_epochs, self.max_steps, self.accumulate)
-        wanted = cfg.loop.compile
-        pays = planned * len(jobs) >= COMPILE_FROM_JOB_STEPS and self.multiply_adds <= 1_000_000 and not cfg.trainer.get("max_time")  # as solo
-        compile = wanted is True or (wanted == "auto" and pays)
         scaled = str(cfg.device.precision) == "16-mixed"  # each job's own loss scale (engine.loss_scale)
-        if compile and (self.accumulate > 1 or scaled):  # eager, as a solo run's (engine.compiled)
-            if wanted is True:
-                print(
-                    f"note: {'device.precision=16-mixed' if scaled else 'trainer.accumulate_grad_batches'} is not compiled; training eager",
-                    flush=True,
-                )
-            compile = False
+        compile = compiles(cfg, planned, len(jobs), self.multiply_adds, solo)
         self.stacked = StackedStep(
             [j.model for j in jobs],
             [j.optimizer for j in jobs],
@@ -121,6 +109,7 @@ class StackedRun(L.Callback, WholeSteps):
             start_step=self.step_count,
             accumulate=self.accumulate,
             loss_scale=loss_scale.initial([j.saved_scaler for j in jobs], self.device) if scaled else None,
+            solo=solo,
         )
         for k, job in enumerate(jobs if scaled else []):  # its GradScaler's state in each checkpoint, as a solo run's
             job.scaler = lambda k=k: loss_scale.scaler_state(
@@ -148,6 +137,8 @@ class StackedRun(L.Callback, WholeSteps):
         self.batch: list[Batch] = []
         self.batches_done = 0  # of the epoch going on
         self.grads: list[torch.Tensor] = []
+        self.bar: Optional[StepsBar] = None  # a solo run's, drawn once it trains
+        self.planned, self.solo = planned, solo
 
     def done(self) -> bool:
         """Run length reached, time up, or every job stopped (early stopping, divergence)."""
@@ -168,6 +159,8 @@ class StackedRun(L.Callback, WholeSteps):
         threads = devices.use_threads(self.cfg.device.threads, self.multiply_adds * len(self.jobs))
         for job in self.jobs:
             job.open()
+        if self.solo and self.cfg.trainer.enable_progress_bar:
+            self.bar = StepsBar(self.planned, self.step_count)
         started = self.started = time.perf_counter()
         self.steps_before = self.step_count  # a resumed group's: its speed counts the steps taken here
         if self.timer is not None:
@@ -179,6 +172,9 @@ class StackedRun(L.Callback, WholeSteps):
                 self.end_jobs([k for k, job in enumerate(self.jobs) if job.active])
         finally:
             torch.set_num_threads(threads_before)
+            if self.bar is not None:
+                ended = self.epoch - (self.epoch > 0 and self.batches_done >= self.batches_per_epoch)  # the last epoch's number
+                self.bar.close(ended, self.step_count, self.jobs[0].shown_loss)
         return finish_jobs(self, time.perf_counter() - started, threads)
 
     def end_jobs(self, jobs: list[int]) -> None:
@@ -258,6 +254,8 @@ class StackedRun(L.Callback, WholeSteps):
         scheduler and early stopping come when the resumed group ends it)."""
         if self.step_count // self.log_every > self.written_at // self.log_every or 0 < self.max_steps <= self.step_count:
             self._drain(self.grads, log=True)
+        if self.bar is not None:
+            self.bar.show(self.epoch, self.step_count, self.jobs[0].shown_loss)
         if interrupt.stop_signal() is None or self.batches_done >= self.batches_per_epoch or self.done():
             return
         self._drain(self.grads)

@@ -1,7 +1,9 @@
 """Losses and metrics of K stacked jobs on a whole split at once: the numbers a solo run gets
 from Lightning's validation loop and torchmetrics (``monitor.metrics``), one forward for all."""
 
-from typing import Any
+import copy
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -75,10 +77,13 @@ def test_metrics(job: StackedJob, device: torch.device, dtype: torch.dtype) -> d
     """The test split on the job's best checkpoint (the last without validation), as ``fit``
     reports it: torchmetrics on the job's own model, in the targets' units."""
     module = job.prepared.module
-    path = job.best_path if job.has_val else job.last_path
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = module.model.to(device, dtype)
-    model.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items()})
+    path: Optional[Path] = job.best_path if job.has_val else job.last_path
+    model = copy.deepcopy(module.model).to(device, dtype)  # the job's own model keeps its final weights
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items()})
+    else:  # no validation ran before the run ended: the final weights, as Lightning's trainer.test without a checkpoint
+        path = None
     assert job.prepared.splits.test is not None and module.test_metrics is not None  # a job with a test split; prepare built its metrics
     x, y = job.prepared.splits.test
     x = x.to(device, dtype)
@@ -94,4 +99,4 @@ def test_metrics(job: StackedJob, device: torch.device, dtype: torch.dtype) -> d
             prediction, y = prediction * std + mean, y * std + mean
         metrics.update(prediction, y)
         values = {key: float(value) for key, value in metrics.compute().items()}
-    return dict(sorted((values | {"test_loss": loss}).items())) | {"test_checkpoint": str(path)}
+    return dict(sorted((values | {"test_loss": loss}).items())) | {"test_checkpoint": str(path) if path else None}
