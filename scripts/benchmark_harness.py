@@ -86,7 +86,7 @@ def microtrain_run(overrides: list[str], steps: int) -> tuple[float, nn.Module]:
     """Seconds of ``trainer.fit`` for ``steps`` optimizer steps through the public API and configs."""
     from hydra import compose, initialize_config_dir
 
-    from microtrain.engine.fit import train
+    from microtrain.training import train
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, f"trainer.max_steps={steps}"])

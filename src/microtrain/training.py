@@ -8,6 +8,7 @@ other than early stopping, an optimizer without an update rule in ``engine.step.
 trains through Lightning's per-step path (``engine.fit``), which also stays the independent
 reference the stack is tested against."""
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
@@ -24,6 +25,14 @@ from microtrain.stack.groups import why_alone
 def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = None, begin: Optional[Callable[[], None]] = None) -> RunResult:
     """Train one run into ``run_dir`` (``engine.fit.train``'s arguments, result and errors)."""
     schema.check(cfg)  # every key's type and range, before anything is built or written
-    if why_alone(cfg) is None:
-        return train_alone(cfg, run_dir, resume_changes, begin)
-    return fit.train(cfg, run_dir, resume_changes, begin)
+    why = why_alone(cfg)
+
+    def started() -> None:  # once the run is built: train.log says which engine took it (a refused run writes nothing)
+        if begin is not None:
+            begin()
+        engine = "a stack of one (stack.alone)" if why is None else f"Lightning's per-step path (engine.fit), as a stack does not take it: {why}"
+        logging.getLogger("microtrain").info("engine: %s", engine)
+
+    if why is None:
+        return train_alone(cfg, run_dir, resume_changes, started)
+    return fit.train(cfg, run_dir, resume_changes, started)

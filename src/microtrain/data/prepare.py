@@ -75,10 +75,13 @@ def _impute(splits: Splits, columns: Columns, source: str) -> Splits:
 
 def describe(info: dict[str, Any]) -> str:
     """What the run trains on, printed at its start: features, target, task, and what was dropped."""
+
+    def shown(names: list[Any], most: int = 8) -> str:  # 256 targets are not one line
+        return ", ".join(map(str, names[:most])) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
     features = info["features"]
-    shown = ", ".join(features[:8]) + (f", ... ({len(features)} in all)" if len(features) > 8 else "")
-    task = info["task"] + (f", classes {', '.join(map(str, info['classes']))}" if info.get("classes") else "")
-    line = f"data: {info['source']}, {len(features)} features ({shown}); target {', '.join(info['targets'])} ({task})"
+    task = info["task"] + (f", classes {shown(info['classes'], 10)}" if info.get("classes") else "")
+    line = f"data: {info['source']}, {len(features)} features ({shown(features)}); target {shown(info['targets'], 10)} ({task})"
     dropped = (info.get("columns") or {}).get("dropped") or {}
     if dropped:
         line += "; dropped " + "; ".join(f"{name} ({why})" for name, why in dropped.items())

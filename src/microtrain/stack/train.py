@@ -35,7 +35,7 @@ from microtrain.stack.plan import failed
 from microtrain.stack.step import StackedModel, StackedStep, compiles
 from microtrain.engine import loss_scale
 from microtrain.engine.build import multiply_adds_per_step, steps_per_call
-from microtrain.engine.module import Trainee, WholeSteps
+from microtrain.engine.module import StackTrainee, WholeSteps
 from microtrain.engine.trainer import stack_trainer
 from microtrain.monitor.progress import StepsBar
 from microtrain.run.checkpoints import CheckpointBudget
@@ -194,7 +194,7 @@ class StackedRun(L.Callback, WholeSteps):
     def _fit(self) -> None:
         """The group's epochs under Lightning's fit loop: its count of epochs and steps is the
         group's own (a resumed group's go on from its checkpoints), and it stops the fit itself."""
-        module = Trainee(StackedModel(self.stacked), self.loss_fn, self.jobs[0].prepared.module.make_optimizer, loop=self)
+        module = StackTrainee(StackedModel(self.stacked), self.loss_fn, self.jobs[0].prepared.module.make_optimizer, loop=self)
         batches = self.data.serve(self.shape["steps_per_call"], lambda: self.epoch, (self.epoch, self.first_batch))
         with tempfile.TemporaryDirectory(prefix="microtrain-stack-") as scratch, warnings.catch_warnings():
             # what a stack is by design: no Lightning optimizer, validation in _epoch_end
