@@ -127,5 +127,7 @@ class StepsBar:
             self._drawn_at = time.monotonic()
 
     def close(self, epoch: int, step: int, loss: float) -> None:
-        self.show(epoch, step, loss, force=True)
-        self.bar.close()
+        self.bar.set_description(f"Epoch {epoch}", refresh=False)
+        self.bar.n = step
+        self.bar.set_postfix({"step": step, **({"loss": f"{loss:.4g}"} if loss == loss else {})}, refresh=False)
+        self.bar.close()  # draws the final line once

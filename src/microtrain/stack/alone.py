@@ -28,11 +28,14 @@ def train_alone(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[st
     trainer_arguments(cfg.trainer, cfg.loop.compile)  # the trainer keys' checks, as a solo run's
     plan = device.resolve(cfg.device)
     job = StackedJob(cfg, run_dir)  # the seeded model, optimizer and data; optimize.metric checked
+    job.solo = True
     print(describe_data(job.prepared.data_info), flush=True)
     if cfg.resume:
         job.resume(resume_changes or [])
     run = StackedRun([job], solo=True)
-    job.prepared.module.to(run.device, run.dtype)  # to take the trained weights as the run holds them (precision 64: float64)
+    job.model.to(
+        run.device, run.dtype
+    )  # to take the trained weights as the run holds them (precision 64: float64; torchmetrics' states stay float32, as Lightning keeps them)
     if begin is not None:
         begin()
     (metrics,) = run.run()
@@ -42,5 +45,6 @@ def train_alone(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[st
         raise Interrupted(metrics["error"], signal.Signals[metrics["signal"]])
     if metrics["status"] != "ok":
         raise MicrotrainError(metrics["error"])
-    best = job.best_path if job.best_path.is_file() else job.last_path if job.last_path.is_file() else None
+    # best.ckpt; without a validation split, last.ckpt (Lightning's best_model_path); none if it never validated
+    best = job.best_path if job.best_path.is_file() else job.last_path if not job.has_val and job.last_path.is_file() else None
     return RunResult(run_dir, metrics, plan.description, str(best) if best else None, job.prepared.module)

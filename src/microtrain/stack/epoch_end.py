@@ -11,6 +11,7 @@ from microtrain.internals import early_stop
 from microtrain.optimizers import on_val_loss
 from microtrain.run import folder as run_folder
 from microtrain.run import interrupt
+from microtrain.stack.finish import end_jobs
 from microtrain.stack.validate import split_metrics
 
 if TYPE_CHECKING:  # the group: its jobs, stacked weights, counters and checkpoint budget
@@ -62,7 +63,7 @@ def end_epoch(run: "StackedRun", batches_done: int) -> None:
         write_last(run, active, last_epoch_done)
         run.budget.record(written)
     if stopped:
-        run.end_jobs(stopped)
+        end_jobs(run, stopped)
     for k in active:
         run.jobs[k].scalars.flush(run.jobs[k].writer)
 

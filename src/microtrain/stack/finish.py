@@ -12,6 +12,17 @@ if TYPE_CHECKING:  # the group's final losses, step count and device
     from microtrain.stack.train import StackedRun
 
 
+def end_jobs(run: "StackedRun", jobs: list[int]) -> None:
+    """What a solo run writes as it ends (``on_train_end``): the final weights' inspection and the last steps' window."""
+    run.inspector.final(run.step_count, jobs)
+    for k in jobs:
+        job = run.jobs[k]
+        if job.window:
+            job.scalars.add("train_loss_step", sum(job.window) / len(job.window), run.step_count)
+            job.scalars.add("samples_per_s", run.rate(), run.step_count)
+            job.window = []
+
+
 def interrupted(run: "StackedRun", k: int, job: StackedJob) -> dict[str, Any]:
     """A signal: each job that was training ends as a single run does (``interrupted``, its
     last.ckpt of the step boundary it stopped at, the command that resumes it); a diverged one
@@ -61,7 +72,8 @@ def finished(run: "StackedRun", k: int, job: StackedJob, seconds: float, threads
             if isinstance(value, float):
                 job.scalars.add(name, value, steps)
     metrics["threads"] = threads
-    metrics["stacked"] = {"jobs": len(run.jobs), "job": k, **run.inspector.widened()}
+    if not run.solo:  # a stacked job's place in its group (a solo run is a stack of one, and says nothing)
+        metrics["stacked"] = {"jobs": len(run.jobs), "job": k, **run.inspector.widened()}
     run.inspector.save_trajectory(k, job)
     job.finish(metrics)
     return metrics

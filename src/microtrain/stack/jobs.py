@@ -53,6 +53,7 @@ class StackedJob:
         self.stopped: Optional[tuple[int, int, float]] = None  # (step, epochs, seconds) when its early stopping ended it
         self.start_step, self.start_epoch, self.start_batch = 0, 0, 0
         self.changes: list[str] = []  # what a resume changed in its config
+        self.solo = False  # a solo run (stack.alone), not a job of a sweep
         self.status = "ok"
         self.error: Optional[str] = None
         self.saved_callbacks: dict[str, Any] = {}
@@ -289,7 +290,10 @@ class StackedJob:
         """metrics.json, the HParams entry, and every event on disk."""
         self.scalars.flush(self.writer, force=True)
         if metrics.get("status") in ("ok", "diverged"):  # a diverged job is a row of the HParams table too
-            log_hparams(self.logger, self.cfg, metrics, self.overrides, experiment=False)  # the sweep's end writes the experiment
+            if self.solo:  # its own experiment, or its sweep's (a basic launcher's job), as Hydra says
+                log_hparams(self.logger, self.cfg, metrics)
+            else:  # the sweep's end writes the experiment
+                log_hparams(self.logger, self.cfg, metrics, self.overrides, experiment=False)
         assert self.logger is not None  # open() made it, before the group trained
         self.logger.finalize("success" if metrics.get("status") == "ok" else "failed")  # hparams.yaml, flushed events
         run_folder.write_json_atomic(self.run_dir / run_folder.METRICS, metrics)

@@ -15,13 +15,13 @@ compiled step) into one graph: measured here on the 3->64->1 MLP with 64 jobs, S
 
 import time
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 from torch import Tensor, nn
 
 from microtrain.console import one_line
-from microtrain.engine.compiled import AUTO_MAX_MULTIPLY_ADDS, compile_pays, own_code
+from microtrain.engine.compiled import own_code
 from microtrain.engine.loss_scale import skip_overflowed, unscaled, updated_scale
 from microtrain.engine.step import RULES, along, clip_gradients
 from microtrain import losses
@@ -74,8 +74,8 @@ class StackedStep:
         # rate (torch.optim's own operations): bitwise a plain torch loop, and as fast (211 us a
         # step of the 3->64->1 MLP against its 223, SGD). A job resumed alone from a larger stack
         # keeps the batched kernels it started with: its resume is bitwise its group's.
-        one = solo and len(models) == 1 and accumulate == 1 and loss_scale is None
-        self._one = [p[0].detach().requires_grad_() for p in self.params] if one else None
+        self.solo = solo and len(models) == 1 and loss_scale is None
+        self._one = [p[0].detach().requires_grad_() for p in self.params] if self.solo else None
         self._grad_views = self._split(self.flat_grad)  # the eager step's gradients, per parameter
         # backward() adds a solo step's gradients into flat_grad in place: each weight's .grad is a
         # view of it (contiguous at K = 1, as autograd's layout contract wants): no gather, 18 us less
@@ -166,11 +166,16 @@ class StackedStep:
         losses, the gradients [K, P] before clipping, as a solo run's inspection reads them)."""
         if self._one is not None:  # a solo run: one model, a plain loop's kernels
             self.flat_grad.zero_()  # backward adds into it, through each weight's .grad (a view of it)
-            prediction = self.forward(self._one, x[0])  # forward
-            loss = self.loss_fn(prediction, y[0])  # loss
-            loss.backward()  # backward
+            total = None
+            for xs, ys in zip(x, y) if self.accumulate > 1 else [(x, y)]:  # each batch [1, B, ...]
+                prediction = self.forward(self._one, xs[0])  # forward
+                loss = self.loss_fn(prediction, ys[0])  # loss
+                if self.accumulate > 1:
+                    loss = loss / self.accumulate  # as Lightning's accumulation: gradients average
+                loss.backward()  # backward
+                total = loss.detach() if total is None else total + loss.detach()
             self._update(self.flat, self.flat_grad, self.flat_state, self._solo_hp)  # step: clip, then the rule
-            return loss.detach().unsqueeze(0), self.flat_grad
+            return cast(Tensor, total).unsqueeze(0), self.flat_grad
         scale = varying.get("loss_scale")
         losses = self._loss(self._leaves, x, y)  # forward and loss, each job's
         grads = torch.autograd.grad((losses * scale if scale is not None else losses).sum(), self._leaves)  # backward
@@ -254,27 +259,6 @@ class StackedStep:
             # torch.optim keeps no momentum buffer for a job without momentum; the stack holds one for all K
             state.append({key: value[k].detach().cpu().clone() for key, value in zip(slot, taken) if not (idle and key == "momentum_buffer")})
         return params, state
-
-
-# loop.compile=auto compiles a stack's step when it saves more than it costs: ~6-7 us a job-step
-# (3->64->1 MLP, 64 jobs: SGD with momentum 11.5 eager against 4.2 compiled, Adam 11.3 against
-# 5.3), against 2-5 s of compiling with a warm cache: it pays after 340k-730k job-steps.
-COMPILE_FROM_JOB_STEPS = 500_000
-
-
-def compiles(cfg: Any, planned: int, jobs: int, multiply_adds: int, solo: bool) -> bool:
-    """``loop.compile`` (true, false or auto) for a stack of ``jobs`` that plans ``planned`` steps;
-    a solo run's auto as ``engine.compiled.compile_pays``. Accumulation and 16-mixed train eager."""
-    wanted = cfg.loop.compile
-    if solo:
-        pays = compile_pays(None if cfg.trainer.get("max_time") else planned, multiply_adds)
-    else:
-        pays = planned * jobs >= COMPILE_FROM_JOB_STEPS and multiply_adds <= AUTO_MAX_MULTIPLY_ADDS and not cfg.trainer.get("max_time")
-    eager = "device.precision=16-mixed" if str(cfg.device.precision) == "16-mixed" else None
-    eager = eager or ("trainer.accumulate_grad_batches" if cfg.trainer.get("accumulate_grad_batches", 1) > 1 else None)
-    if eager and wanted is True:
-        print(f"note: {eager} is not compiled; training eager", flush=True)
-    return not eager and (wanted is True or (wanted == "auto" and pays))
 
 
 def _along(value: Any, param: Tensor) -> Any:

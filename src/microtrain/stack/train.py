@@ -28,13 +28,14 @@ from microtrain.run import interrupt
 from microtrain.stack.batches import StackedBatches, on_device
 from microtrain.stack.best import BestEpochs
 from microtrain.stack.epoch_end import end_epoch, write_last
-from microtrain.stack.finish import finish_jobs
+from microtrain.stack.finish import end_jobs, finish_jobs
 from microtrain.stack.inspect import StackedInspector
 from microtrain.stack.jobs import StackedJob
 from microtrain.stack.plan import failed
-from microtrain.stack.step import StackedModel, StackedStep, compiles
+from microtrain.stack.step import StackedModel, StackedStep
 from microtrain.engine import loss_scale
 from microtrain.engine.build import multiply_adds_per_step, steps_per_call
+from microtrain.engine.compiled import compiles
 from microtrain.engine.module import StackTrainee, WholeSteps
 from microtrain.engine.trainer import stack_trainer
 from microtrain.monitor.progress import StepsBar
@@ -132,7 +133,7 @@ class StackedRun(L.Callback, WholeSteps):
             self.timer.load_state_dict(jobs[0].saved_callbacks.get(self.timer.state_key, {"time_elapsed": {}}))
         for job in jobs:
             job.timer = self.timer
-        self.timed_out, self.plan = False, plan
+        self.timed_out, self.plan, self.began_at = False, plan, 0
         self.trainer: Optional[L.Trainer] = None
         self.batch: list[Batch] = []
         self.batches_done = 0  # of the epoch going on
@@ -169,7 +170,7 @@ class StackedRun(L.Callback, WholeSteps):
             if not self.done():
                 self._fit()
             if not self.stopping:  # not SIGTERM or Ctrl-C before the last epoch (its last.ckpt was written)
-                self.end_jobs([k for k, job in enumerate(self.jobs) if job.active])
+                end_jobs(self, [k for k, job in enumerate(self.jobs) if job.active])
         finally:
             torch.set_num_threads(threads_before)
             if self.bar is not None:
@@ -177,17 +178,7 @@ class StackedRun(L.Callback, WholeSteps):
                 self.bar.close(ended, self.step_count, self.jobs[0].shown_loss)
         return finish_jobs(self, time.perf_counter() - started, threads)
 
-    def end_jobs(self, jobs: list[int]) -> None:
-        """What a solo run writes as it ends (``on_train_end``): the final weights' inspection and the last steps' window."""
-        self.inspector.final(self.step_count, jobs)
-        for k in jobs:
-            job = self.jobs[k]
-            if job.window:
-                job.scalars.add("train_loss_step", sum(job.window) / len(job.window), self.step_count)
-                job.scalars.add("samples_per_s", self._rate(), self.step_count)
-                job.window = []
-
-    def _rate(self) -> float:
+    def rate(self) -> float:
         """Training samples a second of each job since the group started (in this process)."""
         return (self.step_count - self.steps_before) * self.accumulate * self.batch_size / max(time.perf_counter() - self.started, 1e-9)
 
@@ -246,6 +237,7 @@ class StackedRun(L.Callback, WholeSteps):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.batches_done, self.first_batch, self.grads = self.first_batch, 0, []
+        self.began_at = self.batches_done
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         """A call's end: a train_loss_step point when it passed a multiple of log.every_n_steps, or
@@ -265,6 +257,10 @@ class StackedRun(L.Callback, WholeSteps):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.stopping:  # stopped mid-epoch by a signal (on_train_batch_end)
             return
+        if self.timed_out and self.batches_done == self.began_at:  # time ran out before its first step: no epoch
+            write_last(self, [k for k, job in enumerate(self.jobs) if job.active], None)  # the last epoch's end (its budget may have skipped it)
+            trainer.should_stop = True
+            return
         self._drain(self.grads, epoch_end=True)
         self.epoch += 1
         self._epoch_end(self.batches_done)
@@ -281,7 +277,7 @@ class StackedRun(L.Callback, WholeSteps):
             return
         losses = torch.stack(self.pending).double().cpu()  # [steps, K]
         first, self.pending, self.pending_first = self.pending_first, [], self.step_count
-        rate = self._rate()
+        rate = self.rate()
         log_now = log or epoch_end and (0 < self.max_steps <= self.step_count or self.timed_out)
         self.written_at = self.step_count if log_now else self.written_at
         at, names = self.step_count if log_now else None, self.stacked.names

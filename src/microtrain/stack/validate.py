@@ -33,6 +33,8 @@ def evaluate(step: Any, weights: list[Tensor], pair: tuple[Tensor, Tensor]) -> l
 def split_metrics(step: Any, pair: tuple[Tensor, Tensor], job: StackedJob, prefix: str, only_loss: bool = False) -> dict[str, list[float]]:
     """{f"{prefix}loss": [K values], and the split's metrics as torchmetrics computes them},
     from one pass over the split in chunks of at least EVAL_ROWS rows and one copy to the host."""
+    if step.solo:
+        return _solo_metrics(step, pair, job, prefix, only_loss)
     weights = step.params
     if only_loss:
         return {f"{prefix}loss": evaluate(step, weights, pair)}
@@ -71,6 +73,35 @@ def split_metrics(step: Any, pair: tuple[Tensor, Tensor], job: StackedJob, prefi
     keys = list(columns)
     table = torch.stack([columns[k] for k in keys]).tolist()
     return dict(zip(keys, table))
+
+
+def _solo_metrics(step: Any, pair: tuple[Tensor, Tensor], job: StackedJob, prefix: str, only_loss: bool) -> dict[str, list[float]]:
+    """``split_metrics`` of a solo run (a stack of one), as Lightning's path computes them, to the
+    bit: the loss module's own reduction (all rows at once for the final losses), the validation
+    loss as Lightning's epoch mean of its batches, the metrics as torchmetrics' own state."""
+    module, (x, y) = job.prepared.module, pair
+    weights = [w[0] for w in step.params]  # the job's own, without the job dimension
+    with torch.no_grad():
+        if only_loss:
+            return {f"{prefix}loss": [float(module.loss_fn(step.forward(weights, x), y))]}
+        rows = max(job.cfg.data.batch_size or len(x), EVAL_ROWS)
+        collection = module.val_metrics.to(x.device) if module.val_metrics is not None else None
+        if collection is not None:
+            collection.reset()
+        total: Any = 0.0
+        for start in range(0, len(x), rows):
+            xs, ys = x[start : start + rows], y[start : start + rows]
+            out = step.forward(weights, xs)
+            loss = module.loss_fn(out, ys)
+            loss = loss if loss.dtype in (torch.float32, torch.float64) else loss.float()
+            total = total + loss * len(xs)  # Lightning's weighted epoch mean (its ResultMetric)
+            if collection is not None:
+                collection.update(module.predict_targets(out), ys)
+        columns = {f"{prefix}loss": [float(total / torch.tensor(len(x)))]}
+        if collection is not None:
+            columns |= {name: [float(value)] for name, value in sorted(collection.compute().items())}
+            collection.reset()
+    return columns
 
 
 def test_metrics(job: StackedJob, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
