@@ -1,6 +1,7 @@
 """Real Lightning runs through the config system, read back with TensorBoard's own reader."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -262,3 +263,56 @@ def test_cpu_precisions_train(tmp_path, precision):
     assert result.metrics["status"] == "ok" and result.metrics["val_loss"] < 0.1
     expected = torch.float64 if precision == "64" else torch.float32  # bf16-mixed keeps fp32 weights
     assert next(result.module.model.parameters()).dtype == expected
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=mlp", "trainer.max_epochs=3", "data=iris", "loss=cross_entropy", "data.test_fraction=0.2", "optimizer=adam"],
+        ["model=mlp", "trainer.max_epochs=3", "+trainer.accumulate_grad_batches=3", "+trainer.gradient_clip_val=0.5", "scheduler=step"],
+        ["model=mlp", "trainer.max_epochs=2", "device.precision=64", "data.test_fraction=0.2", "optimizer.momentum=0.9"],
+    ],
+    ids=["classifier_adam_test_split", "accumulated_clipped_scheduled", "float64_momentum"],
+)
+def test_a_solo_run_is_a_stack_of_one_bitwise_lightnings_path(tmp_path, overrides):
+    """The one engine: a solo run trains as a stack of one (stack.alone), and every weight,
+    optimizer state, metric and TensorBoard point is what Lightning's per-step path (engine.fit,
+    the engine of every solo run before) gives the same config, to the bit."""
+    from microtrain.engine.fit import train as lightnings_path
+    from microtrain.stack.groups import why_alone
+
+    overrides = [*overrides, "log.inspect_every_n_steps=5"]  # auto's grid widens with the clock
+    cfg = make_cfg(*overrides)
+    assert why_alone(cfg) is None  # it stacks: training.train takes it as a stack of one
+    ours, theirs = train(cfg, tmp_path / "stack"), lightnings_path(make_cfg(*overrides), tmp_path / "lightning")
+    assert ours.best_checkpoint is not None and theirs.best_checkpoint is not None
+    mine, other = (torch.load(Path(r.best_checkpoint).parent / "last.ckpt", weights_only=True) for r in (ours, theirs))
+    assert mine["state_dict"].keys() == other["state_dict"].keys()
+    assert all(torch.equal(mine["state_dict"][k], other["state_dict"][k]) for k in mine["state_dict"])
+    for slot, twin in zip(mine["optimizer_states"][0]["state"].values(), other["optimizer_states"][0]["state"].values()):
+        assert slot.keys() == twin.keys() and all(torch.equal(slot[k], twin[k]) for k in slot if torch.is_tensor(slot[k]))
+    timing = ("seconds", "threads", "test_checkpoint")
+    assert {k: v for k, v in ours.metrics.items() if k not in timing} == {k: v for k, v in theirs.metrics.items() if k not in timing}
+    events = [read_events(tmp_path / name) for name in ("stack", "lightning")]
+    assert sorted(events[0].Tags()["scalars"]) == sorted(events[1].Tags()["scalars"])
+    for tag in events[0].Tags()["scalars"]:
+        if tag != "samples_per_s":  # a speed
+            assert [(e.step, e.value) for e in events[0].Scalars(tag)] == [(e.step, e.value) for e in events[1].Scalars(tag)], tag
+
+
+def test_time_running_out_before_an_epochs_first_step_adds_no_epoch(tmp_path, monkeypatch):
+    """+trainer.max_time ending between an epoch's end and the next epoch's first step: the run
+    ends at that epoch's end, as a solo run's did (no empty epoch validated, scheduled and
+    checkpointed), and last.ckpt is of that end."""
+    from microtrain.stack.train import StackedRun
+
+    def out_of_time(self):  # runs out right after step 50, the end of the second 25-step epoch
+        self.timed_out = self.timed_out or (self.step_count >= 50 and self.batches_done == 0)
+        return self.timed_out
+
+    monkeypatch.setattr(StackedRun, "_out_of_time", out_of_time)
+    result = train(make_cfg("model=mlp", "trainer.max_epochs=10", "scheduler=step", "+trainer.max_time=00:01:00:00"), tmp_path)
+    assert (result.metrics["steps"], result.metrics["epochs"]) == (50, 2)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (saved["global_step"], saved["epoch"], saved["lr_schedulers"][0]["last_epoch"]) == (50, 1, 2)
+    assert [e.step for e in read_events(tmp_path).Scalars("val_loss")] == [25, 50]

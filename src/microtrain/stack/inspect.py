@@ -22,7 +22,8 @@ GROUP_BYTES = 256 * 2**20  # of trajectory.pt points a group holds on the host b
 
 def norms(stacked: Tensor) -> Tensor:
     """The L2 norm of each job's slice: [K]."""
-    return torch.linalg.vector_norm(stacked.detach().flatten(1).float(), dim=1)
+    flat = stacked.detach().flatten(1)  # in its own dtype (float64 too), as monitor.statistics.foreach_norms
+    return torch.linalg.vector_norm(flat if flat.dtype in (torch.float32, torch.float64) else flat.float(), dim=1).float()
 
 
 def update_ratios(before: Tensor, after: Tensor) -> Tensor:
