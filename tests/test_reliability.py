@@ -35,6 +35,7 @@ BAD_INPUTS = [
     (["data.batch_size=0"], "data.batch_size=0 must be at least 1"),
     (["model.init_values={fc9.weight:[[1.0]]}"], "model.init_values names 'fc9.weight', which this model does not have"),
     (["model.init_values={weight:[[1.0]]}"], "model.init_values.weight has shape [1, 1] but the parameter has shape [1, 3]"),
+    (["model=mlp", "model.init_values=[[1.0]]"], "model.init_values maps parameter names to values, like {fc1.weight: [...]}"),
     (["model.in_features=4"], "model.in_features=4 but the data has 3 features; drop model.in_features"),
     (["data=inline", "data.y=[[1.0],[2.0]]"], "data.x has 4 rows but data.y has 2"),
     (["data=inline", "data.x=[[1.0],[2.0,3.0],[3.0],[4.0]]"], "data.x has rows of different lengths"),

@@ -133,6 +133,11 @@ def _init_weight(weight: torch.Tensor, scheme: str, gain: float, std: float) -> 
 def set_values(model: nn.Module, values: Mapping[str, Any]) -> None:
     """Overwrite named parameters with explicit values, as the notebooks print them."""
     params = dict(model.named_parameters())
+    if not isinstance(values, Mapping):  # [[1.0]]: values without the parameter's name (a DictConfig is a Mapping)
+        example = next(iter(params))
+        raise ConfigError(
+            f"model.init_values maps parameter names to values, like {{{example}: [...]}}; this model's parameters are: " + ", ".join(params)
+        )
     for name, value in values.items():
         if name not in params:
             raise ConfigError(f"model.init_values names {name!r}, which this model does not have; its parameters are: " + ", ".join(params))
