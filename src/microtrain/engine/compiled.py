@@ -161,17 +161,16 @@ CUDA_GRAPH_PARAMETERS = 1_000_000  # models up to this size are launch-bound on 
 # (3->64->1 MLP, 64 jobs: SGD with momentum 11.5 eager against 4.2 compiled, Adam 11.3 against
 # 5.3), against 2-5 s of compiling with a warm cache: it pays after 340k-730k job-steps.
 COMPILE_FROM_JOB_STEPS = 500_000
-# A solo run (K = 1, a plain loop's kernels eager): 92-96 us a step eager against 75-80 compiled
-# (3->64->1 MLP, one thread), ~17 us saved a step against ~1.9 s of compiling (warm cache): it
-# pays after ~110k steps; auto compiles from 200k, so that it saves more than it costs.
-COMPILE_FROM_SOLO_STEPS = 200_000
+# A solo run (a stack of one, a plain loop's kernels eager) compiles from AUTO_MIN_STEPS: 92-96 us
+# a step eager against 68-70 compiled (3->64->1 MLP, one thread, guards skipped during a call),
+# ~25 us saved a step against ~1.9 s of compiling with a warm cache: it pays after ~80k steps.
 
 
 def compiles(cfg: Any, planned: int, jobs: int, multiply_adds: int, solo: bool) -> bool:
     """``loop.compile`` (true, false or auto) for a stack of ``jobs`` that plans ``planned`` steps
     (``solo``: a solo run). Accumulation and 16-mixed train eager."""
     wanted = cfg.loop.compile
-    enough = planned >= COMPILE_FROM_SOLO_STEPS if solo else planned * jobs >= COMPILE_FROM_JOB_STEPS
+    enough = planned >= AUTO_MIN_STEPS if solo else planned * jobs >= COMPILE_FROM_JOB_STEPS
     pays = enough and multiply_adds <= AUTO_MAX_MULTIPLY_ADDS and not cfg.trainer.get("max_time")  # a timed run's length is not known
     eager = "device.precision=16-mixed" if str(cfg.device.precision) == "16-mixed" else None
     eager = eager or ("trainer.accumulate_grad_batches" if cfg.trainer.get("accumulate_grad_batches", 1) > 1 else None)

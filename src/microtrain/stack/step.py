@@ -216,6 +216,14 @@ class StackedStep:
             if key not in state:  # made by the first step (Adam's step count: one for all K): each job its own
                 state[key] = value.expand(len(flat)).clone().to(self.device) if value.dim() == 0 else value
 
+    def skip_guards(self, on: bool) -> None:
+        """Dynamo's guards re-check every input of the compiled graph at every call; during a
+        Lightning call of compiled steps what can change is checked here (the batch's rows; the
+        state's keys and the hyper-parameters' tensors are the same objects), as on Lightning's
+        path (``engine.compiled.CompiledStep.skip_guards``)."""
+        if self._compiled is not None and self.rows is not None:
+            torch.compiler.set_stance("default", skip_guard_eval_unsafe=on)
+
     def set_lr(self, lrs: Sequence[float]) -> None:
         """New learning rates (a scheduler's epoch step): written into the same tensor, so the
         compiled graph needs no recompile."""

@@ -141,6 +141,12 @@ class StackedRun(L.Callback, WholeSteps):
         self.bar: Optional[StepsBar] = None  # a solo run's, drawn once it trains
         self.planned, self.solo = planned, solo
 
+    def call_started(self) -> None:
+        self.stacked.skip_guards(True)
+
+    def release(self) -> None:
+        self.stacked.skip_guards(False)
+
     def done(self) -> bool:
         """Run length reached, time up, or every job stopped (early stopping, divergence)."""
         return (
@@ -173,6 +179,7 @@ class StackedRun(L.Callback, WholeSteps):
                 end_jobs(self, [k for k, job in enumerate(self.jobs) if job.active])
         finally:
             torch.set_num_threads(threads_before)
+            self.stacked.skip_guards(False)  # whatever happened
             if self.bar is not None:
                 ended = self.epoch - (self.epoch > 0 and self.batches_done >= self.batches_per_epoch)  # the last epoch's number
                 self.bar.close(ended, self.step_count, self.jobs[0].shown_loss)
