@@ -175,3 +175,31 @@ def test_each_compiled_step_has_code_of_its_own():
     assert first(3) == second(3) == step(3) == 6
     wrapped = torch.func.vmap(step)
     assert torch.equal(own_code(wrapped)(torch.ones(2)), wrapped(torch.ones(2)))
+
+
+def test_a_stacks_graph_is_for_full_batches_and_a_late_failure_turns_the_guards_back_on(tmp_path, capsys, monkeypatch):
+    """Two batches an epoch, 32 rows and a shorter last one: the graph is compiled for the full
+    batches whichever comes first (the short one runs eager). When the graph fails mid-run (its
+    30th call), the run goes on eager with one line, and dynamo's guards, skipped during each
+    Lightning call of compiled steps, are back on for the rest of the process."""
+    from microtrain.stack import step as stack_step
+
+    real, rows = torch.compile, []
+
+    def failing_later(fn, **kwargs):
+        graph = real(fn, **kwargs)
+
+        def call(flat, state, x, y, varying):
+            rows.append(len(x[0]))
+            if len(rows) == 30:
+                raise RuntimeError("the compiler broke")
+            return graph(flat, state, x, y, varying)
+
+        return call
+
+    monkeypatch.setattr(stack_step.torch, "compile", failing_later)
+    result = train(make_cfg("model=mlp", "data.n_samples=62", "trainer.max_epochs=40", "loop.compile=true"), tmp_path)
+    assert result.metrics["status"] == "ok" and result.metrics["steps"] == 80
+    assert set(rows) == {32} and len(rows) == 30  # 29 full batches compiled, then eager
+    assert capsys.readouterr().out.count("note: loop.compile failed (RuntimeError: the compiler broke); training eager") == 1
+    assert torch._dynamo.eval_frame._stance.skip_guard_eval_unsafe is False

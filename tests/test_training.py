@@ -271,8 +271,10 @@ def test_cpu_precisions_train(tmp_path, precision):
         ["model=mlp", "trainer.max_epochs=3", "data=iris", "loss=cross_entropy", "data.test_fraction=0.2", "optimizer=adam"],
         ["model=mlp", "trainer.max_epochs=3", "+trainer.accumulate_grad_batches=3", "+trainer.gradient_clip_val=0.5", "scheduler=step"],
         ["model=mlp", "trainer.max_epochs=2", "device.precision=64", "data.test_fraction=0.2", "optimizer.momentum=0.9"],
+        # splits over 4,096 rows: Lightning's evaluation batches, its final metrics in one pass; bf16 autocast
+        ["model=mlp", "data.n_samples=30000", "data.batch_size=512", "trainer.max_epochs=1", "data.test_fraction=0.2", "device.precision=bf16-mixed"],
     ],
-    ids=["classifier_adam_test_split", "accumulated_clipped_scheduled", "float64_momentum"],
+    ids=["classifier_adam_test_split", "accumulated_clipped_scheduled", "float64_momentum", "large_splits_bf16"],
 )
 def test_a_solo_run_is_a_stack_of_one_bitwise_lightnings_path(tmp_path, overrides):
     """The one engine: a solo run trains as a stack of one (stack.alone), and every weight,

@@ -67,7 +67,8 @@ def finished(run: "StackedRun", k: int, job: StackedJob, seconds: float, threads
         metrics["train_loss_optimum"] = job.prepared.optimum
         metrics["optimality_gap"] = metrics["train_loss"] - job.prepared.optimum
     if job.prepared.splits.test is not None:
-        metrics.update(tested := test_metrics(job, run.device, run.dtype))
+        context = run.trainer.precision_plugin.test_step_context() if run.trainer is not None else None
+        metrics.update(tested := test_metrics(job, run.device, run.dtype, context))
         for name, value in tested.items():  # the scalars a solo run's trainer.test logs, at its last step
             if isinstance(value, float):
                 job.scalars.add(name, value, steps)
@@ -85,7 +86,7 @@ def finish_jobs(run: "StackedRun", seconds: float, threads: int) -> list[dict[st
     with, its learning rate 0 since), then its metrics.json, or ``interrupted`` after a signal."""
     run.final = split_metrics(run.stacked, run.train, run.jobs[0], "train_", only_loss=True)
     if run.val is not None:  # val_loss on all rows at once, as a solo run's (a summed loss would differ in chunks)
-        run.final |= {k: v for k, v in split_metrics(run.stacked, run.val, run.jobs[0], "val_").items() if k != "val_loss"}
+        run.final |= {k: v for k, v in split_metrics(run.stacked, run.val, run.jobs[0], "val_", final=True).items() if k != "val_loss"}
         run.final |= split_metrics(run.stacked, run.val, run.jobs[0], "val_", only_loss=True)
     if run.stopping:  # jobs early stopping had ended are done: they finish ok
         return [

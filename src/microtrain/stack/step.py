@@ -101,7 +101,8 @@ class StackedStep:
         self._solo_hp = {**self.constants, "lr": float(groups[0]["lr"])}  # a solo step's: Python floats, as torch.optim's
         self.clip_val, self.clip_algorithm, self.accumulate = clip_val, clip_algorithm, accumulate
         self.forward, self.losses, self.loss_fn = stacked_forward(models[0]), losses.per_job(loss_fn), loss_fn
-        self.rows: Optional[int] = None  # the batch size the compiled graph is for
+        self.rows: Optional[int] = None  # the batch size the compiled graph is for, once compiled
+        self.full_rows: Optional[int] = None  # a full batch's (StackedRun): the graph's; an epoch's shorter last batch runs eager
         # 16-mixed: each job's loss scale (engine.loss_scale) and its growth tracker, beside the step (eager)
         self.tracker: Optional[Tensor] = None
         if loss_scale is not None:
@@ -221,7 +222,7 @@ class StackedStep:
         Lightning call of compiled steps what can change is checked here (the batch's rows; the
         state's keys and the hyper-parameters' tensors are the same objects), as on Lightning's
         path (``engine.compiled.CompiledStep.skip_guards``)."""
-        if self._compiled is not None and self.rows is not None:
+        if not on or (self._compiled is not None and self.rows is not None):  # off whatever happened (a compiler failure drops the graph)
             torch.compiler.set_stance("default", skip_guard_eval_unsafe=on)
 
     def set_lr(self, lrs: Sequence[float]) -> None:
@@ -233,7 +234,7 @@ class StackedStep:
     def __call__(self, x: Any, y: Any) -> tuple[Tensor, list[Tensor]]:
         first = not self.taken  # the first step creates the optimizer state: eager, then one compiled graph
         rows = len(x[0]) if self.accumulate == 1 else None
-        if self._compiled is not None and not first and self.rows in (None, rows):
+        if self._compiled is not None and not first and rows == self.full_rows:
             started = time.perf_counter()
             try:
                 loss, grad, flat, state = self._compiled(self.flat, self.flat_state, x, y, self.varying)

@@ -112,6 +112,7 @@ class StackedRun(L.Callback, WholeSteps):
             loss_scale=loss_scale.initial([j.saved_scaler for j in jobs], self.device) if scaled else None,
             solo=solo,
         )
+        self.stacked.full_rows = self.batch_size  # the compiled graph's batch
         for k, job in enumerate(jobs if scaled else []):  # its GradScaler's state in each checkpoint, as a solo run's
             job.scaler = lambda k=k: loss_scale.scaler_state(
                 float(self.stacked.varying["loss_scale"][k]), int(cast(torch.Tensor, self.stacked.tracker)[k])
@@ -136,8 +137,7 @@ class StackedRun(L.Callback, WholeSteps):
         self.timed_out, self.plan, self.began_at = False, plan, 0
         self.trainer: Optional[L.Trainer] = None
         self.batch: list[Batch] = []
-        self.batches_done = 0  # of the epoch going on
-        self.grads: list[torch.Tensor] = []
+        self.batches_done, self.grads = 0, cast("list[torch.Tensor]", [])  # of the epoch going on
         self.bar: Optional[StepsBar] = None  # a solo run's, drawn once it trains
         self.planned, self.solo = planned, solo
 

@@ -2,6 +2,7 @@
 from Lightning's validation loop and torchmetrics (``monitor.metrics``), one forward for all."""
 
 import copy
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,11 +31,13 @@ def evaluate(step: Any, weights: list[Tensor], pair: tuple[Tensor, Tensor]) -> l
         return losses(step, predictions(step, weights, pair[0]), pair[1]).double().tolist()
 
 
-def split_metrics(step: Any, pair: tuple[Tensor, Tensor], job: StackedJob, prefix: str, only_loss: bool = False) -> dict[str, list[float]]:
+def split_metrics(
+    step: Any, pair: tuple[Tensor, Tensor], job: StackedJob, prefix: str, only_loss: bool = False, final: bool = False
+) -> dict[str, list[float]]:
     """{f"{prefix}loss": [K values], and the split's metrics as torchmetrics computes them},
     from one pass over the split in chunks of at least EVAL_ROWS rows and one copy to the host."""
-    if step.solo:
-        return _solo_metrics(step, pair, job, prefix, only_loss)
+    if step.solo:  # ``final``: the run's final metrics, one pass over the whole split as Lightning's path takes them
+        return _solo_metrics(step, pair, job, prefix, only_loss, final)
     weights = step.params
     if only_loss:
         return {f"{prefix}loss": evaluate(step, weights, pair)}
@@ -75,7 +78,7 @@ def split_metrics(step: Any, pair: tuple[Tensor, Tensor], job: StackedJob, prefi
     return dict(zip(keys, table))
 
 
-def _solo_metrics(step: Any, pair: tuple[Tensor, Tensor], job: StackedJob, prefix: str, only_loss: bool) -> dict[str, list[float]]:
+def _solo_metrics(step: Any, pair: tuple[Tensor, Tensor], job: StackedJob, prefix: str, only_loss: bool, final: bool) -> dict[str, list[float]]:
     """``split_metrics`` of a solo run (a stack of one), as Lightning's path computes them, to the
     bit: the loss module's own reduction (all rows at once for the final losses), the validation
     loss as Lightning's epoch mean of its batches, the metrics as torchmetrics' own state."""
@@ -84,7 +87,7 @@ def _solo_metrics(step: Any, pair: tuple[Tensor, Tensor], job: StackedJob, prefi
     with torch.no_grad():
         if only_loss:
             return {f"{prefix}loss": [float(module.loss_fn(step.forward(weights, x), y))]}
-        rows = max(job.cfg.data.batch_size or len(x), EVAL_ROWS)
+        rows = len(x) if final else max(job.cfg.data.batch_size or len(x), EVAL_ROWS)
         collection = module.val_metrics.to(x.device) if module.val_metrics is not None else None
         if collection is not None:
             collection.reset()
@@ -104,9 +107,10 @@ def _solo_metrics(step: Any, pair: tuple[Tensor, Tensor], job: StackedJob, prefi
     return columns
 
 
-def test_metrics(job: StackedJob, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+def test_metrics(job: StackedJob, device: torch.device, dtype: torch.dtype, context: Any = None) -> dict[str, Any]:
     """The test split on the job's best checkpoint (the last without validation), as ``fit``
-    reports it: torchmetrics on the job's own model, in the targets' units."""
+    reports it: in Lightning's test batches, torchmetrics on the job's own model, in the targets'
+    units; ``context``: the precision's test context (bf16-mixed: autocast)."""
     module = job.prepared.module
     path: Optional[Path] = job.best_path if job.has_val else job.last_path
     model = copy.deepcopy(module.model).to(device, dtype)  # the job's own model keeps its final weights
@@ -121,13 +125,18 @@ def test_metrics(job: StackedJob, device: torch.device, dtype: torch.dtype) -> d
     y = y.to(device, dtype) if y.is_floating_point() else y.to(device)
     metrics = module.test_metrics.to(device)
     metrics.reset()  # shared by the group's jobs (engine.build.prepare)
-    with torch.no_grad():
-        out = model(x)
-        loss = float(module.loss_fn(out, y))
-        prediction = module.predict_targets(out)
-        if module.target_scale is not None:
-            mean, std = (t.to(y) for t in module.target_scale)
-            prediction, y = prediction * std + mean, y * std + mean
-        metrics.update(prediction, y)
+    rows, total = max(job.cfg.data.batch_size or len(x), EVAL_ROWS), 0.0  # Lightning's test batches
+    with torch.no_grad(), context or nullcontext():  # bf16-mixed: autocast, as Lightning's trainer.test
+        for start in range(0, len(x), rows):
+            xs, ys = x[start : start + rows], y[start : start + rows]
+            out = model(xs)
+            batch_loss = module.loss_fn(out, ys)
+            total = total + (batch_loss if batch_loss.dtype in (torch.float32, torch.float64) else batch_loss.float()) * len(xs)  # its epoch mean
+            prediction = module.predict_targets(out)
+            if module.target_scale is not None:
+                mean, std = (t.to(ys) for t in module.target_scale)
+                prediction, ys = prediction * std + mean, ys * std + mean
+            metrics.update(prediction, ys)
         values = {key: float(value) for key, value in metrics.compute().items()}
+    loss = float(total / torch.tensor(len(x)))
     return dict(sorted((values | {"test_loss": loss}).items())) | {"test_checkpoint": str(path) if path else None}
