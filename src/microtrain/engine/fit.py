@@ -1,4 +1,4 @@
-"""``train(cfg, run_dir)``: build data, model, loss and optimizer from a config and fit them with Lightning."""
+"""``train(cfg, run_dir)`` on Lightning's per-step path (the runs a stack does not take: ``microtrain.training``): build data, model, loss and optimizer from a config and fit them with Lightning."""
 
 import os
 import signal

@@ -4,9 +4,11 @@ Optimization is manual so the four moves stay visible: forward, loss, backward, 
 Lightning still owns devices, precision, DDP gradient sync and checkpoints; how each step goes
 around Lightning's per-step machinery lives in ``engine.bypass``.
 
-Every run is this module under a Lightning ``Trainer.fit``: a solo run's steps are taken by
-``engine.bypass.StepLoop``; a stacked group of K jobs (``stack.train.StackedRun``) takes each
-step of its K models whole, as one functional call (the same update rules, ``engine.step``).
+Every run is this module under a Lightning ``Trainer.fit``. ``stack.train.StackedRun`` takes the
+steps of a stack of K >= 1 models whole (a solo run is a stack of one: ``microtrain.training``),
+with the update rules of ``engine.step``; ``engine.bypass.StepLoop`` takes them, one move at a
+time as below, for the runs a stack does not take (several devices, other callbacks, an
+optimizer without a rule).
 """
 
 from collections.abc import Callable, Iterator

@@ -33,9 +33,9 @@ def train_alone(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[st
     if cfg.resume:
         job.resume(resume_changes or [])
     run = StackedRun([job], solo=True)
-    job.model.to(
-        run.device, run.dtype
-    )  # to take the trained weights as the run holds them (precision 64: float64; torchmetrics' states stay float32, as Lightning keeps them)
+    # the model takes the trained weights as the run holds them (precision 64: float64); the
+    # metrics' states stay float32, as Lightning keeps them
+    job.model.to(run.device, run.dtype)
     if begin is not None:
         begin()
     (metrics,) = run.run()
