@@ -26,8 +26,7 @@ def end_epoch(run: "StackedRun", batches_done: int) -> None:
         if job.epoch_losses:
             job.scalars.add("train_loss", sum(job.epoch_losses) / len(job.epoch_losses), run.step_count)
         job.epoch_losses = []
-    every_val = run.cfg.trainer.get("check_val_every_n_epoch", 1) or 1
-    validate = run.val is not None and run.epoch % every_val == 0
+    validate = run.val is not None and run.epoch % run.val_every == 0
     if validate and run.val is not None:  # validate implies a val split
         with run.trainer.precision_plugin.val_step_context() if run.trainer else nullcontext():  # bf16-mixed: autocast, as a solo run's validation
             values = split_metrics(run.stacked, run.val, run.jobs[0], "val_")

@@ -70,8 +70,7 @@ class StackedRun(L.Callback, WholeSteps):
     def __init__(self, jobs: list[StackedJob], solo: bool = False):
         """``solo``: a solo run, a stack of one that was never part of a larger one (``stack.alone``)."""
         self.jobs = jobs
-        cfg = jobs[0].cfg
-        self.cfg = cfg
+        cfg = self.cfg = jobs[0].cfg
         plan = devices.resolve(cfg.device)
         self.device = torch.device("cuda" if plan.accelerator == "cuda" else "cpu")
         self.dtype = torch.float64 if str(cfg.device.precision) in ("64", "64-true") else torch.float32
@@ -92,8 +91,9 @@ class StackedRun(L.Callback, WholeSteps):
             "val_batches": math.ceil(val_rows / eval_rows) if val_rows else 0,
         }
         self.step_count, self.epoch, self.first_batch = jobs[0].start_step, jobs[0].start_epoch, jobs[0].start_batch
+        # read at every step or epoch: kept as ints (a read from the config takes 16-140 us, measured)
         self.max_steps, self.max_epochs = cfg.trainer.max_steps, cfg.trainer.max_epochs
-        # read at every step: kept as ints (a read from the config takes 16 us, measured)
+        self.val_every = cfg.trainer.get("check_val_every_n_epoch", 1) or 1
         self.log_every, self.checkpoint_every = cfg.log.every_n_steps, cfg.checkpoint.every_n_steps
         planned = self.data.planned_steps(self.max_epochs, self.max_steps, self.accumulate)
         scaled = str(cfg.device.precision) == "16-mixed"  # each job's own loss scale (engine.loss_scale)
