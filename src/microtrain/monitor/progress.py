@@ -118,16 +118,17 @@ class StepsBar:
         )
         self._drawn_at = float("-inf")
 
-    def show(self, epoch: int, step: int, loss: float, force: bool = False) -> None:
-        if force or time.monotonic() - self._drawn_at >= StepProgressBar.REDRAW_EVERY_S:
-            self.bar.set_description(f"Epoch {epoch}", refresh=False)
-            self.bar.n = step
-            self.bar.set_postfix({"step": step, **({"loss": f"{loss:.4g}"} if loss == loss else {})}, refresh=False)
+    def show(self, epoch: int, step: int, loss: float) -> None:
+        if time.monotonic() - self._drawn_at >= StepProgressBar.REDRAW_EVERY_S:
+            self._set(epoch, step, loss)
             self.bar.refresh()
             self._drawn_at = time.monotonic()
 
     def close(self, epoch: int, step: int, loss: float) -> None:
+        self._set(epoch, step, loss)
+        self.bar.close()  # draws the final line once
+
+    def _set(self, epoch: int, step: int, loss: float) -> None:
         self.bar.set_description(f"Epoch {epoch}", refresh=False)
         self.bar.n = step
         self.bar.set_postfix({"step": step, **({"loss": f"{loss:.4g}"} if loss == loss else {})}, refresh=False)
-        self.bar.close()  # draws the final line once

@@ -95,9 +95,7 @@ def _solo_metrics(step: Any, pair: tuple[Tensor, Tensor], job: StackedJob, prefi
         for start in range(0, len(x), rows):
             xs, ys = x[start : start + rows], y[start : start + rows]
             out = step.forward(weights, xs)
-            loss = module.loss_fn(out, ys)
-            loss = loss if loss.dtype in (torch.float32, torch.float64) else loss.float()
-            total = total + loss * len(xs)  # Lightning's weighted epoch mean (its ResultMetric)
+            total = _summed(total, module.loss_fn(out, ys), len(xs))
             if collection is not None:
                 collection.update(module.predict_targets(out), ys)
         columns = {f"{prefix}loss": [float(total / torch.tensor(len(x)))]}
@@ -105,6 +103,12 @@ def _solo_metrics(step: Any, pair: tuple[Tensor, Tensor], job: StackedJob, prefi
             columns |= {name: [float(value)] for name, value in sorted(collection.compute().items())}
             collection.reset()
     return columns
+
+
+def _summed(total: Any, loss: Tensor, rows: int) -> Any:
+    """Lightning's weighted epoch mean, as its ResultMetric sums it (float32 at least), to the bit;
+    the mean is ``total / torch.tensor(all rows)``."""
+    return total + (loss if loss.dtype in (torch.float32, torch.float64) else loss.float()) * rows
 
 
 def test_metrics(job: StackedJob, device: torch.device, dtype: torch.dtype, context: Any = None) -> dict[str, Any]:
@@ -130,8 +134,7 @@ def test_metrics(job: StackedJob, device: torch.device, dtype: torch.dtype, cont
         for start in range(0, len(x), rows):
             xs, ys = x[start : start + rows], y[start : start + rows]
             out = model(xs)
-            batch_loss = module.loss_fn(out, ys)
-            total = total + (batch_loss if batch_loss.dtype in (torch.float32, torch.float64) else batch_loss.float()) * len(xs)  # its epoch mean
+            total = _summed(total, module.loss_fn(out, ys), len(xs))
             prediction = module.predict_targets(out)
             if module.target_scale is not None:
                 mean, std = (t.to(ys) for t in module.target_scale)
