@@ -119,3 +119,76 @@ def test_clipping_is_torch_nn_utils_clipping(algorithm):
         torch.nn.utils.clip_grad_value_(twin.parameters(), 0.5)
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=0)
+
+
+# Each job's own hyper-parameters (every one a rule lets a job hold), four jobs, as a stack holds them.
+STACKED = {
+    "SGD momentum": (
+        torch.optim.SGD,
+        [
+            {"lr": lr, "momentum": m, "dampening": d, "weight_decay": w}
+            for lr, m, d, w in ((0.05, 0.9, 0.1, 0.01), (0.013, 0.5, 0.0, 0.0), (0.1, 0.0, 0.0, 0.003), (0.031, 0.99, 0.3, 0.1))
+        ],
+    ),
+    "SGD nesterov": (
+        torch.optim.SGD,
+        [{"lr": 0.05 / (i + 1), "momentum": 0.3 + 0.2 * i, "nesterov": i % 2 == 0, "weight_decay": 0.01 * i} for i in range(4)],
+    ),
+    "Adam": (
+        torch.optim.Adam,
+        [
+            {"lr": 0.01 * (i + 1) / 3, "betas": (0.8 + 0.05 * i, 0.99 + 0.003 * i), "eps": 10.0 ** -(6 + i), "weight_decay": 0.01 * i}
+            for i in range(4)
+        ],
+    ),
+    "AdamW": (torch.optim.AdamW, [{"lr": 0.003 * (i + 1), "betas": (0.9, 0.95 + 0.01 * i), "weight_decay": 0.1 / (i + 1)} for i in range(4)]),
+    "RMSprop": (
+        torch.optim.RMSprop,
+        [{"lr": 0.01 / (i + 1), "alpha": 0.9 + 0.03 * i, "eps": 10.0 ** -(5 + i), "weight_decay": 0.01 * i} for i in range(4)],
+    ),
+    "RMSprop centered momentum": (
+        torch.optim.RMSprop,
+        [{"lr": 0.007 * (i + 1), "alpha": 0.99 - 0.03 * i, "momentum": 0.9, "centered": True} for i in range(4)],
+    ),
+    "Adagrad": (
+        torch.optim.Adagrad,
+        [
+            {"lr": 0.05 * (i + 1), "lr_decay": 0.01 * i, "weight_decay": 0.003 * i, "eps": 10.0 ** -(8 + i), "initial_accumulator_value": 0.1 * i}
+            for i in range(4)
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", STACKED)
+def test_stacked_update_is_each_jobs_torch_optim_bitwise(case, dtype):
+    """K jobs, each with its own hyper-parameters, updated at once by the stack's rule (tensors of
+    K values) give, job by job, torch.optim's own weights and state to the bit: a job of a stack
+    steps as its solo run does (the gradients being equal)."""
+    from microtrain.stack.step import StackedStep
+
+    cls, settings = STACKED[case]
+    torch.manual_seed(0)
+    models = [MLP(3, 16, 2).to(dtype) for _ in settings]
+    twins = [MLP(3, 16, 2).to(dtype) for _ in settings]
+    for model, twin in zip(models, twins):
+        twin.load_state_dict(model.state_dict())
+    ours = [cls(m.parameters(), **kw) for m, kw in zip(models, settings)]
+    theirs = [cls(m.parameters(), **kw) for m, kw in zip(twins, settings)]
+    stack = StackedStep(models, ours, nn.MSELoss(), torch.device("cpu"), dtype)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(25):
+        grad = torch.randn(stack.flat_grad.shape, generator=g, dtype=dtype) * 0.1
+        stack._update(stack.flat, grad, stack.flat_state, stack.varying)
+        for k, (twin, opt) in enumerate(zip(twins, theirs)):
+            for p, each in zip(twin.parameters(), stack._split(grad)):
+                p.grad = each[k].clone()
+            opt.step()
+    for k, (twin, opt) in enumerate(zip(twins, theirs)):
+        params, state = stack.job_state(k)
+        for name, param in twin.named_parameters():
+            assert torch.equal(params[name], param.detach()), (k, name, (params[name] - param).abs().max().item())
+        for held, (p, want) in zip(state, opt.state.items()):
+            for key, value in want.items():
+                assert torch.equal(held[key].to(value.dtype), value), (k, key)

@@ -9,12 +9,13 @@ hyper-parameters): forward, loss, backward, gradient clipping, optimizer update.
   ``lr`` is a Python float (eager: torch.optim's own operations, bitwise) or a 0-d tensor (the
   compiled step: a scheduler's new value then needs no recompile). For K stacked jobs
   (``stack.step``: every parameter and state tensor ``[K, ...]``) any of them may be a tensor of
-  one value per job, shaped ``[K, 1, ...]`` to meet the parameter (``along``): a tensor takes the
-  branch-free path, where a job with momentum or weight decay 0 multiplies by 0, which changes
-  no finite number.
+  one value per job (float64), shaped ``[K, 1, ...]`` to meet the parameter (``along``): a tensor
+  takes the branch-free path, where a job with momentum or weight decay 0 multiplies by 0, which
+  changes no finite number.
 
 The updates do the same operations in the same order as torch.optim's single-tensor SGD,
-Adam, AdamW, RMSprop and Adagrad (the CPU default), so their weights are bitwise equal
+Adam, AdamW, RMSprop and Adagrad (the CPU default), in ``engine.exact``'s arithmetic, so their
+weights are bitwise equal, for one model and for each job of a stack on the CPU
 (``tests/test_step.py``). ``RULES`` says, once, what each supports. Eager training applies them
 to ``.grad`` filled by ``loss.backward()``; ``train_step`` is the pure form, with ``torch.func``
 gradients, that ``explain_step`` runs and that ``torch.compile`` traces as one graph.
@@ -28,6 +29,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from microtrain.engine.exact import add, addcdiv, addcmul, count, like, on, power
+
 Params = Sequence[Tensor]
 State = Sequence[dict[str, Any]]
 Hyper = Mapping[str, Any]
@@ -38,49 +41,21 @@ Update = Callable[[Params, Sequence[Tensor], State, Hyper], None]
 def sgd(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper) -> None:
     """d = grad (+ weight_decay·w); buf = momentum·buf + (1 − dampening)·d (buf = d at first);
     d = buf, or d + momentum·buf with Nesterov; w = w − lr·d."""
-    lr, momentum, dampening, decay = hp["lr"], hp["momentum"], hp["dampening"], hp["weight_decay"]
-    exact = not isinstance(lr, Tensor)
-    nesterov = hp["nesterov"]
+    lr, momentum, dampening, decay, nesterov = (hp[k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov"))
     for param, grad, slot in zip(params, grads, state):
-        if _on(decay):
-            grad = _plus(grad, param, decay, exact)
-        if _on(momentum):
+        if on(decay):
+            grad = add(grad, param, decay)
+        if on(momentum):
             buf = slot.get("momentum_buffer")
             if buf is None:
                 buf = slot["momentum_buffer"] = grad.detach().clone()
             else:
-                buf.mul_(momentum)
-                buf.add_(grad, alpha=1 - dampening) if exact else buf.add_((1 - dampening) * grad)
+                add(buf.mul_(like(momentum, buf)), grad, 1 - dampening, inplace=True)
             if isinstance(nesterov, Tensor):  # one flag per stacked job
-                grad = torch.where(nesterov, _plus(grad, buf, momentum, exact), buf)
+                grad = torch.where(nesterov, add(grad, buf, momentum), buf)
             else:
-                grad = _plus(grad, buf, momentum, exact) if nesterov else buf
-        _descend(param, grad, lr)
-
-
-def _on(value: Any) -> bool:
-    """Whether a term applies: a tensor (one value per stacked job, some maybe 0) always does."""
-    return isinstance(value, Tensor) or value != 0
-
-
-def _plus(tensor: Tensor, other: Tensor, scale: float, exact: bool) -> Tensor:
-    """tensor + scale·other. ``exact`` (eager): torch.optim's own ``add(alpha=scale)``, bitwise.
-    Otherwise written out: torch 2.13 compiles ``add(alpha=...)`` on ``torch.func`` gradients
-    wrongly (measured: weight decay off by 0.08 after three steps; tests/test_compiled.py)."""
-    return tensor.add(other, alpha=scale) if exact else tensor + scale * other
-
-
-def _like(value: Any, param: Tensor) -> Any:
-    """A bias correction (float64) in the parameter's dtype, as a 0-d one enters: one per stacked job would make it float64."""
-    return value.to(param.dtype) if isinstance(value, Tensor) else value
-
-
-def _descend(param: Tensor, direction: Tensor, size: Any) -> None:
-    """param −= size·direction: torch.optim's ``add_(alpha=-size)`` for a float size, a multiply for a tensor."""
-    if isinstance(size, Tensor):
-        param.sub_(size * direction)
-    else:
-        param.add_(direction, alpha=-size)
+                grad = add(grad, buf, momentum) if nesterov else buf
+        add(param, grad, -lr, inplace=True)
 
 
 @torch.no_grad()
@@ -88,35 +63,26 @@ def adam(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper, decou
     """m = β1·m + (1 − β1)·g; v = β2·v + (1 − β2)·g²; w = w − lr/(1 − β1ᵗ) · m / (√v/√(1 − β2ᵗ) + eps).
     Adam adds weight_decay·w to g; AdamW (decoupled) multiplies w by (1 − lr·weight_decay) first."""
     lr, (beta1, beta2), eps, decay = hp["lr"], hp["betas"], hp["eps"], hp["weight_decay"]
-    exact = not isinstance(lr, Tensor)
     for param, grad, slot in zip(params, grads, state):
         if not slot:
             slot["step"] = torch.tensor(0.0, dtype=torch.get_default_dtype())  # on the CPU, as torch.optim keeps it
             slot["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             slot["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         slot["step"] += 1
-        if _on(decay):
+        if on(decay):
             if decoupled:
-                param.mul_(1 - lr * decay)
+                param.mul_(like(1 - lr * decay, param))
             else:
-                grad = _plus(grad, param, decay, exact)
-        slot["exp_avg"].lerp_(grad, 1 - beta1)  # beta1 may be one per stacked job, [K, 1, ...]
-        slot["exp_avg_sq"].mul_(beta2)
-        if exact:
-            slot["exp_avg_sq"].addcmul_(grad, grad, value=1 - beta2)
-        else:
-            slot["exp_avg_sq"].add_((1 - beta2) * grad * grad)
+                grad = add(grad, param, decay)
+        slot["exp_avg"].lerp_(grad, like(1 - beta1, param))  # beta1 may be one per stacked job, [K, 1, ...]
+        addcmul(slot["exp_avg_sq"].mul_(like(beta2, param)), grad, grad, 1 - beta2)
         # torch.optim's bias corrections are Python floats (a CPU tensor's item: no device sync);
         # the compiled and stacked steps keep them tensors, one graph with no host round trip, in
         # float64 as Python's floats are: 1 − β2ᵗ in float32 is off by ~1e-4 of itself early on,
         # which drifted stacked AdamW jobs 0.05 from their solo runs in 100 steps (measured).
-        step = slot["step"].item() if exact else slot["step"].double()
-        step_size = _like(lr / (1 - beta1**step), param)
-        denom = (slot["exp_avg_sq"].sqrt() / _like((1 - beta2**step) ** 0.5, param)).add_(eps)
-        if exact:
-            param.addcdiv_(slot["exp_avg"], denom, value=-step_size)
-        else:
-            _descend(param, slot["exp_avg"] / denom, step_size)
+        step = count(slot["step"], lr)
+        denom = (slot["exp_avg_sq"].sqrt() / like(power(1 - power(beta2, step), 0.5), param)).add_(like(eps, param))
+        addcdiv(param, slot["exp_avg"], denom, -lr / (1 - power(beta1, step)))
 
 
 @torch.no_grad()
@@ -124,41 +90,33 @@ def rmsprop(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper) ->
     """v = α·v + (1 − α)·g²; avg = √v + eps (centered: √(v − ḡ²) + eps, ḡ = α·ḡ + (1 − α)·g);
     w = w − lr·g/avg, or with momentum buf = momentum·buf + g/avg and w = w − lr·buf."""
     lr, alpha, eps, decay, momentum, centered = (hp[k] for k in ("lr", "alpha", "eps", "weight_decay", "momentum", "centered"))
-    exact = not isinstance(lr, Tensor)
     for param, grad, slot in zip(params, grads, state):
         if not slot:  # torch.optim makes the slots at the first step
             slot["step"] = torch.tensor(0.0, dtype=torch.get_default_dtype())
             slot["square_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            if _on(momentum):
+            if on(momentum):
                 slot["momentum_buffer"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             if centered:
                 slot["grad_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         slot["step"] += 1
-        if _on(decay):
-            grad = _plus(grad, param, decay, exact)
-        square_avg = slot["square_avg"]
-        if exact:
-            square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
-        else:
-            square_avg.mul_(alpha).add_((1 - alpha) * grad * grad)
+        if on(decay):
+            grad = add(grad, param, decay)
+        square_avg = addcmul(slot["square_avg"].mul_(like(alpha, param)), grad, grad, 1 - alpha)
         if centered:
             grad_avg = slot["grad_avg"]
-            if exact:
-                grad_avg.lerp_(grad, 1 - alpha)
-            else:
+            if torch.compiler.is_compiling():
                 grad_avg.add_((grad - grad_avg) * (1 - alpha))
-            avg = (square_avg.addcmul(grad_avg, grad_avg, value=-1) if exact else square_avg - grad_avg * grad_avg).sqrt_()
+            else:
+                grad_avg.lerp_(grad, like(1 - alpha, param))
+            avg = addcmul(square_avg.clone(), grad_avg, grad_avg, -1).sqrt_()
         else:
             avg = square_avg.sqrt()
-        avg = avg.add_(eps) if exact else avg + eps
-        if _on(momentum):
-            buf = slot["momentum_buffer"]
-            buf.mul_(momentum).addcdiv_(grad, avg) if exact else buf.mul_(momentum).add_(grad / avg)
-            _descend(param, buf, lr)
-        elif exact:
-            param.addcdiv_(grad, avg, value=-lr)
+        avg = avg.add_(like(eps, param))
+        if on(momentum):
+            buf = addcdiv(slot["momentum_buffer"].mul_(momentum), grad, avg, 1)
+            add(param, buf, -lr, inplace=True)
         else:
-            _descend(param, grad / avg, lr)
+            addcdiv(param, grad, avg, -lr)
 
 
 @torch.no_grad()
@@ -166,20 +124,13 @@ def adagrad(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper) ->
     """s = s + g²; w = w − lr/(1 + (t − 1)·lr_decay) · g/(√s + eps). The sums start at
     ``initial_accumulator_value`` when the optimizer is built, as torch.optim makes them."""
     lr, lr_decay, decay, eps = hp["lr"], hp["lr_decay"], hp["weight_decay"], hp["eps"]
-    exact = not isinstance(lr, Tensor)
     for param, grad, slot in zip(params, grads, state):
         slot["step"] += 1
-        step = slot["step"].item() if exact else slot["step"].double()  # a Python float, as torch.optim's
-        if _on(decay):
-            grad = _plus(grad, param, decay, exact)
-        clr = _like(lr / (1 + (step - 1) * lr_decay), param)
-        total = slot["sum"]
-        if exact:
-            total.addcmul_(grad, grad, value=1)
-            param.addcdiv_(grad, total.sqrt().add_(eps), value=-clr)
-        else:
-            total.add_(grad * grad)
-            _descend(param, grad / (total.sqrt() + eps), clr)
+        step = count(slot["step"], lr)
+        if on(decay):
+            grad = add(grad, param, decay)
+        total = addcmul(slot["sum"], grad, grad, 1)
+        addcdiv(param, grad, total.sqrt().add_(like(eps, param)), -lr / (1 + (step - 1) * lr_decay))
 
 
 @dataclass(frozen=True)

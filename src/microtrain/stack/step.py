@@ -130,11 +130,11 @@ class StackedStep:
             if key != "lr" and all(v == per_job[0] for v in per_job):
                 constants[key] = per_job[0]
             elif key == "betas":
-                varying[key] = tuple(torch.tensor([b[i] for b in per_job], dtype=self.dtype, device=self.device) for i in (0, 1))
+                varying[key] = tuple(torch.tensor([b[i] for b in per_job], dtype=torch.float64, device=self.device) for i in (0, 1))
             elif key == "nesterov":
                 varying[key] = torch.tensor(per_job, dtype=torch.bool, device=self.device)
             else:
-                varying[key] = torch.tensor([float(v) for v in per_job], dtype=self.dtype, device=self.device)
+                varying[key] = torch.tensor([float(v) for v in per_job], dtype=torch.float64, device=self.device)
         return constants, varying
 
     def _loss(self, params: Sequence[Tensor], x: Any, y: Any) -> Tensor:
@@ -228,7 +228,7 @@ class StackedStep:
     def set_lr(self, lrs: Sequence[float]) -> None:
         """New learning rates (a scheduler's epoch step): written into the same tensor, so the
         compiled graph needs no recompile."""
-        self.varying["lr"].copy_(torch.tensor(list(lrs), dtype=self.dtype))
+        self.varying["lr"].copy_(torch.tensor(list(lrs), dtype=torch.float64))
         self._solo_hp["lr"] = float(lrs[0])
 
     def __call__(self, x: Any, y: Any) -> tuple[Tensor, list[Tensor]]:
