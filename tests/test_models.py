@@ -75,6 +75,29 @@ def test_stacked_forward_is_each_models_own(settings):
         stacked_forward(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)))
 
 
+@pytest.mark.parametrize("settings", [{}, {"name": "mlp", "hidden": 64}, {"name": "mlp", "hidden": 10, "activation": "tanh"}])
+def test_a_stacked_one_output_layer_gives_each_models_outputs_and_gradients(settings):
+    """One output (models.OneOutput, its backward written by hand): each job's outputs and the
+    gradients of its weights and rows are its own model's, and gradcheck agrees in float64."""
+    from microtrain.models import OneOutput
+
+    torch.manual_seed(0)
+    models = [build_model(cfg(**settings), 3, 1) for _ in range(4)]
+    weights = [torch.stack([p.detach() for p in each]).requires_grad_() for each in zip(*(m.parameters() for m in models))]
+    x = torch.randn(4, 32, 3)
+    target = torch.randn(4, 32, 1)
+    out = stacked_forward(models[0])(weights, x)
+    ((out - target) ** 2).mean(dim=(1, 2)).sum().backward()
+    for k, model in enumerate(models):
+        mine = model(x[k])
+        torch.testing.assert_close(out[k].detach(), mine.detach(), rtol=1e-6, atol=1e-6)
+        nn.functional.mse_loss(mine, target[k]).backward()
+        for stacked, (name, param) in zip(weights, model.named_parameters()):
+            torch.testing.assert_close(stacked.grad[k], param.grad, rtol=1e-6, atol=1e-7, msg=name)
+    inputs = (torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True), torch.randn(3, 1, 4, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(OneOutput.apply, (*inputs, torch.randn(3, 1, dtype=torch.float64, requires_grad=True)))
+
+
 @pytest.mark.parametrize("scheme", INIT_SCHEMES)
 def test_each_init_scheme(scheme):
     torch.manual_seed(0)
