@@ -43,7 +43,7 @@ def write_failed(path: Path, err: BaseException) -> Exception:
             errno.EEXIST: "it is a file, not a folder: choose a folder",
             errno.ENOTDIR: "a file stands where a folder is needed: choose a folder",
         }.get(err.errno, "check the folder")
-    elif isinstance(err, RuntimeError) and "unexpected pos" in str(err):
+    elif isinstance(err, RuntimeError) and any(words in str(err) for words in ("unexpected pos", "iostream error")):  # torch.save's two
         reason, hint = "the disk filled up while it was written (torch.save stopped short)", "free some space"
     else:
         return err if isinstance(err, Exception) else RuntimeError(str(err))
@@ -60,7 +60,7 @@ def write_all_atomic(files: list[tuple[Path, Callable[[Path], object]]]) -> None
             try:
                 partial.unlink(missing_ok=True)  # a stale one, or a planted link: never written through
                 write(partial)
-            except (OSError, RuntimeError) as err:  # torch.save on a full disk: "[enforce fail ...] unexpected pos"
+            except (OSError, RuntimeError) as err:  # torch.save on a full disk: "unexpected pos" or "basic_ios::clear: iostream error"
                 raise write_failed(path, err) from None
         for path, partial in partials:
             try:

@@ -65,7 +65,8 @@ class StackedJob:
         self.best_written = True
         self.current_score: Optional[float] = None  # the last validation's val_loss
         self.best_scored = True  # best_score is in the ModelCheckpoint's state (_keep_scores)
-        self.scalars = ScalarBuffer()
+        # written as ParameterInspector's: a 64-job grid step 0.44 ms, 0.52 writing every 64 values
+        self.scalars = ScalarBuffer(max_items=1024, max_seconds=2.0)
         self.epoch_losses: list[float] = []
         self.window: list[float] = []
         self.first_nonfinite: Optional[str] = None  # set by the group's inspection
