@@ -138,3 +138,21 @@ def test_predict_refuses_a_checkpoint_holding_a_pickled_object(tmp_path):
     torch.save({"state_dict": {}, "payload": Path("/")}, best)  # an arbitrary object: only a full unpickle loads it
     with pytest.raises(ConfigError, match=r"best.ckpt is damaged \(it does not load: .*\); checkpoints/last.ckpt is good"):
         predict_file(tmp_path / "run", str(tmp_path / "run" / "data_info.json"))
+
+
+@pytest.mark.parametrize("message", ["[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0", "basic_ios::clear: iostream error"])
+def test_torch_saves_two_full_disk_errors_are_one_line_and_leave_no_partial_file(tmp_path, message):
+    """torch.save stops short on a full disk with one of two RuntimeErrors (which one depends on
+    where the disk fills: both seen on a tmpfs); each is the one-line full-disk error, and the
+    half-written .partial is gone (the tmpfs tests above need root)."""
+    from microtrain.errors import WriteFailed
+    from microtrain.run import folder
+
+    def write(path):
+        path.write_bytes(b"half a checkpoint")
+        raise RuntimeError(message)
+
+    target = tmp_path / "last.ckpt"
+    with pytest.raises(WriteFailed, match=f"^cannot write {target}: the disk filled up while it was written .*; free some space"):
+        folder.write_atomic(target, write)
+    assert not list(tmp_path.iterdir())

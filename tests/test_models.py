@@ -75,7 +75,7 @@ def test_stacked_forward_is_each_models_own(settings):
         stacked_forward(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)))
 
 
-@pytest.mark.parametrize("settings", [{}, {"name": "mlp", "hidden": 64}, {"name": "mlp", "hidden": 10, "activation": "tanh"}])
+@pytest.mark.parametrize("settings", [{}, {"name": "mlp", "hidden": 64}, {"name": "mlp", "hidden": 10, "activation": "tanh", "bias": False}])
 def test_a_stacked_one_output_layer_gives_each_models_outputs_and_gradients(settings):
     """One output (models.OneOutput, its backward written by hand): each job's outputs and the
     gradients of its weights and rows are its own model's, and gradcheck agrees in float64."""
@@ -96,6 +96,7 @@ def test_a_stacked_one_output_layer_gives_each_models_outputs_and_gradients(sett
             torch.testing.assert_close(stacked.grad[k], param.grad, rtol=1e-6, atol=1e-7, msg=name)
     inputs = (torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True), torch.randn(3, 1, 4, dtype=torch.float64, requires_grad=True))
     assert torch.autograd.gradcheck(OneOutput.apply, (*inputs, torch.randn(3, 1, dtype=torch.float64, requires_grad=True)))
+    assert torch.autograd.gradcheck(OneOutput.apply, (*inputs, None))
 
 
 @pytest.mark.parametrize("scheme", INIT_SCHEMES)

@@ -15,6 +15,14 @@ from microtrain.device import data_placement
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+def on_device(pair: Batch, device: Union[torch.device, str], dtype: torch.dtype) -> Batch:
+    """(x, y) on ``device``, x and float targets in ``dtype`` (float64 under precision 64), class
+    labels as they are: for evaluations and stacks, outside Lightning's loop, which does this itself."""
+    x, y = pair
+    y = y.to(device, dtype) if y.is_floating_point() else y.to(device)
+    return x.to(device, dtype), y
+
+
 class SeededOrder:
     """The row order of each epoch, a function of (seed, epoch) alone, so no RNG state needs saving.
 

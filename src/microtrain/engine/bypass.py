@@ -19,6 +19,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from microtrain import internals
+from microtrain.console import one_line
 from microtrain.monitor.progress import planned_steps
 from microtrain.engine.compiled import CompiledStep, compile_pays, compiled_step
 from microtrain.engine.step import Update, clip_gradients, update_rule
@@ -118,8 +119,7 @@ class StepLoop:
         try:
             loss = self.compiled(x, y)
         except Exception as err:  # noqa: BLE001 -- a compiler failure must not end the run
-            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else "no message"
-            print(f"note: loop.compile failed ({type(err).__name__}: {reason}); training eager", flush=True)
+            print(f"note: loop.compile failed ({one_line(err)}); training eager", flush=True)
             self.release()
             self.compiled = None
             loss = self._module.loss_fn(self._module.model(x), y)

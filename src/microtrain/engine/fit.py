@@ -60,7 +60,7 @@ def train(cfg: DictConfig, run_dir: Path, resume_changes: Optional[list[str]] = 
     loop.multiply_adds = multiply_adds_per_step(cfg, prepared.module.model, prepared.splits)
     threads_before = torch.get_num_threads()
     threads = device.use_threads(cfg.device.threads, loop.multiply_adds)
-    ckpt_path = _resume_checkpoint(cfg, run_dir)
+    ckpt_path = str(resume.last_checkpoint(run_dir)) if cfg.resume else None
     if ckpt_path:
         changes = resume_changes or []
         prepared.module.optimizer_overrides = {
@@ -158,12 +158,6 @@ def check_optimize_metric(cfg: DictConfig, prepared: Prepared) -> None:
         reported += ["test_loss", *cast("Iterable[str]", prepared.module.test_metrics.keys())]
     if wanted not in reported:
         raise ConfigError(f"optimize.metric={wanted} is not reported by this run; pick one of: auto, {', '.join(reported)}")
-
-
-def _resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Optional[str]:
-    if not cfg.resume:
-        return None
-    return str(resume.last_checkpoint(run_dir))
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import nn
 from torchmetrics import MetricCollection
 
-from microtrain.data.batches import Batch
+from microtrain.data.batches import Batch, on_device
 from microtrain.engine.bypass import LossWindow, StepLoop
 from microtrain.optimizers import on_val_loss
 
@@ -139,9 +139,7 @@ class Trainee(L.LightningModule):
     def to_model(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
         """(x, y) on the model's device, floats in its dtype (float64 under precision 64), for
         evaluations outside Lightning's loop, which does this conversion itself."""
-        dtype = next(self.model.parameters()).dtype
-        y = y.to(self.device, dtype=dtype) if y.is_floating_point() else y.to(self.device)
-        return x.to(self.device, dtype=dtype), y
+        return on_device((x, y), self.device, next(self.model.parameters()).dtype)
 
     def on_validation_epoch_end(self) -> None:
         self.validated = not self.trainer.sanity_checking  # this epoch's val_loss is there for a ReduceLROnPlateau

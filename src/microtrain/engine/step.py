@@ -105,7 +105,7 @@ def rmsprop(params: Params, grads: Sequence[Tensor], state: State, hp: Hyper) ->
         if centered:
             grad_avg = slot["grad_avg"]
             if torch.compiler.is_compiling():
-                grad_avg.add_((grad - grad_avg) * (1 - alpha))
+                grad_avg.add_((grad - grad_avg) * like(1 - alpha, param))
             else:
                 grad_avg.lerp_(grad, like(1 - alpha, param))
             avg = addcmul(square_avg.clone(), grad_avg, grad_avg, -1).sqrt_()

@@ -16,7 +16,7 @@
 """
 
 from collections.abc import Callable
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -82,3 +82,17 @@ def gradient_noise_scale(model: nn.Module, loss_fn: nn.Module, x: Tensor, y: Ten
     mean = g.mean(0)
     trace = g.var(0, unbiased=True).sum()
     return float(trace / (mean @ mean).clamp_min(1e-300))
+
+
+def record(
+    buffer: Any, model: nn.Module, loss_fn: nn.Module, train: tuple[Tensor, Tensor], optimizer: torch.optim.Optimizer, batch: Any, step: int
+) -> None:
+    """``log.curvature``'s scalars at ``step`` into a ``ScalarBuffer``: the Hessian's top eigenvalue on
+    the training split, the edge of stability (when the optimizer has one) and the gradient noise
+    scale on the step's batch (when there is one)."""
+    buffer.add("hessian_top_eigenvalue", top_hessian_eigenvalue(model, loss_fn, *train, seed=step), step)
+    edge = edge_of_stability(optimizer)
+    if edge is not None:
+        buffer.add("edge_of_stability", edge, step)
+    if batch is not None:
+        buffer.add("gradient_noise_scale", gradient_noise_scale(model, loss_fn, *batch), step)

@@ -2,7 +2,7 @@
 
 import math
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import lightning as L
 import torch
@@ -99,18 +99,26 @@ class LossWatch(L.Callback):
 
 
 def _diverged_message(pl_module: "Trainee", step: int, loss: float) -> str:
-    grads = {n: p.grad for n, p in pl_module.model.named_parameters() if p.grad is not None}
-    bad = [name for name, grad in grads.items() if not torch.isfinite(grad).all()]
     callbacks = pl_module.trainer.callbacks  # type: ignore[attr-defined]  # Lightning sets it without declaring it on Trainer
-    inspected = [cb.first_nonfinite for cb in callbacks if getattr(cb, "first_nonfinite", None)]
-    if inspected:  # what inspection saw go non-finite first, with its NaN and Inf counts
-        where = inspected[0]
-    elif bad:
-        where = f"first non-finite gradient: {bad[0]}"
-    elif grads:
-        norms = {name: grad.double().norm().item() for name, grad in grads.items()}
+    inspected = next((cb.first_nonfinite for cb in callbacks if getattr(cb, "first_nonfinite", None)), None)
+    grads = {n: p.grad for n, p in pl_module.model.named_parameters() if p.grad is not None}
+    return diverged_message(step, loss, divergence(inspected, grads)[1])
+
+
+def divergence(inspected: Optional[str], grads: dict[str, torch.Tensor]) -> tuple[Optional[str], str]:
+    """(the parameter, where) a divergence names: what inspection saw go non-finite first, with its
+    NaN and Inf counts; else the first non-finite gradient; else the largest gradient norm."""
+    bad = [name for name, grad in grads.items() if not torch.isfinite(grad).all()]
+    if inspected:
+        return inspected.split(": ")[1].split(" at ")[0], inspected
+    if bad:
+        return bad[0], f"first non-finite gradient: {bad[0]}"
+    if grads:
+        norms = {name: float(grad.double().norm()) for name, grad in grads.items()}
         name = max(norms, key=norms.__getitem__)
-        where = f"gradients still finite, largest {name} with norm {norms[name]:.3g}"
-    else:
-        where = "no gradients yet"
+        return name, f"gradients still finite, largest {name} with norm {norms[name]:.3g}"
+    return None, "no gradients yet"
+
+
+def diverged_message(step: int, loss: float, where: str) -> str:
     return f"training diverged at step {step}: loss={loss} ({where}); lower optimizer.lr or use a smaller init"

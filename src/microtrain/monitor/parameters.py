@@ -40,7 +40,7 @@ from microtrain.monitor.activations import capture, hidden_layers
 from microtrain.monitor.progress import planned_steps
 from microtrain.monitor.scalars import ScalarBuffer
 from microtrain.monitor.inspection_grid import Budget, grid
-from microtrain.monitor.statistics import add_histogram_row, foreach_norms, histograms, histograms_of, nonfinite_counts, unit_fractions
+from microtrain.monitor.statistics import add_histogram_row, foreach_norms, histograms, histograms_of, record_nonfinite, unit_fractions
 
 if TYPE_CHECKING:  # the callbacks read the module's model, loss and loss window
     from microtrain.engine.module import Trainee
@@ -236,21 +236,8 @@ class ParameterInspector(L.Callback):
             for name in names:
                 add_histogram_row(self.scalars, name, flat[at : at + 35], step)
                 at += 35
-        if not all(map(math.isfinite, norms)):
-            self._count_nonfinite(step)
-
-    def _count_nonfinite(self, step: int) -> None:
-        """NaN and Inf counts of every inspected weight and gradient that has any (a norm went
-        non-finite); weights first, as a non-finite weight is what makes its gradients so."""
-        for kind, tensors in zip(("weights", "grads"), self._inspected):
-            for name, tensor in zip(self._names, tensors):
-                nan, inf = nonfinite_counts(tensor)
-                if nan or inf:
-                    self.scalars.add(f"nonfinite/{kind}/{name}/nan", nan, step)
-                    self.scalars.add(f"nonfinite/{kind}/{name}/inf", inf, step)
-                    if self.first_nonfinite is None:
-                        what = "gradient" if kind == "grads" else "weight"
-                        self.first_nonfinite = f"first non-finite {what}: {name} at step {step} ({nan} NaN, {inf} Inf)"
+        if not all(map(math.isfinite, norms)):  # a norm went non-finite: where
+            self.first_nonfinite = record_nonfinite(self.scalars, self._names, *self._inspected, step, self.first_nonfinite)
 
     def _activations(self, pl_module: "Trainee", step: int, drawing: bool) -> None:
         """The inspected batch through the model again, under forward hooks removed right after."""
@@ -266,13 +253,7 @@ class ParameterInspector(L.Callback):
                 scalars.append(([f"{what}_units/{name}"], value.reshape(1)))
 
     def _curvature(self, pl_module: "Trainee", optimizer: Any, step: int) -> None:
-        model, loss_fn = pl_module.model, pl_module.loss_fn
         assert self.train is not None  # fit.py hands the training split
-        x, y = self.train
-        self.scalars.add("hessian_top_eigenvalue", curvature.top_hessian_eigenvalue(model, loss_fn, x, y, seed=step), step)
-        edge = curvature.edge_of_stability(optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer)
-        if edge is not None:
-            self.scalars.add("edge_of_stability", edge, step)
+        unwrapped = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
         batch = pl_module.loop.batch
-        if batch:
-            self.scalars.add("gradient_noise_scale", curvature.gradient_noise_scale(model, loss_fn, *batch[0]), step)
+        curvature.record(self.scalars, pl_module.model, pl_module.loss_fn, self.train, unwrapped, batch[0] if batch else None, step)

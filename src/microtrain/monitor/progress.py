@@ -32,18 +32,7 @@ class StepProgressBar(TQDMProgressBar):
     def init_train_tqdm(self) -> Tqdm:
         """The run's bar, drawn first with its total (a resumed run starts where it stopped)."""
         trainer = self.trainer
-        return Tqdm(
-            desc=f"Epoch {trainer.current_epoch}",
-            total=planned_steps(trainer),
-            initial=trainer.global_step,
-            position=2 * self.process_position,
-            disable=self.is_disabled,
-            leave=True,
-            dynamic_ncols=True,
-            file=sys.stdout,
-            smoothing=0,
-            bar_format=self.BAR_FORMAT,
-        )
+        return bar(trainer.current_epoch, planned_steps(trainer), trainer.global_step, position=2 * self.process_position, disable=self.is_disabled)
 
     def on_train_epoch_start(self, trainer: "L.Trainer", *args: Any) -> None:
         self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch}", refresh=False)
@@ -82,11 +71,27 @@ class StepProgressBar(TQDMProgressBar):
     def get_metrics(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
-        items["step"] = trainer.global_step
-        loss = cast("Trainee", pl_module).loss_window.last_mean
-        if loss == loss:  # not NaN: a window has been read
-            items["loss"] = f"{loss:.4g}"
-        return items
+        return items | shown(trainer.global_step, cast("Trainee", pl_module).loss_window.last_mean)
+
+
+def bar(epoch: int, total: Optional[Union[int, float]], initial: int, **options: Any) -> Tqdm:
+    """Lightning's tqdm bar over a run's optimizer steps, drawn to stdout."""
+    return Tqdm(
+        desc=f"Epoch {epoch}",
+        total=total,
+        initial=initial,
+        leave=True,
+        dynamic_ncols=True,
+        file=sys.stdout,
+        smoothing=0,
+        bar_format=TQDMProgressBar.BAR_FORMAT,
+        **options,
+    )
+
+
+def shown(step: int, loss: float) -> dict[str, Any]:
+    """The bar's step and loss (the loss once a window has been read: not NaN)."""
+    return {"step": step, **({"loss": f"{loss:.4g}"} if loss == loss else {})}
 
 
 def planned_steps(trainer: "L.Trainer") -> Optional[Union[int, float]]:
@@ -106,16 +111,7 @@ class StepsBar:
     advance. Redrawn at most every ``StepProgressBar.REDRAW_EVERY_S``, for the reason above."""
 
     def __init__(self, total: Optional[Union[int, float]], initial: int) -> None:
-        self.bar = Tqdm(
-            desc="Epoch 0",
-            total=total,
-            initial=initial,
-            leave=True,
-            dynamic_ncols=True,
-            file=sys.stdout,
-            smoothing=0,
-            bar_format=TQDMProgressBar.BAR_FORMAT,
-        )
+        self.bar = bar(0, total, initial)
         self._drawn_at = float("-inf")
 
     def show(self, epoch: int, step: int, loss: float) -> None:
@@ -131,4 +127,4 @@ class StepsBar:
     def _set(self, epoch: int, step: int, loss: float) -> None:
         self.bar.set_description(f"Epoch {epoch}", refresh=False)
         self.bar.n = step
-        self.bar.set_postfix({"step": step, **({"loss": f"{loss:.4g}"} if loss == loss else {})}, refresh=False)
+        self.bar.set_postfix(shown(step, loss), refresh=False)

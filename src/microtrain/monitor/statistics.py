@@ -7,7 +7,7 @@ tensors carry a leading job dimension ``[K, ...]``.
 """
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -68,6 +68,23 @@ def add_histogram_row(buffer: Any, name: str, row: list[float], step: int) -> No
 def nonfinite_counts(tensor: Tensor) -> tuple[int, int]:
     """(NaN count, Inf count) of a tensor."""
     return int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+
+
+def record_nonfinite(
+    buffer: Any, names: Sequence[str], weights: Sequence[Tensor], grads: Sequence[Tensor], step: int, first: Optional[str]
+) -> Optional[str]:
+    """The NaN and Inf counts of every weight and gradient that has any, into a ``ScalarBuffer``;
+    returns ``first``, or if None the first one found (weights first: a non-finite weight is
+    what makes its gradients so), as a divergence names it."""
+    for kind, tensors in (("weights", weights), ("grads", grads)):
+        for name, tensor in zip(names, tensors):
+            nan, inf = nonfinite_counts(tensor)
+            if nan or inf:
+                buffer.add(f"nonfinite/{kind}/{name}/nan", nan, step)
+                buffer.add(f"nonfinite/{kind}/{name}/inf", inf, step)
+                if first is None:
+                    first = f"first non-finite {'gradient' if kind == 'grads' else 'weight'}: {name} at step {step} ({nan} NaN, {inf} Inf)"
+    return first
 
 
 def unit_fractions(kind: str, output: Tensor, stacked: bool = False) -> dict[str, Tensor]:

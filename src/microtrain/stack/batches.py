@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from microtrain.data.batches import Batch, TensorBatches
+from microtrain.data.batches import Batch, TensorBatches, on_device
 
 
 class StackedBatches:
@@ -55,10 +55,3 @@ class StackedBatches:
         for start in range(first, self.batches_per_epoch, self.steps):
             stop = min(start + self.steps, self.batches_per_epoch)
             yield [(self.x[index], self.y[index]) for index in (orders[:, b * size : (b + 1) * size] for b in range(start, stop))]
-
-
-def on_device(pair: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
-    """A split on the group's device, its floats in the group's dtype (float64 under precision 64)."""
-    x, y = pair
-    y = y.to(device, dtype) if y.is_floating_point() else y.to(device)
-    return x.to(device, dtype), y

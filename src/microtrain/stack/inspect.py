@@ -14,7 +14,7 @@ from torch import Tensor
 from microtrain.monitor import curvature, trajectory
 from microtrain.monitor.activations import hidden_layers
 from microtrain.monitor.inspection_grid import Budget, grid
-from microtrain.monitor.statistics import add_histogram_row, histograms, nonfinite_counts, unit_fractions
+from microtrain.monitor.statistics import add_histogram_row, histograms, record_nonfinite, unit_fractions
 from microtrain.stack.validate import evaluate
 
 GROUP_BYTES = 256 * 2**20  # of trajectory.pt points a group holds on the host before it keeps fewer (_keep)
@@ -92,15 +92,8 @@ class StackedInspector:
                     add_histogram_row(out, f"weights/{name}", hists[k][i], step)
                     add_histogram_row(out, f"grads/{name}", hists[k][n + i], step)
             if not all(map(math.isfinite, values[k][: 2 * n])):  # as a solo run: where the NaN or Inf are
-                for kind, tensors in (("weights", before), ("grads", grads)):
-                    for name, tensor in zip(self.step.names, tensors):
-                        nan, inf = nonfinite_counts(tensor[k])
-                        if nan or inf:
-                            out.add(f"nonfinite/{kind}/{name}/nan", nan, step)
-                            out.add(f"nonfinite/{kind}/{name}/inf", inf, step)
-                            if job.first_nonfinite is None:  # what its divergence message names
-                                what = "gradient" if kind == "grads" else "weight"
-                                job.first_nonfinite = f"first non-finite {what}: {name} at step {step} ({nan} NaN, {inf} Inf)"
+                mine = [t[k] for t in before], [t[k] for t in grads]
+                job.first_nonfinite = record_nonfinite(out, self.step.names, *mine, step, job.first_nonfinite)
             for j, name in enumerate(unit_names):
                 out.add(name, values[k][3 * n + j], step)
             if layer_hists is not None:
@@ -119,22 +112,16 @@ class StackedInspector:
     def _curvature(self, step: int, weights: list[Tensor], x: Optional[Tensor], y: Optional[Tensor]) -> None:
         """``log.curvature`` as each job's solo run computes it (``monitor.curvature`` on the job's own
         model, with its weights of this step): one job after another, spaced by the budget as all inspection."""
-        train_x, train_y = self.train
         loss_fn = self.jobs[0].prepared.module.loss_fn
         for k, job in enumerate(self.jobs):
             if not job.active:
                 continue
-            model = job.model.to(train_x.device, weights[0].dtype)
+            model = job.model.to(self.train[0].device, weights[0].dtype)
             with torch.no_grad():
                 params = dict(model.named_parameters())
                 for name, stacked in zip(self.step.names, weights):
                     params[name].copy_(stacked[k])
-            job.scalars.add("hessian_top_eigenvalue", curvature.top_hessian_eigenvalue(model, loss_fn, train_x, train_y, seed=step), step)
-            edge = curvature.edge_of_stability(job.optimizer)
-            if edge is not None:
-                job.scalars.add("edge_of_stability", edge, step)
-            if x is not None and y is not None:
-                job.scalars.add("gradient_noise_scale", curvature.gradient_noise_scale(model, loss_fn, x[k], y[k]), step)
+            curvature.record(job.scalars, model, loss_fn, self.train, job.optimizer, (x[k], y[k]) if x is not None and y is not None else None, step)
 
     def _units(self, weights: list[Tensor], x: Optional[Tensor], drawing: bool) -> tuple[list[Tensor], list[str]]:
         """Per job: the hidden layer's dead or saturated fraction ([K] each) and, when drawing,

@@ -17,6 +17,7 @@ from microtrain.monitor import tags
 from microtrain.monitor.events import EventFile
 from microtrain.monitor.hparams import log_hparams
 from microtrain.monitor.logger import RunLogger, tensorboard_layout
+from microtrain.monitor.loss import diverged_message, divergence
 from microtrain.monitor.scalars import ScalarBuffer
 from microtrain.run import folder as run_folder
 from microtrain.run import resume as run_resume
@@ -146,17 +147,9 @@ class StackedJob:
     def diverge(self, step: int, loss: float, names: list[str], grads: list[torch.Tensor]) -> None:
         """Marked diverged (``grads``: this job's own), with what a solo run's guard would say;
         the group freezes it (learning rate 0, no more writes) and its neighbours go on."""
-        bad = [name for name, g in zip(names, grads) if not torch.isfinite(g).all()]
-        if self.first_nonfinite is not None:  # what inspection saw go non-finite first, with its NaN and Inf counts
-            name, where = self.first_nonfinite.split(": ")[1].split(" at ")[0], self.first_nonfinite
-        elif bad:
-            name, where = bad[0], f"first non-finite gradient: {bad[0]}"
-        else:
-            norms = {name: float(g.double().norm()) for name, g in zip(names, grads)}
-            name = max(norms, key=norms.__getitem__)
-            where = f"gradients still finite, largest {name} with norm {norms[name]:.3g}"
+        name, where = divergence(self.first_nonfinite, dict(zip(names, grads)))
         self.status = "diverged"
-        self.error = f"training diverged at step {step}: loss={loss} ({where}); lower optimizer.lr or use a smaller init"
+        self.error = diverged_message(step, loss, where)
         self.diverged = {"diverged_at_step": step, "parameter": name}
         self.scalars.flush(self.writer, force=True)
 

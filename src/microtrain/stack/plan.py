@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from microtrain.config import schema
+from microtrain.console import one_line
 from microtrain.errors import MicrotrainError
 from microtrain.run import folder as run_folder
 from microtrain.run import interrupt
@@ -133,8 +134,7 @@ def _trained_here(cfgs: list[DictConfig], folders: list[Path], resume: list[bool
     except MicrotrainError as err:
         return [failed(folder, str(err), since=started) for folder in folders]
     except Exception as err:  # noqa: BLE001 -- in a sweep one broken group must not stop the others
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
-        return [failed(folder, f"{type(err).__name__}: {first}", since=started) for folder in folders]
+        return [failed(folder, one_line(err), since=started) for folder in folders]
 
 
 def _report(

@@ -22,10 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from microtrain import device as devices
 from microtrain.console import quiet_libraries
-from microtrain.data.batches import Batch
+from microtrain.data.batches import Batch, on_device
 from microtrain.errors import ConfigError
 from microtrain.run import interrupt
-from microtrain.stack.batches import StackedBatches, on_device
+from microtrain.stack.batches import StackedBatches
 from microtrain.stack.best import BestEpochs
 from microtrain.stack.epoch_end import end_epoch, write_last
 from microtrain.stack.finish import end_jobs, finish_jobs

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from microtrain.data.batches import on_device
 from microtrain.stack.jobs import StackedJob
 
 EVAL_ROWS = 4096  # Lightning's validation batches in a solo run (data.batches: at least 4096 rows)
@@ -124,9 +125,7 @@ def test_metrics(job: StackedJob, device: torch.device, dtype: torch.dtype, cont
     else:  # no validation ran before the run ended: the final weights, as Lightning's trainer.test without a checkpoint
         path = None
     assert job.prepared.splits.test is not None and module.test_metrics is not None  # a job with a test split; prepare built its metrics
-    x, y = job.prepared.splits.test
-    x = x.to(device, dtype)
-    y = y.to(device, dtype) if y.is_floating_point() else y.to(device)
+    x, y = on_device(job.prepared.splits.test, device, dtype)
     metrics = module.test_metrics.to(device)
     metrics.reset()  # shared by the group's jobs (engine.build.prepare)
     rows, total = max(job.cfg.data.batch_size or len(x), EVAL_ROWS), 0.0  # Lightning's test batches
